@@ -1,0 +1,47 @@
+# The one entry for humans and CI. Needs only python3 (>= 3.11), git and make.
+PY ?= python3
+UV_VERSION := 0.13.8
+UV := .tools/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: setup run test lint typecheck pytest soak bench system-deps clean
+
+setup: $(VENV)/.synced
+
+$(UV):
+	$(PY) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --python $(PY)
+	touch $@
+
+system-deps:
+	bash deploy/local/install-system-deps.sh
+
+run: setup
+	$(BIN)/tickertape up
+
+test: setup system-deps lint typecheck pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest
+
+soak: setup
+	$(BIN)/pytest -m slow --timeout 900
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .tools .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,178 @@
+"""The event catalogue: one tagged union, encoded once into one stream field.
+
+Every change of a run is one of these. Versions only grow by adding fields with defaults; an
+event type this build does not know is skipped and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+import typing
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+from shared.results import RunResult, StepOutput, Usage
+
+SCHEMA_VERSION = 1
+Priority = Literal["normal", "high"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
+    debate_rounds: int = 1
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    pipeline: str = "full"
+    data_provider: str | None = None
+    deadline_s: float | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = SCHEMA_VERSION
+    run_id: str
+    at: datetime = msgspec.field(default_factory=utcnow)
+    traceparent: str | None = None
+
+
+class RunRequested(Event, tag=True, frozen=True, kw_only=True):
+    user_id: str
+    symbol: str
+    model_id: str
+    analysts: tuple[str, ...]
+    options: RunOptions = RunOptions()
+    priority: Priority = "normal"
+    idempotency_key: str | None = None
+
+
+class RunCancelled(Event, tag=True, frozen=True, kw_only=True):
+    user_id: str
+    reason: str = "requested by user"
+
+
+class RunStarted(Event, tag=True, frozen=True, kw_only=True):
+    runner_id: str
+    attempt: int
+    steps: tuple[str, ...]
+    queue_wait_s: float = 0.0
+    expected_s: float | None = None
+    """What runs like this one took before: the basis of the ETA."""
+
+
+class StepStarted(Event, tag=True, frozen=True, kw_only=True):
+    step: str
+    index: int
+    attempt: int = 1
+
+
+class StepProgress(Event, tag=True, frozen=True, kw_only=True):
+    step: str
+    progress: float
+    """0 … 1 within the step."""
+    message: str = ""
+
+
+class StepCompleted(Event, tag=True, frozen=True, kw_only=True):
+    step: str
+    output: StepOutput | None = None
+    duration_s: float = 0.0
+    usage: Usage = Usage()
+
+
+class RunRetrying(Event, tag=True, frozen=True, kw_only=True):
+    attempt: int
+    """The attempt that will resume the run."""
+    reason: str = ""
+
+
+class RunCompleted(Event, tag=True, frozen=True, kw_only=True):
+    result: RunResult | None = None
+    duration_s: float = 0.0
+    usage: Usage = Usage()
+
+
+class RunFailed(Event, tag=True, frozen=True, kw_only=True):
+    code: str
+    message: str
+    attempt: int = 1
+    will_retry: bool = False
+    status: Literal["failed", "timeout"] = "failed"
+
+
+class RunCancellationConfirmed(Event, tag=True, frozen=True, kw_only=True):
+    runner_id: str | None = None
+    reason: str = "requested by user"
+    latency_ms: float | None = None
+    """Time from the RunCancelled event to this one, where the runner saw both."""
+
+
+AnyEvent = (
+    RunRequested
+    | RunCancelled
+    | RunStarted
+    | StepStarted
+    | StepProgress
+    | StepCompleted
+    | RunRetrying
+    | RunCompleted
+    | RunFailed
+    | RunCancellationConfirmed
+)
+EVENT_TYPES: frozenset[str] = frozenset(t.__name__ for t in typing.get_args(AnyEvent))
+
+
+def is_terminal(event: Event) -> bool:
+    """Whether the event ends its run (nothing is appended after it)."""
+    match event:
+        case RunCompleted() | RunCancellationConfirmed():
+            return True
+        case RunFailed(will_retry=will_retry):
+            return not will_retry
+    return False
+
+
+class EventError(Exception):
+    """An entry that does not hold an event this build can use."""
+
+
+class UnknownEvent(EventError):
+    """A well-formed event of a type (or version) this build does not know: skip and count."""
+
+
+class MalformedEvent(EventError):
+    """Bytes that are not an event at all: log with the entry ID and skip."""
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str
+
+
+class EventCodec:
+    """Encoder and decoder for the event union, built once per component."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(AnyEvent)
+        self._peek = msgspec.json.Decoder(_TypeOnly)
+
+    def encode(self, event: Event) -> bytes:
+        return self._encoder.encode(event)
+
+    def decode(self, data: bytes | str) -> AnyEvent:
+        try:
+            event: AnyEvent = self._decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise self._classify(data, exc) from exc
+        return event
+
+    def _classify(self, data: bytes | str, exc: Exception) -> EventError:
+        try:
+            kind = self._peek.decode(data).type
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return MalformedEvent(f"not an event: {exc}")
+        if kind not in EVENT_TYPES:
+            return UnknownEvent(f"unknown event type {kind!r}")
+        return MalformedEvent(f"invalid {kind}: {exc}")

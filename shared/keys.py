@@ -1,0 +1,73 @@
+"""Every Redis key, stream and group name Tickertape uses, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RUNNERS_GROUP = "runners"
+PROJECTOR_GROUP = "projector"
+EVENT_FIELD = "e"
+"""The one stream field that holds an encoded event."""
+RUN_ID_FIELD = "r"
+"""Queue entries and global-log entries name their run here."""
+SOURCE_ID_FIELD = "s"
+"""Global-log entries carry the ID the same event has in its run stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix (default ``tt:``)."""
+
+    prefix: str = "tt:"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}queue"
+
+    @property
+    def queue_high(self) -> str:
+        return f"{self.prefix}queue:high"
+
+    @property
+    def queues(self) -> tuple[str, str]:
+        """Work queues, highest priority first."""
+        return (self.queue_high, self.queue)
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}deadletter"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}"
+
+    def meta(self, run_id: str) -> str:
+        """A small hash beside the run stream: phase (queued/running/ended), owner, fence."""
+        return f"{self.prefix}runmeta:{run_id}"
+
+    def run_id_of(self, key: str | bytes) -> str:
+        """The run id of a run-stream key."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text.removeprefix(f"{self.prefix}run:")
+
+    def idem(self, user_id: str, key: str) -> str:
+        return f"{self.prefix}idem:{user_id}:{key}"
+
+    def active(self, user_id: str) -> str:
+        return f"{self.prefix}active:{user_id}"
+
+    def rate(self, user_id: str) -> str:
+        return f"{self.prefix}rate:{user_id}"
+
+    def wakeup(self, process_id: str) -> str:
+        """A per-process stream appended to so a blocked multiplexing reader wakes up."""
+        return f"{self.prefix}wake:{process_id}"
+
+    def market_cache(self, provider: str, symbol: str, day: str) -> str:
+        return f"{self.prefix}cache:{provider}:{symbol}:{day}"
+
+    def eta(self, config: str) -> str:
+        return f"{self.prefix}eta:{config}"

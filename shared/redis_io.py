@@ -1,0 +1,38 @@
+"""Redis connections: short timeouts for commands, none for blocking readers."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+COMMAND_TIMEOUT_S = 5.0
+
+
+def connect(url: str, *, blocking: bool = False, max_connections: int | None = None) -> Redis:
+    """A client for ``url``; ``blocking=True`` for XREAD/XREADGROUP with BLOCK.
+
+    A blocking read on a connection whose socket timeout is shorter than BLOCK raises a timeout,
+    so blocking readers get their own client with no socket timeout.
+    """
+    return Redis.from_url(
+        url,
+        socket_timeout=None if blocking else COMMAND_TIMEOUT_S,
+        socket_connect_timeout=COMMAND_TIMEOUT_S,
+        health_check_interval=0 if blocking else 30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        max_connections=max_connections,
+        client_name=None,
+    )
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    """Create a consumer group (and its stream) from the start, if it does not exist yet."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except Exception as exc:  # redis raises ResponseError BUSYGROUP when it exists
+        if "BUSYGROUP" not in str(exc):
+            raise

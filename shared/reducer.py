@@ -1,0 +1,274 @@
+"""The one pure fold of a run's events into its state.
+
+The projector persists it, the gateway answers with it before the projection catches up and
+attaches it to every SSE message, and the runner replays it to resume. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from shared.catalog import plan_steps, step_label
+from shared.events import (
+    AnyEvent,
+    Event,
+    RunCancellationConfirmed,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunOptions,
+    RunRequested,
+    RunRetrying,
+    RunStarted,
+    StepCompleted,
+    StepProgress,
+    StepStarted,
+)
+from shared.results import (
+    AnalystReport,
+    Assessment,
+    Debate,
+    MarketData,
+    RunResult,
+    StepOutput,
+    TradeProposal,
+    Usage,
+)
+
+Status = Literal["pending", "running", "completed", "failed", "timeout", "cancelled"]
+StepStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "timeout", "cancelled"})
+ACTIVE: frozenset[str] = frozenset({"pending", "running"})
+STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "timeout", "cancelled")
+
+
+class StepState(msgspec.Struct, kw_only=True):
+    name: str
+    label: str
+    status: StepStatus = "pending"
+    progress: float = 0.0
+    message: str = ""
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_s: float | None = None
+    attempt: int = 0
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    message: str
+
+
+class RunState(msgspec.Struct, kw_only=True):
+    """Everything known about one run after folding its events."""
+
+    run_id: str
+    user_id: str = ""
+    symbol: str = ""
+    model_id: str = ""
+    analysts: tuple[str, ...] = ()
+    options: RunOptions = RunOptions()
+    priority: str = "normal"
+    status: Status = "pending"
+    attempt: int = 0
+    runner_id: str | None = None
+    steps: list[StepState] = []
+    current_step: str | None = None
+    message: str = ""
+    progress: float = 0.0
+    """Percent, 0 … 100."""
+    eta_s: float | None = None
+    expected_s: float | None = None
+    result: RunResult | None = None
+    error: ErrorInfo | None = None
+    cancel_requested: bool = False
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    updated_at: datetime | None = None
+    duration_s: float | None = None
+    queue_wait_s: float | None = None
+    usage: Usage = Usage()
+    last_event_id: str = ""
+    event_count: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+def initial(run_id: str) -> RunState:
+    return RunState(run_id=run_id)
+
+
+def fold(run_id: str, entries: Iterable[tuple[str, AnyEvent]]) -> RunState:
+    """The state after applying every (stream ID, event) in order."""
+    state = initial(run_id)
+    for event_id, event in entries:
+        state = apply(state, event, event_id)
+    return state
+
+
+def apply(state: RunState, event: AnyEvent, event_id: str) -> RunState:
+    """The state after one event; the input is left untouched."""
+    new = msgspec.structs.replace(state, steps=[_copy(s) for s in state.steps])
+    new.last_event_id = event_id
+    new.event_count += 1
+    new.updated_at = event.at
+    if state.terminal:
+        return new  # nothing changes a finished run; later entries are bookkeeping only
+    _mutate(new, event)
+    _derive_progress(new, event.at)
+    return new
+
+
+def _mutate(s: RunState, event: AnyEvent) -> None:
+    match event:
+        case RunRequested():
+            _requested(s, event)
+        case RunStarted():
+            _started(s, event)
+        case StepStarted(step=step):
+            _step_started(s, event, step)
+        case StepProgress(step=step, progress=progress, message=message):
+            st = _step(s, step)
+            st.status, st.progress, st.message = "running", _clamp(progress), message
+            s.current_step, s.message = step, message
+        case StepCompleted():
+            _step_completed(s, event)
+        case RunRetrying(attempt=attempt, reason=reason):
+            _back_to_queue(s, attempt, reason)
+        case RunFailed(will_retry=True, attempt=attempt, message=message):
+            s.error = ErrorInfo(code=event.code, message=message)
+            _back_to_queue(s, attempt + 1, message)
+        case RunFailed():
+            _finish(s, event, event.status)
+            s.error = ErrorInfo(code=event.code, message=event.message)
+        case RunCompleted(result=result, usage=usage):
+            _finish(s, event, "completed")
+            s.result = result
+            s.usage = usage if usage.calls else s.usage
+        case RunCancelled():
+            _cancelled(s, event)
+        case RunCancellationConfirmed():
+            _finish(s, event, "cancelled")
+            s.error = ErrorInfo(code="cancelled", message=event.reason)
+
+
+def _requested(s: RunState, e: RunRequested) -> None:
+    s.user_id, s.symbol, s.model_id = e.user_id, e.symbol, e.model_id
+    s.analysts, s.options, s.priority = e.analysts, e.options, e.priority
+    s.requested_at = e.at
+    s.steps = [StepState(name=n, label=step_label(n)) for n in plan_steps(e.analysts, e.options.pipeline)]
+
+
+def _started(s: RunState, e: RunStarted) -> None:
+    s.status, s.attempt, s.runner_id = "running", e.attempt, e.runner_id
+    s.started_at = s.started_at or e.at
+    s.queue_wait_s = s.queue_wait_s if s.queue_wait_s is not None else e.queue_wait_s
+    s.expected_s = e.expected_s
+    known = {st.name: st for st in s.steps}
+    s.steps = [known.get(n) or StepState(name=n, label=step_label(n)) for n in e.steps]
+    s.message = "started" if e.attempt == 1 else f"resumed (attempt {e.attempt})"
+
+
+def _step_started(s: RunState, e: StepStarted, step: str) -> None:
+    st = _step(s, step)
+    st.status, st.progress, st.message = "running", 0.0, ""
+    st.started_at, st.attempt = e.at, e.attempt
+    s.current_step, s.message = step, f"{st.label} started"
+
+
+def _step_completed(s: RunState, e: StepCompleted) -> None:
+    st = _step(s, e.step)
+    st.status, st.progress, st.completed_at = "completed", 1.0, e.at
+    st.duration_s = e.duration_s
+    st.message = _describe(e.output)
+    s.usage = s.usage + e.usage
+    s.message = f"{st.label} done"
+
+
+def _back_to_queue(s: RunState, attempt: int, reason: str) -> None:
+    s.status, s.attempt, s.runner_id = "pending", max(s.attempt, attempt - 1), None
+    s.message = f"waiting to resume: {reason}" if reason else "waiting to resume"
+    for st in s.steps:
+        if st.status == "running":
+            st.status, st.message = "pending", "interrupted"
+
+
+def _cancelled(s: RunState, e: RunCancelled) -> None:
+    if s.status == "pending":  # never started (or released): no runner to confirm it
+        _finish(s, e, "cancelled")
+        s.error = ErrorInfo(code="cancelled", message=e.reason)
+    else:
+        s.cancel_requested = True
+        s.message = "cancelling"
+
+
+def _finish(s: RunState, e: Event, status: Status) -> None:
+    s.status, s.completed_at = status, e.at
+    s.eta_s = 0.0
+    if s.started_at is not None:
+        s.duration_s = round((e.at - s.started_at).total_seconds(), 3)
+    mark: StepStatus = "failed" if status in ("failed", "timeout") else "cancelled"
+    for st in s.steps:
+        if st.status == "running":
+            st.status = mark if status != "completed" else "completed"
+    s.current_step = None
+    s.message = status
+
+
+def _derive_progress(s: RunState, now: datetime) -> None:
+    if s.status == "completed":
+        s.progress = 100.0
+        return
+    if not s.steps:
+        return
+    done = sum(st.progress if st.status == "running" else st.status == "completed" for st in s.steps)
+    fraction = done / len(s.steps)
+    s.progress = round(100.0 * fraction, 1)
+    if s.terminal or s.status != "running" or s.started_at is None:
+        return
+    elapsed = (now - s.started_at).total_seconds()
+    if s.expected_s:
+        s.eta_s = round(max(s.expected_s - elapsed, s.expected_s * (1 - fraction) * 0.25), 1)
+    elif fraction > 0:
+        s.eta_s = round(elapsed / fraction * (1 - fraction), 1)
+
+
+def _step(s: RunState, name: str) -> StepState:
+    for st in s.steps:
+        if st.name == name:
+            return st
+    st = StepState(name=name, label=step_label(name))
+    s.steps.append(st)
+    return st
+
+
+def _copy(st: StepState) -> StepState:
+    return msgspec.structs.replace(st)
+
+
+def _clamp(value: float) -> float:
+    return min(max(value, 0.0), 1.0)
+
+
+def _describe(output: StepOutput | None) -> str:
+    match output:
+        case MarketData(prices=prices, provider=provider, demo=demo):
+            return f"{len(prices.close)} daily bars from {provider}" + (" (demo data)" if demo else "")
+        case AnalystReport(summary=summary) | Debate(summary=summary):
+            return summary
+        case TradeProposal(action=action, entry=entry):
+            return f"{action} at {entry:.2f}"
+        case Assessment(decision=decision, rating=rating, confidence=confidence):
+            return f"{decision} ({rating}, confidence {confidence:.0%})"
+    return ""

@@ -1,0 +1,145 @@
+"""What pipeline steps produce; carried inside StepCompleted and RunCompleted.
+
+Schemas only grow: new fields get defaults, nothing is renamed (see tests/shared/fixtures).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Decision = Literal["BUY", "SELL", "HOLD"]
+Rating = Literal["Buy", "Overweight", "Hold", "Underweight", "Sell"]
+Signal = Literal["bullish", "bearish", "neutral"]
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """LLM calls counted for a step or a run."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            calls=self.calls + other.calls,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=round(self.cost_usd + other.cost_usd, 6),
+        )
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class PriceSeries(msgspec.Struct, frozen=True, kw_only=True):
+    """Daily OHLCV bars, column by column (compact in JSON)."""
+
+    dates: list[str]
+    open: list[float]
+    high: list[float]
+    low: list[float]
+    close: list[float]
+    volume: list[float]
+
+
+class Fundamentals(msgspec.Struct, frozen=True, kw_only=True):
+    pe_ratio: float | None = None
+    pb_ratio: float | None = None
+    revenue_growth: float | None = None
+    profit_margin: float | None = None
+    debt_to_equity: float | None = None
+    dividend_yield: float | None = None
+    market_cap: float | None = None
+
+
+class Headline(msgspec.Struct, frozen=True, kw_only=True):
+    date: str
+    title: str
+    source: str = ""
+    sentiment: float = 0.0
+
+
+class MarketData(msgspec.Struct, frozen=True, kw_only=True, tag="data"):
+    """Data collection's output: everything later steps analyse (so a resume needs no refetch)."""
+
+    symbol: str
+    provider: str
+    demo: bool
+    prices: PriceSeries
+    fundamentals: Fundamentals | None = None
+    headlines: list[Headline] = []
+    benchmark: PriceSeries | None = None
+
+
+class AnalystReport(msgspec.Struct, frozen=True, kw_only=True, tag="analyst"):
+    analyst: str
+    title: str
+    signal: Signal
+    score: float
+    """-1 (strongly bearish) … +1 (strongly bullish)."""
+    summary: str
+    report: str
+    evidence: dict[str, float | str | None] = {}
+
+
+class DebateTurn(msgspec.Struct, frozen=True, kw_only=True):
+    side: Literal["bull", "bear"]
+    round: int
+    argument: str
+
+
+class Debate(msgspec.Struct, frozen=True, kw_only=True, tag="debate"):
+    turns: list[DebateTurn]
+    summary: str
+    lean: Signal
+
+
+class TradeProposal(msgspec.Struct, frozen=True, kw_only=True, tag="trader"):
+    action: Decision
+    entry: float
+    stop: float
+    target: float | None = None
+    position_pct: float
+    rationale: str
+
+
+class Assessment(msgspec.Struct, frozen=True, kw_only=True, tag="assessment"):
+    decision: Decision
+    rating: Rating
+    confidence: float
+    horizon: str
+    rationale: str
+    key_risks: list[str]
+
+
+StepOutput = MarketData | AnalystReport | Debate | TradeProposal | Assessment
+
+
+class ChartData(msgspec.Struct, frozen=True, kw_only=True):
+    """What the UI draws: closes over the analysed period."""
+
+    dates: list[str]
+    close: list[float]
+
+
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The final answer of a run, as the user sees it."""
+
+    symbol: str
+    decision: Decision
+    rating: Rating
+    confidence: float
+    horizon: str
+    rationale: str
+    key_risks: list[str]
+    reports: list[AnalystReport]
+    debate: Debate | None = None
+    trade: TradeProposal | None = None
+    provider: str = "synthetic"
+    demo: bool = True
+    last_close: float | None = None
+    chart: ChartData | None = None

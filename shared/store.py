@@ -1,0 +1,295 @@
+"""The one way events are written: run stream and global log together, atomically.
+
+Two Lua scripts keep the run's phase (queued → running → ended) beside its stream, so the rules
+that must never break are enforced inside Redis, not by careful callers:
+- nothing is appended after a terminal event (exactly one terminal event per run);
+- a cancel of a queued run ends it at once, and a runner can no longer start it;
+- a runner whose lease was taken over (stale fence) cannot append anything;
+- the user's active-run set changes in the same step as the events that change it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from shared.events import (
+    AnyEvent,
+    EventCodec,
+    EventError,
+    RunCancelled,
+    RunFailed,
+    RunRequested,
+    RunRetrying,
+    RunStarted,
+    UnknownEvent,
+    is_terminal,
+)
+from shared.keys import EVENT_FIELD, RUN_ID_FIELD, SOURCE_ID_FIELD, Keys
+from shared.reducer import RunState, fold
+
+logger = logging.getLogger(__name__)
+
+Entry = tuple[str, AnyEvent]
+Transition = Literal["start", "event", "retry", "terminal", "cancel", "abandon"]
+
+_APPEND = """
+local phase = redis.call('HGET', KEYS[3], 'phase')
+if not phase then return {'refused', 'unknown'} end
+if phase == 'ended' then return {'refused', 'ended'} end
+local t, fence = ARGV[3], ARGV[5]
+if t == 'cancel' then
+  if redis.call('HGET', KEYS[3], 'user') ~= ARGV[6] then return {'refused', 'unknown'} end
+elseif t == 'start' then
+  if phase == 'running' and redis.call('HGET', KEYS[3], 'fence') == fence then
+    return {'refused', 'fenced'}
+  end
+elseif t ~= 'abandon' then
+  if phase ~= 'running' then return {'refused', phase} end
+  if redis.call('HGET', KEYS[3], 'fence') ~= fence then return {'refused', 'fenced'} end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
+if t == 'terminal' or t == 'abandon' or (t == 'cancel' and phase == 'queued') then
+  redis.call('HSET', KEYS[3], 'phase', 'ended')
+  redis.call('SREM', KEYS[4], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+elseif t == 'start' then
+  redis.call('HSET', KEYS[3], 'phase', 'running', 'fence', fence)
+elseif t == 'retry' then
+  redis.call('HSET', KEYS[3], 'phase', 'queued', 'fence', '')
+end
+return {'ok', id}
+"""
+
+_SUBMIT = """
+if ARGV[5] ~= '' then
+  local prev = redis.call('GET', KEYS[6])
+  if prev then return {'duplicate', prev} end
+end
+local cap = tonumber(ARGV[4])
+if cap > 0 then
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    local phase = redis.call('HGET', ARGV[7] .. member, 'phase')
+    if (not phase) or phase == 'ended' then redis.call('SREM', KEYS[4], member) end
+  end
+  if redis.call('SCARD', KEYS[4]) >= cap then return {'capped', tostring(cap)} end
+end
+redis.call('HSET', KEYS[3], 'phase', 'queued', 'user', ARGV[3], 'fence', '')
+redis.call('SADD', KEYS[4], ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
+redis.call('XADD', KEYS[5], '*', 'r', ARGV[2])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6]) end
+return {'ok', id}
+"""
+
+
+class StoreError(Exception):
+    """Base of what the event store refuses."""
+
+
+class Refused(StoreError):
+    """The append broke a rule of the run's phase; ``reason`` says which."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(f"append to run {run_id} refused: {reason}")
+        self.run_id = run_id
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    run_id: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """The idempotency key was seen: ``value`` is what the first request stored."""
+
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Capped:
+    cap: int
+
+
+SubmitOutcome = Submitted | Duplicate | Capped
+
+
+def transition_of(event: AnyEvent) -> Transition:
+    """Which phase rule an event's append follows."""
+    match event:
+        case RunStarted():
+            return "start"
+        case RunCancelled():
+            return "cancel"
+        case RunRetrying() | RunFailed(will_retry=True):
+            return "retry"
+    return "terminal" if is_terminal(event) else "event"
+
+
+class EventStore:
+    """Appends and reads run events; every service writes through one of these."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        run_ttl_s: int = 48 * 3600,
+        codec: EventCodec | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.codec = codec or EventCodec()
+        self.run_ttl_s = run_ttl_s
+        self.skipped = 0
+        self._append = redis.register_script(_APPEND)
+        self._submit = redis.register_script(_SUBMIT)
+
+    async def submit(
+        self,
+        event: RunRequested,
+        *,
+        cap: int = 0,
+        idempotency: tuple[str, str] | None = None,
+        idempotency_ttl_s: int = 24 * 3600,
+    ) -> SubmitOutcome:
+        """Record a request and queue it, unless the key was seen or the user is at the cap.
+
+        Args:
+            idempotency: (key, value) — ``value`` is stored under the key and returned to a
+                later duplicate (the gateway stores the run id and a hash of the body).
+        """
+        k = self.keys
+        queue = k.queue_high if event.priority == "high" else k.queue
+        idem_key, idem_value = idempotency or ("", "")
+        keys = [
+            k.run(event.run_id),
+            k.events,
+            k.meta(event.run_id),
+            k.active(event.user_id),
+            queue,
+            k.idem(event.user_id, idem_key) if idem_key else k.idem(event.user_id, "-"),
+        ]
+        argv: list[bytes | str | int] = [
+            self.codec.encode(event),
+            event.run_id,
+            event.user_id,
+            cap,
+            idem_value,
+            idempotency_ttl_s,
+            k.meta(""),
+        ]
+        status, value = _pair(await self._submit(keys=keys, args=argv))
+        if status == "duplicate":
+            return Duplicate(value)
+        if status == "capped":
+            return Capped(int(value))
+        return Submitted(event.run_id, value)
+
+    async def append(self, event: AnyEvent, *, fence: str = "") -> str:
+        """Append one event to its run stream and the global log; returns its run-stream ID.
+
+        Raises:
+            Refused: the run has ended, is unknown, or ``fence`` is not the current owner's.
+        """
+        k, run_id = self.keys, event.run_id
+        transition = transition_of(event)
+        user_id = event.user_id if isinstance(event, RunCancelled) else ""
+        if not user_id and transition == "terminal":
+            user_id = await self.owner(run_id)
+        keys = [k.run(run_id), k.events, k.meta(run_id), k.active(user_id or "-")]
+        argv: list[bytes | str | int] = [
+            self.codec.encode(event),
+            run_id,
+            transition,
+            self.run_ttl_s,
+            fence,
+            user_id,
+        ]
+        status, value = _pair(await self._append(keys=keys, args=argv))
+        if status != "ok":
+            raise Refused(run_id, value)
+        return value
+
+    async def abandon(self, event: AnyEvent) -> str:
+        """Append a terminal event whatever the phase and owner (dead-lettering a run)."""
+        k, run_id = self.keys, event.run_id
+        keys = [k.run(run_id), k.events, k.meta(run_id), k.active(await self.owner(run_id))]
+        argv: list[bytes | str | int] = [self.codec.encode(event), run_id, "abandon", self.run_ttl_s, "", ""]
+        status, value = _pair(await self._append(keys=keys, args=argv))
+        if status != "ok":
+            raise Refused(run_id, value)
+        return value
+
+    async def owner(self, run_id: str) -> str:
+        """The user a run belongs to ('' when Redis no longer knows the run)."""
+        user = await self.redis.hget(self.keys.meta(run_id), "user")
+        return _text(user) if user is not None else ""
+
+    async def phase(self, run_id: str) -> str:
+        phase = await self.redis.hget(self.keys.meta(run_id), "phase")
+        return _text(phase) if phase is not None else ""
+
+    async def read(self, run_id: str, after: str = "0", count: int | None = None) -> list[Entry]:
+        """Events of a run strictly after ``after`` (a stream ID; "0" for all of them)."""
+        start = "-" if after in ("0", "0-0", "-") else f"({after}"
+        raw = await self.redis.xrange(self.keys.run(run_id), min=start, max="+", count=count)
+        return self.decode_entries(raw)
+
+    async def state(self, run_id: str) -> RunState | None:
+        """The fold of a run's whole stream; None when Redis has no events for it."""
+        entries = await self.read(run_id)
+        return fold(run_id, entries) if entries else None
+
+    def decode_entries(self, raw: Sequence[Any] | None) -> list[Entry]:
+        """Decoded (ID, event) pairs; entries that are not events are counted and skipped."""
+        out: list[Entry] = []
+        for entry_id, fields in raw or ():
+            event = self.decode_fields(_text(entry_id), fields)
+            if event is not None:
+                out.append((_text(entry_id), event))
+        return out
+
+    def decode_fields(self, entry_id: str, fields: dict[bytes | str, bytes | str]) -> AnyEvent | None:
+        data = fields.get(EVENT_FIELD.encode()) or fields.get(EVENT_FIELD)
+        try:
+            if data is None:
+                raise EventError("entry has no event field")
+            return self.codec.decode(data)
+        except UnknownEvent as exc:
+            self.skipped += 1
+            logger.info("skipped entry %s: %s", entry_id, exc)
+        except EventError as exc:
+            self.skipped += 1
+            logger.warning("skipped malformed entry %s: %s", entry_id, exc)
+        return None
+
+
+def entry_run_id(fields: dict[bytes | str, bytes | str]) -> str:
+    """The run id a queue or global-log entry names ('' if it names none)."""
+    value = fields.get(RUN_ID_FIELD.encode()) or fields.get(RUN_ID_FIELD)
+    return _text(value) if value is not None else ""
+
+
+def entry_source_id(fields: dict[bytes | str, bytes | str]) -> str:
+    """A global-log entry's ID in its run stream."""
+    value = fields.get(SOURCE_ID_FIELD.encode()) or fields.get(SOURCE_ID_FIELD)
+    return _text(value) if value is not None else ""
+
+
+def _pair(reply: Any) -> tuple[str, str]:
+    return _text(reply[0]), _text(reply[1])
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
