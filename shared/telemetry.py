@@ -72,3 +72,51 @@ def current_trace_id() -> str | None:
         return None
     ctx = trace.get_current_span().get_span_context()
     return f"{ctx.trace_id:032x}" if ctx.is_valid else None
+
+
+def setup_tracing(service: str, exporter: str | None = None) -> None:
+    """Install a tracer provider; the exporter is ``TT_OTEL_EXPORTER``: none, console or otlp.
+
+    ``otlp`` sends to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (read by the exporter itself). Tests
+    install their own provider with an in-memory exporter before calling services.
+    """
+    import os
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    choice = (exporter or os.environ.get("TT_OTEL_EXPORTER") or "none").lower()
+    provider = TracerProvider(resource=Resource.create({"service.name": f"tickertape-{service}"}))
+    if choice == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif choice == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the active span, to store inside the event it produces."""
+    from opentelemetry.propagate import inject
+
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier.get("traceparent")
+
+
+def context_from_traceparent(traceparent: str | None) -> Any:
+    """An OpenTelemetry context continuing ``traceparent`` (the current one when None)."""
+    from opentelemetry.propagate import extract
+
+    return extract({"traceparent": traceparent} if traceparent else {})
+
+
+def span_context_of(traceparent: str | None) -> Any:
+    """The remote SpanContext a traceparent names, for a span link (None if invalid)."""
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span(context_from_traceparent(traceparent)).get_span_context()
+    return ctx if ctx.is_valid else None
