@@ -1,0 +1,52 @@
+"""Event encoding: old entries keep decoding, unknown ones are told apart from garbage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from shared.events import EVENT_TYPES, EventCodec, MalformedEvent, RunRequested, UnknownEvent
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_every_v1_sample_still_decodes_and_round_trips() -> None:
+    codec = EventCodec()
+    lines = (FIXTURES / "events-v1.jsonl").read_bytes().splitlines()
+    decoded = [codec.decode(line) for line in lines]
+    assert {type(e).__name__ for e in decoded} == EVENT_TYPES
+    for line, event in zip(lines, decoded, strict=True):
+        assert msgspec.json.decode(codec.encode(event)) == msgspec.json.decode(line)
+
+
+def test_a_newer_version_with_extra_fields_decodes() -> None:
+    codec = EventCodec()
+    line = (FIXTURES / "events-v1.jsonl").read_bytes().splitlines()[0]
+    newer = msgspec.json.decode(line)
+    newer |= {"v": 2, "added_later": {"nested": [1, 2]}}
+    event = codec.decode(msgspec.json.encode(newer))
+    assert isinstance(event, RunRequested) and event.v == 2
+
+
+def test_an_older_entry_missing_optional_fields_gets_defaults() -> None:
+    minimal = b'{"type":"RunRequested","run_id":"r","at":"2026-01-01T00:00:00Z","user_id":"u",'
+    minimal += b'"symbol":"AAPL","model_id":"offline","analysts":["risk"]}'
+    event = EventCodec().decode(minimal)
+    assert isinstance(event, RunRequested)
+    assert event.v == 1 and event.priority == "normal" and event.options.debate_rounds == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b'{"type":"RunTeleported","run_id":"r"}', UnknownEvent),
+        (b'{"type":"RunRequested","run_id":"r"}', MalformedEvent),
+        (b"\xff\xfe", MalformedEvent),
+        (b"[1,2]", MalformedEvent),
+    ],
+)
+def test_entries_that_are_not_usable_events_are_classified(data: bytes, error: type) -> None:
+    with pytest.raises(error):
+        EventCodec().decode(data)
