@@ -58,6 +58,7 @@ class RedisServer:
         appendfsync: str = "everysec",
         binary: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        own_session: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
@@ -65,6 +66,8 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.binary = binary or find_redis_server()
         self.extra_args = extra_args
+        self.own_session = own_session
+        """Start in a session of its own, so a terminal's Ctrl-C reaches only whoever stops it."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,7 +93,7 @@ class RedisServer:
             "--logfile", str(self.data_dir / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=self.own_session)
         self._wait_ready(timeout_s)
         logger.info("redis-server %s listening on %s", self.version(), self.url)
 
