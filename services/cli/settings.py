@@ -1,0 +1,65 @@
+"""The CLI's settings: where the API and Redis are, where cursors live, how `up` paces runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import Env
+from shared.keys import Keys
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """What the client commands (submit, watch, runs, show, cancel) need."""
+
+    api_url: str
+    api_token: str | None
+    state_dir: Path
+    redis_url: str | None
+    keys: Keys
+
+    @property
+    def cursor_dir(self) -> Path:
+        return self.state_dir / "cli"
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> ClientSettings:
+        env = env or Env()
+        return cls(
+            api_url=env.text("API_URL", "http://127.0.0.1:8000").rstrip("/"),
+            api_token=env.optional("API_TOKEN"),
+            state_dir=Path(env.text("STATE_DIR", ".state")).resolve(),
+            redis_url=env.environ.get("REDIS_URL") or None,
+            keys=Keys(env.text("PREFIX", "tt:")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSettings:
+    """What `tickertape up` needs: ports of the three services, pacing, shutdown grace."""
+
+    state_dir: Path
+    redis_url: str | None
+    gateway_port: int
+    projector_port: int
+    runner_port: int
+    step_delay_s: str
+    log_format: str
+    grace_s: float
+    health_timeout_s: float
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> LaunchSettings:
+        env = env or Env()
+        return cls(
+            state_dir=Path(env.text("STATE_DIR", ".state")).resolve(),
+            redis_url=env.environ.get("REDIS_URL") or None,
+            gateway_port=env.integer("GATEWAY_PORT", 8000, minimum=1),
+            projector_port=env.integer("PROJECTOR_PORT", 8001, minimum=1),
+            runner_port=env.integer("RUNNER_PORT", 8002, minimum=0),
+            step_delay_s=str(env.number("STEP_DELAY_S", 2.5, minimum=0.0)),
+            log_format=env.text("LOG_FORMAT", "text"),
+            grace_s=env.number("STOP_GRACE_S", 20.0, minimum=0.0),
+            health_timeout_s=env.number("HEALTH_TIMEOUT_S", 30.0, minimum=1.0),
+        )
