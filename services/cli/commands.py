@@ -1,9 +1,144 @@
-"""Client commands that talk to a running gateway (filled in next)."""
+"""Client commands: submit, watch, runs, show, cancel (over the gateway's HTTP API)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from redis import Redis
+
+from services.cli.api import Api, ApiError, pick
+from services.cli.cursors import Cursors
+from services.cli.display import Display, render_result, render_runs
+from services.cli.settings import ClientSettings
+from services.cli.watch import Detached, RedisWatcher, SignalGuard, SseWatcher
+
+Json = dict[str, Any]
+Handler = Callable[[argparse.Namespace, ClientSettings], int]
+EXIT_DETACHED = 130
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the client commands to the parser."""
+    submit = sub.add_parser("submit", help="start a run (and follow it with --follow)")
+    submit.add_argument("symbol", help="ticker symbol, e.g. AAPL")
+    submit.add_argument("--analysts", default="market,risk", help="comma-separated analyst ids")
+    submit.add_argument("--model", default=None, help="model id (default: the gateway's, `offline`)")
+    submit.add_argument("--debate-rounds", type=int, default=None)
+    submit.add_argument("--follow", "-f", action="store_true", help="show live progress until it ends")
+    submit.set_defaults(func=_client(cmd_submit))
+    watch = sub.add_parser("watch", help="follow a run live, resuming where the last watch stopped")
+    watch.add_argument("run_id")
+    watch.add_argument("--redis", action="store_true", help="read the run stream from REDIS_URL directly")
+    watch.set_defaults(func=_client(cmd_watch))
+    runs = sub.add_parser("runs", help="list your runs, newest first")
+    runs.add_argument("--symbol", default=None)
+    runs.add_argument("--status", default=None, help="a status, or `active`")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.set_defaults(func=_client(cmd_runs))
+    show = sub.add_parser("show", help="one run's status and result")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true", help="the raw JSON the API answers")
+    show.set_defaults(func=_client(cmd_show))
+    cancel = sub.add_parser("cancel", help="cancel a queued or running run")
+    cancel.add_argument("run_id")
+    cancel.set_defaults(func=_client(cmd_cancel))
+
+
+def _client(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    def run(ns: argparse.Namespace) -> int:
+        try:
+            return handler(ns, ClientSettings.from_env())
+        except ApiError as exc:
+            field = f" (field: {exc.field})" if exc.field else ""
+            print(f"tickertape: {exc}{field}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def cmd_submit(ns: argparse.Namespace, settings: ClientSettings) -> int:
+    body: Json = {"symbol": ns.symbol, "analysts": [a.strip() for a in ns.analysts.split(",") if a.strip()]}
+    if ns.model:
+        body["modelId"] = ns.model
+    if ns.debate_rounds is not None:
+        body["debateRounds"] = ns.debate_rounds
+    with Api(settings) as api:
+        accepted = api.submit(body)
+        run_id = str(pick(accepted, "run_id"))
+        print(f"submitted {ns.symbol}: run {run_id} ({pick(accepted, 'status')})")
+        if not ns.follow:
+            print(f"follow it with: tickertape watch {run_id}")
+            return 0
+        return _follow_sse(api, settings, run_id)
+
+
+def cmd_watch(ns: argparse.Namespace, settings: ClientSettings) -> int:
+    if not ns.redis:
+        with Api(settings) as api:
+            return _follow_sse(api, settings, ns.run_id)
+    if not settings.redis_url:
+        raise ApiError("--redis needs REDIS_URL (the Redis the services use)")
+    redis = Redis.from_url(settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
+    try:
+        guard, display = SignalGuard(), Display()
+        watcher = RedisWatcher(redis, settings.keys, Cursors(settings.cursor_dir), display, guard)
+        return _watching(guard, display, ns.run_id, lambda: watcher.follow(ns.run_id))
+    finally:
+        redis.close()
+
+
+def _follow_sse(api: Api, settings: ClientSettings, run_id: str) -> int:
+    guard, display = SignalGuard(), Display()
+    watcher = SseWatcher(api, Cursors(settings.cursor_dir), display, guard)
+    return _watching(guard, display, run_id, lambda: watcher.follow(run_id))
+
+
+def _watching(guard: SignalGuard, display: Display, run_id: str, follow: Callable[[], Json]) -> int:
+    try:
+        with guard.installed():
+            state = follow()
+    except Detached:
+        display.note(f"Detached: the run goes on. Re-attach with:  tickertape watch {run_id}")
+        return EXIT_DETACHED
+    display.note(render_result(state))
+    return 0 if pick(state, "status") == "completed" else 1
+
+
+def cmd_runs(ns: argparse.Namespace, settings: ClientSettings) -> int:
+    with Api(settings) as api:
+        page = api.runs(ns.symbol, ns.status, ns.limit)
+    runs = page.get("runs", page.get("items", []))
+    print(render_runs(runs) if runs else "no runs")
+    return 0
+
+
+def cmd_show(ns: argparse.Namespace, settings: ClientSettings) -> int:
+    with Api(settings) as api:
+        state = api.run(ns.run_id)
+    if ns.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(render_result(state))
+    steps = pick(state, "steps", []) or []
+    for step in steps:
+        took = pick(step, "duration_s")
+        label = step.get("label", step.get("name"))
+        print(f"  {step.get('status', ''):<10} {label}" + (f" ({took}s)" if took else ""))
+    return 0
+
+
+def cmd_cancel(ns: argparse.Namespace, settings: ClientSettings) -> int:
+    with Api(settings) as api:
+        try:
+            answer = api.cancel(ns.run_id)
+        except ApiError as exc:
+            if exc.status == 409:
+                print(f"run {ns.run_id} has already finished; nothing to cancel")
+                return 1
+            raise
+    print(f"cancel requested for run {ns.run_id} ({pick(answer, 'status', 'accepted')})")
+    return 0

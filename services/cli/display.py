@@ -1,0 +1,171 @@
+"""How a run looks in a terminal: a live progress bar on a TTY, one line per event otherwise."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from collections.abc import Mapping
+from typing import IO, Any
+
+from services.cli.api import pick
+
+Json = Mapping[str, Any]
+TERMINAL = frozenset({"completed", "failed", "timeout", "cancelled"})
+MARKS = {"completed": "✓", "failed": "✗", "cancelled": "-", "running": "…", "pending": " "}
+
+
+def is_terminal(state: Json) -> bool:
+    return str(pick(state, "status", "")) in TERMINAL
+
+
+def percent(state: Json) -> float:
+    return float(pick(state, "progress", 0.0) or 0.0)
+
+
+def eta_text(state: Json) -> str:
+    eta = pick(state, "eta_s")
+    if is_terminal(state) or eta is None:
+        return ""
+    seconds = max(round(float(eta)), 0)
+    return f"ETA {seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"ETA {seconds}s"
+
+
+def bar(fraction: float, width: int) -> str:
+    filled = round(max(min(fraction, 1.0), 0.0) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def current_label(state: Json) -> str:
+    current = pick(state, "current_step")
+    for step in pick(state, "steps", []) or []:
+        if step.get("name") == current:
+            message = step.get("message") or ""
+            return f"{step.get('label', current)}: {message}" if message else str(step.get("label", current))
+    return str(pick(state, "message", "") or pick(state, "status", ""))
+
+
+def duration(value: Any) -> str:
+    return f"{float(value):.1f}s" if isinstance(value, int | float) else ""
+
+
+class Display:
+    """Renders state snapshots as they arrive. ``live`` redraws a bar; otherwise prints lines."""
+
+    def __init__(self, out: IO[str] | None = None, *, live: bool | None = None) -> None:
+        self.out = out or sys.stdout
+        self.live = self.out.isatty() if live is None else live
+        self.shown_steps: set[str] = set()
+        self.bar_drawn = False
+
+    def snapshot(self, state: Json, header: bool = True) -> None:
+        """The run as it is now (on attach): its header and the steps already finished."""
+        if header:
+            self._line(
+                f"run {pick(state, 'run_id')} · {pick(state, 'symbol')} · "
+                f"{', '.join(pick(state, 'analysts', []) or [])} · {pick(state, 'status')}"
+            )
+        self._finished_steps(state)
+        self._redraw(state)
+
+    def event(self, event_id: str | None, kind: str, state: Json) -> None:
+        """One event arrived; ``state`` is the run after it."""
+        if not self.live:
+            step = self._event_step(state, kind)
+            self._line(f"{event_id}\t{kind}\t{step}\t{percent(state):.1f}%\t{pick(state, 'status')}")
+            return
+        self._finished_steps(state)
+        self._redraw(state)
+
+    def note(self, text: str) -> None:
+        self._clear_bar()
+        self.out.write(f"{text}\n")
+        self.out.flush()
+
+    def _event_step(self, state: Json, kind: str) -> str:
+        if kind.startswith("Step"):
+            return str(pick(state, "current_step") or "")
+        return ""
+
+    def _finished_steps(self, state: Json) -> None:
+        if not self.live:
+            return
+        for step in pick(state, "steps", []) or []:
+            name, status = step.get("name"), step.get("status")
+            if status in ("completed", "failed", "cancelled") and name not in self.shown_steps:
+                self.shown_steps.add(name)
+                mark = MARKS.get(status, " ")
+                self._line(f"  {mark} {step.get('label', name):<24} {duration(step.get('duration_s')):>7}")
+
+    def _redraw(self, state: Json) -> None:
+        if not self.live:
+            return
+        width = shutil.get_terminal_size((100, 20)).columns
+        text = f"[{bar(percent(state) / 100.0, 30)}] {percent(state):5.1f}% {eta_text(state):>10}  "
+        text += current_label(state)
+        self.out.write("\r\x1b[K" + text[: width - 1])
+        self.out.flush()
+        self.bar_drawn = True
+
+    def _clear_bar(self) -> None:
+        if self.bar_drawn:
+            self.out.write("\r\x1b[K")
+            self.bar_drawn = False
+
+    def _line(self, text: str) -> None:
+        self._clear_bar()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def render_result(state: Json) -> str:
+    """The outcome of a finished run as readable text."""
+    status = pick(state, "status")
+    lines = [f"Run {pick(state, 'run_id')} ({pick(state, 'symbol')}): {status}"]
+    error = pick(state, "error")
+    if status != "completed" and error:
+        lines.append(f"  {error.get('code')}: {error.get('message')}")
+    result = pick(state, "result")
+    if status == "completed" and result:
+        lines.extend(_result_lines(result))
+    if pick(state, "duration_s") is not None:
+        lines.append(f"  took {duration(pick(state, 'duration_s'))}")
+    return "\n".join(lines)
+
+
+def _result_lines(result: Json) -> list[str]:
+    confidence = float(pick(result, "confidence", 0.0) or 0.0)
+    lines = [
+        f"  Decision: {pick(result, 'decision')} ({pick(result, 'rating')}), "
+        f"confidence {confidence:.0%}, horizon {pick(result, 'horizon')}",
+    ]
+    if pick(result, "demo"):
+        lines.append(f"  Data: {pick(result, 'provider')} (DEMO DATA, not real market prices)")
+    lines.extend(_wrapped("Rationale", str(pick(result, "rationale", ""))))
+    for risk in pick(result, "key_risks", []) or []:
+        lines.extend(_wrapped("Risk", str(risk)))
+    trade = pick(result, "trade")
+    if trade:
+        lines.append(
+            f"  Trade: {trade.get('action')} at {trade.get('entry')}, stop {trade.get('stop')}, "
+            f"target {trade.get('target')}, position {pick(trade, 'position_pct')}%"
+        )
+    for report in pick(result, "reports", []) or []:
+        lines.append(f"  [{report.get('signal', '?'):>7}] {report.get('title')}: {report.get('summary')}")
+    return lines
+
+
+def _wrapped(label: str, text: str) -> list[str]:
+    return textwrap.wrap(text, 100, initial_indent=f"  {label}: ", subsequent_indent="    ") or []
+
+
+def render_runs(runs: list[Json]) -> str:
+    """A table of runs, newest first, as the API returned them."""
+    rows = [f"{'RUN ID':<28} {'SYMBOL':<8} {'STATUS':<10} {'DECISION':<8} {'PROGRESS':>8}  REQUESTED"]
+    for run in runs:
+        result = pick(run, "result") or {}
+        rows.append(
+            f"{pick(run, 'run_id', ''):<28} {pick(run, 'symbol', ''):<8} {pick(run, 'status', ''):<10} "
+            f"{pick(result, 'decision', '') or '':<8} {percent(run):>7.1f}%  {pick(run, 'requested_at', '')}"
+        )
+    return "\n".join(rows)
