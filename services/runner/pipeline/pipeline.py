@@ -1,0 +1,285 @@
+"""The trading-agents pipeline: data → analysts → debate → trader → final assessment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx
+from redis.asyncio import Redis
+
+from services.runner.pipeline import decide, prompts
+from services.runner.pipeline.base import PipelineError, StepReporter
+from services.runner.pipeline.data import MarketDataService
+from services.runner.pipeline.evidence import ANALYSES
+from services.runner.pipeline.llm import ChatModel, OpenAIChat, RetryPolicy
+from services.runner.pipeline.metering import Budget, MeteredModel, capped
+from services.runner.pipeline.offline import OfflineModel
+from services.runner.pipeline.settings import PipelineSettings
+from shared.catalog import (
+    ANALYST_STEP_PREFIX,
+    DATA_STEP,
+    DEBATE_STEP,
+    FINAL_STEP,
+    TRADER_STEP,
+    plan_steps,
+    step_label,
+)
+from shared.events import RunRequested
+from shared.models import ModelSpec, load_registry
+from shared.results import (
+    AnalystReport,
+    Assessment,
+    ChartData,
+    Debate,
+    DebateTurn,
+    MarketData,
+    RunResult,
+    StepOutput,
+    TradeProposal,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_DEBATE_ROUNDS = 5
+TICKS = 3
+"""Progress reports a step makes; the pacing delay is spread over them."""
+
+
+def usage_between(before: Usage, after: Usage) -> Usage:
+    return Usage(
+        calls=after.calls - before.calls,
+        prompt_tokens=after.prompt_tokens - before.prompt_tokens,
+        completion_tokens=after.completion_tokens - before.completion_tokens,
+        cost_usd=round(after.cost_usd - before.cost_usd, 6),
+    )
+
+
+@dataclass
+class Ticker:
+    """A step's progress reports, with the pacing delay spread over them."""
+
+    reporter: StepReporter
+    step: str
+    delay_s: float
+
+    async def tick(self, fraction: float, message: str) -> None:
+        await self.reporter.progress(self.step, fraction, message)
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s / TICKS)
+
+
+@dataclass
+class RunContext:
+    """One run's request, model, and the outputs of the steps so far."""
+
+    request: RunRequested
+    model: MeteredModel
+    provider: str
+    outputs: dict[str, StepOutput | None] = field(default_factory=dict)
+
+    @property
+    def symbol(self) -> str:
+        return self.request.symbol.strip()
+
+    def reports(self) -> list[AnalystReport]:
+        return [o for o in self.outputs.values() if isinstance(o, AnalystReport)]
+
+    def output(self, step: str, kind: type[StepOutput]) -> StepOutput | None:
+        value = self.outputs.get(step)
+        return value if isinstance(value, kind) else None
+
+
+class Pipeline:
+    """Runs a request's steps, reporting each; skips steps in ``done`` and reuses their outputs."""
+
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        redis: Redis,
+        http: httpx.AsyncClient,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings, self.http, self.environ = settings, http, environ
+        self.registry: dict[str, ModelSpec] = load_registry(settings.models_path)
+        self.data = MarketDataService(settings, redis)
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage | None = None,
+    ) -> RunResult | None:
+        """Execute the plan; ``spent`` is what earlier attempts already cost (counts to the budget)."""
+        steps = plan_steps(request.analysts, request.options.pipeline)
+        if not steps:
+            return None
+        run = self._context(request, spent or Usage())
+        for index, step in enumerate(steps):
+            if step in done:
+                run.outputs[step] = done[step]
+                continue
+            await self._step(run, step, index, reporter)
+        return await self._result(run)
+
+    def _context(self, request: RunRequested, spent: Usage) -> RunContext:
+        unknown = [a for a in request.analysts if a not in ANALYSES]
+        if unknown or not request.analysts:
+            raise PipelineError(
+                "invalid_request", f"unknown or no analysts: {', '.join(unknown) or '(none)'}"
+            )
+        spec = self.registry.get(request.model_id)
+        if spec is None:
+            valid = ", ".join(sorted(self.registry))
+            raise PipelineError("unknown_model", f"unknown model {request.model_id!r}; valid: {valid}")
+        options = request.options
+        budget = Budget(
+            spec,
+            max_tokens=capped(options.max_tokens, self.settings.max_run_tokens),
+            max_cost_usd=capped(options.max_cost_usd, self.settings.max_run_cost_usd),
+            spent=spent,
+        )
+        provider = options.data_provider or self.settings.data_provider
+        return RunContext(
+            request=request, model=MeteredModel(spec, self._client(spec), budget), provider=provider
+        )
+
+    def _client(self, spec: ModelSpec) -> ChatModel:
+        if spec.provider == "offline":
+            return OfflineModel()
+        s = self.settings
+        policy = RetryPolicy(retries=s.llm_retries, base_s=s.llm_backoff_s, max_s=s.llm_backoff_max_s)
+        return OpenAIChat(spec, self.http, timeout_s=s.llm_timeout_s, policy=policy, environ=self.environ)
+
+    async def _step(self, run: RunContext, step: str, index: int, reporter: StepReporter) -> None:
+        await reporter.started(step, index)
+        began, before = time.monotonic(), run.model.budget.spent
+        ticker = Ticker(reporter, step, self.settings.step_delay_s)
+        output = await self._execute(run, step, ticker)
+        run.outputs[step] = output
+        usage = usage_between(before, run.model.budget.spent)
+        await reporter.completed(step, output, round(time.monotonic() - began, 3), usage)
+
+    async def _execute(self, run: RunContext, step: str, ticker: Ticker) -> StepOutput:
+        if step == DATA_STEP:
+            return await self._collect(run, ticker)
+        if step.startswith(ANALYST_STEP_PREFIX):
+            return await self._analyse(run, step, ticker)
+        if step == DEBATE_STEP:
+            return await self._debate(run, ticker)
+        if step == TRADER_STEP:
+            return await self._trade(run, ticker)
+        if step == FINAL_STEP:
+            return await self._assess(run, ticker)
+        raise PipelineError("invalid_request", f"unknown step {step!r}")
+
+    async def _market(self, run: RunContext) -> MarketData:
+        """The collected data; fetched again (from the cache) if a resumed run lacks it."""
+        data = run.output(DATA_STEP, MarketData)
+        if isinstance(data, MarketData):
+            return data
+        fetched = await self.data.get(run.provider, run.symbol, run.request.at.date())
+        run.outputs[DATA_STEP] = fetched
+        return fetched
+
+    async def _collect(self, run: RunContext, ticker: Ticker) -> MarketData:
+        await ticker.tick(0.1, f"fetching {run.symbol} from {run.provider}")
+        data = await self.data.get(run.provider, run.symbol, run.request.at.date())
+        run.outputs[DATA_STEP] = data
+        bars = len(data.prices.dates)
+        await ticker.tick(0.6, f"{bars} daily bars {data.prices.dates[0]} … {data.prices.dates[-1]}")
+        await ticker.tick(0.9, f"{len(data.headlines)} headlines" + (" (demo data)" if data.demo else ""))
+        return data
+
+    async def _analyse(self, run: RunContext, step: str, ticker: Ticker) -> AnalystReport:
+        analyst = step.removeprefix(ANALYST_STEP_PREFIX)
+        data = await self._market(run)
+        await ticker.tick(0.1, "computing evidence")
+        evidence = ANALYSES[analyst](data)
+        await ticker.tick(0.4, f"evidence score {evidence.score:+.2f} ({evidence.signal}); writing report")
+        name = step_label(step)
+        text = await run.model.text(prompts.analyst(name, run.symbol, evidence, data.demo))
+        await ticker.tick(0.9, "report written")
+        return AnalystReport(
+            analyst=analyst,
+            title=f"{name}: {evidence.signal}",
+            signal=evidence.signal,
+            score=evidence.score,
+            summary=_first_line(text),
+            report=text,
+            evidence=dict(evidence.numbers),
+        )
+
+    async def _debate(self, run: RunContext, ticker: Ticker) -> Debate:
+        data, reports = await self._market(run), run.reports()
+        rounds = max(0, min(run.request.options.debate_rounds, MAX_DEBATE_ROUNDS))
+        turns: list[DebateTurn] = []
+        for round_ in range(1, rounds + 1):
+            for side in ("bull", "bear"):
+                rebut = turns[-1].argument if turns else ""
+                request = prompts.debate_turn(side, round_, run.symbol, reports, rebut, data.demo)
+                turns.append(DebateTurn(side=side, round=round_, argument=await run.model.text(request)))
+            await ticker.tick(0.8 * round_ / max(rounds, 1), f"round {round_} of {rounds}")
+        score, lean = decide.composite(reports), decide.lean(reports)
+        summary = await run.model.text(prompts.manager(run.symbol, turns, score, lean, reports, data.demo))
+        await ticker.tick(0.95, f"research manager leans {lean}")
+        return Debate(turns=turns, summary=summary, lean=lean)
+
+    async def _trade(self, run: RunContext, ticker: Ticker) -> TradeProposal:
+        data = await self._market(run)
+        reference = decide.trade(data, run.reports())
+        await ticker.tick(0.2, f"reference: {reference.action} at {reference.entry:.2f}")
+        debate = run.output(DEBATE_STEP, Debate)
+        request = prompts.trader(
+            run.symbol, reference, debate if isinstance(debate, Debate) else None, data.demo
+        )
+        proposal = await run.model.structured(request, TradeProposal, prompts.check_trade)
+        await ticker.tick(0.9, f"{proposal.action} {proposal.position_pct:.1f}% stop {proposal.stop:.2f}")
+        return proposal
+
+    async def _assess(self, run: RunContext, ticker: Ticker) -> Assessment:
+        data, reports = await self._market(run), run.reports()
+        reference = decide.assessment(data, reports)
+        await ticker.tick(0.2, f"reference: {reference.rating} ({reference.decision})")
+        trade = run.output(TRADER_STEP, TradeProposal)
+        request = prompts.final(
+            run.symbol, reference, reports, trade if isinstance(trade, TradeProposal) else None, data.demo
+        )
+        result = await run.model.structured(request, Assessment, prompts.check_assessment)
+        await ticker.tick(0.9, f"{result.decision} ({result.rating}, confidence {result.confidence:.2f})")
+        return result
+
+    async def _result(self, run: RunContext) -> RunResult:
+        data = await self._market(run)
+        final = run.output(FINAL_STEP, Assessment)
+        if not isinstance(final, Assessment):
+            raise PipelineError("missing_output", "the final assessment step left no output")
+        debate, trade = run.output(DEBATE_STEP, Debate), run.output(TRADER_STEP, TradeProposal)
+        return RunResult(
+            symbol=run.symbol,
+            decision=final.decision,
+            rating=final.rating,
+            confidence=final.confidence,
+            horizon=final.horizon,
+            rationale=final.rationale,
+            key_risks=final.key_risks,
+            reports=run.reports(),
+            debate=debate if isinstance(debate, Debate) else None,
+            trade=trade if isinstance(trade, TradeProposal) else None,
+            provider=data.provider,
+            demo=data.demo,
+            last_close=data.prices.close[-1],
+            chart=ChartData(dates=data.prices.dates, close=data.prices.close),
+        )
+
+
+def _first_line(text: str, limit: int = 280) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
