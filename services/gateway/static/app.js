@@ -1,0 +1,300 @@
+// The Tickertape page: wires the form, the live run view, history and the active strip to the client.
+import { TickertapeClient, isTerminal } from "./tickertape-client.js";
+import { $, h, renderRun, renderEta, renderResult, historyItem, activeChip, setConnection } from "./views.js";
+
+const SYMBOL = /^[A-Z0-9.\-^=]{1,10}$/;
+const LAST_TICKER = "tickertape.lastTicker";
+const client = new TickertapeClient();
+const page = {
+  ticker: null, runId: null, attachment: null, state: null, key: newKey(),
+  scope: "ticker", cursor: null, active: [],
+};
+window.tickertape = { client, page }; // for debugging and the browser tests
+
+function newKey() {
+  return globalThis.crypto?.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+}
+
+// --- notices ---
+
+function notify(text, tone = "error") {
+  const box = $("#notice");
+  box.dataset.tone = tone;
+  box.querySelector(".notice-text").textContent = text;
+  box.hidden = false;
+}
+
+function clearNotice() {
+  $("#notice").hidden = true;
+}
+
+function explain(err, doing) {
+  console.warn(doing, err);
+  notify(err?.friendly || `Something went wrong while ${doing}. Try again.`);
+}
+
+// --- the form ---
+
+async function loadCatalogue() {
+  try {
+    const [models, analysts] = await Promise.all([client.models(), client.analysts()]);
+    renderModels(Array.isArray(models) ? models : models.models || []);
+    renderAnalysts(Array.isArray(analysts) ? analysts : analysts.analysts || []);
+  } catch (err) {
+    explain(err, "loading the list of models and analysts");
+    renderModels([{ id: "offline", name: "Offline (no LLM calls)" }]);
+  }
+}
+
+function renderModels(models) {
+  $("#model").replaceChildren(...models.map((m) => h("option", { value: m.id, selected: m.default || m.id === "offline" },
+    m.name || m.label || m.id, m.available === false ? " (needs an API key)" : "")));
+}
+
+function renderAnalysts(analysts) {
+  const preset = new Set(["market", "fundamentals", "risk"]);
+  $("#analysts").replaceChildren(...analysts.map((a) => h("label", { class: "analyst" },
+    h("input", { type: "checkbox", name: "analysts", value: a.id, checked: preset.has(a.id) }),
+    h("strong", {}, a.name || a.id), h("small", {}, a.description || ""))));
+}
+
+function tickerInput() {
+  const input = $("#ticker");
+  const value = input.value.trim().toUpperCase();
+  if (input.value !== value && document.activeElement === input) {
+    const pos = input.selectionStart;
+    input.value = value;
+    input.setSelectionRange(pos, pos);
+  }
+  const ok = value === "" || SYMBOL.test(value);
+  input.setAttribute("aria-invalid", ok ? "false" : "true");
+  const hint = $("#ticker-hint");
+  hint.textContent = ok ? "1–10 letters, digits or . - ^ =" : "Only letters, digits and . - ^ = (up to 10).";
+  hint.toggleAttribute("data-error", !ok);
+  return ok && value ? value : null;
+}
+
+function readForm() {
+  const symbol = tickerInput();
+  const analysts = [...document.querySelectorAll("#analysts input:checked")].map((i) => i.value);
+  $("#analysts-hint").toggleAttribute("data-error", analysts.length === 0);
+  if (!symbol || !analysts.length) return null;
+  const body = { symbol, analysts, modelId: $("#model").value || "offline" };
+  const rounds = $("#debate-rounds").value;
+  if (rounds !== "") body.debateRounds = Number(rounds);
+  const budget = $("#budget").value;
+  if (budget !== "") body.maxCostUsd = Number(budget);
+  return body;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  const body = readForm();
+  if (!body) {
+    notify("Please enter a valid ticker and choose at least one analyst.");
+    return;
+  }
+  const button = $("#submit");
+  button.disabled = true;
+  button.textContent = "Starting…";
+  try {
+    const accepted = await client.submit(body, { idempotencyKey: page.key });
+    page.key = newKey();
+    clearNotice();
+    if (body.symbol !== page.ticker) await selectTicker(body.symbol, { skipActive: true });
+    await openRun(accepted.runId, null);
+    refreshActive();
+  } catch (err) {
+    explain(err, "starting the analysis");
+    if (err.field) document.querySelector(`[name="${String(err.field).split(".").pop()}"]`)?.focus();
+  } finally {
+    button.disabled = false;
+    button.textContent = "Start analysis";
+  }
+}
+
+// --- one run ---
+
+function detach() {
+  page.attachment?.close();
+  page.attachment = null;
+  page.runId = null;
+  page.state = null;
+  setConnection("idle");
+}
+
+function show(state) {
+  if (state.runId !== page.runId) return;
+  page.state = state;
+  renderRun(state);
+}
+
+/** Show a run and, while it is active, follow it live from `lastEventId`. */
+async function openRun(runId, lastEventId, known = null) {
+  detach();
+  page.runId = runId;
+  let state = known;
+  try {
+    state = known || (await client.get(runId));
+  } catch (err) {
+    explain(err, "opening the run");
+    return;
+  }
+  show(state);
+  renderResult(isTerminal(state) ? state : null);
+  if (isTerminal(state)) {
+    setConnection("ended");
+    return;
+  }
+  page.attachment = client.attach(runId, {
+    onState: show,
+    onConnection: (mode) => { if (page.runId === runId) setConnection(mode); },
+    onEnd: (final) => {
+      if (page.runId !== runId) return;
+      show(final);
+      renderResult(final);
+      loadHistory();
+      refreshActive();
+    },
+  }, { lastEventId, ticker: state.symbol });
+}
+
+function askCancel() {
+  const dialog = $("#confirm-cancel");
+  dialog.returnValue = "";
+  dialog.showModal();
+}
+
+async function confirmedCancel() {
+  if ($("#confirm-cancel").returnValue !== "cancel" || !page.runId) return;
+  try {
+    await client.cancel(page.runId);
+    $("#message").textContent = "Cancelling…";
+  } catch (err) {
+    explain(err, "cancelling the run");
+  }
+}
+
+// --- tickers ---
+
+/** Switch to a ticker: re-attach to its active run (from where this browser left it), show its history. */
+async function selectTicker(ticker, { skipActive = false } = {}) {
+  page.ticker = ticker;
+  localStorage.setItem(LAST_TICKER, ticker);
+  if (location.hash !== `#${ticker}`) history.replaceState(null, "", `#${ticker}`);
+  const input = $("#ticker");
+  if (document.activeElement !== input) input.value = ticker;
+  $("#history-ticker").textContent = ticker;
+  detach();
+  $("#run").hidden = true;
+  renderResult(null);
+  loadHistory();
+  renderStrip();
+  if (skipActive) return;
+  try {
+    const active = await client.findActive(ticker);
+    if (active && page.ticker === ticker && !page.runId) await openRun(active.runId, active.lastEventId, active.state);
+  } catch (err) {
+    explain(err, "looking for a running analysis");
+  }
+}
+
+function navigate(ticker) {
+  if (!ticker || ticker === page.ticker) return;
+  history.pushState(null, "", `#${ticker}`);
+  selectTicker(ticker);
+}
+
+function tickerFromHash() {
+  const value = decodeURIComponent(location.hash.replace(/^#\/?/, "")).trim().toUpperCase();
+  return SYMBOL.test(value) ? value : null;
+}
+
+// --- history ---
+
+async function loadHistory(more = false) {
+  const list = $("#history");
+  const symbol = page.scope === "ticker" ? page.ticker : undefined;
+  try {
+    const { runs, nextCursor } = await client.list({ symbol, limit: 10, cursor: more ? page.cursor : undefined });
+    page.cursor = nextCursor;
+    const items = runs.map((run) => historyItem(run, openFromHistory));
+    if (more) list.append(...items);
+    else list.replaceChildren(...(items.length ? items : [h("li", { class: "empty" }, symbol ? `No analyses of ${symbol} yet.` : "No analyses yet.")]));
+    $("#history-more").hidden = !nextCursor;
+  } catch (err) {
+    if (!more) list.replaceChildren(h("li", { class: "empty" }, err?.friendly || "History is unavailable right now."));
+  }
+}
+
+function openFromHistory(run) {
+  if (run.symbol !== page.ticker) {
+    page.ticker = run.symbol;
+    localStorage.setItem(LAST_TICKER, run.symbol);
+    history.replaceState(null, "", `#${run.symbol}`);
+    $("#ticker").value = run.symbol;
+    $("#history-ticker").textContent = run.symbol;
+  }
+  openRun(run.runId, isTerminal(run) ? null : client.recall(run.symbol)?.lastEventId ?? null, isTerminal(run) ? run : null);
+  $("#run").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+function setScope(scope) {
+  page.scope = scope;
+  $("#history-ticker").setAttribute("aria-selected", String(scope === "ticker"));
+  $("#history-all").setAttribute("aria-selected", String(scope === "all"));
+  loadHistory();
+}
+
+// --- the active strip ---
+
+async function refreshActive() {
+  try {
+    const { runs } = await client.list({ status: "active", limit: 20 });
+    page.active = runs;
+    renderStrip();
+  } catch {
+    /* the connection indicator and notices already say the server is unreachable */
+  }
+}
+
+function renderStrip() {
+  const runs = page.active.map((r) => (r.runId === page.runId && page.state ? page.state : r)).filter((r) => !isTerminal(r));
+  $("#active-strip").hidden = runs.length === 0;
+  $("#active-list").replaceChildren(...runs.map((run) => activeChip(run, run.runId === page.runId, (r) => {
+    if (r.symbol !== page.ticker) navigate(r.symbol);
+    else if (r.runId !== page.runId) openRun(r.runId, client.recall(r.symbol)?.lastEventId ?? null);
+  })));
+}
+
+// --- start ---
+
+function bind() {
+  $("#run-form").addEventListener("submit", submit);
+  $("#run-form").addEventListener("input", () => { page.key = newKey(); });
+  $("#ticker").addEventListener("input", tickerInput);
+  $("#ticker").addEventListener("change", () => navigate(tickerInput()));
+  $("#cancel").addEventListener("click", askCancel);
+  $("#confirm-cancel").addEventListener("close", confirmedCancel);
+  $("#history-ticker").addEventListener("click", () => setScope("ticker"));
+  $("#history-all").addEventListener("click", () => setScope("all"));
+  $("#history-more").addEventListener("click", () => loadHistory(true));
+  $(".notice-close").addEventListener("click", clearNotice);
+  const followUrl = () => {
+    const ticker = tickerFromHash();
+    if (ticker && ticker !== page.ticker) selectTicker(ticker);
+  };
+  window.addEventListener("hashchange", followUrl);
+  window.addEventListener("popstate", followUrl);
+  setInterval(() => { if (page.state) { renderEta(page.state); renderStrip(); } }, 1000);
+  setInterval(refreshActive, 3000);
+}
+
+async function start() {
+  bind();
+  await loadCatalogue();
+  await selectTicker(tickerFromHash() || localStorage.getItem(LAST_TICKER) || "AAPL");
+  refreshActive();
+}
+
+start();

@@ -1,0 +1,219 @@
+// Rendering of runs, results and history into the page. DOM only; no network.
+import { priceChart } from "./chart.js";
+import { isTerminal } from "./tickertape-client.js";
+
+export const $ = (sel) => document.querySelector(sel);
+
+/** A DOM element: h("p", {class: "x"}, "text", child…). Text is always text, never HTML. */
+export function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
+
+export function seconds(value) {
+  if (value === null || value === undefined) return "";
+  const s = Math.max(0, Math.round(Number(value)));
+  return s >= 60 ? `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s` : `${s}s`;
+}
+
+export function when(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? "" : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+const ICONS = { pending: "○", running: "●", completed: "✓", failed: "✗", cancelled: "–" };
+const STATUS_WORDS = { pending: "queued", running: "running", completed: "completed", failed: "failed", timeout: "timed out", cancelled: "cancelled" };
+
+/** The ETA shown now: the last estimate counted down since it arrived. */
+export function etaNow(state) {
+  if (!state || isTerminal(state) || state.status !== "running" || state.etaS === null || state.etaS === undefined) return null;
+  const since = (Date.now() - (state.receivedAt || Date.now())) / 1000;
+  return Math.max(state.etaS - since, 0);
+}
+
+export function renderRun(state) {
+  $("#run").hidden = false;
+  $("#run").dataset.runId = state.runId;
+  $("#run").dataset.status = state.status;
+  $("#run-symbol").textContent = state.symbol || "";
+  const pill = $("#run-status");
+  pill.textContent = STATUS_WORDS[state.status] || state.status;
+  pill.dataset.status = state.status;
+  const analysts = (state.analysts || []).join(", ");
+  $("#run-meta").textContent = [`run ${state.runId}`, state.modelId, analysts, when(state.createdAt)].filter(Boolean).join(" · ");
+  const pct = Math.max(0, Math.min(100, Number(state.progress) || 0));
+  $("#bar").style.width = `${pct}%`;
+  $(".progress").setAttribute("aria-valuenow", String(Math.round(pct)));
+  $("#percent").textContent = `${pct.toFixed(0)}%`;
+  renderEta(state);
+  $("#message").textContent = state.cancelRequested && !isTerminal(state) ? "Cancelling…" : currentMessage(state);
+  $("#steps").replaceChildren(...(state.steps || []).map((s) => stepItem(s, state)));
+  $("#cancel").hidden = isTerminal(state);
+  const error = $("#run-error");
+  error.hidden = !(isTerminal(state) && state.status !== "completed" && state.error);
+  if (!error.hidden) error.textContent = failureText(state);
+}
+
+export function renderEta(state) {
+  const eta = etaNow(state);
+  $("#eta").textContent = eta === null ? (state?.status === "pending" ? "waiting for a runner…" : "") : `about ${seconds(eta)} left`;
+}
+
+function currentMessage(state) {
+  const step = (state.steps || []).find((s) => s.name === state.currentStep);
+  if (step) return step.message ? `${step.label}: ${step.message}` : `${step.label}…`;
+  return state.message || "";
+}
+
+function failureText(state) {
+  if (state.status === "cancelled") return "This run was cancelled.";
+  if (state.status === "timeout") return `This run took too long and was stopped (${state.error?.message || "deadline"}).`;
+  return `This run failed: ${state.error?.message || "unknown error"}.`;
+}
+
+function stepItem(step, state) {
+  let dur = step.durationS !== null && step.durationS !== undefined ? seconds(step.durationS) : "";
+  if (step.status === "running" && step.startedAt && !isTerminal(state)) {
+    dur = seconds((Date.now() - new Date(step.startedAt).getTime()) / 1000);
+  }
+  const detail = step.message && step.status !== "pending" ? h("span", { class: "detail" }, step.message) : null;
+  return h("li", { class: "step", "data-status": step.status, "data-step": step.name },
+    h("span", { class: "icon", "aria-hidden": "true" }, ICONS[step.status] || "○"),
+    h("span", { class: "name" }, step.label || step.name, h("span", { class: "visually-hidden" }, ` (${step.status})`)),
+    h("span", { class: "dur" }, dur),
+    detail);
+}
+
+// --- result ---
+
+export function renderResult(state) {
+  const card = $("#result");
+  const r = state?.result;
+  if (!state || state.status !== "completed" || !r) {
+    card.hidden = true;
+    card.replaceChildren();
+    return;
+  }
+  card.hidden = false;
+  card.dataset.runId = state.runId;
+  card.replaceChildren(
+    h("h2", {}, `${r.symbol} — assessment`),
+    h("div", { class: "decision-row" },
+      h("span", { class: "badge", "data-decision": r.decision, id: "decision" }, r.decision),
+      h("dl", { class: "facts" },
+        fact("Rating", r.rating),
+        h("div", {}, h("dt", {}, "Confidence"), h("dd", {}, `${Math.round((r.confidence || 0) * 100)}%`),
+          h("span", { class: "meter" }, h("i", { style: `width:${Math.round((r.confidence || 0) * 100)}%` }))),
+        fact("Horizon", r.horizon),
+        r.lastClose ? fact("Last close", r.lastClose.toFixed(2)) : null,
+        fact("Took", seconds(state.durationS)))),
+    r.demo ? h("p", { class: "demo", id: "demo-label" }, `Demo data: ${r.provider || "synthetic"} prices generated for illustration, not real market data.`) : null,
+    chartBlock(r),
+    h("h3", {}, "Why"), formatted(r.rationale),
+    r.keyRisks?.length ? [h("h3", {}, "Key risks"), h("ul", { class: "risks" }, r.keyRisks.map((k) => h("li", {}, k)))] : null,
+    r.trade ? tradeBlock(r.trade) : null,
+    r.debate ? debateBlock(r.debate) : null,
+    h("h3", {}, "Analyst reports"),
+    (r.reports || []).map(reportBlock));
+}
+
+function fact(label, value) {
+  return h("div", {}, h("dt", {}, label), h("dd", {}, value ?? "—"));
+}
+
+function chartBlock(r) {
+  const svg = priceChart(r.chart);
+  if (!svg) return null;
+  const dates = r.chart.dates;
+  return [
+    h("h3", {}, `Price, ${dates[0]} to ${dates[dates.length - 1]}`),
+    h("div", { class: "legend" },
+      h("span", {}, h("i", { style: "background:var(--accent)" }), "Close"),
+      h("span", {}, h("i", { style: "background:#f59e0b" }), "20-day average"),
+      h("span", {}, h("i", { style: "background:#a855f7" }), "50-day average")),
+    svg,
+  ];
+}
+
+function tradeBlock(t) {
+  return [
+    h("h3", {}, "Trader's proposal"),
+    h("dl", { class: "trade" },
+      h("div", {}, h("dt", {}, "Action"), h("dd", {}, t.action)),
+      h("div", {}, h("dt", {}, "Entry"), h("dd", {}, num(t.entry))),
+      h("div", {}, h("dt", {}, "Stop"), h("dd", {}, num(t.stop))),
+      h("div", {}, h("dt", {}, "Target"), h("dd", {}, num(t.target))),
+      h("div", {}, h("dt", {}, "Position"), h("dd", {}, `${num(t.positionPct, 1)}% of portfolio`))),
+    formatted(t.rationale),
+  ];
+}
+
+function debateBlock(d) {
+  return h("details", { class: "report" },
+    h("summary", {}, h("strong", {}, "Bull vs bear debate"), h("span", { class: "signal", "data-signal": d.lean }, d.lean), h("span", { class: "muted" }, d.summary)),
+    h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.side === "bull" ? "Bull" : "Bear"} (round ${t.round}): `), t.argument))));
+}
+
+function reportBlock(rep) {
+  return h("details", { class: "report", "data-analyst": rep.analyst },
+    h("summary", {}, h("strong", {}, rep.title), h("span", { class: "signal", "data-signal": rep.signal }, rep.signal),
+      h("span", { class: "muted" }, rep.summary)),
+    h("div", { class: "body" }, formatted(rep.report)));
+}
+
+function num(v, digits = 2) {
+  return typeof v === "number" ? v.toFixed(digits) : "—";
+}
+
+/** Plain text with blank-line paragraphs, "- " bullets, "#" headings and **bold**, safely. */
+export function formatted(text) {
+  const blocks = String(text || "").split(/\n\s*\n/);
+  return h("div", { class: "prose" }, blocks.map((block) => {
+    const lines = block.split("\n").filter((l) => l.trim());
+    if (lines.length && lines.every((l) => /^\s*[-*•] /.test(l))) {
+      return h("ul", {}, lines.map((l) => h("li", {}, inline(l.replace(/^\s*[-*•] /, "")))));
+    }
+    if (lines.length === 1 && /^#+ /.test(lines[0])) return h("h4", {}, lines[0].replace(/^#+ /, ""));
+    return h("p", {}, inline(lines.join(" ")));
+  }));
+}
+
+function inline(text) {
+  return text.split(/(\*\*[^*]+\*\*)/).map((part) => (part.startsWith("**") && part.endsWith("**") ? h("strong", {}, part.slice(2, -2)) : part));
+}
+
+// --- history and the active strip ---
+
+export function historyItem(run, onOpen) {
+  const decision = run.result?.decision;
+  return h("li", { "data-run-id": run.runId, "data-status": run.status, tabindex: "0", onclick: () => onOpen(run),
+    onkeydown: (e) => { if (e.key === "Enter") onOpen(run); } },
+    h("span", { class: "sym" }, run.symbol),
+    h("span", { class: "mini-badge", "data-decision": decision || "" }, decision || STATUS_WORDS[run.status] || run.status),
+    h("span", { class: "when" }, when(run.createdAt), run.durationS ? ` · ${seconds(run.durationS)}` : ""),
+    h("span", { class: "status-pill", "data-status": run.status }, STATUS_WORDS[run.status] || run.status));
+}
+
+export function activeChip(run, current, onOpen) {
+  const pct = Math.round(Number(run.progress) || 0);
+  return h("li", {}, h("button", { type: "button", class: "chip", "data-run-id": run.runId, "aria-current": current ? "true" : "false", onclick: () => onOpen(run) },
+    h("strong", {}, run.symbol), h("span", { class: "mini" }, h("i", { style: `width:${pct}%` })), `${pct}%`));
+}
+
+const CONNECTION_WORDS = {
+  idle: "Idle", connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…",
+  polling: "Live updates unavailable — checking every 2 s", offline: "Server unreachable — retrying", ended: "Up to date",
+};
+
+export function setConnection(mode) {
+  const node = $("#connection");
+  node.dataset.mode = mode;
+  node.querySelector(".label").textContent = CONNECTION_WORDS[mode] || mode;
+}
