@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
+import re
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +42,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _RESERVED and key not in doc and not key.startswith("_"):
                 doc[key] = value
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
 
 
@@ -53,10 +56,88 @@ class TextFormatter(logging.Formatter):
         return f"{text} [run {run_id[-8:]}]" if run_id else text
 
 
+MASK = "[redacted]"
+SECRET_ENV_SUFFIXES = ("_KEY", "_TOKEN", "_TOKENS", "_SECRET", "_PASSWORD")
+"""Environment variables whose values never appear in a log line."""
+_SECRET_FIELD = re.compile(
+    r"(?i)^(authorization|cookie|set[-_]cookie|password|secret|token|api[-_]?key)$"
+    r"|(_token|_secret|_password|_api[-_]?key)$"
+)
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)(?:(bearer|basic|token)\s+)?[^\s\"',;}]+"),
+        rf"\1\2 {MASK}",
+    ),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {MASK}"),
+    (re.compile(r"\b(sk|xai|pk|rk)-[A-Za-z0-9_-]{12,}"), MASK),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]+"), MASK),
+    (re.compile(r"(?i)\b(rediss?|https?|postgres(?:ql)?)://([^:/@\s]*):[^@\s]+@"), rf"\1://\2:{MASK}@"),
+    (re.compile(r"(?i)([?&](?:token|access_token|api_key|apikey|key|password)=)[^&\s\"']+"), rf"\1{MASK}"),
+)
+
+
+def secret_env_values(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Values (and their long list items) of variables named like secrets, longest first."""
+    env = os.environ if environ is None else environ
+    found: set[str] = set()
+    for name, value in env.items():
+        if not name.upper().endswith(SECRET_ENV_SUFFIXES) or len(value) < 6:
+            continue
+        found.add(value)
+        for item in re.split(r"[,;\s]+", value):
+            found |= {part for part in re.split(r"[=:]", item) if len(part) >= 12} | (
+                {item} if len(item) >= 8 else set()
+            )
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` with bearer tokens, Authorization values, API keys and known secrets masked."""
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in a record's message, extra fields and traceback before any handler sees it.
+
+    Secret environment values are read once, at construction (``setup_logging`` time).
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.secrets = secret_env_values(environ)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage(), self.secrets)
+        record.args = None
+        for key, value in list(vars(record).items()):
+            if key in _RESERVED or key.startswith("_"):
+                continue
+            record.__dict__[key] = self._clean(key, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
+        return True
+
+    def _clean(self, key: str, value: Any) -> Any:
+        if _SECRET_FIELD.search(key) and value not in (None, ""):
+            return MASK
+        if isinstance(value, str):
+            return redact(value, self.secrets)
+        if isinstance(value, Mapping):
+            return {k: self._clean(str(k), v) for k, v in value.items()}
+        return value
+
+
 def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:
-    """Route every logger to stderr in the chosen format ('json' or 'text')."""
+    """Route every logger to stderr in the chosen format ('json' or 'text'), secrets masked."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service) if fmt == "json" else TextFormatter(service))
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
