@@ -1,0 +1,136 @@
+"""The projector's internal HTTP API (read-only, for the gateway) and its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from services.projector.queries import MAX_LIMIT, CursorError
+from services.projector.service import ProjectorService
+from services.projector.settings import ProjectorSettings
+
+logger = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+StatusFilter = Literal["active", "pending", "running", "completed", "failed", "timeout", "cancelled"]
+UserId = Annotated[str, Query(min_length=1, max_length=200)]
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    detail: str
+    field: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+def problem(status: int, title: str, detail: str, *, field: str | None = None, **extra: Any) -> Response:
+    slug = title.lower().replace(" ", "-")
+    body = Problem(f"https://tickertape.dev/problems/{slug}", title, status, detail, field, **extra)
+    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM)
+
+
+def json_response(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
+def create_app(settings: ProjectorSettings | None = None, service: ProjectorService | None = None) -> FastAPI:
+    """The app; its lifespan starts and stops the projector (consumer, schedules, connections)."""
+    the_service = service or ProjectorService(settings or ProjectorSettings.from_env())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await the_service.start()
+        try:
+            yield
+        finally:
+            await the_service.stop()
+
+    app = FastAPI(title="Tickertape projector (internal)", lifespan=lifespan)
+    app.state.service = the_service
+    _errors(app)
+    _runs(app, the_service)
+    _operations(app, the_service)
+    return app
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())[1:]), "message": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        detail = f"{first['field']}: {first['message']}"
+        return problem(422, "Validation error", detail, field=first["field"], errors=errors)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return problem(exc.status_code, "HTTP error", str(exc.detail))
+
+
+def _runs(app: FastAPI, service: ProjectorService) -> None:
+    @app.get("/internal/runs/{run_id}")
+    async def get_run(run_id: str, user_id: UserId) -> Response:
+        state = await service.queries.get(run_id, user_id)
+        if state is None:
+            return problem(404, "Run not found", f"no run {run_id} for this user")
+        return json_response(state.encode())
+
+    @app.get("/internal/runs")
+    async def list_runs(
+        user_id: UserId,
+        symbol: Annotated[str | None, Query(max_length=32)] = None,
+        status: StatusFilter | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+        cursor: Annotated[str | None, Query(max_length=500)] = None,
+    ) -> Response:
+        try:
+            page = await service.queries.page(
+                user_id, symbol=symbol, status=status, limit=limit, cursor=cursor
+            )
+        except CursorError as exc:
+            return problem(422, "Validation error", str(exc), field="cursor")
+        runs = b",".join(state.encode() for state in page.states)
+        cursor_json = msgspec.json.encode(page.next_cursor)
+        return json_response(b'{"runs":[' + runs + b'],"next_cursor":' + cursor_json + b"}")
+
+    @app.get("/internal/counts")
+    async def counts(user_id: UserId) -> Response:
+        return json_response(msgspec.json.encode(await service.queries.counts(user_id)))
+
+
+def _operations(app: FastAPI, service: ProjectorService) -> None:
+    @app.get("/internal/checkpoint")
+    async def checkpoint() -> Response:
+        return json_response(msgspec.json.encode(await service.checkpoint()))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response(b'{"status":"ok"}')
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        try:
+            await service.redis.ping()
+        except Exception as exc:
+            logger.warning("not ready: redis unreachable: %s", exc)
+            return problem(503, "Not ready", "redis is unreachable")
+        return json_response(b'{"status":"ready"}')
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        with contextlib.suppress(Exception):  # a scrape must answer even when Redis does not
+            await service.checkpoint()
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

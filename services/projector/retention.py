@@ -1,0 +1,177 @@
+"""Retention, one owner: archive old runs, drop ended runs' streams, trim the log and the queues.
+
+Every step is idempotent and bounded by what must be kept: an active run is never touched, the
+log is trimmed only behind the checkpoint (and the latest snapshot, and every group's pending
+and undelivered entries), a queue only of entries every group has acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from services.projector import snapshots, streamids
+from services.projector.metrics import metrics
+from services.projector.rows import micros
+from shared.events import utcnow
+from shared.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+_ARCHIVED = "run_id, user_id, symbol, status, requested_us, updated_us, last_event_id, state"
+_ENDED = "status NOT IN ('pending', 'running') AND updated_us < ?"
+_UNLINK_CHUNK = 500
+
+
+class Policy:
+    """The configurable ages and choices of retention."""
+
+    def __init__(
+        self,
+        *,
+        history: timedelta,
+        history_action: str,
+        run_stream_ttl: timedelta,
+        log_retention: timedelta,
+        queue_retention: timedelta,
+        snapshot_dir: Path | None,
+    ) -> None:
+        self.history = history
+        self.history_action = history_action
+        self.run_stream_ttl = run_stream_ttl
+        self.log_retention = log_retention
+        self.queue_retention = queue_retention
+        self.snapshot_dir = snapshot_dir
+        """Where snapshots are kept; None when snapshots are off (the log is then trimmed freely)."""
+
+
+class Retention:
+    """One pass of every retention rule; ``now`` is injectable so tests control the clock."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        redis: Redis,
+        keys: Keys,
+        policy: Policy,
+        *,
+        checkpoint: Callable[[], str],
+        lock: asyncio.Lock,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.redis = redis
+        self.keys = keys
+        self.policy = policy
+        self.checkpoint = checkpoint
+        self.lock = lock
+        self.now = now
+        self._swept_until_us = 0
+
+    async def run_once(self) -> dict[str, int]:
+        """Apply every rule once; returns (and records in metrics and logs) what was done."""
+        now = self.now()
+        report = {
+            self.policy.history_action + "d": await self.age_out_runs(now),
+            "run_streams_expired": await self.expire_run_streams(now),
+            "log_trimmed": await self.trim_log(now),
+            "queue_trimmed": await self.trim_queues(now),
+        }
+        for action, n in report.items():
+            if n:
+                metrics().retention.labels(action=action).inc(n)
+        logger.info("retention pass", extra={"retention": report})
+        return report
+
+    async def age_out_runs(self, now: datetime) -> int:
+        """Move (or delete) ended runs whose last event is older than the history horizon."""
+        cutoff = micros(now - self.policy.history)
+        async with self.lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.policy.history_action == "archive":
+                    await self.db.execute(
+                        f"INSERT OR REPLACE INTO runs_archive ({_ARCHIVED}, archived_us) "
+                        f"SELECT {_ARCHIVED}, ? FROM runs WHERE {_ENDED}",
+                        (micros(now), cutoff),
+                    )
+                cursor = await self.db.execute(f"DELETE FROM runs WHERE {_ENDED}", (cutoff,))
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.rollback()
+                raise
+        return max(cursor.rowcount, 0)
+
+    async def expire_run_streams(self, now: datetime) -> int:
+        """Remove streams of runs that ended longer ago than the TTL (a backstop to EXPIRE)."""
+        cutoff = micros(now - self.policy.run_stream_ttl) or 0
+        sql = f"SELECT run_id FROM runs WHERE {_ENDED} AND updated_us >= ?"
+        async with self.db.execute(sql, (cutoff, self._swept_until_us)) as cursor:
+            run_ids = [str(row[0]) for row in await cursor.fetchall()]
+        removed = 0
+        for start in range(0, len(run_ids), _UNLINK_CHUNK):
+            pipe = self.redis.pipeline(transaction=False)
+            for run_id in run_ids[start : start + _UNLINK_CHUNK]:
+                pipe.unlink(self.keys.run(run_id), self.keys.meta(run_id))
+            removed += sum(1 for n in await pipe.execute() if n)
+        self._swept_until_us = max(self._swept_until_us, cutoff - 86_400_000_000)
+        return removed
+
+    async def trim_log(self, now: datetime) -> int:
+        """Trim the global log behind checkpoint, latest snapshot, groups, and the log age."""
+        bound = streamids.successor(self.checkpoint())
+        if self.policy.snapshot_dir is not None:
+            latest = snapshots.latest(self.policy.snapshot_dir)
+            if latest is None:
+                return 0  # nothing to rebuild from yet: keep the whole log
+            bound = streamids.earliest(bound, streamids.successor(latest.checkpoint))
+        bound = streamids.earliest(bound, _age_bound(now, self.policy.log_retention))
+        group_bound = await self._groups_bound(self.keys.events)
+        if group_bound is None:
+            return 0
+        return await self._trim(self.keys.events, streamids.earliest(bound, group_bound))
+
+    async def trim_queues(self, now: datetime) -> int:
+        """Trim each work queue of entries every group has acknowledged and that are old enough."""
+        trimmed = 0
+        for queue in self.keys.queues:
+            group_bound = await self._groups_bound(queue)
+            if group_bound is not None:
+                bound = streamids.earliest(group_bound, _age_bound(now, self.policy.queue_retention))
+                trimmed += await self._trim(queue, bound)
+        return trimmed
+
+    async def _groups_bound(self, stream: str) -> str | None:
+        """The first ID some group still needs (pending or undelivered); None: no group, keep all."""
+        try:
+            groups: list[dict[str, Any]] = await self.redis.xinfo_groups(stream)
+        except ResponseError:
+            return None
+        if not groups:
+            return None
+        bounds = []
+        for group in groups:
+            bounds.append(streamids.successor(_text(group["last-delivered-id"])))
+            if int(group["pending"]):
+                summary = await self.redis.xpending(stream, group["name"])
+                bounds.append(_text(summary["min"]))
+        return streamids.earliest(*bounds)
+
+    async def _trim(self, stream: str, minid: str) -> int:
+        return int(await self.redis.xtrim(stream, minid=minid, approximate=False))
+
+
+def _age_bound(now: datetime, age: timedelta) -> str:
+    return f"{max(micros(now - age) or 0, 0) // 1000}-0"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,166 @@
+"""The projector's life: lock, restore or migrate, consume, snapshot and retain on schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+import aiosqlite
+from redis.asyncio import Redis
+
+from services.projector import lag, snapshots
+from services.projector.consumer import Consumer
+from services.projector.locking import exclusive
+from services.projector.metrics import metrics
+from services.projector.projection import Projection, open_db
+from services.projector.queries import Queries
+from services.projector.retention import Policy, Retention
+from services.projector.schema import migrate
+from services.projector.settings import ProjectorSettings
+from shared.events import utcnow
+from shared.redis_io import connect
+
+logger = logging.getLogger(__name__)
+
+_STOP_GRACE_S = 5.0
+
+
+class ProjectorService:
+    """Owns every connection and task of one projector process."""
+
+    def __init__(self, settings: ProjectorSettings, *, now: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.now = now
+        self.stop_event = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self._exit = contextlib.ExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._redis: Redis | None = None
+        self._blocking: Redis | None = None
+        self._projection: Projection | None = None
+
+    @property
+    def redis(self) -> Redis:
+        assert self._redis is not None, "projector not started"
+        return self._redis
+
+    @property
+    def projection(self) -> Projection:
+        assert self._projection is not None, "projector not started"
+        return self._projection
+
+    @property
+    def queries(self) -> Queries:
+        assert self._reader is not None, "projector not started"
+        return Queries(self._reader)
+
+    async def start(self) -> None:
+        s = self.settings
+        self._exit.enter_context(exclusive(s.lock_path))
+        await asyncio.to_thread(self._prepare_database)
+        self._writer = await open_db(s.db_path)
+        self._reader = await open_db(s.db_path, readonly=True)
+        self._projection = Projection(self._writer)
+        await self._projection.load()
+        self._redis = connect(s.common.redis_url)
+        self._blocking = connect(s.common.redis_url, blocking=True)
+        self._spawn("consumer", self._consume())
+        self._spawn("snapshots", self._every(s.snapshot_interval_s, self.snapshot))
+        self._spawn("retention", self._every(s.retention_interval_s, self.retention().run_once))
+        logger.info("projector started at checkpoint %s", self._projection.checkpoint)
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=_STOP_GRACE_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for db in (self._writer, self._reader):
+            if db is not None:
+                await db.close()
+        for client in (self._redis, self._blocking):
+            if client is not None:
+                await client.aclose()
+        self._exit.close()
+        logger.info("projector stopped")
+
+    def retention(self) -> Retention:
+        s = self.settings
+        policy = Policy(
+            history=timedelta(days=s.history_days),
+            history_action=s.history_action,
+            run_stream_ttl=timedelta(seconds=s.common.run_ttl_s),
+            log_retention=timedelta(seconds=s.log_retention_s),
+            queue_retention=timedelta(seconds=s.queue_retention_s),
+            snapshot_dir=s.snapshot_dir if s.snapshot_interval_s > 0 else None,
+        )
+        assert self._writer is not None
+        return Retention(
+            self._writer, self.redis, s.common.keys, policy,
+            checkpoint=lambda: self.projection.checkpoint, lock=self.lock, now=self.now,
+        )  # fmt: skip
+
+    async def snapshot(self) -> snapshots.Snapshot:
+        s = self.settings
+        return await asyncio.to_thread(snapshots.take, s.db_path, s.snapshot_dir, s.snapshot_keep)
+
+    async def checkpoint(self) -> lag.Checkpoint:
+        measured = await lag.measure(self.redis, self.settings.common.keys.events, self.projection.checkpoint)
+        metrics().lag_entries.set(measured.lag)
+        metrics().lag_seconds.set(measured.lag_seconds)
+        return measured
+
+    def _prepare_database(self) -> None:
+        s = self.settings
+        if not s.db_path.exists():
+            latest = snapshots.latest(s.snapshot_dir)
+            if latest is not None:
+                snapshots.restore(latest, s.db_path)
+        migrate(s.db_path)
+
+    async def _consume(self) -> None:
+        assert self._blocking is not None
+        s = self.settings
+        consumer = Consumer(
+            self.projection, self.redis, self._blocking, s.common.keys,
+            consumer=s.consumer, batch_size=s.batch_size, batch_wait_ms=s.batch_wait_ms, lock=self.lock,
+        )  # fmt: skip
+        await self._retrying("prepare the consumer group", consumer.prepare)
+        await consumer.run(self.stop_event)
+
+    async def _retrying(self, what: str, action: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.1
+        while not self.stop_event.is_set():
+            try:
+                await action()
+                return
+            except Exception:
+                logger.exception("could not %s; retrying in %.1fs", what, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _every(self, interval_s: float, job: Callable[[], Awaitable[object]]) -> None:
+        if interval_s <= 0:
+            return
+        while not self.stop_event.is_set():
+            await self._sleep(interval_s)
+            if self.stop_event.is_set():
+                return
+            try:
+                await job()
+            except Exception:
+                logger.exception("scheduled %s failed", getattr(job, "__name__", "job"))
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
+
+    def _spawn(self, name: str, coro: Awaitable[None]) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+        self._tasks[-1].set_name(f"projector-{name}")

@@ -1,0 +1,62 @@
+"""The projector's settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import CommonSettings, ConfigError, Env
+
+HISTORY_ACTIONS = ("archive", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectorSettings:
+    """Everything the projector reads from ``TT_*`` / ``REDIS_URL``."""
+
+    common: CommonSettings
+    host: str
+    port: int
+    db_path: Path
+    consumer: str
+    batch_size: int
+    batch_wait_ms: int
+    snapshot_dir: Path
+    snapshot_interval_s: float
+    snapshot_keep: int
+    retention_interval_s: float
+    history_days: float
+    history_action: str
+    log_retention_s: float
+    queue_retention_s: float
+
+    @property
+    def lock_path(self) -> Path:
+        return self.db_path.with_name(self.db_path.name + ".lock")
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> ProjectorSettings:
+        env = env or Env()
+        common = CommonSettings.from_env(env)
+        home = common.state_dir / "projector"
+        action = env.text("HISTORY_ACTION", "archive")
+        if action not in HISTORY_ACTIONS:
+            raise ConfigError(f"TT_HISTORY_ACTION must be one of {HISTORY_ACTIONS}, got {action!r}")
+        return cls(
+            common=common,
+            host=env.text("PROJECTOR_HOST", "127.0.0.1"),
+            port=env.integer("PROJECTOR_PORT", 8001, minimum=0),
+            db_path=Path(env.text("PROJECTOR_DB", str(home / "tickertape.db"))).resolve(),
+            consumer=env.text("PROJECTOR_CONSUMER", f"projector-{os.uname().nodename}"),
+            batch_size=env.integer("PROJECTOR_BATCH_SIZE", 1000, minimum=1),
+            batch_wait_ms=env.integer("PROJECTOR_BATCH_WAIT_MS", 1000, minimum=1),
+            snapshot_dir=Path(env.text("SNAPSHOT_DIR", str(home / "snapshots"))).resolve(),
+            snapshot_interval_s=env.number("SNAPSHOT_INTERVAL_S", 3600.0, minimum=0.0),
+            snapshot_keep=env.integer("SNAPSHOT_KEEP", 3, minimum=1),
+            retention_interval_s=env.number("RETENTION_INTERVAL_S", 600.0, minimum=0.0),
+            history_days=env.number("HISTORY_DAYS", 30.0, minimum=0.0),
+            history_action=action,
+            log_retention_s=env.number("LOG_RETENTION_S", 7 * 86400.0, minimum=0.0),
+            queue_retention_s=env.number("QUEUE_RETENTION_S", 3600.0, minimum=0.0),
+        )
