@@ -1,0 +1,82 @@
+"""Per-user submission rate limit (a fixed window in Redis) and the request body size limit."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.problems import Problem
+from shared.keys import Keys
+
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {n, ttl}
+"""
+
+
+class RateLimiter:
+    """At most ``limit`` submissions per ``window_s`` per user (0 = unlimited)."""
+
+    def __init__(self, redis: Redis, keys: Keys, limit: int, window_s: int) -> None:
+        self.keys, self.limit, self.window_s = keys, limit, window_s
+        self._count = redis.register_script(_COUNT)
+
+    async def hit(self, user_id: str) -> None:
+        if self.limit <= 0:
+            return
+        count, ttl = await self._count(keys=[self.keys.rate(user_id)], args=[self.window_s])
+        if int(count) > self.limit:
+            raise Problem(
+                429,
+                f"You submitted more than {self.limit} runs in {self.window_s} s; retry in {int(ttl)} s.",
+                slug="rate-limited",
+                headers={"Retry-After": str(max(int(ttl), 1))},
+            )
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``max_bytes`` (declared or streamed) is answered 413."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        buffered = await self._read_body(receive)
+        if buffered is None:
+            await self._refuse(scope, receive, send)
+            return
+
+        async def replay() -> Message:
+            return buffered.pop(0) if buffered else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _read_body(self, receive: Receive) -> list[Message] | None:
+        """The request's body messages (bodies are small), or None when over the limit."""
+        buffered: list[Message] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return buffered
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                return None
+            buffered.append(message)
+            if not message.get("more_body", False):
+                return buffered
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = Problem(413, f"The request body is larger than {self.max_bytes} bytes.")
+        await problem.response(scope.get("path")).__call__(scope, receive, send)

@@ -1,0 +1,124 @@
+"""Health, readiness, metrics, what the UI offers (models, analysts), sessions and the web page."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.gateway.auth import CSRF_COOKIE, SESSION_COOKIE, Caller
+from services.gateway.problems import Problem
+from services.gateway.runtime import Runtime, caller_of, runtime_of
+from services.gateway.schemas import SessionRequest
+from shared.catalog import ANALYSTS
+
+logger = logging.getLogger(__name__)
+
+CallerDep = Annotated[Caller, Depends(caller_of)]
+RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
+
+PLACEHOLDER = """<!doctype html><html><head><meta charset="utf-8"><title>Tickertape</title></head>
+<body><h1>Tickertape</h1><p>The web UI is not built yet. The API is described at
+<a href="/docs">/docs</a>.</p></body></html>"""
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz", tags=["ops"], summary="Process alive (never touches Redis)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["ops"], summary="Redis and the projector reachable")
+    async def readyz(runtime: RuntimeDep) -> JSONResponse:
+        checks = {"redis": await _redis_ok(runtime), "projector": await runtime.runs.ready()}
+        ready = all(checks.values())
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return JSONResponse(body, 200 if ready else 503)
+
+    @router.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/api/trading/models", tags=["catalog"], summary="Models a run may use")
+    async def models(runtime: RuntimeDep) -> dict[str, Any]:
+        items = [
+            {
+                "id": m.id,
+                "label": m.label or m.id,
+                "provider": m.provider,
+                "promptUsdPerM": m.prompt_usd_per_m,
+                "completionUsdPerM": m.completion_usd_per_m,
+                "default": m.id == "offline",
+            }
+            for m in runtime.models.values()
+        ]
+        return {"models": sorted(items, key=lambda m: (not m["default"], m["id"]))}
+
+    @router.get("/api/trading/analysts", tags=["catalog"], summary="Analysts a run may select")
+    async def analysts() -> dict[str, Any]:
+        return {"analysts": [{"id": a.id, "name": a.name, "description": a.description} for a in ANALYSTS]}
+
+    _session_routes(router)
+    _page_routes(router)
+    return router
+
+
+def _session_routes(router: APIRouter) -> None:
+    @router.post("/api/trading/session", tags=["auth"], summary="Exchange an API token for a session cookie")
+    async def sign_in(body: SessionRequest, runtime: RuntimeDep) -> JSONResponse:
+        auth = runtime.auth
+        if not auth.enabled:
+            return JSONResponse({"userId": "local", "authEnabled": False, "csrfToken": None})
+        user = auth.user_for_token(body.token)
+        if user is None:
+            raise Problem(401, "That token is not valid: ask an operator for an API token.", field="token")
+        session = auth.new_session(user)
+        response = JSONResponse(
+            {"userId": user, "authEnabled": True, "csrfToken": session.csrf, "expiresAt": session.expires_at}
+        )
+        secure, max_age = runtime.settings.cookie_secure, runtime.settings.session_ttl_s
+        response.set_cookie(SESSION_COOKIE, session.cookie, max_age=max_age, httponly=True,
+                            samesite="strict", secure=secure, path="/")  # fmt: skip
+        response.set_cookie(CSRF_COOKIE, session.csrf, max_age=max_age, httponly=False,
+                            samesite="strict", secure=secure, path="/")  # fmt: skip
+        return response
+
+    @router.get("/api/trading/session", tags=["auth"], summary="Who you are")
+    async def whoami(caller: CallerDep, runtime: RuntimeDep, request: Request) -> dict[str, Any]:
+        csrf = request.cookies.get(CSRF_COOKIE) if caller.via == "cookie" else None
+        enabled = runtime.auth.enabled
+        return {"userId": caller.user_id, "authEnabled": enabled, "via": caller.via, "csrfToken": csrf}
+
+    @router.delete("/api/trading/session", tags=["auth"], summary="Sign out (clears the cookies)")
+    async def sign_out() -> JSONResponse:
+        response = JSONResponse({"signedOut": True})
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(CSRF_COOKIE, path="/", samesite="strict")
+        return response
+
+
+def _page_routes(router: APIRouter) -> None:
+    @router.get("/", include_in_schema=False)
+    async def index(runtime: RuntimeDep) -> Response:
+        page = runtime.settings.static_dir / "index.html"
+        return FileResponse(page) if page.is_file() else HTMLResponse(PLACEHOLDER)
+
+    @router.get("/static/{path:path}", include_in_schema=False)
+    async def static(path: str, runtime: RuntimeDep) -> FileResponse:
+        root = runtime.settings.static_dir.resolve()
+        target = (root / path).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise Problem(404, f"No static file {path!r}.")
+        return FileResponse(target)
+
+
+async def _redis_ok(runtime: Runtime) -> bool:
+    try:
+        return bool(await runtime.redis.ping())
+    except Exception as exc:  # any failure means "not ready", reported, never raised
+        logger.warning("readiness: redis ping failed: %s", exc)
+        return False

@@ -1,0 +1,60 @@
+"""The gateway's Prometheus metrics (default registry), created once on first use."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayMetrics:
+    runs_submitted: Counter
+    requests: Counter
+    duration: Histogram
+    sse_connections: Gauge
+    sse_dropped: Counter
+
+
+@functools.cache
+def metrics() -> GatewayMetrics:
+    return GatewayMetrics(
+        runs_submitted=Counter("tickertape_runs_submitted_total", "Runs accepted", ["priority"]),
+        requests=Counter(
+            "tickertape_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
+        ),
+        duration=Histogram("tickertape_http_request_duration_seconds", "Time to answer", ["route"]),
+        sse_connections=Gauge("tickertape_sse_connections", "Open SSE streams"),
+        sse_dropped=Counter("tickertape_sse_dropped_total", "SSE clients dropped for being too slow"),
+    )
+
+
+class RequestMetrics:
+    """ASGI middleware: counts and times every request by its route template."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.metrics = metrics()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.duration.labels(route).observe(time.perf_counter() - started)

@@ -1,0 +1,158 @@
+"""RFC 9457 problem details: every error the gateway answers, and the handlers that shape them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://tickertape.dev/problems/"
+_TITLES = {
+    400: "Bad request",
+    401: "Not authenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+_SLUGS = {
+    401: "unauthorized",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "too-large",
+    422: "validation",
+}
+
+
+class Problem(Exception):
+    """An error answered as problem+json; ``slug`` names its type."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        slug: str | None = None,
+        title: str | None = None,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug or _SLUGS.get(status, f"http-{status}")
+        self.title = title or _TITLES.get(status, "Error")
+        self.field = field
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            doc["instance"] = instance
+        if self.field is not None:
+            doc["field"] = self.field
+        doc.update(self.extra)
+        return doc
+
+    def response(self, instance: str | None = None) -> JSONResponse:
+        return JSONResponse(
+            self.body(instance), status_code=self.status, headers=self.headers, media_type=PROBLEM_JSON
+        )
+
+
+def not_found(run_id: str) -> Problem:
+    return Problem(404, f"No run {run_id} is visible to you: check the id (runs expire after history).")
+
+
+def invalid(field: str, detail: str, **extra: Any) -> Problem:
+    return Problem(422, detail, field=field, extra={"errors": [{"field": field, "message": detail}], **extra})
+
+
+def field_name(loc: Sequence[int | str]) -> str:
+    """Pydantic's location as a person reads it: ("body", "analysts", 2) → ``analysts[2]``."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        where = parts.pop(0)
+        if where == "header" and parts:
+            return "-".join(p.capitalize() for p in str(parts[0]).split("-"))
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field (not part of this request's schema)"
+    if kind == "missing":
+        return "field required"
+    if kind == "json_invalid":
+        return f"body is not valid JSON: {error.get('ctx', {}).get('error', 'parse error')}"
+    return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
+def _field_of(error: Mapping[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        return "body"
+    return field_name(error.get("loc", ()))
+
+
+def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Problem:
+    items = [{"field": _field_of(e), "message": _message(e)} for e in errors]
+    first = items[0] if items else {"field": "body", "message": "invalid request"}
+    detail = "; ".join(f"{i['field']}: {i['message']}" for i in items) or "invalid request"
+    return Problem(422, detail, field=first["field"], extra={"errors": items})
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error (ours, FastAPI's validation, Starlette's HTTP errors) as problem+json."""
+
+    async def on_problem(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Problem)
+        return exc.response(request.url.path)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return validation_problem(list(exc.errors())).response(request.url.path)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"No route {request.method} {request.url.path}: see /docs for the API."
+        if exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}: see /docs."
+        return Problem(exc.status_code, detail, headers=exc.headers).response(request.url.path)
+
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        problem = Problem(500, "The gateway failed unexpectedly; the error was logged. Try again.")
+        return problem.response(request.url.path)
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_error)

@@ -1,0 +1,124 @@
+"""What the app's lifespan owns (clients, store, hub) and the request-scoped helpers on top."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from fastapi import Request
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.gateway.auth import Authenticator, Caller
+from services.gateway.hub import Hub
+from services.gateway.limits import RateLimiter
+from services.gateway.metrics import metrics
+from services.gateway.queries import RunReader
+from services.gateway.settings import GatewaySettings
+from shared.models import ModelSpec, load_registry
+from shared.redis_io import COMMAND_TIMEOUT_S, connect
+from shared.reducer import RunState
+from shared.store import EventStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: GatewaySettings
+    redis: Redis
+    reader: Redis
+    store: EventStore
+    hub: Hub
+    projector: httpx.AsyncClient
+    runs: RunReader
+    auth: Authenticator
+    limiter: RateLimiter
+    models: dict[str, ModelSpec]
+
+    async def wait_terminal(self, run_id: str, user_id: str, timeout_s: float) -> RunState | None:
+        """The run once it has ended, or as it is when ``timeout_s`` passes (None: not visible)."""
+        state = await self.runs.get(run_id, user_id)
+        if state is None or state.terminal or timeout_s <= 0:
+            return state
+        listener = await self.hub.join(run_id, state.last_event_id or "0-0", 1024)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not listener.dropped and not (await listener.queue.get()).final:
+                    pass
+        except TimeoutError:
+            pass
+        finally:
+            self.hub.leave(listener)
+        return await self.runs.get(run_id, user_id)
+
+
+def command_client(url: str, size: int) -> Redis:
+    """A command client whose pool never grows past ``size`` (callers wait for a connection)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=size,
+        timeout=COMMAND_TIMEOUT_S,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        socket_connect_timeout=COMMAND_TIMEOUT_S,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return Redis(connection_pool=pool)
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
+    """Build every client, start the SSE reader; close all of it on exit."""
+    common = settings.common
+    redis = command_client(common.redis_url, settings.redis_pool_size)
+    reader = connect(common.redis_url, blocking=True)
+    projector = httpx.AsyncClient(base_url=settings.projector_url, timeout=settings.projector_timeout_s)
+    store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s)
+    hub = Hub(
+        reader,
+        redis,
+        store,
+        common.keys,
+        settings.process_id,
+        block_ms=settings.sse_block_ms,
+        on_drop=metrics().sse_dropped.inc,
+    )
+    runtime = Runtime(
+        settings=settings,
+        redis=redis,
+        reader=reader,
+        store=store,
+        hub=hub,
+        projector=projector,
+        runs=RunReader(store, projector),
+        auth=Authenticator(settings),
+        limiter=RateLimiter(redis, common.keys, *settings.submit_rate),
+        models=load_registry(settings.models_path),
+    )
+    try:
+        await hub.start()
+        yield runtime
+    finally:
+        await hub.stop()
+        await projector.aclose()
+        await reader.aclose()
+        await redis.aclose()
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def caller_of(request: Request) -> Caller:
+    """FastAPI dependency: the authenticated caller (401/403 problems otherwise)."""
+    return runtime_of(request).auth.caller(request)

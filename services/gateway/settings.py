@@ -1,0 +1,115 @@
+"""The gateway's settings, read once from the environment at start and frozen afterwards."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.config import CommonSettings, ConfigError, Env
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_RATE = re.compile(r"^(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)$")
+_WINDOWS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def default_process_id() -> str:
+    """host-pid-random: names this process's wake-up stream."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def parse_tokens(raw: str | None) -> dict[str, str]:
+    """``user:sha256hex,...`` → {sha256hex: user}; only hashes are ever held."""
+    tokens: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        user, sep, digest = item.rpartition(":")
+        digest = digest.strip().lower()
+        if not sep or not user.strip() or not _HEX64.match(digest):
+            raise ConfigError("TT_API_TOKENS must be 'user:sha256hex,...' (the SHA-256 of each token)")
+        tokens[digest] = user.strip()
+    return tokens
+
+
+def parse_rate(raw: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    """``30/min`` → (30, 60); ``0/min`` turns the limit off."""
+    if raw is None:
+        return default
+    match = _RATE.match(raw.strip().lower())
+    if not match:
+        raise ConfigError(f"TT_SUBMIT_RATE must look like '30/min', got {raw!r}")
+    return int(match.group(1)), _WINDOWS[match.group(2)]
+
+
+def _names(raw: str | None) -> frozenset[str]:
+    return frozenset(x.strip() for x in (raw or "").split(",") if x.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything the gateway reads from ``TT_*`` / ``REDIS_URL``."""
+
+    common: CommonSettings
+    host: str = "127.0.0.1"
+    port: int = 8000
+    projector_url: str = "http://127.0.0.1:8001"
+    projector_timeout_s: float = 2.0
+    max_active_runs: int = 3
+    idempotency_ttl_s: int = 24 * 3600
+    auth: bool = False
+    api_tokens: Mapping[str, str] = field(default_factory=dict)
+    session_secret: str = ""
+    session_ttl_s: int = 7 * 24 * 3600
+    cookie_secure: bool = False
+    allowed_origins: frozenset[str] = frozenset()
+    high_priority_users: frozenset[str] = frozenset({"local"})
+    submit_rate: tuple[int, int] = (30, 60)
+    max_body_bytes: int = 16 * 1024
+    models_path: str | None = None
+    max_wait_s: float = 60.0
+    internal_wait_s: float = 30.0
+    sse_heartbeat_s: float = 15.0
+    sse_retry_ms: int = 3000
+    sse_queue_size: int = 256
+    sse_block_ms: int = 5000
+    redis_pool_size: int = 32
+    process_id: str = field(default_factory=default_process_id)
+    static_dir: Path = STATIC_DIR
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> GatewaySettings:
+        env = env or Env()
+        return cls(
+            common=CommonSettings.from_env(env),
+            host=env.text("GATEWAY_HOST", "127.0.0.1"),
+            port=env.integer("GATEWAY_PORT", 8000, minimum=0),
+            projector_url=env.text("PROJECTOR_URL", "http://127.0.0.1:8001").rstrip("/"),
+            projector_timeout_s=env.number("PROJECTOR_TIMEOUT_S", 2.0, minimum=0.05),
+            max_active_runs=env.integer("MAX_ACTIVE_RUNS", 3, minimum=0),
+            idempotency_ttl_s=env.integer("IDEMPOTENCY_TTL_S", 24 * 3600, minimum=1),
+            auth=env.flag("AUTH", False),
+            api_tokens=parse_tokens(env.optional("API_TOKENS")),
+            session_secret=env.optional("SESSION_SECRET") or secrets.token_hex(32),
+            session_ttl_s=env.integer("SESSION_TTL_S", 7 * 24 * 3600, minimum=60),
+            cookie_secure=env.flag("COOKIE_SECURE", False),
+            allowed_origins=_names(env.optional("ALLOWED_ORIGINS")),
+            high_priority_users=_names(env.text("HIGH_PRIORITY_USERS", "local")),
+            submit_rate=parse_rate(env.optional("SUBMIT_RATE"), (30, 60)),
+            max_body_bytes=env.integer("MAX_BODY_BYTES", 16 * 1024, minimum=64),
+            models_path=env.optional("MODELS"),
+            max_wait_s=env.number("MAX_WAIT_S", 60.0, minimum=0.0),
+            internal_wait_s=env.number("INTERNAL_WAIT_S", 30.0, minimum=0.0),
+            sse_heartbeat_s=env.number("SSE_HEARTBEAT_S", 15.0, minimum=0.1),
+            sse_retry_ms=env.integer("SSE_RETRY_MS", 3000, minimum=0),
+            sse_queue_size=env.integer("SSE_QUEUE_SIZE", 256, minimum=1),
+            sse_block_ms=env.integer("SSE_BLOCK_MS", 5000, minimum=10),
+            redis_pool_size=env.integer("GATEWAY_REDIS_POOL", 32, minimum=2),
+            process_id=env.text("GATEWAY_PROCESS_ID", default_process_id()),
+        )

@@ -1,0 +1,122 @@
+"""A real gateway (uvicorn on a free port, in this process) over the session's real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from redis.asyncio import Redis
+
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from shared.config import CommonSettings
+from shared.keys import Keys
+from shared.redis_server import free_port
+from shared.store import EventStore
+from tests.gateway.support import Runner
+
+
+class RunningGateway:
+    """One gateway server; ``stop()`` shuts it down like a process would."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=settings.port,
+            log_config=None,
+            ws="none",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    async def start(self) -> RunningGateway:
+        self.task = asyncio.create_task(self.server.serve())
+        async with asyncio.timeout(10):
+            while not self.server.started:
+                if self.task.done():
+                    self.task.result()
+                await asyncio.sleep(0.01)
+        return self
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 10)
+
+
+def make_settings(redis_url: str, state_dir: Path, **overrides: Any) -> GatewaySettings:
+    common = CommonSettings(
+        redis_url=redis_url,
+        keys=Keys("tt:"),
+        state_dir=state_dir,
+        run_ttl_s=3600,
+        log_format="text",
+        log_level="INFO",
+    )
+    base = GatewaySettings(
+        common=common,
+        port=free_port(),
+        projector_url=f"http://127.0.0.1:{free_port()}",
+        projector_timeout_s=0.5,
+        submit_rate=(1000, 60),
+        sse_heartbeat_s=1.0,
+        sse_block_ms=2000,
+        session_secret="test-secret",
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def start_gateway(redis: Redis, redis_url: str, state_dir: Path) -> AsyncIterator[GatewayFactory]:
+    """Start gateways with settings overrides; all are stopped at the end of the test."""
+    started: list[RunningGateway] = []
+
+    async def start(**overrides: Any) -> RunningGateway:
+        gateway = await RunningGateway(make_settings(redis_url, state_dir, **overrides)).start()
+        started.append(gateway)
+        return gateway
+
+    try:
+        yield start
+    finally:
+        for gateway in started:
+            await gateway.stop()
+
+
+@pytest.fixture
+async def gateway(start_gateway: GatewayFactory) -> RunningGateway:
+    return await start_gateway()
+
+
+@pytest.fixture
+async def client(gateway: RunningGateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        yield http
+
+
+@pytest.fixture
+def store(redis: Redis, keys: Keys) -> EventStore:
+    return EventStore(redis, keys, run_ttl_s=3600)
+
+
+@pytest.fixture
+def runner(store: EventStore) -> Runner:
+    return Runner(store)

@@ -1,0 +1,123 @@
+"""Test helpers: a runner that appends through the real write path, and an SSE reader."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from shared.catalog import plan_steps
+from shared.events import (
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    StepCompleted,
+    StepProgress,
+    StepStarted,
+)
+from shared.results import RunResult
+from shared.store import EventStore
+
+RUNS = "/api/trading/runs"
+ANALYSTS = ("market", "risk")
+BODY = {"symbol": "AAPL", "analysts": ["market", "risk"]}
+
+
+def result(symbol: str = "AAPL") -> RunResult:
+    return RunResult(
+        symbol=symbol,
+        decision="BUY",
+        rating="Buy",
+        confidence=0.7,
+        horizon="3 months",
+        rationale="test",
+        key_risks=["volatility"],
+        reports=[],
+    )
+
+
+class Runner:
+    """Appends a runner's events with ``EventStore.append`` (fenced), as the runner does."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    async def start(self, run_id: str, analysts: tuple[str, ...] = ANALYSTS, fence: str = "f1") -> str:
+        steps = plan_steps(analysts)
+        return await self.store.append(
+            RunStarted(run_id=run_id, runner_id="test-runner", attempt=1, steps=steps), fence=fence
+        )
+
+    async def step(self, run_id: str, step: str, index: int, fence: str = "f1") -> list[str]:
+        return [
+            await self.store.append(StepStarted(run_id=run_id, step=step, index=index), fence=fence),
+            await self.store.append(StepProgress(run_id=run_id, step=step, progress=0.5), fence=fence),
+            await self.store.append(StepCompleted(run_id=run_id, step=step, duration_s=0.1), fence=fence),
+        ]
+
+    async def complete(self, run_id: str, fence: str = "f1") -> str:
+        event = RunCompleted(run_id=run_id, result=result(), duration_s=1.0)
+        return await self.store.append(event, fence=fence)
+
+    async def fail(self, run_id: str, fence: str = "f1") -> str:
+        return await self.store.append(RunFailed(run_id=run_id, code="boom", message="it broke"), fence=fence)
+
+    async def run_all(self, run_id: str, analysts: tuple[str, ...] = ("market", "risk")) -> None:
+        await self.start(run_id, analysts)
+        for index, step in enumerate(plan_steps(analysts)):
+            await self.step(run_id, step, index)
+        await self.complete(run_id)
+
+
+@dataclass
+class SseMessage:
+    id: str | None
+    event: str
+    data: Any
+
+
+@dataclass
+class SseLog:
+    messages: list[SseMessage] = field(default_factory=list)
+    retry: int | None = None
+    comments: int = 0
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self.messages if m.id]
+
+    @property
+    def events(self) -> list[str]:
+        return [m.event for m in self.messages]
+
+
+async def read_sse(
+    response: httpx.Response, log: SseLog, stop_after: int | None = None, stop_on_end: bool = True
+) -> SseLog:
+    """Parse an event stream into ``log`` until ``end`` (or ``stop_after`` messages with an id)."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line.startswith(":"):
+            log.comments += 1
+        elif line == "":
+            if "retry" in fields:
+                log.retry = int(fields.pop("retry"))
+            if "event" in fields or "data" in fields:
+                data = json.loads(fields["data"])
+                message = SseMessage(fields.get("id"), fields.get("event", "message"), data)
+                log.messages.append(message)
+                if stop_on_end and message.event == "end":
+                    return log
+                if stop_after is not None and len(log.ids) >= stop_after:
+                    return log
+            fields = {}
+        else:
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+    return log
+
+
+def stream_ids(raw: list[Any]) -> list[str]:
+    return [i.decode() if isinstance(i, bytes) else str(i) for i, _ in raw]
