@@ -95,7 +95,7 @@ class Display:
             if status in ("completed", "failed", "cancelled") and name not in self.shown_steps:
                 self.shown_steps.add(name)
                 mark = MARKS.get(status, " ")
-                self._line(f"  {mark} {step.get('label', name):<24} {duration(step.get('duration_s')):>7}")
+                self._line(f"  {mark} {step.get('label', name):<24} {duration(pick(step, 'duration_s')):>7}")
 
     def _redraw(self, state: Json) -> None:
         if not self.live:
@@ -161,11 +161,12 @@ def _wrapped(label: str, text: str) -> list[str]:
 
 def render_runs(runs: list[Json]) -> str:
     """A table of runs, newest first, as the API returned them."""
-    rows = [f"{'RUN ID':<28} {'SYMBOL':<8} {'STATUS':<10} {'DECISION':<8} {'PROGRESS':>8}  REQUESTED"]
+    rows = [f"{'RUN ID':<36} {'SYMBOL':<8} {'STATUS':<10} {'DECISION':<8} {'PROGRESS':>8}  REQUESTED"]
     for run in runs:
         result = pick(run, "result") or {}
+        created = pick(run, "created_at") or pick(run, "requested_at", "")
         rows.append(
-            f"{pick(run, 'run_id', ''):<28} {pick(run, 'symbol', ''):<8} {pick(run, 'status', ''):<10} "
-            f"{pick(result, 'decision', '') or '':<8} {percent(run):>7.1f}%  {pick(run, 'requested_at', '')}"
+            f"{pick(run, 'run_id', ''):<36} {pick(run, 'symbol', ''):<8} {pick(run, 'status', ''):<10} "
+            f"{pick(result, 'decision', '') or '':<8} {percent(run):>7.1f}%  {created}"
         )
     return "\n".join(rows)

@@ -103,7 +103,7 @@ export function renderResult(state) {
   }
   card.hidden = false;
   card.dataset.runId = state.runId;
-  card.replaceChildren(
+  card.replaceChildren(...[
     h("h2", {}, `${r.symbol} — assessment`),
     h("div", { class: "decision-row" },
       h("span", { class: "badge", "data-decision": r.decision, id: "decision" }, r.decision),
@@ -121,7 +121,8 @@ export function renderResult(state) {
     r.trade ? tradeBlock(r.trade) : null,
     r.debate ? debateBlock(r.debate) : null,
     h("h3", {}, "Analyst reports"),
-    (r.reports || []).map(reportBlock));
+    (r.reports || []).map(reportBlock),
+  ].flat(2).filter(Boolean));
 }
 
 function fact(label, value) {
