@@ -163,7 +163,7 @@ def test_secrets_reach_only_their_consumers(manifests: list[Manifest]) -> None:
         (container,) = containers(find(manifests, *name.split("/")))
         return {ref["secretRef"]["name"] for ref in container.get("envFrom", []) if "secretRef" in ref}
 
-    assert secret_refs("Deployment/tickertape-gateway") == {"tickertape-api-tokens"}
+    assert secret_refs("Deployment/tickertape-gateway") == {"tickertape-gateway"}
     assert secret_refs("Deployment/tickertape-runner") == {"tickertape-llm-keys"}
     assert secret_refs("StatefulSet/tickertape-projector") == set()
     for secret in (m for m in manifests if m["kind"] == "Secret"):
@@ -397,3 +397,41 @@ def test_every_file_under_k8s_is_rendered() -> None:
         listed |= {(directory / patch["path"]).resolve() for patch in spec.get("patches", [])}
     files = {path.resolve() for path in K8S.rglob("*.yaml") if path.name != "kustomization.yaml"}
     assert files - listed == set()
+
+
+def container_env(manifests: list[Manifest], kind: str, name: str) -> dict[str, str]:
+    """The environment a container would see: ConfigMap, Secrets, then its own ``env``."""
+    (container,) = containers(find(manifests, kind, name))
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env |= find(manifests, "ConfigMap", source["configMapRef"]["name"])["data"]
+        else:
+            env |= find(manifests, "Secret", source["secretRef"]["name"])["stringData"]
+    for item in container.get("env", []):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        value = find(manifests, "Secret", ref["name"])["stringData"][ref["key"]] if ref else None
+        value = value or re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], item.get("value", ""))
+        env[item["name"]] = value or f"{name}-0"
+    return env
+
+
+def test_services_accept_their_configuration(manifests: list[Manifest]) -> None:
+    """The real settings classes parse what the manifests give each container."""
+    from shared.config import Env
+
+    gateway = pytest.importorskip("services.gateway.settings")
+    runner = pytest.importorskip("services.runner.settings")
+    projector = pytest.importorskip("services.projector.settings")
+    gw = gateway.GatewaySettings.from_env(Env(container_env(manifests, "Deployment", "tickertape-gateway")))
+    assert gw.auth is True and gw.port == 8000 and gw.host == "0.0.0.0"
+    assert gw.projector_url == "http://tickertape-projector:8001"
+    run = runner.RunnerSettings.from_env(Env(container_env(manifests, "Deployment", "tickertape-runner")))
+    assert run.port == 8002 and run.host == "0.0.0.0"
+    assert run.common.redis_url.startswith("redis://:change-me")
+    proj = projector.ProjectorSettings.from_env(
+        Env(container_env(manifests, "StatefulSet", "tickertape-projector"))
+    )
+    assert proj.port == 8001 and proj.host == "0.0.0.0"
+    assert proj.db_path.is_relative_to("/var/lib/tickertape")
+    assert proj.snapshot_dir.is_relative_to("/var/lib/tickertape")
