@@ -11,8 +11,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 COMMAND_TIMEOUT_S = 5.0
 
 
-def connect(url: str, *, blocking: bool = False, max_connections: int | None = None) -> Redis:
+def connect(
+    url: str, *, blocking: bool = False, max_connections: int | None = None, client_name: str | None = None
+) -> Redis:
     """A client for ``url``; ``blocking=True`` for XREAD/XREADGROUP with BLOCK.
+
+    ``client_name`` is set on every connection (CLIENT SETNAME), so ``CLIENT LIST`` shows whose it is.
 
     A blocking read on a connection whose socket timeout is shorter than BLOCK raises a timeout,
     so blocking readers get their own client with no socket timeout.
@@ -25,7 +29,7 @@ def connect(url: str, *, blocking: bool = False, max_connections: int | None = N
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         max_connections=max_connections,
-        client_name=None,
+        client_name=client_name,
     )
 
 

@@ -60,7 +60,7 @@ class Runtime:
         return await self.runs.get(run_id, user_id)
 
 
-def command_client(url: str, size: int) -> Redis:
+def command_client(url: str, size: int, name: str) -> Redis:
     """A command client whose pool never grows past ``size`` (callers wait for a connection)."""
     pool = BlockingConnectionPool.from_url(
         url,
@@ -71,6 +71,7 @@ def command_client(url: str, size: int) -> Redis:
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        client_name=name,
     )
     return Redis(connection_pool=pool)
 
@@ -79,8 +80,9 @@ def command_client(url: str, size: int) -> Redis:
 async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
     """Build every client, start the SSE reader; close all of it on exit."""
     common = settings.common
-    redis = command_client(common.redis_url, settings.redis_pool_size)
-    reader = connect(common.redis_url, blocking=True)
+    name = f"tt-gateway:{settings.process_id}"
+    redis = command_client(common.redis_url, settings.redis_pool_size, name)
+    reader = connect(common.redis_url, blocking=True, client_name=f"{name}:sse")
     projector = httpx.AsyncClient(base_url=settings.projector_url, timeout=settings.projector_timeout_s)
     store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s)
     hub = Hub(

@@ -12,11 +12,13 @@ from shared.catalog import plan_steps
 from shared.events import (
     RunCompleted,
     RunFailed,
+    RunRequested,
     RunStarted,
     StepCompleted,
     StepProgress,
     StepStarted,
 )
+from shared.ids import new_run_id
 from shared.results import RunResult
 from shared.store import EventStore
 
@@ -64,11 +66,20 @@ class Runner:
     async def fail(self, run_id: str, fence: str = "f1") -> str:
         return await self.store.append(RunFailed(run_id=run_id, code="boom", message="it broke"), fence=fence)
 
-    async def run_all(self, run_id: str, analysts: tuple[str, ...] = ("market", "risk")) -> None:
-        await self.start(run_id, analysts)
+    async def run_all_steps(self, run_id: str, analysts: tuple[str, ...] = ANALYSTS) -> None:
         for index, step in enumerate(plan_steps(analysts)):
             await self.step(run_id, step, index)
+
+    async def run_all(self, run_id: str, analysts: tuple[str, ...] = ANALYSTS) -> None:
+        await self.start(run_id, analysts)
+        await self.run_all_steps(run_id, analysts)
         await self.complete(run_id)
+
+
+def request_event(user_id: str, symbol: str = "AAPL") -> RunRequested:
+    return RunRequested(
+        run_id=new_run_id(), user_id=user_id, symbol=symbol, model_id="offline", analysts=ANALYSTS
+    )
 
 
 @dataclass
