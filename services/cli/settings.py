@@ -60,6 +60,6 @@ class LaunchSettings:
             runner_port=env.integer("RUNNER_PORT", 8002, minimum=0),
             step_delay_s=str(env.number("STEP_DELAY_S", 2.5, minimum=0.0)),
             log_format=env.text("LOG_FORMAT", "text"),
-            grace_s=env.number("STOP_GRACE_S", 20.0, minimum=0.0),
+            grace_s=env.number("STOP_GRACE_S", 25.0, minimum=0.0),
             health_timeout_s=env.number("HEALTH_TIMEOUT_S", 30.0, minimum=1.0),
         )
