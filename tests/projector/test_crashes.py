@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import shutil
 import sqlite3
@@ -136,4 +137,4 @@ def test_read_model_equals_fold_whatever_the_crashes(
 def _split(events: list[AnyEvent], parts: int, rng: random.Random) -> list[list[AnyEvent]]:
     cuts = sorted(rng.randint(0, len(events)) for _ in range(parts - 1))
     bounds = [0, *cuts, len(events)]
-    return [events[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [events[a:b] for a, b in itertools.pairwise(bounds)]
