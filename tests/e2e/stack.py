@@ -69,7 +69,9 @@ class Stack:
                     raise
                 time.sleep(0.3)
 
-    def submit(self, symbol: str = "AAPL", analysts: tuple[str, ...] = ("market", "risk"), **extra: Any) -> str:
+    def submit(
+        self, symbol: str = "AAPL", analysts: tuple[str, ...] = ("market", "risk"), **extra: Any
+    ) -> str:
         body = {"symbol": symbol, "analysts": list(analysts), **extra}
         response = httpx.post(f"{self.api}/runs", json=body, timeout=10.0)
         assert response.status_code == 202, response.text
