@@ -124,3 +124,20 @@ def wait_caught_up(url: str, last_id: str, timeout_s: float = 20.0) -> dict[str,
 def _ge(a: str, b: str) -> bool:
     pa, pb = a.split("-"), b.split("-")
     return (int(pa[0]), int(pa[1])) >= (int(pb[0]), int(pb[1]))
+
+
+async def log_head(redis: object, stream: str) -> str:
+    entries = await redis.xrevrange(stream, count=1)  # type: ignore[attr-defined]
+    return str(entries[0][0].decode()) if entries else "0-0"
+
+
+async def until_caught_up(service: object, redis: object, stream: str, timeout_s: float = 15.0) -> None:
+    """Wait until an in-process ProjectorService has applied the log's head."""
+    import asyncio
+
+    head = await log_head(redis, stream)
+    deadline = time.monotonic() + timeout_s
+    while not _ge(service.projection.checkpoint, head):  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"projector stuck at {service.projection.checkpoint}, head {head}")  # type: ignore[attr-defined]
+        await asyncio.sleep(0.02)
