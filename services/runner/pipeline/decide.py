@@ -85,11 +85,30 @@ def trade(data: MarketData, reports: Sequence[AnalystReport]) -> TradeProposal:
     )
 
 
+def _risk_numbers(reports: Sequence[AnalystReport]) -> str | None:
+    risk = next((r for r in reports if r.analyst == "risk"), None)
+    if risk is None:
+        return None
+    e = risk.evidence
+    parts = [
+        f"{label} {value * scale:.1f}%"
+        for key, label, scale in (
+            ("annualised_volatility", "volatility", 100),
+            ("max_drawdown", "max drawdown", 100),
+            ("var95_1d", "one-day 95% VaR", 100),
+        )
+        if isinstance(value := e.get(key), float)
+    ]
+    return f"Price risk: {', '.join(parts)}." if parts else None
+
+
 def key_risks(reports: Sequence[AnalystReport], limit: int = 4) -> list[str]:
-    """The evidence pointing against the stance: the most bearish analysts' summaries first."""
-    worst = sorted(reports, key=lambda r: r.score)
-    risks = [f"{r.analyst}: {r.summary}" for r in worst if r.score < 0][:limit]
-    return risks or ["No analyst found material downside; the main risk is a regime change."]
+    """What argues against the stance: bearish analysts' summaries, then the measured price risk."""
+    worst = sorted((r for r in reports if r.score < 0), key=lambda r: r.score)
+    risks = [f"{r.analyst} analyst: {r.summary}" for r in worst][: limit - 1]
+    measured = _risk_numbers(reports)
+    risks += [measured] if measured else []
+    return risks or ["No analyst found material downside; the main risk is a change of regime."]
 
 
 def assessment(data: MarketData, reports: Sequence[AnalystReport], horizon: str = "3-6 months") -> Assessment:

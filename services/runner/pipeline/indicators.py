@@ -150,7 +150,7 @@ def historical_var(daily_returns: Sequence[float], confidence: float = 0.95) -> 
     if len(daily_returns) < 2:
         return None
     ordered = sorted(daily_returns)
-    k = max(math.ceil(len(ordered) * (1.0 - confidence)) - 1, 0)
+    k = max(math.ceil(round(len(ordered) * (1.0 - confidence), 9)) - 1, 0)
     return -ordered[k]
 
 

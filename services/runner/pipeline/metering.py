@@ -43,11 +43,12 @@ class Budget:
     def _enforce(self, tokens: int, cost: float, what: str) -> None:
         if self.max_tokens is not None and tokens > self.max_tokens:
             raise PipelineError(
-                "budget_exceeded", f"{what} {tokens} tokens, over the limit of {self.max_tokens}"
+                "budget_exceeded", f"run budget: {what} {tokens} tokens, over the limit of {self.max_tokens}"
             )
         if self.max_cost_usd is not None and cost > self.max_cost_usd:
             raise PipelineError(
-                "budget_exceeded", f"{what} ${cost:.4f}, over the limit of ${self.max_cost_usd:.4f}"
+                "budget_exceeded",
+                f"run budget: {what} ${cost:.4f}, over the limit of ${self.max_cost_usd:.4f}",
             )
 
 

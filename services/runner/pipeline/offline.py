@@ -15,12 +15,13 @@ def _side(weight: float) -> str:
 
 def _analyst(facts: dict[str, Any]) -> str:
     findings: list[list[Any]] = facts["findings"]
-    lead = f"{facts['name']} on {facts['symbol']}: {facts['signal']} (score {facts['score']:+.2f})"
-    lead += f", from {', '.join(f[0] for f in findings[:2])}." if findings else "."
-    lines = [lead, ""]
+    ranked = sorted(findings, key=lambda f: abs(f[1]), reverse=True)
+    lead = f"{facts['signal'].capitalize()} on {facts['symbol']} (score {facts['score']:+.2f})"
+    lead += f": {'; '.join(f[0] for f in ranked[:2])}." if ranked else "."
+    lines = [lead, "", f"The {facts['name'].lower()} weighed {len(findings)} finding(s):"]
     lines += [f"- {text} — {_side(weight)} the stock ({weight:+.2f})." for text, weight in findings]
     pro, con = sum(1 for f in findings if f[1] > 0), sum(1 for f in findings if f[1] < 0)
-    lines += ["", f"{pro} finding(s) for, {con} against: on balance the view is {facts['signal']}."]
+    lines += ["", f"{pro} for, {con} against: on balance the view is {facts['signal']}."]
     if facts.get("demo"):
         lines.append("Note: computed from synthetic demo data, not real market data.")
     return "\n".join(lines)
@@ -39,11 +40,15 @@ def _debate(facts: dict[str, Any]) -> str:
     return text
 
 
+def _join(points: list[str]) -> str:
+    return "; ".join(p.rstrip(".") for p in points) or "little"
+
+
 def _manager(facts: dict[str, Any]) -> str:
     bull, bear = facts["bull"], facts["bear"]
     return (
         f"After {facts['rounds']} round(s) on {facts['symbol']}, the bull case rests on "
-        f"{'; '.join(bull[:2]) or 'little'}; the bear case on {'; '.join(bear[:2]) or 'little'}. "
+        f"{_join(bull[:2])}; the bear case on {_join(bear[:2])}. "
         f"The composite analyst score is {facts['score']:+.2f}, so the desk leans {facts['lean']}."
     )
 

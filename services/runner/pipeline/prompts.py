@@ -52,13 +52,10 @@ def analyst(name: str, symbol: str, evidence: Evidence, demo: bool) -> ChatReque
 
 
 def points(reports: Sequence[AnalystReport], bullish: bool) -> list[str]:
-    """The strongest findings on one side, as the analysts stated them."""
+    """The strongest views on one side (the risk analyst always counts for the bear)."""
     chosen = sorted(reports, key=lambda r: r.score, reverse=bullish)
-    return [
-        f"{r.analyst} ({r.score:+.2f}): {r.summary}"
-        for r in chosen
-        if (r.score > 0) == bullish and r.score != 0
-    ][:3]
+    picked = [r for r in chosen if (r.score > 0 if bullish else r.score < 0 or r.analyst == "risk")]
+    return [f"{r.analyst} analyst, {r.summary}" for r in picked[:3]]
 
 
 def debate_turn(

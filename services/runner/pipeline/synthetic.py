@@ -72,8 +72,9 @@ def _market_returns(count: int) -> list[float]:
 def _asset_returns(symbol: str, market: list[float]) -> list[float]:
     rng = random.Random(seed_of(symbol))
     beta, idio = rng.uniform(0.6, 1.6), rng.uniform(0.006, 0.018)
+    alpha = rng.uniform(-0.0018, 0.0006)
     own = _regime_returns(rng, len(market))
-    return [beta * m + 0.5 * o + rng.gauss(0.0, idio) for m, o in zip(market, own, strict=True)]
+    return [alpha + beta * m + 0.5 * o + rng.gauss(0.0, idio) for m, o in zip(market, own, strict=True)]
 
 
 def _bars(symbol: str, days: list[date], rets: list[float], start_price: float) -> PriceSeries:
