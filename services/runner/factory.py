@@ -1,0 +1,37 @@
+"""Which pipeline a runner executes: a ``module:callable`` taking (redis, http)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import cast
+
+import httpx
+from redis.asyncio import Redis
+
+from services.runner.pipeline.base import Runnable
+
+PipelineFactory = Callable[[Redis, httpx.AsyncClient], Runnable]
+
+
+class FactoryError(Exception):
+    """TT_RUNNER_PIPELINE does not name a callable."""
+
+
+def build_pipeline(redis: Redis, http: httpx.AsyncClient) -> Runnable:
+    """The trading-agents pipeline with its settings from the environment."""
+    module = importlib.import_module("services.runner.pipeline")
+    settings = module.PipelineSettings.from_env()
+    return cast(Runnable, module.Pipeline(settings, redis, http))
+
+
+def load_factory(path: str) -> PipelineFactory:
+    """Import ``module:callable``; fails at start with the name when it is wrong."""
+    module_name, _, attr = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise FactoryError(f"TT_RUNNER_PIPELINE={path!r}: {exc}") from exc
+    if not callable(factory):
+        raise FactoryError(f"TT_RUNNER_PIPELINE={path!r} is not callable")
+    return cast(PipelineFactory, factory)

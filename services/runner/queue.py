@@ -1,0 +1,173 @@
+"""The work queue seen by one runner: read, lease, claim, release, ack and dead-letter entries.
+
+Facts this leans on (checked on Redis 6.2, handled for 7.x too):
+- ``XCLAIM … 0 id JUSTID`` by the owner resets the entry's idle time without raising its
+  delivery count: that is the lease renewal. A Lua script renews only entries still owned by
+  this consumer, so a runner whose lease lapsed cannot steal its run back.
+- ``XCLAIM … IDLE ms [RETRYCOUNT n] JUSTID`` hands an entry over early: it becomes claimable
+  as soon as its idle time passes the lease.
+- On 6.2 an entry deleted while pending comes back from ``XAUTOCLAIM`` as nil and stays in the
+  PEL (now ours): find and ack it. 7.x drops it and lists its ID in a third reply element.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.keys import RUNNERS_GROUP, Keys
+from shared.store import entry_run_id
+
+logger = logging.getLogger(__name__)
+
+_RENEW = """
+local held = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    held[#held + 1] = ARGV[i]
+  end
+end
+return held
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One queue entry this runner holds; ``run_id`` is '' for an entry naming no run."""
+
+    queue: str
+    entry_id: str
+    run_id: str
+    deliveries: int
+    reclaimed: bool = False
+    enqueued_at: float = 0.0
+    """Unix time the entry was queued (from its ID)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimBatch:
+    jobs: list[Job]
+    cursor: str
+    dropped: int
+    """Entries deleted or trimmed while pending, acked (6.2) or dropped by Redis (7.x)."""
+
+
+class WorkQueue:
+    """Queue operations of consumer ``consumer`` in group ``runners``."""
+
+    def __init__(self, redis: Redis, reader: Redis, keys: Keys, consumer: str, lease_ms: int) -> None:
+        self.redis = redis
+        self.reader = reader
+        self.keys = keys
+        self.group = RUNNERS_GROUP
+        self.consumer = consumer
+        self.lease_ms = lease_ms
+        self._renew = redis.register_script(_RENEW)
+
+    async def read_new(self, queues: Sequence[str], count: int, block_ms: int | None) -> list[Job]:
+        """Never-delivered entries, highest-priority queue first; blocks only if ``block_ms``."""
+        client = self.reader if block_ms else self.redis
+        reply: Any = await client.xreadgroup(
+            self.group, self.consumer, dict.fromkeys(queues, ">"), count=count, block=block_ms
+        )
+        jobs = [
+            Job(_text(queue), _text(eid), entry_run_id(fields or {}), 1, enqueued_at=id_time(eid))
+            for queue, entries in reply or ()
+            for eid, fields in entries
+        ]
+        order = {q: i for i, q in enumerate(queues)}
+        return sorted(jobs, key=lambda j: order.get(j.queue, 0))
+
+    async def claim_idle(self, queue: str, cursor: str, count: int, held: Iterable[str]) -> ClaimBatch:
+        """Take over entries idle longer than the lease (their runner died)."""
+        reply: Any = await self.redis.xautoclaim(
+            queue, self.group, self.consumer, self.lease_ms, start_id=cursor, count=count
+        )
+        next_cursor, entries = _text(reply[0]), reply[1]
+        dropped = len(reply[2]) if len(reply) > 2 and reply[2] else 0
+        jobs: list[Job] = []
+        for eid, fields in entries:
+            if eid is None:
+                continue
+            deliveries = await self.deliveries(queue, _text(eid))
+            run_id = entry_run_id(fields or {})
+            jobs.append(Job(queue, _text(eid), run_id, deliveries, True, id_time(eid)))
+        if any(eid is None for eid, _ in entries):
+            dropped += await self._ack_vanished(queue, cursor, next_cursor, {j.entry_id for j in jobs}, held)
+        return ClaimBatch(jobs, next_cursor, dropped)
+
+    async def _ack_vanished(
+        self, queue: str, start: str, end: str, claimed: set[str], held: Iterable[str]
+    ) -> int:
+        """6.2: entries deleted while pending are now in our PEL under no data: ack them."""
+        skip = claimed | set(held)
+        upper = "+" if end in ("0-0", "0") else f"({end}"
+        pending = await self.redis.xpending_range(
+            queue, self.group, min=start if start != "0-0" else "-", max=upper, count=1000,
+            consumername=self.consumer,
+        )  # fmt: skip
+        vanished = []
+        for row in pending:
+            eid = _text(row["message_id"])
+            if eid not in skip and not await self.redis.xrange(queue, min=eid, max=eid):
+                vanished.append(eid)
+        if vanished:
+            await self.redis.xack(queue, self.group, *vanished)
+            logger.warning("acked %d queue entries deleted while pending", len(vanished))
+        return len(vanished)
+
+    async def deliveries(self, queue: str, entry_id: str) -> int:
+        rows = await self.redis.xpending_range(queue, self.group, min=entry_id, max=entry_id, count=1)
+        return int(rows[0]["times_delivered"]) if rows else 1
+
+    async def renew(self, queue: str, entry_ids: Sequence[str]) -> set[str]:
+        """Reset the idle time of entries we still own; returns those (the others were lost)."""
+        if not entry_ids:
+            return set()
+        held = await self._renew(keys=[queue], args=[self.group, self.consumer, *entry_ids])
+        return {_text(x) for x in held or ()}
+
+    async def ack(self, queue: str, entry_id: str) -> None:
+        await self.redis.xack(queue, self.group, entry_id)
+
+    async def release(self, job: Job) -> None:
+        """Make the entry claimable now, without counting this delivery as a failed attempt."""
+        await self.redis.xclaim(
+            job.queue, self.group, self.consumer, 0, [job.entry_id],
+            idle=self.lease_ms + 1, retrycount=max(job.deliveries - 1, 0), justid=True,
+        )  # fmt: skip
+
+    async def retry_after(self, job: Job, delay_s: float) -> None:
+        """Make the entry claimable once ``delay_s`` passed (at most the lease)."""
+        idle = max(self.lease_ms - int(delay_s * 1000), 0)
+        await self.redis.xclaim(
+            job.queue, self.group, self.consumer, 0, [job.entry_id], idle=idle, justid=True
+        )
+
+    async def deadletter(self, job: Job, reason: str, detail: str) -> None:
+        """Move the entry to the dead-letter stream with why, and ack it, in one step."""
+        fields: dict[Any, Any] = {
+            "queue": job.queue, "id": job.entry_id, "r": job.run_id, "reason": reason,
+            "detail": detail[:2000], "deliveries": job.deliveries, "runner": self.consumer,
+            "at": f"{time.time():.3f}",
+        }  # fmt: skip
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.deadletter, fields, maxlen=100_000, approximate=True)
+            pipe.xack(job.queue, self.group, job.entry_id)
+            await pipe.execute()
+
+
+def id_time(entry_id: bytes | str) -> float:
+    """The Unix time encoded in a stream ID."""
+    return int(_text(entry_id).split("-", 1)[0]) / 1000
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

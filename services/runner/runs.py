@@ -1,0 +1,356 @@
+"""Executing one held queue entry: replay, start with a fence, run the pipeline, end it once.
+
+Outcomes: a terminal event and an ack; or RunFailed(will_retry) and the entry left pending for a
+later attempt; or RunRetrying(released) and the entry handed over; or nothing at all when this
+runner lost its lease (another runner owns the run now and the fence refused us).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from opentelemetry import trace
+
+from services.runner.eta import EtaBook
+from services.runner.execution import Execution, FencedReporter, StopReason, traceparent_of
+from services.runner.metrics import RunnerMetrics
+from services.runner.pipeline.base import PipelineError, Runnable
+from services.runner.queue import Job, WorkQueue
+from services.runner.settings import RunnerSettings
+from services.runner.watcher import CancelWatcher
+from shared.catalog import plan_steps
+from shared.events import (
+    AnyEvent,
+    RunCancellationConfirmed,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunRequested,
+    RunRetrying,
+    RunStarted,
+    StepCompleted,
+    utcnow,
+)
+from shared.reducer import RunState, fold
+from shared.results import RunResult, StepOutput
+from shared.store import Entry, EventStore, Refused
+from shared.telemetry import context_from_traceparent, run_id_var
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("tickertape.runner")
+
+OutcomeKind = Literal["completed", "failed", "retry"] | StopReason
+_STOP_WAIT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: OutcomeKind
+    result: RunResult | None = None
+    code: str = ""
+    message: str = ""
+
+
+class Executor:
+    """Takes a held entry to its end; one instance per worker, shared by all its runs."""
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        store: EventStore,
+        queue: WorkQueue,
+        pipeline: Runnable,
+        eta: EtaBook,
+        watcher: CancelWatcher,
+        metrics: RunnerMetrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.pipeline = pipeline
+        self.eta = eta
+        self.watcher = watcher
+        self.metrics = metrics
+        self.running: dict[str, Execution] = {}
+
+    def cancel(self, run_id: str, event: RunCancelled) -> None:
+        """The watcher saw a RunCancelled: stop that run's pipeline now."""
+        ex = self.running.get(run_id)
+        if ex is not None and ex.stop("cancelled", event):
+            logger.info("cancelling run %s", run_id, extra={"run_id": run_id})
+
+    async def handle(self, ex: Execution) -> None:
+        """Never raises: a failure here leaves the entry pending, so the lease hands it on."""
+        run_id_var.set(ex.job.run_id or None)
+        try:
+            await self._handle(ex)
+        except Exception:
+            logger.exception("entry %s of run %s left pending after an error", ex.job.entry_id, ex.job.run_id)
+
+    async def _handle(self, ex: Execution) -> None:
+        job = ex.job
+        entries = await self.store.read(job.run_id) if job.run_id else []
+        request = _request_of(entries)
+        if request is None:
+            await self._poison(job, "the entry names no run with a RunRequested")
+            return
+        state = fold(job.run_id, entries)
+        if state.terminal:
+            await self.queue.ack(job.queue, job.entry_id)
+        elif job.deliveries > self.settings.max_attempts:
+            await self._give_up(job, state)
+        elif await self._start(ex, request, state):
+            ctx = context_from_traceparent(request.traceparent)
+            with tracer.start_as_current_span("run", context=ctx, attributes={"run_id": job.run_id}):
+                await self._execute(ex, request, state, entries)
+
+    async def _poison(self, job: Job, detail: str) -> None:
+        if job.run_id:
+            event = RunFailed(run_id=job.run_id, code="poison", message=detail, attempt=job.deliveries)
+            await self._abandon(event)
+        await self.queue.deadletter(job, "poison", detail)
+        self.metrics.deadletters.labels(reason="poison").inc()
+        logger.warning("dead-lettered poison entry %s: %s", job.entry_id, detail)
+
+    async def _give_up(self, job: Job, state: RunState) -> None:
+        last = state.error.message if state.error else "no error recorded (lease expired)"
+        detail = f"gave up after {job.deliveries - 1} attempts; last: {last}"
+        event = RunFailed(run_id=job.run_id, code="max_attempts", message=detail, attempt=job.deliveries - 1)
+        if await self._abandon(event):
+            self.metrics.runs_finished.labels(status="failed").inc()
+        await self.queue.deadletter(job, "max_attempts", detail)
+        self.metrics.deadletters.labels(reason="max_attempts").inc()
+        logger.warning("run %s dead-lettered: %s", job.run_id, detail)
+
+    async def _abandon(self, event: AnyEvent) -> bool:
+        try:
+            await self.store.abandon(event)
+        except Refused:
+            return False
+        return True
+
+    async def _start(self, ex: Execution, request: RunRequested, state: RunState) -> bool:
+        job, settings = ex.job, self.settings
+        ex.attempt = max(job.deliveries, state.attempt + 1)
+        ex.fence = f"{settings.runner_id}:{job.entry_id}:{ex.attempt}:{secrets.token_hex(4)}"
+        first = state.started_at is None
+        event = RunStarted(
+            run_id=job.run_id,
+            runner_id=settings.runner_id,
+            attempt=ex.attempt,
+            steps=plan_steps(request.analysts, request.options.pipeline),
+            queue_wait_s=round(max(time.time() - job.enqueued_at, 0.0), 3) if first else 0.0,
+            expected_s=await self.eta.expected(request),
+            traceparent=request.traceparent,
+        )
+        try:
+            await self.store.append(event, fence=ex.fence)
+        except Refused as exc:
+            logger.info("run %s not started: %s", job.run_id, exc.reason)
+            if exc.reason != "fenced":
+                await self.queue.ack(job.queue, job.entry_id)
+            return False
+        logger.info("run %s started (attempt %d)", job.run_id, ex.attempt)
+        return True
+
+    async def _execute(
+        self, ex: Execution, request: RunRequested, state: RunState, entries: list[Entry]
+    ) -> None:
+        first_start = state.started_at or utcnow()
+        deadline_s = min(
+            request.options.deadline_s or self.settings.run_deadline_s, self.settings.run_deadline_s
+        )
+        left = deadline_s - (utcnow() - first_start).total_seconds()
+        if state.cancel_requested:  # cancelled while its previous runner was gone
+            ex.stop("cancelled")
+        if not plan_steps(request.analysts, request.options.pipeline) and ex.stop_reason is None:
+            outcome = Outcome("completed")
+        else:
+            outcome = await self._watched(ex, request, state, entries, time.monotonic() + left)
+        await self._finish(ex, request, state, outcome, first_start)
+
+    async def _watched(
+        self, ex: Execution, request: RunRequested, state: RunState, entries: list[Entry], deadline: float
+    ) -> Outcome:
+        run_id = ex.job.run_id
+        self.running[run_id] = ex
+        await self.watcher.watch(run_id, state.last_event_id)
+        try:
+            return await self._supervise(ex, request, _done_steps(entries), deadline)
+        finally:
+            self.running.pop(run_id, None)
+            await self.watcher.unwatch(run_id)
+
+    async def _supervise(
+        self, ex: Execution, request: RunRequested, done: dict[str, StepOutput | None], deadline: float
+    ) -> Outcome:
+        reporter = FencedReporter(self.store, ex, request.model_id, self.metrics)
+        ex.task = asyncio.create_task(
+            self.pipeline.run(request, done, reporter), name=f"pipeline-{ex.job.run_id}"
+        )
+        if ex.stop_reason is not None:
+            ex.task.cancel()
+        try:
+            await self._until_done_or_late(ex, deadline)
+        finally:
+            reporter.close()
+            if not ex.task.done():
+                ex.task.cancel()
+                await asyncio.wait({ex.task}, timeout=_STOP_WAIT_S)
+        return _outcome_of(ex)
+
+    async def _until_done_or_late(self, ex: Execution, deadline: float) -> None:
+        assert ex.task is not None
+        while not ex.task.done():
+            now = time.monotonic()
+            step_deadline = ex.step_deadline(self.settings.step_timeout_s)
+            if now >= min(deadline, step_deadline):
+                ex.stop("timeout" if now >= deadline else "step_timeout")
+                await asyncio.wait({ex.task}, timeout=_STOP_WAIT_S)
+                return
+            await asyncio.wait({ex.task}, timeout=min(deadline, step_deadline) - now)
+
+    async def _finish(
+        self, ex: Execution, request: RunRequested, state: RunState, outcome: Outcome, first_start: datetime
+    ) -> None:
+        run_id, attempt = ex.job.run_id, ex.attempt
+        duration = round((utcnow() - first_start).total_seconds(), 3)
+        match outcome.kind:
+            case "completed":
+                usage = state.usage + ex.usage
+                event = RunCompleted(run_id=run_id, result=outcome.result, duration_s=duration, usage=usage)
+                if await self._terminal(ex, event, "completed"):
+                    self.metrics.run_duration.observe(duration)
+                    await self.eta.record(request, duration)
+            case "failed":
+                event_f = RunFailed(
+                    run_id=run_id, code=outcome.code, message=outcome.message, attempt=attempt
+                )
+                await self._terminal(ex, event_f, "failed")
+            case "timeout" | "step_timeout":
+                await self._terminal(
+                    ex, _timeout_event(ex, outcome.kind, self.settings.step_timeout_s), "timeout"
+                )
+            case "cancelled":
+                await self._confirm_cancel(ex)
+            case "retry":
+                await self._retry(ex, outcome)
+            case "released":
+                await self._release(ex)
+            case "ended":
+                await self.queue.ack(ex.job.queue, ex.job.entry_id)
+            case "lost":
+                logger.warning("run %s: lease lost to another runner; stopped without a trace", run_id)
+
+    async def _terminal(self, ex: Execution, event: AnyEvent, status: str) -> bool:
+        """Append the run's one terminal event with our fence, then ack its entry."""
+        try:
+            await self.store.append(_traced(event), fence=ex.fence)
+        except Refused as exc:
+            logger.info("terminal %s of run %s refused: %s", status, ex.job.run_id, exc.reason)
+            if exc.reason != "fenced":
+                await self.queue.ack(ex.job.queue, ex.job.entry_id)
+            return False
+        await self.queue.ack(ex.job.queue, ex.job.entry_id)
+        self.metrics.runs_finished.labels(status=status).inc()
+        logger.info("run %s %s", ex.job.run_id, status)
+        return True
+
+    async def _confirm_cancel(self, ex: Execution) -> None:
+        cancelled_at = ex.cancel_event.at if ex.cancel_event else None
+        latency = (utcnow() - cancelled_at).total_seconds() if cancelled_at else None
+        event = RunCancellationConfirmed(
+            run_id=ex.job.run_id,
+            runner_id=self.settings.runner_id,
+            reason=ex.cancel_event.reason if ex.cancel_event else "requested by user",
+            latency_ms=round(latency * 1000, 1) if latency is not None else None,
+        )
+        if await self._terminal(ex, event, "cancelled") and latency is not None:
+            self.metrics.cancel_latency.observe(max(latency, 0.0))
+
+    async def _retry(self, ex: Execution, outcome: Outcome) -> None:
+        event = RunFailed(
+            run_id=ex.job.run_id,
+            code=outcome.code,
+            message=outcome.message,
+            attempt=ex.attempt,
+            will_retry=True,
+        )
+        try:
+            await self.store.append(_traced(event), fence=ex.fence)
+        except Refused as exc:
+            logger.info("retry of run %s refused: %s", ex.job.run_id, exc.reason)
+            if exc.reason == "ended":
+                await self.queue.ack(ex.job.queue, ex.job.entry_id)
+            return
+        delay = _backoff(self.settings.retry_backoff_s, ex.attempt)
+        await self.queue.retry_after(ex.job, delay)
+        logger.warning(
+            "run %s attempt %d failed (%s); retry in %.1fs", ex.job.run_id, ex.attempt, outcome.code, delay
+        )
+
+    async def _release(self, ex: Execution) -> None:
+        event = RunRetrying(run_id=ex.job.run_id, attempt=ex.attempt + 1, reason="released")
+        try:
+            await self.store.append(_traced(event), fence=ex.fence)
+        except Refused as exc:
+            if exc.reason == "ended":
+                await self.queue.ack(ex.job.queue, ex.job.entry_id)
+            return
+        await self.queue.release(ex.job)
+        logger.info("run %s released for another runner", ex.job.run_id)
+
+
+def _request_of(entries: list[Entry]) -> RunRequested | None:
+    first = entries[0][1] if entries else None
+    return first if isinstance(first, RunRequested) else None
+
+
+def _done_steps(entries: list[Entry]) -> dict[str, StepOutput | None]:
+    """Outputs of the steps that completed in earlier attempts: the pipeline skips them."""
+    return {e.step: e.output for _, e in entries if isinstance(e, StepCompleted)}
+
+
+def _outcome_of(ex: Execution) -> Outcome:
+    task = ex.task
+    assert task is not None
+    if task.done() and not task.cancelled() and task.exception() is None:
+        result = task.result()
+        return Outcome("completed", result=result if isinstance(result, RunResult) else None)
+    if ex.stop_reason is not None:
+        return Outcome(ex.stop_reason)
+    exc = task.exception() if task.done() and not task.cancelled() else None
+    if isinstance(exc, PipelineError):
+        return Outcome("retry" if exc.transient else "failed", code=exc.code, message=exc.message)
+    logger.error("pipeline of run %s crashed", ex.job.run_id, exc_info=exc)
+    return Outcome("retry", code="internal", message=f"{type(exc).__name__}: {exc}")
+
+
+def _timeout_event(ex: Execution, kind: str, step_timeout_s: float) -> RunFailed:
+    if kind == "step_timeout":
+        message = f"step {ex.step} ran longer than {step_timeout_s:g}s"
+        return RunFailed(
+            run_id=ex.job.run_id, code="step_timeout", message=message, attempt=ex.attempt, status="timeout"
+        )
+    message = "the run passed its deadline"
+    return RunFailed(
+        run_id=ex.job.run_id, code="timeout", message=message, attempt=ex.attempt, status="timeout"
+    )
+
+
+def _backoff(base_s: float, attempt: int) -> float:
+    """Exponential with full jitter around it: base · 2^(attempt-1) · [0.5, 1.5)."""
+    return float(base_s * 2 ** (attempt - 1) * (0.5 + random.random()))
+
+
+def _traced(event: AnyEvent) -> AnyEvent:
+    import msgspec
+
+    return msgspec.structs.replace(event, traceparent=traceparent_of(None))

@@ -1,0 +1,70 @@
+"""The runner's settings: read once from the environment at start, frozen afterwards."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from shared.config import CommonSettings, ConfigError, Env
+
+DEFAULT_PIPELINE = "services.runner.factory:build_pipeline"
+
+
+def default_runner_id() -> str:
+    """host-pid-random: unique per process, readable in XINFO CONSUMERS."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    """How one runner process consumes, leases, retries and stops."""
+
+    common: CommonSettings
+    runner_id: str
+    concurrency: int
+    lease_s: float
+    lease_renew_s: float
+    claim_interval_s: float
+    max_attempts: int
+    run_deadline_s: float
+    step_timeout_s: float
+    shutdown_grace_s: float
+    retry_backoff_s: float
+    read_block_s: float
+    stats_interval_s: float
+    port: int
+    host: str
+    pipeline: str
+    """``module:callable`` building the pipeline from (redis, http); tests point it at their own."""
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> RunnerSettings:
+        env = env or Env()
+        lease = env.number("LEASE_S", 30.0, minimum=0.1)
+        renew = env.number("LEASE_RENEW_S", lease / 3, minimum=0.01)
+        if renew >= lease:
+            raise ConfigError(f"TT_LEASE_RENEW_S ({renew}) must be shorter than TT_LEASE_S ({lease})")
+        return cls(
+            common=CommonSettings.from_env(env),
+            runner_id=env.text("RUNNER_ID", "") or default_runner_id(),
+            concurrency=env.integer("RUNNER_CONCURRENCY", 4, minimum=1),
+            lease_s=lease,
+            lease_renew_s=renew,
+            claim_interval_s=env.number("CLAIM_INTERVAL_S", min(5.0, lease / 2), minimum=0.01),
+            max_attempts=env.integer("MAX_ATTEMPTS", 3, minimum=1),
+            run_deadline_s=env.number("RUN_DEADLINE_S", 600.0, minimum=0.01),
+            step_timeout_s=env.number("STEP_TIMEOUT_S", 180.0, minimum=0.01),
+            shutdown_grace_s=env.number("SHUTDOWN_GRACE_S", 20.0, minimum=0.0),
+            retry_backoff_s=env.number("RETRY_BACKOFF_S", 1.0, minimum=0.0),
+            read_block_s=env.number("READ_BLOCK_S", 2.0, minimum=0.01),
+            stats_interval_s=env.number("QUEUE_STATS_INTERVAL_S", 5.0, minimum=0.1),
+            port=env.integer("RUNNER_PORT", 8002, minimum=0),
+            host=env.text("RUNNER_HOST", "127.0.0.1"),
+            pipeline=env.text("RUNNER_PIPELINE", DEFAULT_PIPELINE),
+        )
+
+    @property
+    def lease_ms(self) -> int:
+        return max(1, int(self.lease_s * 1000))

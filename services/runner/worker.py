@@ -1,0 +1,250 @@
+"""A runner process: reads the queue, holds leases, takes over dead runners' runs, stops cleanly.
+
+saq-style lifecycle: ``start()`` opens everything, runs the loops and waits for the stop event
+(set by SIGTERM/SIGINT or ``request_stop()``); it always ends with ``stop()``, which stops reading
+at once, gives running runs the grace period, then releases what is left to other runners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from services.runner.eta import EtaBook
+from services.runner.execution import Execution
+from services.runner.factory import load_factory
+from services.runner.health import EmbeddedServer, embedded_server
+from services.runner.metrics import metrics
+from services.runner.pipeline.base import Runnable
+from services.runner.queue import Job, WorkQueue
+from services.runner.runs import Executor
+from services.runner.settings import RunnerSettings
+from services.runner.stats import refresh_queue_stats
+from services.runner.watcher import CancelWatcher
+from shared.keys import RUNNERS_GROUP
+from shared.redis_io import connect, ensure_group
+from shared.store import EventStore
+
+logger = logging.getLogger(__name__)
+_RELEASE_WAIT_S = 10.0
+
+
+class Worker:
+    """One runner process's consumer: ``concurrency`` runs at a time."""
+
+    def __init__(self, settings: RunnerSettings, pipeline: Runnable | None = None) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.ready = asyncio.Event()
+        self.vanished = 0
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._held: dict[str, Execution] = {}
+        self._slot_freed = asyncio.Event()
+        self._runs: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._server: EmbeddedServer | None = None
+
+    def request_stop(self) -> None:
+        """Called from a signal handler: ``start()`` returns after a graceful stop."""
+        self._stop.set()
+
+    async def start(self) -> None:
+        """Run until the stop event is set; always ends with ``stop()``."""
+        try:
+            await self._open()
+            self._spawn_loops()
+            self.ready.set()
+            logger.info(
+                "runner %s consuming (concurrency %d)", self.settings.runner_id, self.settings.concurrency
+            )
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    async def _open(self) -> None:
+        s = self.settings
+        url, keys = s.common.redis_url, s.common.keys
+        self.redis: Redis = connect(url)
+        self.reader: Redis = connect(url, blocking=True, max_connections=4)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+        for queue in keys.queues:
+            await ensure_group(self.redis, queue, RUNNERS_GROUP)
+        if self.pipeline is None:
+            self.pipeline = load_factory(s.pipeline)(self.redis, self.http)
+        self.store = EventStore(self.redis, keys, run_ttl_s=s.common.run_ttl_s)
+        self.queue = WorkQueue(self.redis, self.reader, keys, s.runner_id, s.lease_ms)
+        self.watcher = CancelWatcher(self.store, self.reader, keys, s.runner_id, self._on_cancel)
+        self.executor = Executor(
+            s, self.store, self.queue, self.pipeline, EtaBook(self.redis, keys), self.watcher, metrics()
+        )
+
+    def _on_cancel(self, run_id: str, event: Any) -> None:
+        self.executor.cancel(run_id, event)
+
+    def _spawn_loops(self) -> None:
+        s = self.settings
+        self._readers = [self._spawn(self._read_loop(), "read"), self._spawn(self._claim_loop(), "claim")]
+        self._loops = [
+            self._spawn(self._renew_loop(), "renew"),
+            self._spawn(self.watcher.run(), "watch"),
+            self._spawn(self._every(s.stats_interval_s, self._refresh_stats), "stats"),
+        ]
+        if s.port:
+            self._server = embedded_server(self._status, s.host, s.port)
+            self._loops.append(self._spawn(self._server.serve(), "http"))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(coro, name=f"runner-{name}")
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "runner_id": self.settings.runner_id,
+            "executing": len(self._held),
+            "stopping": self._stopping,
+        }
+
+    @property
+    def free_slots(self) -> int:
+        return self.settings.concurrency - len(self._held)
+
+    # -- taking work --------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        block_ms = int(self.settings.read_block_s * 1000)
+        while True:
+            if self.free_slots <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                for job in await self._read(self.free_slots, block_ms):
+                    self._dispatch(job)
+            except Exception:
+                logger.exception("queue read failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def _read(self, free: int, block_ms: int) -> list[Job]:
+        """High-priority entries first, then normal; block on both only when both are empty."""
+        queues = self.settings.common.keys.queues
+        jobs: list[Job] = []
+        for queue in queues:
+            if free - len(jobs) > 0:
+                jobs += await self.queue.read_new([queue], free - len(jobs), None)
+        return jobs or await self.queue.read_new(queues, 1, block_ms)
+
+    async def _claim_loop(self) -> None:
+        cursors = dict.fromkeys(self.settings.common.keys.queues, "0-0")
+        while True:
+            try:
+                await self._claim_once(cursors)
+            except Exception:
+                logger.exception("claiming idle entries failed; retrying")
+            await asyncio.sleep(self.settings.claim_interval_s)
+
+    async def _claim_once(self, cursors: dict[str, str]) -> None:
+        for queue, cursor in cursors.items():
+            if self.free_slots <= 0:
+                return
+            batch = await self.queue.claim_idle(queue, cursor, self.free_slots, list(self._held))
+            cursors[queue] = batch.cursor
+            self.vanished += batch.dropped
+            for job in batch.jobs:
+                logger.info("took over run %s (delivery %d)", job.run_id, job.deliveries)
+                metrics().reclaims.inc()
+                self._dispatch(job)
+
+    def _dispatch(self, job: Job) -> None:
+        ex = Execution(job)
+        self._held[job.entry_id] = ex
+        task = asyncio.create_task(self._run(ex), name=f"run-{job.run_id}")
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+        metrics().executing.set(len(self._held))
+
+    async def _run(self, ex: Execution) -> None:
+        try:
+            await self.executor.handle(ex)
+        finally:
+            self._held.pop(ex.job.entry_id, None)
+            metrics().executing.set(len(self._held))
+            self._slot_freed.set()
+
+    # -- keeping leases -----------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_renew_s)
+            try:
+                await self._renew_once()
+            except Exception:
+                logger.exception("lease renewal failed; retrying")
+
+    async def _renew_once(self) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for entry_id, ex in list(self._held.items()):
+            by_queue.setdefault(ex.job.queue, []).append(entry_id)
+        for queue, ids in by_queue.items():
+            kept = await self.queue.renew(queue, ids)
+            for entry_id in set(ids) - kept:
+                lost = self._held.get(entry_id)
+                if lost is not None and lost.stop("lost"):
+                    logger.warning("lease of run %s lost to another runner", lost.job.run_id)
+
+    async def _every(self, interval_s: float, action: Any) -> None:
+        while True:
+            try:
+                await action()
+            except Exception:
+                logger.exception("%s failed", getattr(action, "__name__", "periodic task"))
+            await asyncio.sleep(interval_s)
+
+    async def _refresh_stats(self) -> None:
+        await refresh_queue_stats(self.redis, self.settings.common.keys.queues, metrics())
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop reading now; give runs the grace period; release the rest; close everything."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await _cancel_all(self._readers)
+        if self._runs:
+            logger.info(
+                "stopping: %d runs get %.1fs to finish", len(self._runs), self.settings.shutdown_grace_s
+            )
+            await asyncio.wait(self._runs, timeout=self.settings.shutdown_grace_s)
+        for ex in list(self._held.values()):
+            ex.stop("released")
+        if self._runs:
+            await asyncio.wait(self._runs, timeout=_RELEASE_WAIT_S)
+        await _cancel_all([*self._runs, *self._loops])
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        with contextlib.suppress(Exception):
+            await self.watcher.close()
+        for closer in ("http", "reader", "redis"):
+            client = getattr(self, closer, None)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        logger.info("runner %s stopped", self.settings.runner_id)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]] | set[asyncio.Task[None]]) -> None:
+    tasks = [t for t in tasks if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=_RELEASE_WAIT_S)
