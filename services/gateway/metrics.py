@@ -32,6 +32,19 @@ def metrics() -> GatewayMetrics:
     )
 
 
+def route_template(scope: Scope) -> str:
+    """The matched route with its mount prefix (``/api/trading/runs/{run_id}``), never the raw path."""
+    template = getattr(scope.get("route"), "path_format", None)
+    if not isinstance(template, str):
+        return "unmatched"
+    try:
+        concrete = template.format(**{k: str(v) for k, v in scope.get("path_params", {}).items()})
+    except (KeyError, IndexError, ValueError):
+        return template
+    path: str = scope.get("path", "")
+    return path.removesuffix(concrete) + template if path.endswith(concrete) else template
+
+
 class RequestMetrics:
     """ASGI middleware: counts and times every request by its route template."""
 
@@ -43,18 +56,16 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
         started = time.perf_counter()
 
         async def observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            if message["type"] == "http.response.start":  # counted when answered (SSE: when it opens)
+                self._observe(scope, message["status"], started)
             await send(message)
 
-        try:
-            await self.app(scope, receive, observed)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.duration.labels(route).observe(time.perf_counter() - started)
+        await self.app(scope, receive, observed)
+
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
+        route = route_template(scope)
+        self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+        self.metrics.duration.labels(route).observe(time.perf_counter() - started)

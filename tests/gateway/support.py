@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,7 @@ class SseLog:
     messages: list[SseMessage] = field(default_factory=list)
     retry: int | None = None
     comments: int = 0
+    lines: AsyncIterator[str] | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -109,7 +111,8 @@ async def read_sse(
 ) -> SseLog:
     """Parse an event stream into ``log`` until ``end`` (or ``stop_after`` messages with an id)."""
     fields: dict[str, str] = {}
-    async for line in response.aiter_lines():
+    log.lines = log.lines or response.aiter_lines()  # a response's lines can be iterated once
+    async for line in log.lines:
         if line.startswith(":"):
             log.comments += 1
         elif line == "":
@@ -130,5 +133,5 @@ async def read_sse(
     return log
 
 
-def stream_ids(raw: list[Any]) -> list[str]:
+def stream_ids(raw: Any) -> list[str]:
     return [i.decode() if isinstance(i, bytes) else str(i) for i, _ in raw]

@@ -193,3 +193,28 @@ async def test_200_clients_all_get_every_event_on_a_flat_connection_count(
     assert all(log.ids == expected for log in logs)
     # the pool (4) and the one SSE reader, whether 10 or 200 clients listen
     assert 2 <= with_ten <= 5 and with_200 <= 5, (with_ten, with_200)
+
+
+async def test_resume_across_a_gateway_restart_mid_run(
+    start_gateway: GatewayFactory, runner: Runner, redis: Redis, keys: Keys
+) -> None:
+    first_gateway = await start_gateway()
+    async with httpx.AsyncClient(base_url=first_gateway.url, timeout=10) as http:
+        run_id = await submit(http)
+        await runner.start(run_id)
+        await runner.step(run_id, "data_collection", 0)
+        seen = SseLog()
+        with contextlib.suppress(httpx.HTTPError):
+            async with http.stream("GET", f"{RUNS}/{run_id}/events") as r:
+                await read_sse(r, seen, stop_after=3)
+                stopping = asyncio.create_task(first_gateway.stop())  # the process goes away mid-stream
+                await read_sse(r, seen)
+        await stopping
+    await runner.run_all_steps(run_id)
+    await runner.complete(run_id)
+    second_gateway = await start_gateway()
+    async with httpx.AsyncClient(base_url=second_gateway.url, timeout=10) as http:
+        rest = await follow(http, run_id, last_id=seen.ids[-1])
+    received = seen.ids + rest.ids
+    assert received == stream_ids(await redis.xrange(keys.run(run_id)))
+    assert rest.events[-1] == "end"
