@@ -63,9 +63,11 @@ def capped(requested: N | None, operator: N) -> N:
 class MeteredModel:
     """A chat model whose calls are checked against the budget, counted and traced."""
 
-    def __init__(self, spec: ModelSpec, model: ChatModel, budget: Budget) -> None:
+    def __init__(
+        self, spec: ModelSpec, model: ChatModel, budget: Budget, tracer: trace.Tracer | None = None
+    ) -> None:
         self.spec, self.model, self.budget = spec, model, budget
-        self._tracer = trace.get_tracer("tickertape.pipeline")
+        self._tracer = tracer or trace.get_tracer("tickertape.pipeline")
 
     async def text(self, request: ChatRequest) -> str:
         """The model's answer as text."""
