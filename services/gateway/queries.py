@@ -20,6 +20,10 @@ class ProjectorUnavailable(Exception):
     """The projector did not answer (down, slow or erroring)."""
 
 
+class BadCursor(Exception):
+    """The projector refused the pagination cursor."""
+
+
 class RunPage(msgspec.Struct, kw_only=True):
     runs: list[RunState]
     next_cursor: str | None = None
@@ -52,6 +56,8 @@ class RunReader:
             response = await self.projector.get("/internal/runs", params=query)
         except httpx.HTTPError as exc:
             raise ProjectorUnavailable(str(exc)) from exc
+        if response.status_code == 422:
+            raise BadCursor(response.text[:200])
         if response.status_code != 200:
             raise ProjectorUnavailable(f"projector answered {response.status_code}: {response.text[:200]}")
         return self._page.decode(response.content)

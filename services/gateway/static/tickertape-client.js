@@ -260,7 +260,8 @@ export class Attachment {
   }
 
   #openSse() {
-    if (this.closed || !this.client.EventSource) return this.#startPolling();
+    if (this.closed || this.source) return;
+    if (!this.client.EventSource) return this.#startPolling();
     const after = this.lastEventId ? `?after=${encodeURIComponent(this.lastEventId)}` : "";
     const source = new this.client.EventSource(this.client.url(`/runs/${encodeURIComponent(this.runId)}/events${after}`), { withCredentials: true });
     this.source = source;
@@ -301,8 +302,12 @@ export class Attachment {
   #onEnd() {
     this.source?.close();
     this.source = null;
-    if (isTerminal(this.state)) return this.#finish(this.state);
-    // The stream closed without a terminal state we saw (e.g. it expired): ask for the run itself.
+    if (isTerminal(this.state) && !this.state.polled) return this.#finish(this.state);
+    // The stream ended without a full terminal state (it expired, or we were polling): ask for the run.
+    this.#finishFromServer();
+  }
+
+  #finishFromServer() {
     this.client.get(this.runId).then((state) => this.#finish(state), () => this.#finish(this.state));
   }
 
@@ -310,7 +315,7 @@ export class Attachment {
     source.close();
     if (this.source === source) this.source = null;
     if (this.closed) return;
-    if (isTerminal(this.state)) return this.#finish(this.state);
+    if (isTerminal(this.state)) return this.#finishFromServer();
     this.failures += 1;
     if (this.failures >= this.client.sseFailuresBeforePolling) {
       this.#startPolling();
@@ -338,9 +343,12 @@ export class Attachment {
       this.#setMode("polling");
       this.#setState(mergeProgress(this.state, progress));
       if (isTerminal(this.state)) {
+        // Ended while we were polling: one last SSE replay delivers the events we have not seen,
+        // then its `end` (or, if SSE still fails, the run itself) finishes the attachment.
         this.polling = false;
-        this.source?.close();
-        return this.#finish(await this.client.get(this.runId));
+        if (!this.client.EventSource) return this.#finishFromServer();
+        this.#openSse();
+        return;
       }
     } catch (err) {
       if (err.kind === "not_found") return this.#finish(this.state);
@@ -381,5 +389,6 @@ export function mergeProgress(previous, progress) {
     etaS: progress.estimatedTimeRemaining,
     steps: steps.length ? steps : previous?.steps || [],
     result: progress.result ?? previous?.result ?? null,
+    polled: true,
   };
 }
