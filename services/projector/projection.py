@@ -23,6 +23,9 @@ RawEntry = tuple[Any, Any]
 """(entry ID, fields) as redis-py returns them (bytes or str)."""
 
 _LOAD_CHUNK = 500
+_EVENT = (EVENT_FIELD.encode(), EVENT_FIELD)
+_RUN_ID = (RUN_ID_FIELD.encode(), RUN_ID_FIELD)
+_SOURCE_ID = (SOURCE_ID_FIELD.encode(), SOURCE_ID_FIELD)
 
 
 @dataclass(slots=True)
@@ -95,12 +98,14 @@ class Projection:
 
     def _decode(self, entries: Sequence[RawEntry], outcome: BatchOutcome) -> list[Decoded]:
         fresh: list[Decoded] = []
+        last = streamids.parse(outcome.last_id)
         for raw_id, fields in entries:
-            log_id = _text(raw_id)
-            if not streamids.after(log_id, outcome.last_id):
+            log_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            position = streamids.parse(log_id)
+            if position <= last:
                 outcome.duplicates += 1
                 continue
-            outcome.last_id = log_id
+            last, outcome.last_id = position, log_id
             decoded = self._decode_one(log_id, fields, outcome)
             if decoded is not None:
                 fresh.append(decoded)
@@ -112,7 +117,7 @@ class Projection:
             outcome.skip("deleted")
             return None
         try:
-            event = self.codec.decode(_field(fields, EVENT_FIELD) or b"")
+            event = self.codec.decode(_field(fields, _EVENT) or b"")
         except UnknownEvent as exc:
             logger.info("skipped entry %s: %s", log_id, exc)
             outcome.skip("unknown")
@@ -121,8 +126,14 @@ class Projection:
             logger.warning("skipped malformed entry %s: %s", log_id, exc)
             outcome.skip("malformed")
             return None
-        run_id = _text(_field(fields, RUN_ID_FIELD) or event.run_id)
-        return Decoded(log_id, run_id, _text(_field(fields, SOURCE_ID_FIELD) or log_id), event)
+        run_id = _field(fields, _RUN_ID)
+        source_id = _field(fields, _SOURCE_ID)
+        return Decoded(
+            log_id,
+            event.run_id if run_id is None else _text(run_id),
+            log_id if source_id is None else _text(source_id),
+            event,
+        )
 
     async def _states(self, run_ids: Iterable[str]) -> dict[str, RunState]:
         states: dict[str, RunState] = {}
@@ -170,9 +181,9 @@ class Projection:
                 self._cache[run_id] = state
 
 
-def _field(fields: Any, name: str) -> Any:
-    value = fields.get(name.encode())
-    return fields.get(name) if value is None else value
+def _field(fields: Any, name: tuple[bytes, str]) -> Any:
+    value = fields.get(name[0])
+    return fields.get(name[1]) if value is None else value
 
 
 def _text(value: bytes | str) -> str:
