@@ -22,6 +22,15 @@ def symbol_path(folder: Path, symbol: str) -> Path:
     return path
 
 
+def find(folder: Path, symbol: str) -> Path:
+    """``<SYMBOL>.csv``, else a file whose name matches it ignoring case (it may not exist)."""
+    path = symbol_path(folder, symbol)
+    if path.is_file() or not folder.is_dir():
+        return path
+    wanted = path.name.lower()
+    return next((p for p in sorted(folder.iterdir()) if p.name.lower() == wanted and p.is_file()), path)
+
+
 def _columns(header: list[str], name: str) -> dict[str, int]:
     lowered = [h.strip().lower() for h in header]
     missing = [c for c in COLUMNS if c not in lowered]

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from services.runner.pipeline import csvdata, synthetic
 from services.runner.pipeline.base import PipelineError
@@ -54,7 +55,7 @@ class CsvProvider:
         return await asyncio.to_thread(self._load, symbol, end)
 
     def _load(self, symbol: str, end: date) -> MarketData:
-        prices = csvdata.read_prices(csvdata.symbol_path(self.folder, symbol), end, self.lookback_days)
+        prices = csvdata.read_prices(csvdata.find(self.folder, symbol), end, self.lookback_days)
         return MarketData(
             symbol=symbol,
             provider=self.name,
@@ -66,7 +67,7 @@ class CsvProvider:
     def _benchmark(self, symbol: str, end: date) -> PriceSeries | None:
         if not self.benchmark or symbol == self.benchmark:
             return None
-        path = csvdata.symbol_path(self.folder, self.benchmark)
+        path = csvdata.find(self.folder, self.benchmark)
         return csvdata.read_prices(path, end, self.lookback_days) if path.is_file() else None
 
 
@@ -154,16 +155,37 @@ class MarketDataService:
         raise PipelineError("unknown_provider", f"unknown data provider {name!r}")
 
     async def get(self, provider_name: str, symbol: str, end: date) -> MarketData:
-        """Cached data for ``symbol`` as of ``end``."""
+        """Cached data for ``symbol`` as of ``end``; the cache is an optimisation, never a failure."""
         provider = self.provider(provider_name)
         key = self.settings.keys.market_cache(provider.name, symbol, end.isoformat())
         async with self._inflight.setdefault(key, asyncio.Lock()):
-            cached = await self.redis.get(key)
-            if cached is not None:
-                return self._codec.decode(cached)
-            data = await self._fetch(provider, symbol, end)
+            try:
+                cached = await self._cached(key)
+                if cached is not None:
+                    return cached
+                data = await self._fetch(provider, symbol, end)
+                await self._store(key, data)
+                return data
+            finally:
+                self._inflight.pop(key, None)
+
+    async def _cached(self, key: str) -> MarketData | None:
+        try:
+            raw = await self.redis.get(key)
+        except RedisError as exc:
+            logger.warning("market cache unavailable", extra={"key": key, "error": str(exc)})
+            return None
+        try:
+            return None if raw is None else self._codec.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            logger.warning("market cache entry unreadable, fetching again", extra={"key": key})
+            return None
+
+    async def _store(self, key: str, data: MarketData) -> None:
+        try:
             await self.redis.set(key, msgspec.json.encode(data), ex=self.settings.market_cache_ttl_s)
-            return data
+        except RedisError as exc:
+            logger.warning("market cache not written", extra={"key": key, "error": str(exc)})
 
     async def _fetch(self, provider: MarketDataProvider, symbol: str, end: date) -> MarketData:
         limiter = self._limiters.setdefault(provider.name, RateLimiter(self.settings.data_rate_per_s))

@@ -84,7 +84,7 @@ class RunContext:
 
     @property
     def symbol(self) -> str:
-        return self.request.symbol.strip()
+        return self.request.symbol.strip().upper()
 
     def reports(self) -> list[AnalystReport]:
         return [o for o in self.outputs.values() if isinstance(o, AnalystReport)]

@@ -236,3 +236,23 @@ async def test_pacing_reports_progress_within_each_step(redis: Redis, http: http
     for step in reporter.steps:
         fractions = [f for s, f, _ in reporter.ticks if s == step]
         assert len(fractions) >= 2 and fractions == sorted(fractions) and all(0 < f < 1 for f in fractions)
+
+
+async def test_csv_symbol_matches_file_name_ignoring_case(
+    redis: Redis, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    (tmp_path / "acme.csv").write_text((Path(__file__).parents[2] / "fixtures/market/MINI.csv").read_text())
+    result = await Pipeline(csv_settings(tmp_path), redis, http).run(
+        request("acme", ("risk",)), {}, RecordingReporter()
+    )
+    assert result is not None and result.symbol == "ACME" and result.last_close == 12.5
+
+
+async def test_unreadable_cache_entry_is_fetched_again(redis: Redis, http: httpx.AsyncClient) -> None:
+    key = PipelineSettings().keys.market_cache("synthetic", "IBM", "2026-11-20")
+    await redis.set(key, b"not market data")
+    pipeline = Pipeline(PipelineSettings(), redis, http)
+    result = await pipeline.run(request("IBM", ("risk",)), {}, RecordingReporter())
+    assert result is not None and pipeline.data.fetches == 1
+    raw = await redis.get(key)
+    assert isinstance(raw, bytes) and raw.startswith(b"{")
