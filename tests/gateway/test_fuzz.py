@@ -1,0 +1,53 @@
+"""Property-based fuzz of the gateway's OpenAPI schema (schemathesis): no input gets a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from tests.support.processes import ServiceProcess
+
+
+@pytest.fixture(scope="module")
+def gateway_process(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    state = tmp_path_factory.mktemp("fuzz")
+    env = {
+        "REDIS_URL": redis_url,
+        "TT_STATE_DIR": str(state),
+        "TT_PROJECTOR_URL": "http://127.0.0.1:9",  # nothing listens: the fallback paths get fuzzed
+        "TT_PROJECTOR_TIMEOUT_S": "0.2",
+        "TT_MAX_ACTIVE_RUNS": "0",
+        "TT_SUBMIT_RATE": "0/min",
+        "TT_MAX_WAIT_S": "0.2",
+        "TT_INTERNAL_WAIT_S": "0",
+        "TT_SSE_HEARTBEAT_S": "0.2",
+    }
+    with ServiceProcess("gateway", env, log_dir=Path(state)) as process:
+        yield process
+
+
+UNAVAILABLE_BY_DESIGN = {"/readyz", "/api/trading/runs", "/api/trading/decision/runs"}
+
+
+def test_no_input_gets_a_server_error(gateway_process: ServiceProcess) -> None:
+    schema = schemathesis.openapi.from_url(f"{gateway_process.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) > 20
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def call(case: Any) -> None:
+            response = case.call(base_url=gateway_process.url, timeout=10)
+            if response.status_code == 503 and case.path in UNAVAILABLE_BY_DESIGN:
+                return  # no projector runs here: readiness and history say so, as documented
+            assert response.status_code < 500, (case.method, case.path, response.text, gateway_process.logs())
+            if response.status_code >= 400:
+                assert "application/problem+json" in str(response.headers.get("content-type")), response.text
+
+        call()
