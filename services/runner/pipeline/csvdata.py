@@ -81,6 +81,16 @@ def read_prices(path: Path, end: date, lookback_days: int) -> PriceSeries:
     """Bars up to ``end`` within ``lookback_days`` of the last one; errors name file and line."""
     if not path.is_file():
         raise PipelineError("unknown_symbol", f"no CSV file {path.name} in the CSV folder")
+    try:
+        rows = _parse(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise PipelineError("bad_data", f"{path.name}: not a readable UTF-8 CSV file ({exc})") from exc
+    except OSError as exc:
+        raise PipelineError("data_unavailable", f"{path.name}: {exc.strerror}", transient=True) from exc
+    return _window(rows, end, lookback_days, path.name)
+
+
+def _parse(path: Path) -> _Rows:
     rows = _Rows()
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
@@ -91,7 +101,7 @@ def read_prices(path: Path, end: date, lookback_days: int) -> PriceSeries:
         for row in reader:
             if row and any(cell.strip() for cell in row):
                 rows.add(row, index, f"{path.name} line {reader.line_num}")
-    return _window(rows, end, lookback_days, path.name)
+    return rows
 
 
 def _window(rows: _Rows, end: date, lookback_days: int, name: str) -> PriceSeries:

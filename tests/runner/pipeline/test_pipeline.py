@@ -166,6 +166,13 @@ async def test_noop_pipeline_has_no_steps(redis: Redis, http: httpx.AsyncClient)
     assert reporter.starts == []
 
 
+async def test_binary_csv_is_bad_data(redis: Redis, http: httpx.AsyncClient, tmp_path: Path) -> None:
+    (tmp_path / "BIN.csv").write_bytes(b"Date,Open\n\xff\xfe\x00garbage")
+    with pytest.raises(PipelineError) as caught:
+        await Pipeline(csv_settings(tmp_path), redis, http).run(request("BIN"), {}, RecordingReporter())
+    assert caught.value.code == "bad_data" and "BIN.csv" in caught.value.message
+
+
 @pytest.mark.parametrize(
     ("content", "where"),
     [
