@@ -101,7 +101,10 @@ class Display:
         if not self.live:
             return
         width = shutil.get_terminal_size((100, 20)).columns
-        text = f"[{bar(percent(state) / 100.0, 30)}] {percent(state):5.1f}% {eta_text(state):>10}  "
+        steps = pick(state, "steps", []) or []
+        done = sum(1 for step in steps if step.get("status") == "completed")
+        text = f"[{bar(percent(state) / 100.0, 30)}] {percent(state):5.1f}% step {done}/{len(steps)} "
+        text += f"{eta_text(state):>10}  "
         text += current_label(state)
         self.out.write("\r\x1b[K" + text[: width - 1])
         self.out.flush()

@@ -169,7 +169,7 @@ async function confirmedCancel() {
   if ($("#confirm-cancel").returnValue !== "cancel" || !page.runId) return;
   try {
     await client.cancel(page.runId);
-    $("#message").textContent = "Cancelling…";
+    if (page.state && !isTerminal(page.state)) $("#message").textContent = "Cancelling…";
   } catch (err) {
     explain(err, "cancelling the run");
   }
