@@ -25,6 +25,8 @@ class MarketDataProvider(Protocol):
     """Where prices (and, where available, fundamentals and headlines) come from."""
 
     name: str
+    online: bool
+    """Online providers go through the rate limiter; local ones need not wait."""
 
     async def fetch(self, symbol: str, end: date) -> MarketData: ...
 
@@ -33,6 +35,7 @@ class SyntheticProvider:
     """Deterministic demo data (the default)."""
 
     name = "synthetic"
+    online = False
 
     def __init__(self, lookback_days: int) -> None:
         self.lookback_days = lookback_days
@@ -45,6 +48,7 @@ class CsvProvider:
     """A folder of ``<SYMBOL>.csv`` OHLCV files; ``<benchmark>.csv`` there gives beta."""
 
     name = "csv"
+    online = False
 
     def __init__(self, folder: Path | None, lookback_days: int, benchmark: str) -> None:
         if folder is None:
@@ -75,6 +79,7 @@ class YFinanceProvider:
     """Yahoo Finance through the optional ``yfinance`` extra (online; not exercised by tests)."""
 
     name = "yfinance"
+    online = True
 
     def __init__(self, lookback_days: int, benchmark: str) -> None:
         self.lookback_days, self.benchmark = lookback_days, benchmark
@@ -188,8 +193,9 @@ class MarketDataService:
             logger.warning("market cache not written", extra={"key": key, "error": str(exc)})
 
     async def _fetch(self, provider: MarketDataProvider, symbol: str, end: date) -> MarketData:
-        limiter = self._limiters.setdefault(provider.name, RateLimiter(self.settings.data_rate_per_s))
-        await limiter.acquire()
+        if provider.online:
+            limiter = self._limiters.setdefault(provider.name, RateLimiter(self.settings.data_rate_per_s))
+            await limiter.acquire()
         self.fetches += 1
         logger.info("fetching market data", extra={"provider": provider.name, "symbol": symbol})
         return await provider.fetch(symbol, end)

@@ -66,11 +66,19 @@ class Ticker:
     reporter: StepReporter
     step: str
     delay_s: float
+    ticks: int = 0
 
     async def tick(self, fraction: float, message: str) -> None:
         await self.reporter.progress(self.step, fraction, message)
-        if self.delay_s > 0:
+        self.ticks += 1
+        if self.delay_s > 0 and self.ticks <= TICKS:
             await asyncio.sleep(self.delay_s / TICKS)
+
+    async def finish(self) -> None:
+        """Sleep what is left of the step's pacing, so every step takes about the same time."""
+        left = TICKS - self.ticks
+        if self.delay_s > 0 and left > 0:
+            await asyncio.sleep(self.delay_s * left / TICKS)
 
 
 @dataclass
@@ -163,6 +171,7 @@ class Pipeline:
         began, before = time.monotonic(), run.model.budget.spent
         ticker = Ticker(reporter, step, self.settings.step_delay_s)
         output = await self._execute(run, step, ticker)
+        await ticker.finish()
         run.outputs[step] = output
         usage = usage_between(before, run.model.budget.spent)
         await reporter.completed(step, output, round(time.monotonic() - began, 3), usage)
