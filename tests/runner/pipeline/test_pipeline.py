@@ -223,7 +223,7 @@ async def test_unknown_csv_symbol(redis: Redis, http: httpx.AsyncClient, market_
     assert caught.value.code == "unknown_symbol"
 
 
-async def test_ten_runs_fetch_once(redis: Redis, http: httpx.AsyncClient, keys: object) -> None:
+async def test_ten_runs_fetch_once(redis: Redis, http: httpx.AsyncClient) -> None:
     pipeline = Pipeline(PipelineSettings(), redis, http)
     runs = [pipeline.run(request("MSFT", ("market",)), {}, RecordingReporter()) for _ in range(10)]
     results = await asyncio.gather(*runs)
@@ -233,7 +233,8 @@ async def test_ten_runs_fetch_once(redis: Redis, http: httpx.AsyncClient, keys: 
     other_runner = Pipeline(PipelineSettings(), redis, http)
     again = await other_runner.run(request("MSFT", ("market",)), {}, RecordingReporter())
     assert other_runner.data.fetches == 0
-    assert again is not None and again.last_close == results[0].last_close if results[0] else False
+    assert again is not None and results[0] is not None
+    assert again.last_close == results[0].last_close
 
 
 async def test_pacing_reports_progress_within_each_step(redis: Redis, http: httpx.AsyncClient) -> None:
