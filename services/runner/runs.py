@@ -215,7 +215,9 @@ class Executor:
                 ex.stop("timeout" if now >= deadline else "step_timeout")
                 await asyncio.wait({ex.task}, timeout=_STOP_WAIT_S)
                 return
-            await asyncio.wait({ex.task}, timeout=min(deadline, step_deadline) - now)
+            # a step starting during this wait has its deadline after now + step timeout
+            wake = min(deadline, step_deadline, now + self.settings.step_timeout_s)
+            await asyncio.wait({ex.task}, timeout=wake - now)
 
     async def _finish(
         self, ex: Execution, request: RunRequested, state: RunState, outcome: Outcome, first_start: datetime

@@ -1,0 +1,89 @@
+"""Cancellation while queued, mid-step and after completion; the latency is printed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.events import RunCancellationConfirmed, RunCancelled, RunStarted, StepCompleted, StepStarted
+from shared.keys import RUNNERS_GROUP, Keys
+from shared.store import EventStore, Refused
+from tests.runner.support import (
+    CountingPipeline,
+    completed_key,
+    events_of,
+    report,
+    running_worker,
+    submit,
+    wait_event,
+    wait_state,
+)
+
+
+async def test_a_run_cancelled_while_queued_is_never_started(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    await store.append(RunCancelled(run_id=run_id, user_id="local"))
+    after = await submit(store)
+    async with running_worker(redis_url, CountingPipeline(redis)):
+        await wait_state(store, after)
+    events = await events_of(store, run_id)
+    assert not any(isinstance(e, RunStarted) for e in events)
+    assert (await store.state(run_id)).status == "cancelled"  # type: ignore[union-attr]
+    assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
+
+
+async def test_a_run_cancelled_mid_step_stops_within_half_a_second(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="HANG")
+    async with running_worker(redis_url, CountingPipeline(redis)):
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        asked = time.monotonic()
+        await store.append(RunCancelled(run_id=run_id, user_id="local"))
+        state = await wait_state(store, run_id, timeout_s=5)
+        seen = time.monotonic() - asked
+    confirmed = [e for e in await events_of(store, run_id) if isinstance(e, RunCancellationConfirmed)]
+    assert state.status == "cancelled" and len(confirmed) == 1
+    latency_ms = confirmed[0].latency_ms
+    report(f"cancel latency mid-step: {latency_ms} ms by the runner, {seen * 1000:.0f} ms seen by the test")
+    assert latency_ms is not None and latency_ms < 500
+    assert not await redis.get(completed_key(run_id, "data_collection"))
+    assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
+    assert not await redis.sismember(keys.active("local"), run_id)
+
+
+async def test_cancelling_many_running_runs_confirms_each_once(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    store = EventStore(redis, keys)
+    runs = [await submit(store, symbol="HANG") for _ in range(4)]
+    async with running_worker(redis_url, CountingPipeline(redis), TT_RUNNER_CONCURRENCY="4"):
+        for run_id in runs:
+            await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        for run_id in runs:
+            await store.append(RunCancelled(run_id=run_id, user_id="local"))
+        states = [await wait_state(store, r, timeout_s=5) for r in runs]
+    assert {s.status for s in states} == {"cancelled"}
+    for run_id in runs:
+        events = await events_of(store, run_id)
+        assert sum(isinstance(e, RunCancellationConfirmed) for e in events) == 1
+
+
+async def test_cancelling_a_completed_run_changes_nothing(redis_url: str, redis: Redis, keys: Keys) -> None:
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    async with running_worker(redis_url, CountingPipeline(redis)):
+        await wait_state(store, run_id)
+    before = await events_of(store, run_id)
+    with pytest.raises(Refused) as refused:
+        await store.append(RunCancelled(run_id=run_id, user_id="local"))
+    assert refused.value.reason == "ended"
+    assert await events_of(store, run_id) == before
+    assert (await store.state(run_id)).status == "completed"  # type: ignore[union-attr]
+    assert sum(isinstance(e, StepCompleted) for e in before) == 6

@@ -1,0 +1,113 @@
+"""Poison entries, runs failing every attempt, permanent errors and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.events import RunFailed, RunStarted
+from shared.keys import RUNNERS_GROUP, Keys
+from shared.store import EventStore
+from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_state
+
+
+async def _deadletters(redis: Redis, keys: Keys) -> list[dict[str, str]]:
+    entries: Any = await redis.xrange(keys.deadletter)
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+async def test_a_poison_entry_is_dead_lettered_and_the_next_run_completes(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    store = EventStore(redis, keys)
+    await redis.xadd(keys.queue, {"garbage": "1"})
+    await redis.xadd(keys.queue, {"r": "no-such-run"})
+    run_id = await submit(store)
+    async with running_worker(redis_url, CountingPipeline(redis)):
+        assert (await wait_state(store, run_id)).status == "completed"
+        await asyncio.sleep(0.1)
+    letters = await _deadletters(redis, keys)
+    assert [d["reason"] for d in letters] == ["poison", "poison"]
+    assert letters[1]["r"] == "no-such-run"
+    assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
+
+
+async def test_a_run_failing_every_attempt_is_dead_lettered_after_the_maximum(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    store = EventStore(redis, keys)
+    failing = await submit(store, symbol="FAIL")
+    async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.5", TT_MAX_ATTEMPTS="3"):
+        state = await wait_state(store, failing)
+        healthy = await submit(store)
+        assert (await wait_state(store, healthy)).status == "completed"
+    assert state.status == "failed" and state.error is not None and state.error.code == "max_attempts"
+    events = await events_of(store, failing)
+    assert [e.attempt for e in events if isinstance(e, RunStarted)] == [1, 2, 3]
+    retried = [e for e in events if isinstance(e, RunFailed) and e.will_retry]
+    assert [e.code for e in retried] == ["llm_unavailable"] * 3
+    letters = await _deadletters(redis, keys)
+    assert [(d["reason"], d["r"]) for d in letters] == [("max_attempts", failing)]
+    assert "503" in letters[0]["detail"]
+    assert not await redis.sismember(keys.active("local"), failing)
+
+
+async def test_a_permanent_error_fails_the_run_at_once(redis_url: str, redis: Redis, keys: Keys) -> None:
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="PERM")
+    async with running_worker(redis_url, CountingPipeline(redis)):
+        state = await wait_state(store, run_id)
+    assert state.status == "failed" and state.error is not None and state.error.code == "bad_model"
+    assert len([e for e in await events_of(store, run_id) if isinstance(e, RunStarted)]) == 1
+    assert await redis.xlen(keys.deadletter) == 0
+    assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
+
+
+async def test_the_run_deadline_ends_a_run_with_timeout(redis_url: str, redis: Redis, keys: Keys) -> None:
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="HANG", deadline_s=0.5)
+    async with running_worker(redis_url, CountingPipeline(redis)):
+        state = await wait_state(store, run_id, timeout_s=10)
+    assert state.status == "timeout" and state.error is not None and state.error.code == "timeout"
+    assert state.duration_s is not None and 0.4 < state.duration_s < 3
+    assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
+
+
+async def test_a_request_cannot_extend_the_operators_deadline(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="HANG", deadline_s=3600)
+    async with running_worker(redis_url, CountingPipeline(redis), TT_RUN_DEADLINE_S="0.5"):
+        state = await wait_state(store, run_id, timeout_s=10)
+    assert state.status == "timeout" and state.error is not None and state.error.code == "timeout"
+
+
+async def test_a_step_past_its_timeout_ends_the_run_with_timeout(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="HANG")
+    async with running_worker(redis_url, CountingPipeline(redis), TT_STEP_TIMEOUT_S="0.4"):
+        state = await wait_state(store, run_id, timeout_s=10)
+    assert state.status == "timeout" and state.error is not None and state.error.code == "step_timeout"
+    assert "data_collection" in state.error.message
+
+
+async def test_an_entry_deleted_while_pending_is_acked_when_claimed(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    await redis.xgroup_create(keys.queue, RUNNERS_GROUP, id="0", mkstream=True)
+    entry_id = await redis.xadd(keys.queue, {"r": "gone"})
+    await redis.xreadgroup(RUNNERS_GROUP, "a-runner-that-died", {keys.queue: ">"})
+    await redis.xdel(keys.queue, entry_id)
+    async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.3") as worker:
+        for _ in range(100):
+            if (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.vanished == 1
+    assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
+    assert await redis.xlen(keys.deadletter) == 0

@@ -1,0 +1,34 @@
+"""Leases: a live runner keeps its run however long a step takes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.events import RunStarted, StepStarted
+from shared.keys import RUNNERS_GROUP, Keys
+from shared.store import EventStore
+from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_event, wait_state
+
+
+async def test_a_step_longer_than_the_lease_is_not_taken_over(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    store = EventStore(redis, keys)
+    lease = {"TT_LEASE_S": "0.6", "TT_CLAIM_INTERVAL_S": "0.05"}
+    run_id = await submit(store, symbol="LONG", analysts=())
+    async with running_worker(redis_url, CountingPipeline(redis), TT_RUNNER_ID="holder", **lease):
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        async with running_worker(redis_url, CountingPipeline(redis), TT_RUNNER_ID="idle", **lease):
+            deliveries: set[tuple[str, int]] = set()
+            while not (await store.state(run_id)).terminal:  # type: ignore[union-attr]
+                rows: Any = await redis.xpending_range(keys.queue, RUNNERS_GROUP, "-", "+", 10)
+                deliveries |= {(row["consumer"].decode(), row["times_delivered"]) for row in rows}
+                await asyncio.sleep(0.05)
+            state = await wait_state(store, run_id)
+    assert state.status == "completed"
+    assert deliveries == {("holder", 1)}
+    started = [e for e in await events_of(store, run_id) if isinstance(e, RunStarted)]
+    assert [(e.runner_id, e.attempt) for e in started] == [("holder", 1)]
