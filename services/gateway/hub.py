@@ -140,6 +140,11 @@ class Hub:
         with contextlib.suppress(Exception):
             await self.commands.delete(self.wake_key)
 
+    def owner(self, run_id: str) -> str:
+        """The owner of a run this process already follows from its start ('' if not known here)."""
+        watch = self._watches.get(run_id)
+        return watch.state.user_id if watch is not None and watch.state is not None else ""
+
     async def join(self, run_id: str, after: str, maxsize: int) -> Listener:
         """Register a listener for frames after ``after``; the replay is queued at once."""
         listener = Listener(run_id, after, maxsize)

@@ -41,6 +41,11 @@ async def stream_events(
     cursor = _resume_point(after, last_event_id)
     if not is_run_id(run_id):
         raise not_found(run_id)
+    known = runtime.hub.owner(run_id)  # followed here already: no Redis round trip per client
+    if known:
+        if known != caller.user_id:
+            raise not_found(run_id)
+        return _response(_live(runtime, run_id, cursor, None))
     first = await runtime.store.read(run_id, count=1)
     reset: RunState | None = None
     if not first:
@@ -58,6 +63,10 @@ async def stream_events(
         if not whole and cursor != "0-0" and parse_id(cursor) < parse_id(first_id):
             reset = await runtime.runs.get(run_id, caller.user_id)  # trimmed: say so, never a gap
         frames = _live(runtime, run_id, cursor, reset)
+    return _response(frames)
+
+
+def _response(frames: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -84,7 +93,8 @@ async def _live(runtime: Runtime, run_id: str, cursor: str, reset: RunState | No
             yield _reset_frame(reset)
         while not listener.dropped:
             try:
-                frame = await asyncio.wait_for(listener.queue.get(), settings.sse_heartbeat_s)
+                async with asyncio.timeout(settings.sse_heartbeat_s):  # no task per message, unlike wait_for
+                    frame = await listener.queue.get()
             except TimeoutError:
                 yield b": heartbeat\n\n"
                 continue
