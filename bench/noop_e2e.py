@@ -1,0 +1,190 @@
+"""Rows 2 and 6: runs end to end — submitted, executed by runner processes, terminal in the read model.
+
+Measured like the peer harness measures a job queue, so the figures compare: per repetition,
+queue N runs one by one with the event store's own ``submit`` (what the gateway calls; timed),
+then spawn the runner process(es) and stop the clock when the projector's read model
+(``GET /internal/counts``) shows all N completed. ``e2e_rate`` = N / (spawn → all visible);
+``proc_rate`` = runs/s between the first runner event and the last terminal event (startup
+excluded; read from the global log's stream IDs). The projector runs throughout, as in a real
+deployment; each repetition gets its own key prefix and SQLite file.
+
+With ``steps`` set, runners load ``bench.steps_pipeline`` (K empty steps) instead of the no-op
+plan: that is row 6's cost per run against steps per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis
+
+from bench.common import cpu_seconds
+from shared.events import RunOptions, RunRequested
+from shared.ids import new_run_id
+from shared.keys import Keys
+from shared.redis_io import connect
+from shared.store import EventStore
+from tests.support.processes import ServiceProcess
+
+USER = "bench"
+DRAIN_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True, slots=True)
+class E2E:
+    """One repetition."""
+
+    n: int
+    runners: int
+    steps: int
+    enq_rate: float
+    e2e_rate: float
+    proc_rate: float
+    runner_cpu_s: float
+    projector_cpu_s: float
+    redis_cpu_s: float
+    events: int
+    completed: int
+
+    @property
+    def cpu_ms_per_run(self) -> float:
+        """Runner + projector + Redis CPU per run (what a run costs the whole system)."""
+        return 1000 * (self.runner_cpu_s + self.projector_cpu_s + self.redis_cpu_s) / self.n
+
+    @property
+    def runner_cpu_ms_per_run(self) -> float:
+        return 1000 * self.runner_cpu_s / self.n
+
+
+def base_env(redis_url: str, prefix: str, state_dir: Path) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_url,
+        "TT_PREFIX": prefix,
+        "TT_STATE_DIR": str(state_dir),
+        "TT_SNAPSHOT_INTERVAL_S": "0",
+        "TT_RETENTION_INTERVAL_S": "0",
+    }
+
+
+def request(steps: int) -> RunRequested:
+    options = RunOptions(pipeline="full" if steps else "noop")
+    return RunRequested(run_id=new_run_id(), user_id=USER, symbol="AAPL", model_id="offline",
+                        analysts=("market",), options=options)  # fmt: skip
+
+
+async def submit_all(store: EventStore, n: int, steps: int) -> float:
+    """N runs queued one by one (no pipelining, like the peers' enqueue); returns runs/s."""
+    began = time.perf_counter()
+    for _ in range(n):
+        await store.submit(request(steps))
+    return n / (time.perf_counter() - began)
+
+
+async def redis_cpu(redis: Redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def wait_completed(projector_url: str, n: int, timeout_s: float = DRAIN_TIMEOUT_S) -> int:
+    """Polls the read model every 20 ms until N runs are terminal; returns how many completed."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=projector_url, timeout=5.0) as http:
+        while True:
+            counts = (await http.get("/internal/counts", params={"user_id": USER})).json()
+            ended = sum(counts.get(s, 0) for s in ("completed", "failed", "timeout", "cancelled"))
+            if ended >= n:
+                return int(counts.get("completed", 0))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {ended} of {n} runs ended after {timeout_s}s: {counts}")
+            await asyncio.sleep(0.02)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ms(stream_id: object) -> int:
+    return int(_text(stream_id).split("-")[0])
+
+
+async def last_log_id(redis: Redis, keys: Keys) -> str:
+    last = await redis.xrevrange(keys.events, count=1)
+    return _text(last[0][0]) if last else "0-0"
+
+
+async def processing_span_s(redis: Redis, keys: Keys, after: str) -> float:
+    """Seconds from the first runner event (after the submits) to the last event of the log."""
+    first = await redis.xrange(keys.events, min=f"({after}", count=1) or []
+    last = await redis.xrevrange(keys.events, count=1) or []
+    if not first or not last:
+        return float("nan")
+    return max((_ms(last[0][0]) - _ms(first[0][0])) / 1000, 0.001)
+
+
+def start_runners(env: dict[str, str], count: int, steps: int, log_dir: Path) -> list[ServiceProcess]:
+    extra = {"TT_RUNNER_PIPELINE": "bench.steps_pipeline:build", "BENCH_STEPS": str(steps)} if steps else {}
+    runners = [ServiceProcess("runner", {**env, **extra}, log_dir=log_dir) for _ in range(count)]
+    for runner in runners:
+        runner.start(wait=False)
+    return runners
+
+
+async def one(redis_url: str, workdir: Path, tag: str, n: int, runners: int = 1, steps: int = 0) -> E2E:
+    """One repetition with a fresh prefix and read model."""
+    keys = Keys(f"e2e{tag}:")
+    env = base_env(redis_url, keys.prefix, workdir / f"e2e-{tag}")
+    redis = connect(redis_url)
+    procs: list[ServiceProcess] = []
+    projector = ServiceProcess("projector", env, log_dir=workdir / "logs").start(timeout_s=30.0)
+    try:
+        store = EventStore(redis, keys)
+        enq_rate = await submit_all(store, n, steps)
+        after, redis0, proj0 = (
+            await last_log_id(redis, keys),
+            await redis_cpu(redis),
+            cpu_seconds(_pid(projector)),
+        )
+        began = time.perf_counter()
+        procs = start_runners(env, runners, steps, workdir / "logs")
+        completed = await wait_completed(projector.url, n)
+        elapsed = time.perf_counter() - began
+        runner_cpu = sum(cpu_seconds(_pid(p)) for p in procs)
+        return E2E(
+            n=n, runners=runners, steps=steps, enq_rate=enq_rate, e2e_rate=n / elapsed,
+            proc_rate=(n - 1) / await processing_span_s(redis, keys, after), runner_cpu_s=runner_cpu,
+            projector_cpu_s=cpu_seconds(_pid(projector)) - proj0, redis_cpu_s=await redis_cpu(redis) - redis0,
+            events=int(await redis.xlen(keys.events)), completed=completed,
+        )  # fmt: skip
+    finally:
+        for proc in procs:
+            proc.stop()
+        projector.stop()
+        await _drop(redis, keys)
+        await redis.aclose()
+
+
+def _pid(service: ServiceProcess) -> int:
+    assert service.process is not None
+    return service.process.pid
+
+
+async def _drop(redis: Redis, keys: Keys) -> None:
+    """Frees the repetition's keys so the next one starts from the same Redis footprint."""
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=f"{keys.prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await redis.unlink(*batch)
+            batch = []
+    if batch:
+        await redis.unlink(*batch)
+
+
+async def repeat(
+    redis_url: str, workdir: Path, label: str, n: int, n_reps: int, runners: int = 1, steps: int = 0
+) -> list[E2E]:
+    return [await one(redis_url, workdir, f"{label}{i}", n, runners, steps) for i in range(n_reps)]
