@@ -9,7 +9,7 @@ from typing import cast
 import httpx
 from redis.asyncio import Redis
 
-from services.runner.pipeline.base import Runnable
+from services.runner.pipeline import Pipeline, PipelineSettings, Runnable
 
 PipelineFactory = Callable[[Redis, httpx.AsyncClient], Runnable]
 
@@ -20,9 +20,7 @@ class FactoryError(Exception):
 
 def build_pipeline(redis: Redis, http: httpx.AsyncClient) -> Runnable:
     """The trading-agents pipeline with its settings from the environment."""
-    module = importlib.import_module("services.runner.pipeline")
-    settings = module.PipelineSettings.from_env()
-    return cast(Runnable, module.Pipeline(settings, redis, http))
+    return Pipeline(PipelineSettings.from_env(), redis, http)
 
 
 def load_factory(path: str) -> PipelineFactory:

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from services.runner.eta import EtaBook
 from services.runner.execution import Execution, FencedReporter, StopReason, traceparent_of
 from services.runner.metrics import RunnerMetrics
-from services.runner.pipeline.base import PipelineError, Runnable
+from services.runner.pipeline import Pipeline, PipelineError, Runnable
 from services.runner.queue import Job, WorkQueue
 from services.runner.settings import RunnerSettings
 from services.runner.watcher import CancelWatcher
@@ -39,7 +39,7 @@ from shared.events import (
     utcnow,
 )
 from shared.reducer import RunState, fold
-from shared.results import RunResult, StepOutput
+from shared.results import RunResult, StepOutput, Usage
 from shared.store import Entry, EventStore, Refused
 from shared.telemetry import context_from_traceparent, run_id_var
 
@@ -183,18 +183,25 @@ class Executor:
         self.running[run_id] = ex
         await self.watcher.watch(run_id, state.last_event_id)
         try:
-            return await self._supervise(ex, request, _done_steps(entries), deadline)
+            return await self._supervise(ex, request, _done_steps(entries), state.usage, deadline)
         finally:
             self.running.pop(run_id, None)
             await self.watcher.unwatch(run_id)
 
     async def _supervise(
-        self, ex: Execution, request: RunRequested, done: dict[str, StepOutput | None], deadline: float
+        self,
+        ex: Execution,
+        request: RunRequested,
+        done: dict[str, StepOutput | None],
+        spent: Usage,
+        deadline: float,
     ) -> Outcome:
         reporter = FencedReporter(self.store, ex, request.model_id, self.metrics)
-        ex.task = asyncio.create_task(
-            self.pipeline.run(request, done, reporter), name=f"pipeline-{ex.job.run_id}"
-        )
+        if isinstance(self.pipeline, Pipeline):  # earlier attempts' spend counts to the run's budget
+            work = self.pipeline.run(request, done, reporter, spent=spent)
+        else:
+            work = self.pipeline.run(request, done, reporter)
+        ex.task = asyncio.create_task(work, name=f"pipeline-{ex.job.run_id}")
         if ex.stop_reason is not None:
             ex.task.cancel()
         try:
