@@ -1,0 +1,313 @@
+"""Runner figures: no-op runs/s by one runner process, crashed-run resume time, cancel latency.
+
+    .venv/bin/python -m bench.runner_bench            # prints a table
+    BENCH_QUICK=1 .venv/bin/python -m bench.runner_bench
+
+Each figure comes from real runner processes (``python -m services.runner``) against a
+redis-server of the bench's own (or ``REDIS_URL``). Building blocks return numbers so the
+combined bench (``python -m bench``) can put them in its table.
+
+- no-op throughput: N no-op runs are queued first, then one runner process drains them;
+  runs/s = N / (first RunStarted → last RunCompleted), read from the global log's stream IDs
+  (process start-up excluded).
+- crash resume: the real pipeline (offline model, paced steps) runs on two runner processes;
+  the one executing is killed with SIGKILL mid-step; figure = kill → RunStarted of the other
+  (bounded by the lease), plus LLM calls repeated compared with a clean run (should be 0).
+- cancel latency: runs parked mid-step on one runner, then cancelled one by one; the runner
+  records RunCancelled → RunCancellationConfirmed in ``latency_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.events import (
+    AnyEvent,
+    RunCancellationConfirmed,
+    RunCancelled,
+    RunOptions,
+    RunRequested,
+    RunStarted,
+    StepCompleted,
+    StepStarted,
+)
+from shared.ids import new_run_id
+from shared.keys import Keys
+from shared.redis_io import connect
+from shared.redis_server import RedisServer
+from shared.store import EventStore
+from tests.support.processes import ServiceProcess
+
+USER = "bench"
+KEYS = Keys("tt:")
+
+
+def _quick() -> bool:
+    return os.environ.get("BENCH_QUICK", "") not in ("", "0")
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    resume_s: float
+    """SIGKILL → RunStarted by the other runner."""
+    finish_s: float
+    """SIGKILL → RunCompleted."""
+    repeated_calls: int
+    lease_s: float
+
+
+def _request(pipeline: str = "noop", analysts: tuple[str, ...] = ("market",)) -> RunRequested:
+    return RunRequested(
+        run_id=new_run_id(), user_id=USER, symbol="AAPL", model_id="offline", analysts=analysts,
+        options=RunOptions(pipeline=pipeline),
+    )  # fmt: skip
+
+
+@contextmanager
+def _runners(redis_url: str, log_dir: Path, count: int, **env: str) -> Iterator[list[ServiceProcess]]:
+    base = {"REDIS_URL": redis_url, "TT_LOG_LEVEL": "WARNING", **env}
+    procs = [
+        ServiceProcess("runner", {**base, "TT_RUNNER_ID": f"bench-{i}"}, log_dir=log_dir)
+        for i in range(count)
+    ]
+    try:
+        for proc in procs:
+            proc.start(wait=False)
+        for proc in procs:
+            proc.wait_healthy(60)
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop(timeout_s=15)
+
+
+async def _events(store: EventStore, run_id: str) -> list[AnyEvent]:
+    return [e for _, e in await store.read(run_id)]
+
+
+async def _wait(store: EventStore, run_id: str, kind: type[AnyEvent], timeout_s: float = 60.0) -> AnyEvent:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for event in await _events(store, run_id):
+            if isinstance(event, kind):
+                return event
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"no {kind.__name__} in run {run_id} after {timeout_s}s")
+
+
+# ------------------------------------------------------------------ no-op throughput
+
+
+async def noop_rate(redis_url: str, log_dir: Path, concurrency: int, n: int) -> float:
+    """Runs/s one runner process completes at ``concurrency`` (no-op runs, start-up excluded)."""
+    redis = connect(redis_url)
+    try:
+        await redis.flushdb()
+        store = EventStore(redis, KEYS)
+        for _ in range(n):
+            await store.submit(_request())
+        with _runners(redis_url, log_dir, 1, TT_RUNNER_CONCURRENCY=str(concurrency)):
+            await _drained(redis, n)
+        return n / await _processing_span_s(redis)
+    finally:
+        await redis.aclose()
+
+
+async def _drained(redis: Redis, n: int, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        groups = await redis.xinfo_groups(KEYS.queue)
+        info = next((g for g in groups if g["name"] in (b"runners", "runners")), None)
+        if info is not None and int(info["pending"]) == 0 and await _delivered(redis, info) >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{n} no-op runs not drained in {timeout_s}s")
+
+
+async def _delivered(redis: Redis, info: dict[str, Any]) -> int:
+    last = info["last-delivered-id"]
+    last_id = last.decode() if isinstance(last, bytes) else str(last)
+    entries: Any = await redis.xrange(KEYS.queue, max=last_id) if last_id != "0-0" else []
+    return len(entries)
+
+
+async def _processing_span_s(redis: Redis) -> float:
+    """First runner event → last event in the global log (stream IDs carry milliseconds)."""
+    store = EventStore(redis, KEYS)
+    first = last = None
+    raw: Any = await redis.xrange(KEYS.events)
+    for entry_id, fields in raw:
+        event = store.decode_fields(entry_id.decode(), fields)
+        if event is None or isinstance(event, RunRequested):
+            continue
+        ms = int(entry_id.decode().split("-")[0])
+        first = ms if first is None else first
+        last = ms
+    if first is None or last is None:
+        raise RuntimeError("no runner events in the log")
+    return max(last - first, 1) / 1000
+
+
+# ------------------------------------------------------------------ crash resume
+
+
+async def crash_resume(redis_url: str, log_dir: Path, lease_s: float = 2.0) -> Resume:
+    """SIGKILL the runner executing a real (offline) run mid-step; the other resumes it."""
+    redis = connect(redis_url)
+    env = {"TT_LEASE_S": str(lease_s), "TT_CLAIM_INTERVAL_S": "0.2", "TT_STEP_DELAY_S": "0.3"}
+    analysts = ("market", "risk", "sentiment")
+    try:
+        await redis.flushdb()
+        store = EventStore(redis, KEYS)
+        with _runners(redis_url, log_dir, 2, **env) as procs:
+            clean = await _completed_calls(store, analysts)
+            request = _request("full", analysts)
+            await store.submit(request)
+            started = await _wait(store, request.run_id, RunStarted)
+            await _wait_step(store, request.run_id, "analyst:market")
+            victim = next(p for p in procs if p.env["TT_RUNNER_ID"] == getattr(started, "runner_id", ""))
+            victim.kill()
+            killed = time.monotonic()
+            await _wait_resumed(store, request.run_id, victim.env["TT_RUNNER_ID"])
+            resumed = time.monotonic() - killed
+            state = await _terminal(store, request.run_id)
+            finished = time.monotonic() - killed
+        return Resume(resumed, finished, state.usage.calls - clean, lease_s)
+    finally:
+        await redis.aclose()
+
+
+async def _completed_calls(store: EventStore, analysts: tuple[str, ...]) -> int:
+    request = _request("full", analysts)
+    await store.submit(request)
+    return int((await _terminal(store, request.run_id)).usage.calls)
+
+
+async def _terminal(store: EventStore, run_id: str, timeout_s: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = await store.state(run_id)
+        if state is not None and state.terminal:
+            if state.status != "completed":
+                raise RuntimeError(f"run {run_id} ended {state.status}: {state.error}")
+            return state
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"run {run_id} not terminal after {timeout_s}s")
+
+
+async def _wait_step(store: EventStore, run_id: str, step: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(isinstance(e, StepCompleted) and e.step == step for e in await _events(store, run_id)):
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"step {step} of run {run_id} not completed")
+
+
+async def _wait_resumed(store: EventStore, run_id: str, victim: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        events = await _events(store, run_id)
+        if any(isinstance(e, RunStarted) and e.runner_id != victim for e in events):
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"run {run_id} not resumed")
+
+
+# ------------------------------------------------------------------ cancel latency
+
+
+async def cancel_latencies(redis_url: str, log_dir: Path, n: int) -> list[float]:
+    """Milliseconds from RunCancelled to RunCancellationConfirmed, for ``n`` runs mid-step."""
+    redis = connect(redis_url)
+    try:
+        await redis.flushdb()
+        store = EventStore(redis, KEYS)
+        env = {"TT_RUNNER_CONCURRENCY": str(n), "TT_STEP_DELAY_S": "120"}
+        with _runners(redis_url, log_dir, 1, **env):
+            requests = [_request("full") for _ in range(n)]
+            for request in requests:
+                await store.submit(request)
+            for request in requests:
+                await _wait(store, request.run_id, StepStarted)
+            for request in requests:
+                await store.append(RunCancelled(run_id=request.run_id, user_id=USER))
+                await asyncio.sleep(0.01)
+            confirmed = [await _wait(store, r.run_id, RunCancellationConfirmed) for r in requests]
+        return [float(getattr(c, "latency_ms", 0.0) or 0.0) for c in confirmed]
+    finally:
+        await redis.aclose()
+
+
+# ------------------------------------------------------------------ table
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[max(1, min(99, round(p))) - 1]
+
+
+async def measure(redis_url: str, workdir: Path) -> list[tuple[str, str, str]]:
+    """(figure, value, note) rows."""
+    n = 200 if _quick() else 2000
+    rows: list[tuple[str, str, str]] = []
+    for concurrency in (1, 50):
+        rate = await noop_rate(redis_url, workdir, concurrency, n)
+        rows.append((f"no-op runs/s, 1 process, concurrency {concurrency}", f"{rate:,.0f}", f"{n} runs"))
+    resumes = [await crash_resume(redis_url, workdir) for _ in range(1 if _quick() else 3)]
+    rows.append(
+        (
+            "crashed run resumed after SIGKILL (s)",
+            f"{statistics.median(r.resume_s for r in resumes):.2f}",
+            f"median of {len(resumes)}; lease {resumes[0].lease_s:g} s, renewed every lease/3",
+        )
+    )
+    rows.append(
+        (
+            "crashed run finished after SIGKILL (s)",
+            f"{statistics.median(r.finish_s for r in resumes):.2f}",
+            "",
+        )
+    )
+    rows.append(("LLM calls repeated after the kill", str(max(r.repeated_calls for r in resumes)), "max"))
+    latencies = await cancel_latencies(redis_url, workdir, 10 if _quick() else 50)
+    rows.append(
+        ("cancel latency p50 (ms)", f"{percentile(latencies, 50):.1f}", f"{len(latencies)} runs mid-step")
+    )
+    rows.append(("cancel latency p99 (ms)", f"{percentile(latencies, 99):.1f}", "RunCancelled → confirmed"))
+    return rows
+
+
+def print_table(rows: Sequence[tuple[str, str, str]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    print(f"{'figure':<{width}}  {'value':>10}  note")
+    print(f"{'-' * width}  {'-' * 10}  {'-' * 30}")
+    for figure, value, note in rows:
+        print(f"{figure:<{width}}  {value:>10}  {note}")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
+        workdir = Path(tmp)
+        if os.environ.get("REDIS_URL"):
+            rows = asyncio.run(measure(os.environ["REDIS_URL"], workdir))
+        else:
+            with RedisServer(workdir / "redis") as server:
+                rows = asyncio.run(measure(server.url, workdir))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
