@@ -197,7 +197,7 @@ export function historyItem(run, onOpen) {
   return h("li", { "data-run-id": run.runId, "data-status": run.status, tabindex: "0", onclick: () => onOpen(run),
     onkeydown: (e) => { if (e.key === "Enter") onOpen(run); } },
     h("span", { class: "sym" }, run.symbol),
-    h("span", { class: "mini-badge", "data-decision": decision || "" }, decision || STATUS_WORDS[run.status] || run.status),
+    h("span", { class: "mini-badge", "data-decision": decision || "" }, decision || (isTerminal(run) ? "—" : `${Math.round(run.progress || 0)}%`)),
     h("span", { class: "when" }, when(run.createdAt), run.durationS ? ` · ${seconds(run.durationS)}` : ""),
     h("span", { class: "status-pill", "data-status": run.status }, STATUS_WORDS[run.status] || run.status));
 }
