@@ -130,6 +130,21 @@ def apply(state: RunState, event: AnyEvent, event_id: str) -> RunState:
     return new
 
 
+def apply_mut(state: RunState, event: AnyEvent, event_id: str) -> None:
+    """Apply one event to ``state`` in place: ``apply`` without the copy, for a writer that owns it.
+
+    After it, ``state`` equals what ``apply`` would have returned; ``apply`` and ``fold`` stay the
+    reference (kept separate on purpose, so tests/projector/test_apply_mut.py compares two paths).
+    """
+    state.last_event_id = event_id
+    state.event_count += 1
+    state.updated_at = event.at
+    if state.status in TERMINAL:
+        return  # nothing changes a finished run; later entries are bookkeeping only
+    _mutate(state, event)
+    _derive_progress(state, event.at)
+
+
 def _mutate(s: RunState, event: AnyEvent) -> None:
     match event:
         case RunRequested():
