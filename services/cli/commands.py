@@ -12,7 +12,7 @@ from redis import Redis
 
 from services.cli.api import Api, ApiError, pick
 from services.cli.cursors import Cursors
-from services.cli.display import Display, render_result, render_runs
+from services.cli.display import Display, duration, render_result, render_runs
 from services.cli.settings import ClientSettings
 from services.cli.watch import Detached, RedisWatcher, SignalGuard, SseWatcher
 
@@ -127,7 +127,7 @@ def cmd_show(ns: argparse.Namespace, settings: ClientSettings) -> int:
     for step in steps:
         took = pick(step, "duration_s")
         label = step.get("label", step.get("name"))
-        print(f"  {step.get('status', ''):<10} {label}" + (f" ({took}s)" if took else ""))
+        print(f"  {step.get('status', ''):<10} {label}" + (f" ({duration(took)})" if took else ""))
     return 0
 
 

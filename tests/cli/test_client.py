@@ -1,7 +1,8 @@
-"""`tickertape watch` killed mid-run and started again resumes from its on-disk cursor: no repeat, no gap."""
+"""Client commands on the real stack; `watch` stopped mid-run and restarted: no repeat, no gap."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -112,3 +113,35 @@ def test_watch_of_a_finished_run_shows_its_result_and_repeats_nothing(stack: Sta
     assert again.finish() == 0
     assert again.event_ids() == []
     assert any("Decision:" in line for line in again.lines)
+
+
+def tickertape(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_submit_follow_then_runs_show_and_cancel(stack: Stack, tmp_path: Path) -> None:
+    env = cli_env(stack, tmp_path)
+
+    submitted = tickertape(env, "submit", "IBM", "--analysts", "market", "--follow")
+
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert "Decision:" in submitted.stdout and "DEMO DATA" in submitted.stdout
+    run_id = submitted.stdout.split("run ", 1)[1].split()[0]
+    listed = tickertape(env, "runs", "--symbol", "IBM")
+    assert run_id in listed.stdout and "completed" in listed.stdout
+    shown = tickertape(env, "show", run_id, "--json")
+    assert json.loads(shown.stdout)["status"] == "completed"
+    cancelled = tickertape(env, "cancel", run_id)
+    assert cancelled.returncode == 1 and "already finished" in cancelled.stdout
+
+
+def test_bad_submit_names_the_field_and_gateway_down_says_what_to_do(stack: Stack, tmp_path: Path) -> None:
+    env = cli_env(stack, tmp_path)
+
+    bad = tickertape(env, "submit", "IBM", "--analysts", "astrology")
+    down = tickertape({**env, "TT_API_URL": "http://127.0.0.1:9"}, "runs")
+
+    assert bad.returncode == 1 and "field: analysts" in bad.stderr
+    assert down.returncode == 1 and "tickertape up" in down.stderr
