@@ -267,6 +267,34 @@ function renderStrip() {
   })));
 }
 
+// --- signing in (only when the server has auth on) ---
+
+async function ensureSignedIn() {
+  try {
+    await client.request("GET", "/session");
+    return;
+  } catch (err) {
+    if (err.kind !== "unauthorized") return; // unreachable servers are reported by what follows
+  }
+  const dialog = $("#sign-in");
+  dialog.addEventListener("cancel", (event) => event.preventDefault()); // nothing works until signed in
+  dialog.showModal();
+  await new Promise((resolve) => {
+    $("#sign-in-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = $("#sign-in-error");
+      try {
+        await client.signIn($("#sign-in-token").value.trim());
+        dialog.close();
+        resolve();
+      } catch (err) {
+        error.textContent = err.kind === "unauthorized" ? "That token is not valid." : err.friendly;
+        error.hidden = false;
+      }
+    });
+  });
+}
+
 // --- start ---
 
 function bind() {
@@ -292,6 +320,7 @@ function bind() {
 
 async function start() {
   bind();
+  await ensureSignedIn();
   await loadCatalogue();
   await selectTicker(tickerFromHash() || localStorage.getItem(LAST_TICKER) || "AAPL");
   refreshActive();
