@@ -29,7 +29,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright  
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Paced so a run lasts ~10 s: long enough to leave, reload and come back while it runs."""
     with Stack(
-        redis_url, tmp_path_factory.mktemp("stack"), step_delay_s=1.2, TT_MAX_ACTIVE_RUNS="20"
+        redis_url, tmp_path_factory.mktemp("stack"), step_delay_s=1.2, TT_MAX_ACTIVE_RUNS="3"
     ) as running:
         yield running
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 from redis import Redis
@@ -143,6 +144,28 @@ def test_a_second_tab_and_another_browser_see_the_same_run(
         shoot(second, "second-tab-finished")
     finally:
         elsewhere.close()
+
+
+def test_errors_are_said_in_words_a_person_understands(
+    context: BrowserContext, stack: Stack, shoot: Shoot
+) -> None:
+    page = open_page(context, stack, "META")
+    page.fill("#ticker", "ME$A")
+    expect(page.locator("#ticker")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#ticker-hint")).to_contain_text("Only letters, digits")
+    page.fill("#ticker", "META")
+
+    others = [stack.submit("META", ("market",)) for _ in range(3)]  # the per-user cap (3) is reached
+    try:
+        page.click("#submit")
+        expect(page.locator("#notice")).to_be_visible()
+        expect(page.locator("#notice")).to_contain_text("too many analyses running")
+        shoot(page, "cap-reached")
+    finally:
+        for run_id in others:
+            httpx.delete(f"{stack.api}/runs/{run_id}", timeout=10.0)
+        for run_id in others:
+            stack.wait_status(run_id, {"cancelled", "completed"})
 
 
 def test_the_page_reconnects_after_a_gateway_crash_and_misses_no_step(
