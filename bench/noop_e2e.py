@@ -125,16 +125,55 @@ async def processing_span_s(redis: Redis, keys: Keys, after: str) -> float:
     return max((_ms(last[0][0]) - _ms(first[0][0])) / 1000, 0.001)
 
 
-def start_runners(env: dict[str, str], count: int, steps: int, log_dir: Path) -> list[ServiceProcess]:
+def start_runners(
+    env: dict[str, str], count: int, steps: int, log_dir: Path, *, wait: bool = False
+) -> list[ServiceProcess]:
     extra = {"TT_RUNNER_PIPELINE": "bench.steps_pipeline:build", "BENCH_STEPS": str(steps)} if steps else {}
     runners = [ServiceProcess("runner", {**env, **extra}, log_dir=log_dir) for _ in range(count)]
     for runner in runners:
         runner.start(wait=False)
+    if wait:
+        for runner in runners:
+            runner.wait_healthy(60.0)
     return runners
 
 
-async def one(redis_url: str, workdir: Path, tag: str, n: int, runners: int = 1, steps: int = 0) -> E2E:
-    """One repetition with a fresh prefix and read model."""
+async def submit_burst(store: EventStore, n: int, steps: int, width: int = 50) -> float:
+    """N runs queued ``width`` at a time (runners already waiting); returns runs/s."""
+    began = time.perf_counter()
+    for start in range(0, n, width):
+        await asyncio.gather(*(store.submit(request(steps)) for _ in range(min(width, n - start))))
+    return n / (time.perf_counter() - began)
+
+
+class Cpu:
+    """CPU seconds of the runners, the projector and Redis since ``mark()``."""
+
+    def __init__(self, redis: Redis, runners: list[ServiceProcess], projector: ServiceProcess) -> None:
+        self.redis, self.runners, self.projector = redis, runners, projector
+        self.base = (0.0, 0.0, 0.0)
+
+    async def now(self) -> tuple[float, float, float]:
+        runner = sum(cpu_seconds(_pid(p)) for p in self.runners)
+        return runner, cpu_seconds(_pid(self.projector)), await redis_cpu(self.redis)
+
+    async def mark(self) -> None:
+        self.base = await self.now()
+
+    async def spent(self) -> tuple[float, float, float]:
+        now = await self.now()
+        return now[0] - self.base[0], now[1] - self.base[1], now[2] - self.base[2]
+
+
+async def one(
+    redis_url: str, workdir: Path, tag: str, n: int, runners: int = 1, steps: int = 0, *, warm: bool = False
+) -> E2E:
+    """One repetition with a fresh prefix and read model.
+
+    Cold (row 2, like the peers): runs queued first, then runner processes spawned; clock from
+    spawn. Warm (row 6): runner processes up and idle first, then runs submitted 50 at a time;
+    clock from the first submit, CPU counted from then (start-up excluded).
+    """
     keys = Keys(f"e2e{tag}:")
     env = base_env(redis_url, keys.prefix, workdir / f"e2e-{tag}")
     redis = connect(redis_url)
@@ -142,21 +181,27 @@ async def one(redis_url: str, workdir: Path, tag: str, n: int, runners: int = 1,
     projector = ServiceProcess("projector", env, log_dir=workdir / "logs").start(timeout_s=30.0)
     try:
         store = EventStore(redis, keys)
-        enq_rate = await submit_all(store, n, steps)
-        after, redis0, proj0 = (
-            await last_log_id(redis, keys),
-            await redis_cpu(redis),
-            cpu_seconds(_pid(projector)),
-        )
+        if warm:
+            procs = start_runners(env, runners, steps, workdir / "logs", wait=True)
+        cpu = Cpu(redis, procs, projector)
+        await cpu.mark()
+        after = await last_log_id(redis, keys)
         began = time.perf_counter()
-        procs = start_runners(env, runners, steps, workdir / "logs")
+        if warm:
+            enq_rate = await submit_burst(store, n, steps)
+        else:
+            enq_rate = await submit_all(store, n, steps)
+            after = await last_log_id(redis, keys)
+            await cpu.mark()
+            began = time.perf_counter()
+            procs = cpu.runners = start_runners(env, runners, steps, workdir / "logs")
         completed = await wait_completed(projector.url, n)
         elapsed = time.perf_counter() - began
-        runner_cpu = sum(cpu_seconds(_pid(p)) for p in procs)
+        runner_cpu, projector_cpu, redis_cpu_s = await cpu.spent()
         return E2E(
             n=n, runners=runners, steps=steps, enq_rate=enq_rate, e2e_rate=n / elapsed,
             proc_rate=(n - 1) / await processing_span_s(redis, keys, after), runner_cpu_s=runner_cpu,
-            projector_cpu_s=cpu_seconds(_pid(projector)) - proj0, redis_cpu_s=await redis_cpu(redis) - redis0,
+            projector_cpu_s=projector_cpu, redis_cpu_s=redis_cpu_s,
             events=int(await redis.xlen(keys.events)), completed=completed,
         )  # fmt: skip
     finally:
@@ -185,6 +230,7 @@ async def _drop(redis: Redis, keys: Keys) -> None:
 
 
 async def repeat(
-    redis_url: str, workdir: Path, label: str, n: int, n_reps: int, runners: int = 1, steps: int = 0
-) -> list[E2E]:
-    return [await one(redis_url, workdir, f"{label}{i}", n, runners, steps) for i in range(n_reps)]
+    redis_url: str, workdir: Path, label: str, n: int, n_reps: int, runners: int = 1, steps: int = 0,
+    *, warm: bool = False,
+) -> list[E2E]:  # fmt: skip
+    return [await one(redis_url, workdir, f"{label}{i}", n, runners, steps, warm=warm) for i in range(n_reps)]
