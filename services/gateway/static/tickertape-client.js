@@ -20,10 +20,10 @@ export const isTerminal = (state) => Boolean(state && TERMINAL.has(state.status)
 
 /** An API error with a message a person can act on (`friendly`) and its kind for code. */
 export class TickertapeError extends Error {
-  constructor({ status = 0, title = "", detail = "", field = null, retryAfter = null } = {}) {
+  constructor({ status = 0, type = "", title = "", detail = "", field = null, retryAfter = null } = {}) {
     super(detail || title || `HTTP ${status}`);
     this.name = "TickertapeError";
-    Object.assign(this, { status, title, detail, field, retryAfter });
+    Object.assign(this, { status, type, title, detail, field, retryAfter });
     this.kind = status === 0 ? "unavailable"
       : status === 429 ? "rate_limited"
       : status === 422 || status === 400 ? "validation"
@@ -38,7 +38,10 @@ export class TickertapeError extends Error {
       case "unavailable":
         return "Can't reach the Tickertape server. Check that it is running (make run) — we'll keep trying.";
       case "rate_limited":
-        return `You have too many analyses running at once. Wait for one to finish or cancel one, then try again.${this.retryAfter ? ` (retry in ${this.retryAfter} s)` : ""}`;
+        if (/rate-limited/.test(this.type || "")) {
+          return `You are starting analyses faster than this server allows. Wait a moment and try again${this.retryAfter ? ` (in ${this.retryAfter} s)` : ""}.`;
+        }
+        return "You have too many analyses running at once. Wait for one to finish or cancel one, then try again.";
       case "validation":
         return `Please check ${this.field ? `the ${this.field}` : "the form"}: ${this.detail || this.title}`;
       case "not_found":
@@ -114,6 +117,7 @@ export class TickertapeClient {
     try { problem = await response.json(); } catch { /* not JSON: keep the status alone */ }
     return new TickertapeError({
       status: response.status,
+      type: problem.type || "",
       title: problem.title || response.statusText,
       detail: problem.detail || "",
       field: failingField(problem),
