@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.e2e.stack import Stack
 
@@ -16,13 +17,16 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        "browser tests need /usr/bin/chromium: run `make system-deps` (deploy/local/install-system-deps.sh)",
-        allow_module_level=True,
-    )
+MISSING = "browser tests need /usr/bin/chromium: run `make system-deps` (deploy/local/install-system-deps.sh)"
 
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright  # noqa: E402
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip (with the reason) only when the system's Chromium is absent."""
+    if CHROMIUM.exists():
+        return
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.skip(reason=MISSING))
 
 
 @pytest.fixture(scope="module")
