@@ -8,9 +8,17 @@ from typing import Any
 
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas
+import schemathesis.transport.asgi
+import schemathesis.transport.requests
+import schemathesis.transport.wsgi
 from hypothesis import HealthCheck, given, settings
 
 from tests.support.processes import ServiceProcess
+
+# schemathesis imports its OpenAPI machinery lazily; pytest rewrites those modules on import and,
+# deep inside a running test, CPython 3.11's AST recursion check can trip. Importing at collection
+# (above) keeps that import shallow.
 
 
 @pytest.fixture(scope="module")
