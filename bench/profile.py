@@ -1,0 +1,117 @@
+"""Profiles of the hot paths the table exposes, with pyinstrument, on real processes.
+
+    .venv/bin/python -m bench.profile gateway [SECONDS]   # POST /runs under the submit load
+    .venv/bin/python -m bench.profile runner [N]          # one runner draining N no-op runs
+
+The service runs as ``python -m pyinstrument -m services.<name>``; SIGINT ends it (uvicorn and
+the runner both stop cleanly on it) and pyinstrument writes its report to bench/results/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import noop_e2e, submit_bench
+from bench.common import ROOT, Child, python_env
+from shared.keys import Keys
+from shared.redis_io import connect
+from shared.redis_server import RedisServer, free_port
+from shared.store import EventStore
+
+OUT = ROOT / "bench" / "results"
+
+
+def profiled(service: str, env: dict[str, str], report: Path, log: Path) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "pyinstrument", "--renderer", "session", "-o", str(report),
+            "-m", f"services.{service}"]  # fmt: skip
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=python_env(env), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def gateway(redis_url: str, workdir: Path, seconds: float) -> Path:
+    port = free_port()
+    env = {**submit_bench.gateway_env(redis_url, workdir), "TT_GATEWAY_PORT": str(port)}
+    report = OUT / "profile-gateway.pyisession"
+    proc = profiled("gateway", env, report, workdir / "gateway.log")
+    try:
+        Child("bench.submit_bench", [], workdir / "x.log").wait_http(f"http://127.0.0.1:{port}/healthz", 60.0)
+        print(submit_bench.one_load(f"http://127.0.0.1:{port}", seconds, 32))
+    finally:
+        finish(proc)
+    return report
+
+
+async def _submit(redis_url: str, keys: Keys, n: int) -> None:
+    redis = connect(redis_url)
+    store = EventStore(redis, keys)
+    for _ in range(n):
+        await store.submit(noop_e2e.request(0))
+    await redis.aclose()
+
+
+async def _drained(redis_url: str, keys: Keys, n: int) -> None:
+    redis = connect(redis_url)
+    while len(await redis.keys(f"{keys.prefix}run:*")) < n or await _pending(redis, keys):
+        await asyncio.sleep(0.1)
+    await redis.aclose()
+
+
+async def _pending(redis: object, keys: Keys) -> int:
+    groups = await redis.xinfo_groups(keys.queue)  # type: ignore[attr-defined]
+    return sum(int(g["pending"]) + int(g.get("lag") or 0) for g in groups) if groups else 1
+
+
+def runner(redis_url: str, workdir: Path, n: int) -> Path:
+    keys = Keys("prof:")
+    asyncio.run(_submit(redis_url, keys, n))
+    env = {**noop_e2e.base_env(redis_url, keys.prefix, workdir), "TT_RUNNER_PORT": str(free_port())}
+    report = OUT / "profile-runner.pyisession"
+    began = time.perf_counter()
+    proc = profiled("runner", env, report, workdir / "runner.log")
+    try:
+        asyncio.run(_drained(redis_url, keys, n))
+        print(f"{n} no-op runs drained in {time.perf_counter() - began:.1f} s (profiled, start-up included)")
+    finally:
+        finish(proc)
+    return report
+
+
+def main(argv: list[str]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tt-profile-") as tmp, RedisServer(Path(tmp) / "redis") as redis:
+        if argv[0] == "gateway":
+            report = gateway(redis.url, Path(tmp), float(argv[1]) if len(argv) > 1 else 10.0)
+        else:
+            report = runner(redis.url, Path(tmp), int(argv[1]) if len(argv) > 1 else 3000)
+    render(report)
+
+
+def render(session: Path) -> None:
+    """A flat list (time spent in each function itself) and the call tree, as text files."""
+    for name, options in (("flat", ["-p", "flat=true"]), ("tree", ["-p", "show_all=false"])):
+        out = session.with_suffix(f".{name}.txt")
+        subprocess.run(
+            [sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text", *options,
+             "-o", str(out)],
+            check=True, cwd=ROOT,
+        )  # fmt: skip
+        print(f"report: {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["gateway"])
