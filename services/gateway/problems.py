@@ -9,12 +9,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://tickertape.dev/problems/"
+REDIS_RETRY_AFTER_S = 2
 _TITLES = {
     400: "Bad request",
     401: "Not authenticated",
@@ -147,6 +150,16 @@ def install(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed on {request.url.path}: see /docs."
         return Problem(exc.status_code, detail, headers=exc.headers).response(request.url.path)
 
+    async def on_redis_down(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        detail = (
+            "The event store (Redis) is unreachable or still loading. Retry (with the same Idempotency-Key)."
+        )
+        problem = Problem(
+            503, detail, slug="store-unavailable", headers={"Retry-After": str(REDIS_RETRY_AFTER_S)}
+        )
+        return problem.response(request.url.path)
+
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         problem = Problem(500, "The gateway failed unexpectedly; the error was logged. Try again.")
@@ -155,4 +168,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RedisConnectionError, on_redis_down)  # includes BusyLoadingError
+    app.add_exception_handler(RedisTimeoutError, on_redis_down)
     app.add_exception_handler(Exception, on_error)
