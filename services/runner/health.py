@@ -16,14 +16,19 @@ from starlette.routing import Route
 Status = Callable[[], dict[str, Any]]
 
 
-def build_app(status: Status) -> Starlette:
+def build_app(status: Status, ready: Callable[[], bool] = lambda: True) -> Starlette:
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok", **status()})
+
+    async def readyz(_: Request) -> Response:
+        ok = ready()
+        return JSONResponse({"status": "ready" if ok else "not ready"}, 200 if ok else 503)
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+    return Starlette(routes=routes)
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -34,8 +39,10 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def embedded_server(status: Status, host: str, port: int) -> EmbeddedServer:
+def embedded_server(
+    status: Status, host: str, port: int, ready: Callable[[], bool] = lambda: True
+) -> EmbeddedServer:
     config = uvicorn.Config(
-        build_app(status), host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        build_app(status, ready), host=host, port=port, log_level="warning", lifespan="off", access_log=False
     )
     return EmbeddedServer(config)

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.runner.eta import EtaBook
 from services.runner.execution import Execution
@@ -59,7 +61,9 @@ class Worker:
     async def start(self) -> None:
         """Run until the stop event is set; always ends with ``stop()``."""
         try:
-            await self._open()
+            self._serve_health()
+            if not await self._open():
+                return
             self._spawn_loops()
             self.ready.set()
             logger.info(
@@ -69,14 +73,15 @@ class Worker:
         finally:
             await self.stop()
 
-    async def _open(self) -> None:
+    async def _open(self) -> bool:
+        """Build clients and wait for Redis; False when asked to stop before it answered."""
         s = self.settings
         url, keys = s.common.redis_url, s.common.keys
         self.redis: Redis = connect(url)
         self.reader: Redis = connect(url, blocking=True, max_connections=4)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
-        for queue in keys.queues:
-            await ensure_group(self.redis, queue, RUNNERS_GROUP)
+        if not await self._wait_for_redis():
+            return False
         if self.pipeline is None:
             self.pipeline = load_factory(s.pipeline)(self.redis, self.http)
         self.store = EventStore(self.redis, keys, run_ttl_s=s.common.run_ttl_s)
@@ -85,6 +90,22 @@ class Worker:
         self.executor = Executor(
             s, self.store, self.queue, self.pipeline, EtaBook(self.redis, keys), self.watcher, metrics()
         )
+        return True
+
+    async def _wait_for_redis(self) -> bool:
+        """Create the groups, retrying with backoff while Redis is unreachable (not-ready, alive)."""
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                for queue in self.settings.common.keys.queues:
+                    await ensure_group(self.redis, queue, RUNNERS_GROUP)
+                return True
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                logger.warning("redis not reachable yet (%s); retrying in %.1fs", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+        return False
 
     def _on_cancel(self, run_id: str, event: Any) -> None:
         self.executor.cancel(run_id, event)
@@ -92,13 +113,17 @@ class Worker:
     def _spawn_loops(self) -> None:
         s = self.settings
         self._readers = [self._spawn(self._read_loop(), "read"), self._spawn(self._claim_loop(), "claim")]
-        self._loops = [
+        self._loops += [
             self._spawn(self._renew_loop(), "renew"),
             self._spawn(self.watcher.run(), "watch"),
             self._spawn(self._every(s.stats_interval_s, self._refresh_stats), "stats"),
         ]
+
+    def _serve_health(self) -> None:
+        """/healthz answers from the start (alive); /readyz once Redis answered and loops run."""
+        s = self.settings
         if s.port:
-            self._server = embedded_server(self._status, s.host, s.port)
+            self._server = embedded_server(self._status, s.host, s.port, self.ready.is_set)
             self._loops.append(self._spawn(self._server.serve(), "http"))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
