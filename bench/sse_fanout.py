@@ -1,30 +1,38 @@
-"""SSE fan-out: delivery latency and Redis connections for 1, 100 and 1000 clients on one gateway.
+"""SSE fan-out: delivery latency, Redis connections and RSS for 1, 100 and 1000 clients on one gateway.
 
-One gateway process (``python -m services.gateway``) on loopback, its own Redis. For each size, N
-raw SSE clients follow one run; this process then appends the runner's events through
-``EventStore.append`` (the real write path), stamping the time before each append. Latency is
-from that stamp to the moment a client reads the frame. Redis connections are the gateway's own
-(they carry its process id in CLIENT NAME), sampled while all N clients listen.
+One gateway process (``python -m services.gateway``) on loopback, its own Redis. For each size,
+N raw SSE clients follow one run. The clients live in client processes of their own (up to
+``MAX_CLIENT_PROCS``, each holding a share of the connections, on uvloop with a bare
+``asyncio.Protocol`` so a client costs little CPU); this process only appends the runner's
+events through ``EventStore.append`` (the real write path), stamping ``time.time()`` just before
+each append. A client stamps ``time.time()`` when the bytes holding a frame's ``id:`` line arrive
+(same machine, same clock). Latency is the difference, for every client and every live event.
+Redis connections are the gateway's own (they carry its process id in CLIENT NAME), sampled
+while all N clients listen; RSS is the gateway's at that moment.
 
-    .venv/bin/python -m bench.sse_fanout           # 1, 100, 1000 clients
+    .venv/bin/python -m bench.sse_fanout           # 1, 100, 1000 clients, BENCH_REPS (3) rounds each
     BENCH_QUICK=1 .venv/bin/python -m bench.sse_fanout
+    .venv/bin/python -m bench.sse_fanout clients PORT PATH N   # one client process (internal)
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from bench.common import percentile, quick
+from bench.common import percentile, quick, reps, rss_mb, summarize
 from shared.events import RunCompleted, RunStarted, StepProgress
 from shared.keys import Keys
 from shared.redis_io import connect
@@ -36,33 +44,82 @@ PROCESS_ID = "bench-fanout"
 EVENTS = 20
 PACE_S = 0.05
 ROUND_TIMEOUT_S = 90.0
+CLIENTS_PER_PROC = 250
+MAX_CLIENT_PROCS = 4
 
 
-@dataclass
-class Client:
-    received: dict[str, float] = field(default_factory=dict)
-    ended: bool = False
-    opened: bool = False
+# ---------------------------------------------------------------- a client process
 
 
-async def follow(port: int, path: str, client: Client) -> None:
-    """A minimal SSE client: one GET, then scan the byte stream for ``id:`` lines."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode())
-        await writer.drain()
-        while not client.ended:
-            line = await reader.readline()
-            if not line:
-                return
-            now = time.perf_counter()
+class SseClient:
+    """One connection; records ``time.time()`` when each ``id:`` line arrives."""
+
+    def __init__(self, path: str, signals: dict[str, asyncio.Event], tally: dict[str, int]) -> None:
+        self.path, self.signals, self.tally = path, signals, tally
+        self.received: list[tuple[str, float]] = []
+        self.tail = b""
+        self.opened = self.ended = False
+
+    def request(self) -> bytes:
+        return f"GET {self.path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
+
+    def feed(self, data: bytes) -> None:
+        now = time.time()
+        lines = (self.tail + data).split(b"\n")
+        self.tail = lines.pop()
+        for line in lines:
             if line.startswith(b"id: "):
-                client.received[line[4:].strip().decode()] = now
-                client.opened = True
+                self.received.append((line[4:].strip().decode(), now))
+                self._mark("opened")
             elif line.startswith(b"event: end"):
-                client.ended = True
-    finally:
-        writer.close()
+                self._mark("ended")
+
+    def _mark(self, what: str) -> None:
+        if getattr(self, what):
+            return
+        setattr(self, what, True)
+        self.tally[what] += 1
+        if self.tally[what] == self.tally["n"]:
+            self.signals[what].set()
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: SseClient) -> None:
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.client.request())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.client.feed(data)
+
+
+async def run_clients(port: int, path: str, n: int) -> None:
+    """Open ``n`` clients; print ``opened`` once all follow, then their arrivals as JSON at the end."""
+    loop = asyncio.get_running_loop()
+    signals = {"opened": asyncio.Event(), "ended": asyncio.Event()}
+    tally = {"n": n, "opened": 0, "ended": 0}
+    clients = [SseClient(path, signals, tally) for _ in range(n)]
+    transports = []
+    for client in clients:
+        transport, _ = await loop.create_connection(functools.partial(_Protocol, client), "127.0.0.1", port)
+        transports.append(transport)
+    async with asyncio.timeout(ROUND_TIMEOUT_S):
+        await signals["opened"].wait()
+        print("opened", flush=True)
+        await signals["ended"].wait()
+    for transport in transports:
+        transport.close()
+    print(json.dumps([c.received for c in clients]), flush=True)
+
+
+def clients_main(port: int, path: str, n: int) -> None:
+    import uvloop
+
+    uvloop.run(run_clients(port, path, n))
+
+
+# ---------------------------------------------------------------- the gateway and one round
 
 
 def start_gateway(redis_url: str, state: Path, port: int) -> subprocess.Popen[bytes]:
@@ -103,43 +160,100 @@ async def gateway_connections(store: EventStore) -> int:
     return sum(1 for c in clients if c.get("name", "").startswith(f"tt-gateway:{PROCESS_ID}"))
 
 
-async def one_round(url: str, port: int, store: EventStore, n: int) -> dict[str, float]:
+def shares(n: int) -> list[int]:
+    """How many clients each client process holds."""
+    procs = max(1, min(MAX_CLIENT_PROCS, math.ceil(n / CLIENTS_PER_PROC)))
+    return [n // procs + (1 if k < n % procs else 0) for k in range(procs)]
+
+
+async def spawn_clients(port: int, path: str, n: int) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.sse_fanout", "clients", str(port), path, str(n),
+        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        limit=64 * 1024 * 1024,
+    )  # fmt: skip
+
+
+async def expect_line(process: asyncio.subprocess.Process) -> bytes:
+    assert process.stdout is not None
+    line = await process.stdout.readline()
+    if not line:
+        raise RuntimeError(f"a client process ended early (exit {await process.wait()})")
+    return line
+
+
+async def start_run(url: str, store: EventStore) -> str:
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         posted = await http.post("/api/trading/runs", json={"symbol": "BENCH", "analysts": ["market"]})
-    run_id = posted.json()["runId"]
+    run_id: str = posted.json()["runId"]
     await store.append(RunStarted(run_id=run_id, runner_id="bench", attempt=1, steps=("data_collection",)),
                        fence="bench")  # fmt: skip
-    clients = [Client() for _ in range(n)]
+    return run_id
+
+
+async def one_round(
+    url: str, port: int, store: EventStore, n: int, pid: int | None = None
+) -> dict[str, float]:
+    """N clients (in client processes) follow one run while this process appends its events."""
+    run_id = await start_run(url, store)
     path = f"/api/trading/runs/{run_id}/events"
-    tasks = [asyncio.create_task(follow(port, path, c)) for c in clients]
+    procs = [await spawn_clients(port, path, k) for k in shares(n)]
     try:
         async with asyncio.timeout(ROUND_TIMEOUT_S):
-            while not all(c.opened for c in clients):
-                await asyncio.sleep(0.05)
+            for proc in procs:
+                assert (await expect_line(proc)).strip() == b"opened"
             connections = await gateway_connections(store)
+            rss = rss_mb(pid) if pid else float("nan")
             sent = await append_events(store, run_id)
-            while not all(c.ended for c in clients):
-                await asyncio.sleep(0.05)
+            arrivals = [c for proc in procs for c in json.loads(await expect_line(proc))]
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    latencies = [(c.received[i] - t) * 1000 for c in clients for i, t in sent.items() if i in c.received]
-    missing = sum(1 for c in clients for i in sent if i not in c.received)
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+    return summarize_round(sent, arrivals, connections, rss)
+
+
+def summarize_round(
+    sent: dict[str, float], arrivals: list[list[list[Any]]], connections: int, rss: float
+) -> dict[str, float]:
+    latencies, missing = [], 0
+    for received in arrivals:
+        seen = {i: t for i, t in received}
+        latencies += [(seen[i] - t) * 1000 for i, t in sent.items() if i in seen]
+        missing += sum(1 for i in sent if i not in seen)
     return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
-            "connections": connections, "missing": missing, "frames": len(latencies)}  # fmt: skip
+            "connections": connections, "missing": missing, "frames": len(latencies),
+            "rss_mb": rss}  # fmt: skip
 
 
 async def append_events(store: EventStore, run_id: str) -> dict[str, float]:
     sent: dict[str, float] = {}
     for k in range(EVENTS):
-        stamp = time.perf_counter()
         event = StepProgress(run_id=run_id, step="data_collection", progress=k / EVENTS)
+        stamp = time.time()
         sent[await store.append(event, fence="bench")] = stamp
         await asyncio.sleep(PACE_S)
-    stamp = time.perf_counter()
-    sent[await store.append(RunCompleted(run_id=run_id), fence="bench")] = stamp
+    event_end = RunCompleted(run_id=run_id)
+    stamp = time.time()
+    sent[await store.append(event_end, fence="bench")] = stamp
     return sent
+
+
+# ---------------------------------------------------------------- the table
+
+
+def cell(values: list[float], digits: int = 1) -> str:
+    lo, mid, hi = summarize(values)
+    return f"{mid:.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
+
+
+def print_rows(found: dict[int, list[dict[str, float]]]) -> None:
+    print(f"{'clients':>8} {'p50 ms':>20} {'p99 ms':>20} {'missing':>8} {'redis conns':>12} {'RSS MB':>20}")
+    for n, rounds in found.items():
+        col = {k: [r[k] for r in rounds] for k in rounds[0]}
+        print(f"{n:>8} {cell(col['p50']):>20} {cell(col['p99']):>20} {sum(col['missing']):>8.0f} "
+              f"{cell(col['connections'], 0):>12} {cell(col['rss_mb']):>20}")  # fmt: skip
 
 
 async def bench(redis_url: str, state: Path) -> None:
@@ -148,23 +262,27 @@ async def bench(redis_url: str, state: Path) -> None:
     gateway = start_gateway(redis_url, state, port)
     redis = connect(redis_url)
     store = EventStore(redis, Keys("tt:"))
+    sizes = (1, 20, 100) if quick() else (1, 100, 1000)
+    found: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
     try:
         await wait_healthy(url, gateway)
-        sizes = (1, 20, 100) if quick() else (1, 100, 1000)
-        pace = f"{PACE_S * 1000:.0f} ms apart"
-        print(f"SSE fan-out on one gateway process ({EVENTS + 1} live events a run, {pace})")
-        print(f"{'clients':>8} {'p50 ms':>9} {'p99 ms':>9} {'frames':>8} {'missing':>8} {'redis conns':>12}")
-        for n in sizes:
-            row = await one_round(url, port, store, n)
-            print(f"{n:>8} {row['p50']:>9.2f} {row['p99']:>9.2f} {row['frames']:>8.0f} "
-                  f"{row['missing']:>8.0f} {row['connections']:>12.0f}")  # fmt: skip
+        for _ in range(reps()):
+            for n in sizes:
+                found[n].append(await one_round(url, port, store, n, gateway.pid))
     finally:
         gateway.terminate()
         gateway.wait(15)
         await redis.aclose()
+    pace = f"{PACE_S * 1000:.0f} ms apart"
+    print(f"SSE fan-out on one gateway process ({EVENTS + 1} live events a run, {pace}; "
+          f"clients in {MAX_CLIENT_PROCS} processes at most; median [min-max] of {reps()})")  # fmt: skip
+    print_rows(found)
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    if argv and argv[0] == "clients":
+        clients_main(int(argv[1]), argv[2], int(argv[3]))
+        return
     with ExitStack() as stack:
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tt-sse-bench-")))
         redis_url = os.environ.get("REDIS_URL") or stack.enter_context(RedisServer(state / "redis")).url
@@ -172,4 +290,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
