@@ -1,0 +1,219 @@
+"""Fault 5: Redis killed and restarted under load, with AOF ``always`` and ``everysec``.
+
+A SIGKILLed redis-server loses nothing it acknowledged even with ``everysec``: its AOF write()
+happens before the reply, so the data is in the kernel's page cache. What ``everysec`` can lose
+is what the kernel had not flushed when the *machine* stops (power cut, kernel panic): up to
+about a second. The everysec test reproduces exactly that: it copies the AOF (what a flush one
+window ago left on disk), lets the load run on for the window, kills Redis and restarts it from
+the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.redis_server import RedisServer, free_port
+from tests.chaos.harness import Cluster, record
+from tests.projector.support import wait_caught_up
+
+BODY = {"symbol": "AAPL", "analysts": ["market", "risk"]}
+LOSS_WINDOW_S = 1.0
+
+
+@dataclass
+class Load:
+    """What the clients saw: acknowledged runs, refusals, and health probes over time."""
+
+    accepted: dict[str, float] = field(default_factory=dict)
+    refused: int = 0
+    liveness_failures: list[str] = field(default_factory=list)
+    readiness: list[tuple[float, bool]] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def readiness_flips(self) -> list[bool]:
+        flips: list[bool] = []
+        for _, ready in self.readiness:
+            if not flips or flips[-1] != ready:
+                flips.append(ready)
+        return flips
+
+
+async def _submit(http: httpx.AsyncClient, load: Load, rate_per_s: float = 8.0) -> None:
+    while not load.stop.is_set():
+        try:
+            response = await http.post(
+                "/api/trading/runs", json=BODY, headers={"Idempotency-Key": uuid.uuid4().hex}
+            )
+        except httpx.HTTPError:
+            load.refused += 1
+        else:
+            if response.status_code == 202:
+                load.accepted[response.json()["runId"]] = time.monotonic()
+            else:
+                assert response.status_code == 503, response.text  # never a 500
+                assert response.headers.get("retry-after"), response.headers
+                load.refused += 1
+        await asyncio.sleep(1 / rate_per_s)
+
+
+async def _probe(http: httpx.AsyncClient, cluster: Cluster, load: Load) -> None:
+    services = [cluster.projector, *cluster.runners.values(), *cluster.gateways]
+    while not load.stop.is_set():
+        for service in services:
+            try:
+                alive = (await http.get(f"{service.url}/healthz", timeout=2)).status_code == 200
+            except httpx.HTTPError:
+                alive = False
+            if not alive:
+                load.liveness_failures.append(service.name)
+        try:
+            ready = (await http.get(f"{cluster.gateways[0].url}/readyz", timeout=2)).status_code == 200
+        except httpx.HTTPError:
+            ready = False
+        load.readiness.append((time.monotonic(), ready))
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def _under_load(cluster: Cluster) -> AsyncIterator[Load]:
+    load = Load()
+    async with httpx.AsyncClient(base_url=cluster.gateways[0].url, timeout=15) as http:
+        tasks = [asyncio.create_task(_submit(http, load)), asyncio.create_task(_probe(http, cluster, load))]
+        try:
+            yield load
+        finally:
+            load.stop.set()
+            await asyncio.gather(*tasks)
+
+
+@pytest.fixture
+async def system(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Cluster, RedisServer]]:
+    server = RedisServer(tmp_path / "redis", port=free_port(), appendonly=True, appendfsync=request.param)
+    await asyncio.to_thread(server.start)
+    cluster = Cluster(server.url, tmp_path / "state", step_delay_s=0.05)
+    cluster.runner("a"), cluster.runner("b"), cluster.gateway()
+    try:
+        await cluster.start(cluster.projector, *cluster.runners.values(), *cluster.gateways)
+        yield cluster, server
+    finally:
+        await cluster.stop()
+        await asyncio.to_thread(server.stop)
+
+
+async def _restart(server: RedisServer, down_s: float, aof_copy: Path | None = None) -> None:
+    await asyncio.to_thread(server.kill)
+    if aof_copy is not None:
+        shutil.copy(aof_copy, server.data_dir / "appendonly.aof")
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(server.start, 30.0)
+
+
+async def _missing(cluster: Cluster, run_ids: list[str]) -> list[str]:
+    return [run_id for run_id in run_ids if not await cluster.redis.exists(cluster.keys.run(run_id))]
+
+
+@pytest.mark.parametrize("system", ["always"], indirect=True)
+async def test_restart_with_aof_always_loses_no_acknowledged_run(system: tuple[Cluster, RedisServer]) -> None:
+    """Redis SIGKILLed and restarted (AOF always) while runs are submitted and executed: liveness
+    never fails, gateway readiness goes false then true, every submission answered 202 is still
+    there and ends, exactly once, and nothing is left pending in the queues."""
+    cluster, server = system
+    async with _under_load(cluster) as load:
+        await asyncio.sleep(2.0)
+        killed = time.monotonic()
+        await _restart(server, down_s=1.5)
+        await asyncio.sleep(2.5)
+    run_ids = list(load.accepted)
+    assert not await _missing(cluster, run_ids)
+    await cluster.wait_terminal(run_ids)
+    statuses = await cluster.assert_exactly_once(run_ids)
+    await cluster.assert_queues_drained()
+    assert not load.liveness_failures, load.liveness_failures
+    assert load.readiness_flips()[-3:] == [True, False, True], load.readiness_flips()
+    back = next(t for t, ready in load.readiness if t > killed and ready) - killed
+    record(
+        "redis_restart_always",
+        {"accepted": len(run_ids), "refused_while_down": load.refused, "lost": 0, "statuses": dict(statuses),
+         "ready_again_after_kill_s": round(back, 2), "redis_down_s": 1.5},
+    )  # fmt: skip
+
+
+class StuckRun(AssertionError):
+    """A run the read model shows active although Redis no longer knows it."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=StuckRun,
+    reason="no reconciliation yet: a run lost from Redis (everysec window) but already projected stays "
+    "'running'/'pending' in the read model forever (needs a projector pass that fails or re-queues "
+    "active runs whose run stream and meta are gone; services/projector is being edited by its owner)",
+)
+@pytest.mark.parametrize("system", ["everysec"], indirect=True)
+async def test_restart_with_aof_everysec_loses_at_most_the_window_and_strands_nothing_in_redis(
+    system: tuple[Cluster, RedisServer],
+) -> None:
+    """The last second before a machine stop is lost (AOF everysec): the runs accepted in that
+    window are measured and only they are lost; every run Redis
+    kept ends exactly once; a lost run the read model had seen ends (or 404s) within 15 s."""
+    cluster, server = system
+    async with _under_load(cluster) as load:
+        await asyncio.sleep(2.0)
+        copy = server.data_dir.parent / "aof-at-last-flush"
+        await asyncio.to_thread(shutil.copy, server.data_dir / "appendonly.aof", copy)
+        flushed_at = time.monotonic()
+        await asyncio.sleep(LOSS_WINDOW_S)
+        head: Any = await cluster.redis.xrevrange(cluster.keys.events, count=1)
+        await asyncio.to_thread(wait_caught_up, cluster.projector.url, head[0][0].decode(), 10.0)
+        await _restart(server, down_s=0.5, aof_copy=copy)  # the read model is ahead of Redis now
+        await asyncio.sleep(2.5)
+    run_ids = list(load.accepted)
+    lost = await _missing(cluster, run_ids)
+    in_window = [r for r, t in load.accepted.items() if t >= flushed_at]
+    assert set(lost) <= set(in_window), "a run acknowledged before the last flush was lost"
+    kept = [r for r in run_ids if r not in lost]
+    await cluster.wait_terminal(kept)
+    await cluster.assert_exactly_once(kept)
+    await cluster.assert_queues_drained()
+    assert not load.liveness_failures, load.liveness_failures
+    async with httpx.AsyncClient(base_url=cluster.gateways[0].url, timeout=10) as http:
+        answers = [str((await http.get(f"/api/trading/runs/{r}")).json()["status"]) for r in lost]
+    record(
+        "redis_restart_everysec_power_cut",
+        {"accepted": len(run_ids), "accepted_in_window": len(in_window), "lost": len(lost),
+         "window_s": LOSS_WINDOW_S, "lost_runs_answer": sorted(answers)},
+    )  # fmt: skip
+    assert lost, "the simulated power cut lost nothing: the test did not exercise the window"
+    await _assert_lost_runs_are_not_stuck(cluster, lost)
+
+
+async def _assert_lost_runs_are_not_stuck(cluster: Cluster, lost: list[str], bound_s: float = 15.0) -> None:
+    """Each lost run answers 404 or a terminal state within ``bound_s``, never ``pending`` forever."""
+    deadline = time.monotonic() + bound_s
+    async with httpx.AsyncClient(base_url=cluster.gateways[0].url, timeout=10) as http:
+        while True:
+            stuck = {}
+            for run_id in lost:
+                response = await http.get(f"/api/trading/runs/{run_id}")
+                if response.status_code == 200 and not response.json()["terminal"]:
+                    stuck[run_id] = response.json()["status"]
+            if not stuck:
+                return
+            if time.monotonic() > deadline:
+                raise StuckRun(
+                    f"{len(stuck)} of {len(lost)} lost runs still active: {sorted(set(stuck.values()))}"
+                )
+            await asyncio.sleep(0.5)
