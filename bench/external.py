@@ -36,7 +36,7 @@ def guarded(rows_if_failed: Callable[[str], list[Row]], run: Callable[[], list[R
     try:
         return run()
     except Exception as exc:  # a bench that breaks must not take the table with it
-        return rows_if_failed(f"{type(exc).__name__}: {exc}"[:160])
+        return rows_if_failed(f"{type(exc).__name__}: {exc}"[:160] or type(exc).__name__)
 
 
 # ---------------------------------------------------------------- row 3: SSE fan-out
@@ -165,13 +165,16 @@ async def _projector(redis_url: str, workdir: Path) -> list[Row]:
             with contextlib.suppress(Exception):
                 await redis.xgroup_destroy(pb.KEYS.events, PROJECTOR_GROUP)
             (workdir / f"catchup{i}").mkdir(parents=True, exist_ok=True)
-            rates.append((await pb.catch_up(redis_url, total, 1000, workdir / f"catchup{i}"))[0])
+            done = await asyncio.wait_for(pb.catch_up(redis_url, total, 1000, workdir / f"catchup{i}"), 120)
+            rates.append(done[0])
     finally:
         await redis.aclose()
     p99s, p50s, achieved = [], [], []
     for i in range(reps()):
         (workdir / f"steady{i}").mkdir(parents=True, exist_ok=True)
-        lags = await pb.steady(redis_url, rate, seconds, workdir / f"steady{i}")
+        lags = await asyncio.wait_for(
+            pb.steady(redis_url, rate, seconds, workdir / f"steady{i}"), seconds + 90
+        )
         achieved.append(await _offered(redis_url, pb.KEYS.events))
         p99s.append(percentile(lags, 99) * 1000)
         p50s.append(percentile(lags, 50) * 1000)
@@ -233,9 +236,11 @@ def runner_missing(reason: str) -> list[Row]:
 async def _runner(redis_url: str, workdir: Path) -> list[Row]:
     from bench import runner_bench as rb
 
-    resumes = [await rb.crash_resume(redis_url, workdir) for _ in range(reps())]
+    resumes = [await asyncio.wait_for(rb.crash_resume(redis_url, workdir), 180) for _ in range(reps())]
     per_rep = 10 if quick() else 50
-    cancels = [await rb.cancel_latencies(redis_url, workdir, per_rep) for _ in range(reps())]
+    cancels = [
+        await asyncio.wait_for(rb.cancel_latencies(redis_url, workdir, per_rep), 180) for _ in range(reps())
+    ]
     return runner_rows(resumes, cancels)
 
 
