@@ -165,7 +165,8 @@ async def _projector(redis_url: str, workdir: Path) -> list[Row]:
             with contextlib.suppress(Exception):
                 await redis.xgroup_destroy(pb.KEYS.events, PROJECTOR_GROUP)
             (workdir / f"catchup{i}").mkdir(parents=True, exist_ok=True)
-            done = await asyncio.wait_for(pb.catch_up(redis_url, total, 1000, workdir / f"catchup{i}"), 120)
+            catch_up = pb.catch_up(redis_url, total, 1000, workdir / f"catchup{i}")
+            done = await asyncio.wait_for(catch_up, 30 if quick() else 120)
             rates.append(done[0])
     finally:
         await redis.aclose()

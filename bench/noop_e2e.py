@@ -32,6 +32,7 @@ from tests.support.processes import ServiceProcess
 
 USER = "bench"
 DRAIN_TIMEOUT_S = 180.0
+STALL_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +91,22 @@ async def redis_cpu(redis: Redis) -> float:
 
 
 async def wait_completed(projector_url: str, n: int, timeout_s: float = DRAIN_TIMEOUT_S) -> int:
-    """Polls the read model every 20 ms until N runs are terminal; returns how many completed."""
+    """Polls the read model every 20 ms until N runs are terminal; returns how many completed.
+
+    Gives up early when the read model has not moved for STALL_S (a projector that is not applying).
+    """
     deadline = time.monotonic() + timeout_s
+    last, moved = None, time.monotonic()
     async with httpx.AsyncClient(base_url=projector_url, timeout=5.0) as http:
         while True:
             counts = (await http.get("/internal/counts", params={"user_id": USER})).json()
             ended = sum(counts.get(s, 0) for s in ("completed", "failed", "timeout", "cancelled"))
             if ended >= n:
                 return int(counts.get("completed", 0))
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {ended} of {n} runs ended after {timeout_s}s: {counts}")
+            now = time.monotonic()
+            last, moved = counts, (now if counts != last else moved)
+            if now > deadline or now - moved > STALL_S:
+                raise TimeoutError(f"read model at {ended} of {n} runs ended, not moving: {counts}")
             await asyncio.sleep(0.02)
 
 
