@@ -19,7 +19,6 @@ from shared.store import EventStore, Refused
 from shared.telemetry import current_traceparent
 
 StopReason = Literal["cancelled", "timeout", "step_timeout", "released", "lost", "ended"]
-tracer = trace.get_tracer("tickertape.runner")
 
 
 class ExecutionStopped(Exception):
@@ -39,6 +38,10 @@ class Execution:
     step: str | None = None
     step_started: float = 0.0
     usage: Usage = field(default_factory=Usage)
+    stopping: asyncio.Future[object] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    """Resolved by ``stop()``: wakes the supervisor, which makes sure the pipeline really ends."""
 
     def stop(self, reason: StopReason, cancel_event: RunCancelled | None = None) -> bool:
         """Ask the pipeline to stop; the first reason wins. False when already stopping."""
@@ -47,6 +50,8 @@ class Execution:
         self.stop_reason, self.cancel_event = reason, cancel_event
         if self.task is not None:
             self.task.cancel()
+        if not self.stopping.done():
+            self.stopping.set_result(None)
         return True
 
     def step_deadline(self, step_timeout_s: float) -> float:
@@ -68,7 +73,9 @@ class FencedReporter:
     async def started(self, step: str, index: int) -> None:
         ex = self.execution
         ex.step, ex.step_started = step, time.monotonic()
-        self._spans[step] = tracer.start_span(f"step {step}", attributes={"run_id": self.run_id})
+        self._spans[step] = trace.get_tracer(__name__).start_span(
+            f"step {step}", attributes={"run_id": self.run_id}
+        )
         await self._append(StepStarted(run_id=self.run_id, step=step, index=index, attempt=ex.attempt))
 
     async def progress(self, step: str, fraction: float, message: str = "") -> None:

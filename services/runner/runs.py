@@ -44,7 +44,6 @@ from shared.store import Entry, EventStore, Refused
 from shared.telemetry import context_from_traceparent, run_id_var
 
 logger = logging.getLogger(__name__)
-tracer = trace.get_tracer("tickertape.runner")
 
 OutcomeKind = Literal["completed", "failed", "retry"] | StopReason
 _STOP_WAIT_S = 5.0
@@ -108,7 +107,9 @@ class Executor:
             await self._give_up(job, state)
         elif await self._start(ex, request, state):
             ctx = context_from_traceparent(request.traceparent)
-            with tracer.start_as_current_span("run", context=ctx, attributes={"run_id": job.run_id}):
+            with trace.get_tracer(__name__).start_as_current_span(
+                "run", context=ctx, attributes={"run_id": job.run_id}
+            ):
                 await self._execute(ex, request, state, entries)
 
     async def _poison(self, job: Job, detail: str) -> None:
@@ -215,16 +216,18 @@ class Executor:
 
     async def _until_done_or_late(self, ex: Execution, deadline: float) -> None:
         assert ex.task is not None
-        while not ex.task.done():
+        while not ex.task.done() and not ex.stopping.done():
             now = time.monotonic()
             step_deadline = ex.step_deadline(self.settings.step_timeout_s)
             if now >= min(deadline, step_deadline):
                 ex.stop("timeout" if now >= deadline else "step_timeout")
-                await asyncio.wait({ex.task}, timeout=_STOP_WAIT_S)
-                return
+                break
             # a step starting during this wait has its deadline after now + step timeout
             wake = min(deadline, step_deadline, now + self.settings.step_timeout_s)
-            await asyncio.wait({ex.task}, timeout=wake - now)
+            await asyncio.wait(
+                {ex.task, ex.stopping}, timeout=wake - now, return_when=asyncio.FIRST_COMPLETED
+            )
+        await _until_cancelled(ex)
 
     async def _finish(
         self, ex: Execution, request: RunRequested, state: RunState, outcome: Outcome, first_start: datetime
@@ -315,6 +318,18 @@ class Executor:
             return
         await self.queue.release(ex.job)
         logger.info("run %s released for another runner", ex.job.run_id)
+
+
+async def _until_cancelled(ex: Execution) -> None:
+    """Cancel the pipeline until it has ended: a library that swallows one cancellation
+    (it happens inside some client code) must not keep a cancelled run alive."""
+    task, deadline = ex.task, time.monotonic() + _STOP_WAIT_S
+    assert task is not None
+    while not task.done() and ex.stop_reason is not None and time.monotonic() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.05)
+    if not task.done() and ex.stop_reason is not None:
+        logger.error("pipeline of run %s ignores cancellation", ex.job.run_id)
 
 
 def _request_of(entries: list[Entry]) -> RunRequested | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -268,8 +269,13 @@ class Worker:
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]] | set[asyncio.Task[None]]) -> None:
-    tasks = [t for t in tasks if not t.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=_RELEASE_WAIT_S)
+    """Cancel until done: a cancellation swallowed inside a client library is cancelled again."""
+    pending = [t for t in tasks if not t.done()]
+    deadline = time.monotonic() + _RELEASE_WAIT_S
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+        pending = [t for t in pending if not t.done()]
+    for task in pending:
+        logger.error("task %s ignores cancellation", task.get_name())
