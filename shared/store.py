@@ -5,7 +5,10 @@ that must never break are enforced inside Redis, not by careful callers:
 - nothing is appended after a terminal event (exactly one terminal event per run);
 - a cancel of a queued run ends it at once, and a runner can no longer start it;
 - a runner whose lease was taken over (stale fence) cannot append anything;
-- the user's active-run set changes in the same step as the events that change it.
+- the user's active-run set changes in the same step as the events that change it;
+- a command re-sent after its reply was lost (the client's retry on a dropped connection) does
+  not append twice: the meta hash remembers each appended event (by a hash of its bytes, which
+  include its microsecond ``at``) and the run's request, and a repeat answers the first ID.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ Transition = Literal["start", "event", "retry", "terminal", "cancel", "abandon"]
 _APPEND = """
 local phase = redis.call('HGET', KEYS[3], 'phase')
 if not phase then return {'refused', 'unknown'} end
+local seen = 'a:' .. string.sub(redis.sha1hex(ARGV[1]), 1, 16)
+local before = redis.call('HGET', KEYS[3], seen)
+if before then return {'ok', before} end
 if phase == 'ended' then return {'refused', 'ended'} end
 local t, fence = ARGV[3], ARGV[5]
 if t == 'cancel' then
@@ -54,6 +60,7 @@ elseif t ~= 'abandon' then
 end
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
+redis.call('HSET', KEYS[3], seen, id)
 if t == 'terminal' or t == 'abandon' or (t == 'cancel' and phase == 'queued') then
   redis.call('HSET', KEYS[3], 'phase', 'ended')
   redis.call('SREM', KEYS[4], ARGV[2])
@@ -68,6 +75,8 @@ return {'ok', id}
 """
 
 _SUBMIT = """
+local before = redis.call('HGET', KEYS[3], 'requested')
+if before then return {'ok', before} end
 if ARGV[5] ~= '' then
   local prev = redis.call('GET', KEYS[6])
   if prev then return {'duplicate', prev} end
@@ -85,6 +94,7 @@ redis.call('SADD', KEYS[4], ARGV[2])
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
 redis.call('XADD', KEYS[5], '*', 'r', ARGV[2])
+redis.call('HSET', KEYS[3], 'requested', id)
 if ARGV[5] ~= '' then redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6]) end
 return {'ok', id}
 """
