@@ -12,6 +12,7 @@ while all N clients listen; RSS is the gateway's at that moment.
 
     .venv/bin/python -m bench.sse_fanout           # 1, 100, 1000 clients, BENCH_REPS (3) rounds each
     BENCH_QUICK=1 .venv/bin/python -m bench.sse_fanout
+    BENCH_SSE_SIZES=1000 BENCH_REPS=1 .venv/bin/python -m bench.sse_fanout
     .venv/bin/python -m bench.sse_fanout clients PORT PATH N   # one client process (internal)
 """
 
@@ -32,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import percentile, quick, reps, rss_mb, summarize
+from bench.common import cpu_seconds, percentile, quick, reps, rss_mb, summarize
 from shared.events import RunCompleted, RunStarted, StepProgress
 from shared.keys import Keys
 from shared.redis_io import connect
@@ -204,14 +205,18 @@ async def one_round(
                 assert (await expect_line(proc)).strip() == b"opened"
             connections = await gateway_connections(store)
             rss = rss_mb(pid) if pid else float("nan")
+            cpu = cpu_seconds(pid) if pid else float("nan")
             sent = await append_events(store, run_id)
             arrivals = [c for proc in procs for c in json.loads(await expect_line(proc))]
+            cpu = (cpu_seconds(pid) - cpu) if pid else float("nan")
     finally:
         for proc in procs:
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
-    return summarize_round(sent, arrivals, connections, rss)
+    row = summarize_round(sent, arrivals, connections, rss)
+    row["cpu_us_per_frame"] = cpu * 1e6 / max(row["frames"], 1)
+    return row
 
 
 def summarize_round(
@@ -243,17 +248,26 @@ async def append_events(store: EventStore, run_id: str) -> dict[str, float]:
 # ---------------------------------------------------------------- the table
 
 
+def sizes_to_run() -> tuple[int, ...]:
+    """1, 100, 1000 clients (BENCH_SSE_SIZES=1000 for one size while profiling)."""
+    raw = os.environ.get("BENCH_SSE_SIZES", "")
+    if raw:
+        return tuple(int(x) for x in raw.split(","))
+    return (1, 20, 100) if quick() else (1, 100, 1000)
+
+
 def cell(values: list[float], digits: int = 1) -> str:
     lo, mid, hi = summarize(values)
     return f"{mid:.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
 
 
 def print_rows(found: dict[int, list[dict[str, float]]]) -> None:
-    print(f"{'clients':>8} {'p50 ms':>20} {'p99 ms':>20} {'missing':>8} {'redis conns':>12} {'RSS MB':>20}")
+    print(f"{'clients':>8} {'p50 ms':>20} {'p99 ms':>20} {'missing':>8} {'redis conns':>12} {'RSS MB':>20} "
+          f"{'CPU us/frame':>20}")  # fmt: skip
     for n, rounds in found.items():
         col = {k: [r[k] for r in rounds] for k in rounds[0]}
         print(f"{n:>8} {cell(col['p50']):>20} {cell(col['p99']):>20} {sum(col['missing']):>8.0f} "
-              f"{cell(col['connections'], 0):>12} {cell(col['rss_mb']):>20}")  # fmt: skip
+              f"{cell(col['connections'], 0):>12} {cell(col['rss_mb']):>20} {cell(col['cpu_us_per_frame']):>20}")  # fmt: skip
 
 
 async def bench(redis_url: str, state: Path) -> None:
@@ -262,7 +276,7 @@ async def bench(redis_url: str, state: Path) -> None:
     gateway = start_gateway(redis_url, state, port)
     redis = connect(redis_url)
     store = EventStore(redis, Keys("tt:"))
-    sizes = (1, 20, 100) if quick() else (1, 100, 1000)
+    sizes = sizes_to_run()
     found: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
     try:
         await wait_healthy(url, gateway)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from services.gateway.app import create_app
+from services.gateway.server import uvicorn_config
 from services.gateway.settings import GatewaySettings
 from shared.telemetry import setup_logging, setup_tracing
 
@@ -13,15 +14,7 @@ def main() -> None:
     settings = GatewaySettings.from_env()
     setup_logging("gateway", settings.common.log_format, settings.common.log_level)
     setup_tracing("gateway")
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        timeout_graceful_shutdown=5,
-    )
+    config = uvicorn_config(create_app(settings), settings.host, settings.port)
     uvicorn.Server(config).run()
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -25,6 +26,12 @@ def _ids(prefix: str) -> object:
     return unique
 
 
+def is_event_stream(scope: MutableMapping[str, Any]) -> bool:
+    """SSE streams skip FastAPI's own telemetry: an hours-long span with a wrapper on every frame."""
+    path: str = scope.get("path", "")
+    return scope.get("method") == "GET" and path.endswith("/events")
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     """A gateway app; clients are built when it starts (lifespan), never at import."""
 
@@ -39,6 +46,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version="1.0",
         description="Submit, follow (SSE), cancel and list background trading-agents runs.",
         lifespan=lifespan,
+        telemetry={"exclude": is_event_stream},
     )
     problems.install(app)
     app.include_router(meta.build_router())

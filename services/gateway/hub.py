@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from redis.asyncio import Redis
@@ -46,14 +46,33 @@ def is_stream_id(value: str) -> bool:
     return ms >= 0 and seq >= 0 and value.count("-") <= 1 and len(value) <= 41
 
 
+NO_ID = (1 << 62, 0)
+"""The sort key of a frame without an ID (end, heartbeat): after every position, so always sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One encoded SSE message; ``end`` frames carry no ID."""
+    """One encoded SSE message, built once per event and shared by every client of the run.
+
+    ``chunk`` is the same bytes framed as one HTTP/1.1 chunk, for listeners that write straight
+    to their connection; ``key`` is the parsed ID. ``end``, heartbeat and cut frames carry no ID.
+    """
 
     id: str
     kind: str
     data: bytes
     final: bool = False
+    key: tuple[int, int] = NO_ID
+    chunk: bytes = b""
+
+
+def make_frame(entry_id: str, kind: str, data: bytes, final: bool = False) -> Frame:
+    key = parse_id(entry_id) if entry_id else NO_ID
+    return Frame(entry_id, kind, data, final, key, b"%x\r\n%b\r\n" % (len(data), data))
+
+
+def frame_of(entry_id: str, kind: str, payload: Any) -> Frame:
+    return make_frame(entry_id, kind, sse_frame(kind, payload, entry_id))
 
 
 def sse_frame(kind: str, payload: Any, event_id: str = "") -> bytes:
@@ -63,7 +82,27 @@ def sse_frame(kind: str, payload: Any, event_id: str = "") -> bytes:
 
 def end_frame(state: RunState) -> Frame:
     body = {"runId": state.run_id, "status": state.status, "lastEventId": state.last_event_id}
-    return Frame("", "end", sse_frame("end", body), final=True)
+    return make_frame("", "end", sse_frame("end", body), final=True)
+
+
+HEARTBEAT = make_frame("", "heartbeat", b": heartbeat\n\n")
+CUT = make_frame("", "cut", b": you fell behind; reconnect with Last-Event-ID to resume\n\n", final=True)
+
+
+class Sink(Protocol):
+    """What the hub fans frames out to: a queued listener, or one that writes to its socket."""
+
+    run_id: str
+    dropped: bool
+
+    def offer(self, frame: Frame) -> bool:
+        """Take ``frame`` (or skip it if at or before the position); False when too far behind."""
+
+    def replay(self, frames: list[Frame]) -> bool:
+        """Take the run's frames so far, at once; False when too far behind."""
+
+    def cut(self) -> None:
+        """Dropped for being too slow: end the stream (the client resumes from its last ID)."""
 
 
 class Listener:
@@ -78,24 +117,34 @@ class Listener:
     def offer(self, frame: Frame) -> bool:
         if self.dropped:
             return False
-        if frame.id and parse_id(frame.id) <= self.after:
+        if frame.key <= self.after:
             return True
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
-            self.dropped = True
             return False
         return True
+
+    def replay(self, frames: list[Frame]) -> bool:
+        return all(self.offer(frame) for frame in frames)
+
+    def cut(self) -> None:
+        """Empty the queue and leave one final frame, so a reader waiting on it wakes and ends."""
+        self.dropped = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(CUT)
 
 
 @dataclass(slots=True, eq=False)
 class Watch:
     run_id: str
     key: str
+    owner: str = ""
     cursor: str = "0-0"
     state: RunState | None = None
     frames: list[Frame] = field(default_factory=list)
-    listeners: set[Listener] = field(default_factory=set)
+    listeners: set[Sink] = field(default_factory=set)
     end: Frame | None = None
 
 
@@ -111,57 +160,72 @@ class Hub:
         process_id: str,
         *,
         block_ms: int = 5000,
+        heartbeat_s: float = 15.0,
         on_drop: Callable[[], None] = lambda: None,
     ) -> None:
         self.reader, self.commands, self.store, self.keys = reader, commands, store, keys
         self.wake_key = keys.wakeup(process_id)
         self.block_ms = block_ms
+        self.heartbeat_s = heartbeat_s
         self.on_drop = on_drop
         self.dropped = 0
         self.rounds = 0
         self._watches: dict[str, Watch] = {}
         self._wake_cursor = "0-0"
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def listeners(self) -> int:
         return sum(len(w.listeners) for w in self._watches.values())
 
     async def start(self) -> None:
-        """Start the reader; Redis need not be up yet (the wake-up stream is new per process)."""
-        self._task = asyncio.create_task(self._loop(), name="sse-hub")
+        """Start the reader and the heartbeat; Redis need not be up yet (the wake-up stream is new)."""
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="sse-hub"),
+            asyncio.create_task(self._beat(), name="sse-heartbeat"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         with contextlib.suppress(Exception):
             await self.commands.delete(self.wake_key)
 
     def owner(self, run_id: str) -> str:
         """The owner of a run this process already follows from its start ('' if not known here)."""
         watch = self._watches.get(run_id)
-        return watch.state.user_id if watch is not None and watch.state is not None else ""
+        if watch is None:
+            return ""
+        return watch.state.user_id if watch.state is not None and watch.state.user_id else watch.owner
 
-    async def join(self, run_id: str, after: str, maxsize: int) -> Listener:
-        """Register a listener for frames after ``after``; the replay is queued at once."""
+    async def join(self, run_id: str, after: str, maxsize: int, owner: str = "") -> Listener:
+        """Register a listener for frames after ``after``; the replay is queued at once.
+
+        ``owner`` is the run's user when the caller has checked it, so clients that join before
+        the reader has read the run's first event need no Redis round trip either.
+        """
         listener = Listener(run_id, after, maxsize)
+        await self.attach(listener, owner)
+        return listener
+
+    async def attach(self, listener: Sink, owner: str = "") -> None:
+        """Register any sink; its replay (frames already read, and the end) is handed over at once."""
+        run_id = listener.run_id
         watch = self._watches.get(run_id)
         fresh = watch is None
         if watch is None:
-            watch = self._watches[run_id] = Watch(run_id, self.keys.run(run_id))
+            watch = self._watches[run_id] = Watch(run_id, self.keys.run(run_id), owner)
         watch.listeners.add(listener)
-        for frame in [*watch.frames, *([watch.end] if watch.end else [])]:
-            if not listener.offer(frame):
-                self._drop(watch, listener)
-                break
+        if not listener.replay([*watch.frames, *([watch.end] if watch.end else [])]):
+            self._drop(watch, listener)
         if fresh:
             await self._wake("join")
-        return listener
 
-    def leave(self, listener: Listener) -> None:
+    def leave(self, listener: Sink) -> None:
         watch = self._watches.get(listener.run_id)
         if watch is None:
             return
@@ -169,10 +233,18 @@ class Hub:
         if not watch.listeners:
             del self._watches[listener.run_id]
 
-    async def _wake(self, why: str) -> str:
-        entry_id = await self.commands.xadd(self.wake_key, {"w": why}, maxlen=WAKE_MAXLEN, approximate=True)
-        await self.commands.expire(self.wake_key, WAKE_TTL_S)
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    async def _wake(self, why: str) -> None:
+        async with self.commands.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.xadd(self.wake_key, {"w": why}, maxlen=WAKE_MAXLEN, approximate=True)
+            pipe.expire(self.wake_key, WAKE_TTL_S)
+            await pipe.execute()
+
+    async def _beat(self) -> None:
+        """One timer for every client: a heartbeat comment into each queue every ``heartbeat_s``."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            for watch in list(self._watches.values()):
+                self._broadcast(watch, HEARTBEAT)
 
     async def _loop(self) -> None:
         while True:
@@ -212,7 +284,7 @@ class Hub:
     def _dispatch(self, watch: Watch, entry_id: str, event: AnyEvent) -> None:
         watch.state = apply(watch.state or initial(watch.run_id), event, entry_id)
         payload = {"event": event_view(event), "state": state_view(watch.state)}
-        frame = Frame(entry_id, type(event).__name__, sse_frame(type(event).__name__, payload, entry_id))
+        frame = frame_of(entry_id, type(event).__name__, payload)
         watch.frames.append(frame)
         self._broadcast(watch, frame)
         if is_terminal(event):
@@ -224,8 +296,8 @@ class Hub:
             if not listener.offer(frame):
                 self._drop(watch, listener)
 
-    def _drop(self, watch: Watch, listener: Listener) -> None:
-        listener.dropped = True
+    def _drop(self, watch: Watch, listener: Sink) -> None:
+        listener.cut()
         watch.listeners.discard(listener)
         self.dropped += 1
         self.on_drop()

@@ -48,7 +48,7 @@ class Runtime:
         state = await self.runs.get(run_id, user_id)
         if state is None or state.terminal or timeout_s <= 0:
             return state
-        listener = await self.hub.join(run_id, state.last_event_id or "0-0", 1024)
+        listener = await self.hub.join(run_id, state.last_event_id or "0-0", 1024, user_id)
         try:
             async with asyncio.timeout(timeout_s):
                 while not listener.dropped and not (await listener.queue.get()).final:
@@ -92,6 +92,7 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
         common.keys,
         settings.process_id,
         block_ms=settings.sse_block_ms,
+        heartbeat_s=settings.sse_heartbeat_s,
         on_drop=metrics().sse_dropped.inc,
     )
     runtime = Runtime(
@@ -116,11 +117,16 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
         await redis.aclose()
 
 
-def runtime_of(request: Request) -> Runtime:
+# The dependencies are ``async def`` although they do no I/O: FastAPI runs a plain ``def``
+# dependency in the thread pool, a thread hop on every request.
+
+
+async def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def caller_of(request: Request) -> Caller:
+async def caller_of(request: Request) -> Caller:
     """FastAPI dependency: the authenticated caller (401/403 problems otherwise)."""
-    return runtime_of(request).auth.caller(request)
+    runtime: Runtime = request.app.state.runtime
+    return runtime.auth.caller(request)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from services.gateway.auth import Caller
-from services.gateway.hub import end_frame, is_stream_id, parse_id, sse_frame
+from services.gateway.hub import CUT, Frame, Listener, end_frame, is_stream_id, parse_id, sse_frame
 from services.gateway.metrics import metrics
 from services.gateway.problems import invalid, not_found
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import state_view
+from services.gateway.server import TRANSPORT_EXTENSION
 from shared.events import RunRequested
 from shared.ids import is_run_id
 from shared.reducer import RunState
@@ -45,7 +49,7 @@ async def stream_events(
     if known:
         if known != caller.user_id:
             raise not_found(run_id)
-        return _response(_live(runtime, run_id, cursor, None))
+        return EventStream(Follow(runtime, run_id, cursor, None, known))
     first = await runtime.store.read(run_id, count=1)
     reset: RunState | None = None
     if not first:
@@ -62,11 +66,7 @@ async def stream_events(
             raise not_found(run_id)
         if not whole and cursor != "0-0" and parse_id(cursor) < parse_id(first_id):
             reset = await runtime.runs.get(run_id, caller.user_id)  # trimmed: say so, never a gap
-        frames = _live(runtime, run_id, cursor, reset)
-    return _response(frames)
-
-
-def _response(frames: AsyncIterator[bytes]) -> StreamingResponse:
+        return EventStream(Follow(runtime, run_id, cursor, reset, owner))
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -82,26 +82,153 @@ async def _reset_only(state: RunState) -> AsyncIterator[bytes]:
         yield end_frame(state).data
 
 
-async def _live(runtime: Runtime, run_id: str, cursor: str, reset: RunState | None) -> AsyncIterator[bytes]:
-    settings = runtime.settings
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """A checked request to follow a run from ``cursor`` (its owner is ``owner``)."""
+
+    runtime: Runtime
+    run_id: str
+    cursor: str
+    reset: RunState | None
+    owner: str
+
+    def head(self) -> bytes:
+        """What precedes the run's frames: ``retry:``, a comment, and the reset if there is one."""
+        head = f"retry: {self.runtime.settings.sse_retry_ms}\n: stream of run {self.run_id}\n\n".encode()
+        return head + (_reset_frame(self.reset) if self.reset is not None else b"")
+
+
+class EventStream(StreamingResponse):
+    """The SSE response. Where the server exposes the connection's transport (our uvicorn
+    protocol, see ``server.py``), the client is a ``DirectListener``: the hub writes each frame's
+    pre-framed bytes straight to the socket, with no task switch or ASGI hop per client per frame.
+    Elsewhere it is a plain streaming response fed from a bounded queue.
+    """
+
+    def __init__(self, follow: Follow) -> None:
+        super().__init__(_live(follow), media_type="text/event-stream", headers=SSE_HEADERS)
+        self.follow = follow
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION, {}).get("transport")
+        if transport is None or scope.get("method") != "GET":
+            await super().__call__(scope, receive, send)
+            return
+        await self.body_iterator.aclose()  # type: ignore[attr-defined]  # never started: nothing runs
+        await _direct(self.follow, transport, self.raw_headers, receive, send)
+
+
+class DirectListener:
+    """A client whose frames the hub writes to its transport; ``finished`` resolves at the end."""
+
+    def __init__(self, run_id: str, after: str, transport: asyncio.WriteTransport, limit: int) -> None:
+        self.run_id = run_id
+        self.after = parse_id(after)
+        self.transport = transport
+        self.limit = limit
+        self.dropped = False
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def offer(self, frame: Frame) -> bool:
+        if frame.key <= self.after or self.transport.is_closing():
+            return not self.dropped
+        return self._write(frame.chunk, frame.final)
+
+    def replay(self, frames: list[Frame]) -> bool:
+        fresh = [f for f in frames if f.key > self.after]
+        if not fresh or self.transport.is_closing():
+            return True
+        return self._write(b"".join(f.chunk for f in fresh), fresh[-1].final)
+
+    def _write(self, chunk: bytes, final: bool) -> bool:
+        # Bytes the kernel would not take wait in the transport's buffer: past the limit, the
+        # client is not reading fast enough.
+        if self.dropped or self.transport.get_write_buffer_size() > self.limit:
+            return False
+        self.transport.write(chunk)
+        if final:
+            self._finish()
+        return True
+
+    def cut(self) -> None:
+        self.dropped = True
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+
+async def _direct(
+    follow: Follow, transport: asyncio.WriteTransport, headers: list[tuple[bytes, bytes]],
+    receive: Receive, send: Send,
+) -> None:  # fmt: skip
+    """Head through ASGI, then frames from the hub to the socket, then the end through ASGI."""
+    runtime, run_id = follow.runtime, follow.run_id
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": follow.head(), "more_body": True})
+    listener = DirectListener(run_id, follow.cursor, transport, runtime.settings.sse_buffer_bytes)
     gauge = metrics().sse_connections
     gauge.inc()
-    listener = await runtime.hub.join(run_id, cursor, settings.sse_queue_size)
     try:
-        yield f"retry: {settings.sse_retry_ms}\n: stream of run {run_id}\n\n".encode()
-        if reset is not None:
-            yield _reset_frame(reset)
-        while not listener.dropped:
-            try:
-                async with asyncio.timeout(settings.sse_heartbeat_s):  # no task per message, unlike wait_for
-                    frame = await listener.queue.get()
-            except TimeoutError:
-                yield b": heartbeat\n\n"
-                continue
-            yield frame.data
-            if frame.final:
-                return
+        await runtime.hub.attach(listener, follow.owner)
+        connected = await _until_finished(listener, receive)
+    finally:
+        runtime.hub.leave(listener)  # before the last send: the hub never writes after it
+        gauge.dec()
+    if listener.dropped:
         logger.info("SSE client of run %s fell behind and was cut; it resumes with Last-Event-ID", run_id)
+        if connected:
+            send_cut = {"type": "http.response.body", "body": CUT.data, "more_body": True}
+            await send(send_cut)
+    if connected:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _until_finished(listener: DirectListener, receive: Receive) -> bool:
+    """Wait for the run's end (or a cut); False if the client went away first."""
+    disconnect = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({listener.finished, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await disconnect
+    return listener.finished.done() and not listener.transport.is_closing()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _live(follow: Follow) -> AsyncIterator[bytes]:
+    """The generic path: one task per client, fed by a bounded queue."""
+    runtime, run_id = follow.runtime, follow.run_id
+    gauge = metrics().sse_connections
+    gauge.inc()
+    listener = await runtime.hub.join(run_id, follow.cursor, runtime.settings.sse_queue_size, follow.owner)
+    try:
+        yield follow.head()
+        # The hub queues heartbeats too, so a plain get() suffices: no timer per client per frame.
+        while True:
+            data, final = _drain(listener, await listener.queue.get())
+            yield data
+            if final:
+                break
+        if listener.dropped:
+            logger.info("SSE client of run %s fell behind and was cut; it resumes with Last-Event-ID", run_id)
     finally:
         runtime.hub.leave(listener)
         gauge.dec()
+
+
+def _drain(listener: Listener, frame: Frame) -> tuple[bytes, bool]:
+    """``frame`` and whatever else is already queued, as one write (a replay is one write)."""
+    queue = listener.queue
+    if queue.empty():
+        return frame.data, frame.final
+    frames = [frame]
+    while not queue.empty() and not frames[-1].final:
+        frames.append(queue.get_nowait())
+    return b"".join(f.data for f in frames), frames[-1].final

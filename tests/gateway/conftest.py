@@ -14,6 +14,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from services.gateway.app import create_app
+from services.gateway.server import uvicorn_config
 from services.gateway.settings import GatewaySettings
 from shared.config import CommonSettings
 from shared.keys import Keys
@@ -25,17 +26,13 @@ from tests.gateway.support import Runner
 class RunningGateway:
     """One gateway server; ``stop()`` shuts it down like a process would."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, http: str = "") -> None:
+        """``http="httptools"``: uvicorn's own protocol (no transport extension: the queue path)."""
         self.settings = settings
         self.app = create_app(settings)
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=settings.port,
-            log_config=None,
-            ws="none",
-            lifespan="on",
-            timeout_graceful_shutdown=1,
+        overrides = {"http": http} if http else {}
+        config = uvicorn_config(
+            self.app, "127.0.0.1", settings.port, lifespan="on", timeout_graceful_shutdown=1, **overrides
         )
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None
@@ -89,8 +86,8 @@ async def start_gateway(redis: Redis, redis_url: str, state_dir: Path) -> AsyncI
     """Start gateways with settings overrides; all are stopped at the end of the test."""
     started: list[RunningGateway] = []
 
-    async def start(**overrides: Any) -> RunningGateway:
-        gateway = await RunningGateway(make_settings(redis_url, state_dir, **overrides)).start()
+    async def start(http: str = "", **overrides: Any) -> RunningGateway:
+        gateway = await RunningGateway(make_settings(redis_url, state_dir, **overrides), http).start()
         started.append(gateway)
         return gateway
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 import httpx
 from redis.asyncio import Redis
 
 from services.gateway.hub import Hub
+from services.gateway.sse import DirectListener
 from shared.catalog import plan_steps
+from shared.events import StepProgress
 from shared.keys import Keys
 from shared.redis_io import connect
 from shared.store import EventStore
@@ -218,3 +221,69 @@ async def test_resume_across_a_gateway_restart_mid_run(
     received = seen.ids + rest.ids
     assert received == stream_ids(await redis.xrange(keys.run(run_id)))
     assert rest.events[-1] == "end"
+
+
+async def _read_raw(sock: socket.socket, until: bytes, timeout: float = 10) -> bytes:
+    """Everything the socket yields until ``until`` has arrived (the client reads at last)."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    async with asyncio.timeout(timeout):
+        while until not in received:
+            chunk = await loop.sock_recv(sock, 1 << 16)
+            assert chunk, "the gateway closed the connection"
+            received += chunk
+    return received
+
+
+async def test_a_client_that_stops_reading_is_cut_on_the_direct_path_and_resumes_exactly(
+    start_gateway: GatewayFactory, runner: Runner, store: EventStore, redis: Redis, keys: Keys
+) -> None:
+    gateway = await start_gateway(sse_buffer_bytes=0)  # any bytes the kernel would not take: cut
+    hub = gateway.app.state.runtime.hub
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        run_id = await submit(http)
+    await runner.start(run_id)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gateway.settings.port))
+        sock.send(f"GET {RUNS}/{run_id}/events HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        async with asyncio.timeout(5):
+            while hub.listeners < 1:
+                await asyncio.sleep(0.02)
+        assert {type(s) for s in hub._watches[run_id].listeners} == {DirectListener}
+        for k in range(400):  # ~1 MB of frames that nobody reads
+            await store.append(StepProgress(run_id=run_id, step="data_collection", progress=k / 400,
+                                            message="x" * 2000), fence="f1")  # fmt: skip
+            if hub.dropped:
+                break
+        assert hub.dropped == 1
+        raw = await _read_raw(sock, b"reconnect with Last-Event-ID")
+    finally:
+        sock.close()
+    async with asyncio.timeout(5):
+        while hub.listeners:
+            await asyncio.sleep(0.02)
+    seen = [line[4:].strip().decode() for line in raw.split(b"\n") if line.startswith(b"id: ")]
+    await runner.run_all_steps(run_id)
+    await runner.complete(run_id)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        rest = await follow(http, run_id, last_id=seen[-1])
+    assert seen + rest.ids == stream_ids(await redis.xrange(keys.run(run_id)))
+
+
+async def test_the_queue_path_without_the_transport_extension(
+    start_gateway: GatewayFactory, runner: Runner, redis: Redis, keys: Keys
+) -> None:
+    gateway = await start_gateway(http="httptools")  # uvicorn's own protocol: one task per client
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        run_id = await submit(http)
+        await runner.start(run_id)
+        first = await follow(http, run_id, stop_after=2)
+        readers = [asyncio.create_task(follow(http, run_id, last_id=first.ids[-1])) for _ in range(20)]
+        await runner.run_all_steps(run_id)
+        await runner.complete(run_id)
+        logs = await asyncio.gather(*readers)
+    expected = stream_ids(await redis.xrange(keys.run(run_id)))
+    assert all(first.ids + log.ids == expected and log.events[-1] == "end" for log in logs)
