@@ -18,14 +18,13 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from shared.redis_server import RedisServer, free_port
 from tests.chaos.harness import Cluster, record
-from tests.projector.support import wait_caught_up
+from tests.projector.support import log_head, wait_caught_up
 
 BODY = {"symbol": "AAPL", "analysts": ["market", "risk"]}
 LOSS_WINDOW_S = 1.0
@@ -176,8 +175,8 @@ async def test_restart_with_aof_everysec_loses_at_most_the_window_and_strands_no
         await asyncio.to_thread(shutil.copy, server.data_dir / "appendonly.aof", copy)
         flushed_at = time.monotonic()
         await asyncio.sleep(LOSS_WINDOW_S)
-        head: Any = await cluster.redis.xrevrange(cluster.keys.events, count=1)
-        await asyncio.to_thread(wait_caught_up, cluster.projector.url, head[0][0].decode(), 10.0)
+        head = await log_head(cluster.redis, cluster.keys.events)
+        await asyncio.to_thread(wait_caught_up, cluster.projector.url, head, 10.0)
         await _restart(server, down_s=0.5, aof_copy=copy)  # the read model is ahead of Redis now
         await asyncio.sleep(2.5)
     run_ids = list(load.accepted)
