@@ -1,8 +1,11 @@
-"""Projector throughput and lag: ``.venv/bin/python -m bench.projector_bench [--events N] [--rate R]``.
+"""Projector throughput and lag: ``.venv/bin/python -m bench.projector_bench [--reps N] [--compare REF]``.
 
-Catch-up: events/s applied from a backlog (default 100,000 global-log entries), in process.
-Steady state: a real projector process while events arrive at a given rate; lag p50/p99 from
-append to "checkpoint covers it". Prints a table; never a pass/fail.
+Catch-up: events/s applied from a backlog (default 100,000 global-log entries) by the real
+consumer loop and projection, each repetition in a fresh process (as a restarted projector),
+with its CPU time per event. ``--compare REF`` runs the same catch-up with the code of a git
+revision (exported with ``git archive``), alternating with the working tree's, so before and after
+share the machine and its load. Steady state: a real projector process while events arrive at a
+given rate; lag p50/p99 from append to "checkpoint covers it". Prints a table; never a pass/fail.
 """
 
 from __future__ import annotations
@@ -10,12 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
+import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 from redis.asyncio import Redis
@@ -23,6 +32,7 @@ from redis.asyncio import Redis
 from services.projector.consumer import Consumer
 from services.projector.projection import Projection, open_db
 from services.projector.schema import migrate
+from services.projector.service import tune_gc
 from shared.events import AnyEvent, EventCodec
 from shared.ids import new_run_id
 from shared.keys import Keys
@@ -77,27 +87,47 @@ async def fill(url: str, total: int) -> None:
 
 
 async def catch_up(url: str, total: int, batch_size: int, workdir: Path) -> tuple[float, float]:
-    """Apply the backlog through the projector's own consumer and projection; (events/s, s)."""
+    """Apply the backlog through the projector's own consumer loop and projection; (events/s, s).
+
+    The clock runs from the loop's start until the checkpoint covers the log's head. The garbage
+    collector is tuned as the projector's process tunes it, and restored afterwards.
+    """
+    thresholds = gc.get_threshold()
+    tune_gc()
+    try:
+        return await _catch_up(url, total, batch_size, workdir)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+async def _catch_up(url: str, total: int, batch_size: int, workdir: Path) -> tuple[float, float]:
     redis, reader = connect(url), connect(url, blocking=True)
-    db_path = workdir / "catchup.db"
+    db_path = workdir / f"catchup-{time.monotonic_ns()}.db"
     migrate(db_path)
     db = await open_db(db_path)
     projection = Projection(db)
     await projection.load()
     consumer = Consumer(
-        projection, redis, reader, KEYS, consumer="bench", batch_size=batch_size, batch_wait_ms=50,
-        lock=asyncio.Lock(),
+        projection, redis, reader, KEYS, consumer="bench", batch_size=batch_size,
+        batch_max=8 * batch_size, batch_wait_ms=50, lock=asyncio.Lock(),
     )  # fmt: skip
     await consumer.prepare()
-    started, applied, position = time.perf_counter(), 0, ">"
-    while applied < total:
-        reply = await reader.xreadgroup("projector", "bench", {KEYS.events: position}, count=batch_size)
-        outcome = await consumer.handle(list(reply[0][1]))
-        applied += outcome.applied + sum(outcome.skipped.values())
-    elapsed = time.perf_counter() - started
-    await db.close()
-    await redis.aclose()
-    await reader.aclose()
+    tail: Any = await redis.xrevrange(KEYS.events, count=1)
+    head = tail[0][0].decode()
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    loop = asyncio.ensure_future(consumer.run(stop))
+    try:
+        while _id(projection.checkpoint) < _id(head):
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop.set()
+        await loop
+        await db.close()
+        await redis.aclose()
+        await reader.aclose()
     return total / elapsed, elapsed
 
 
@@ -151,24 +181,71 @@ def _pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
 
 
+_ONE_CATCH_UP = """
+import asyncio, json, sys, time
+from pathlib import Path
+from bench.projector_bench import catch_up
+url, total, batch, workdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+cpu = time.process_time()
+rate, elapsed = asyncio.run(catch_up(url, total, batch, workdir))
+print(json.dumps({"rate": rate, "elapsed": elapsed, "cpu_s": time.process_time() - cpu}))
+"""
+
+
+def catch_up_process(root: Path, url: str, total: int, batch: int, workdir: Path) -> dict[str, float]:
+    """One catch-up in a fresh process running the code under ``root``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-c", _ONE_CATCH_UP, url, str(total), str(batch), str(workdir)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=True)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def export(ref: str, into: Path) -> Path:
+    """The tree of git revision ``ref``, exported (not checked out) under ``into``."""
+    root = Path(__file__).resolve().parents[1]
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref], cwd=root, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}} .. {max(values):{fmt}}]"
+
+
+def _catch_up_table(results: dict[str, list[dict[str, float]]], total: int) -> None:
+    print(f"{'catch-up (median [min .. max])':<28}{'events/s':>26}{'CPU µs/event':>26}")
+    for name, runs in results.items():
+        rates = [r["rate"] for r in runs]
+        cpu = [r["cpu_s"] / total * 1e6 for r in runs]
+        print(f"{name:<28}{_spread(rates, ',.0f'):>26}{_spread(cpu, '.1f'):>26}")
+
+
 async def main(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
         workdir = Path(tmp)
+        variants = {"working tree": Path(__file__).resolve().parents[1]}
+        if args.compare:
+            variants = {args.compare: export(args.compare, workdir / "ref"), **variants}
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
         with contextlib.ExitStack() as stack:
             url = args.redis_url or stack.enter_context(RedisServer(workdir / "redis")).url
             await fill(url, args.events)
-            rate_s, elapsed = await catch_up(url, args.events, args.batch, workdir)
-            lags = await steady(url, args.rate, args.seconds, workdir)
-    print(f"{'measure':<34}{'value':>14}")
-    print("-" * 48)
-    print(f"{'catch-up backlog (events)':<34}{args.events:>14,}")
-    print(f"{'catch-up batch size':<34}{args.batch:>14,}")
-    print(f"{'catch-up time (s)':<34}{elapsed:>14.2f}")
-    print(f"{'catch-up throughput (events/s)':<34}{rate_s:>14,.0f}")
-    print(f"{'steady rate (events/s)':<34}{args.rate:>14,.0f}")
-    print(f"{'steady events measured':<34}{len(lags):>14,}")
-    print(f"{'steady lag p50 (ms)':<34}{_pct(lags, 50) * 1000:>14.1f}")
-    print(f"{'steady lag p99 (ms)':<34}{_pct(lags, 99) * 1000:>14.1f}")
+            for rep in range(args.reps):
+                for index, (name, root) in enumerate(variants.items()):
+                    where = workdir / f"catchup-{rep}-{index}"
+                    results[name].append(catch_up_process(root, url, args.events, args.batch, where))
+            lags = await steady(url, args.rate, args.seconds, workdir) if args.seconds > 0 else []
+    load_after = os.getloadavg()
+    print(f"backlog {args.events:,} events, base batch {args.batch:,}, {args.reps} repetitions, alternating")
+    _catch_up_table(results, args.events)
+    print(f"load average (1/5/15 min) before {load_before}, after {tuple(round(x, 2) for x in load_after)}")
+    if lags:
+        print(f"steady {args.rate:,.0f} events/s for {args.seconds:.0f} s: {len(lags):,} events, "
+              f"lag p50 {_pct(lags, 50) * 1000:.1f} ms, p99 {_pct(lags, 99) * 1000:.1f} ms")  # fmt: skip
 
 
 def _args() -> argparse.Namespace:
@@ -178,6 +255,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=200.0, help="steady-state events per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="steady-state duration")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    parser.add_argument("--reps", type=int, default=3, help="catch-up repetitions (median, min, max)")
+    parser.add_argument("--compare", default=None, help="also catch up with this git revision's code")
     return parser.parse_args()
 
 

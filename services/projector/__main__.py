@@ -13,6 +13,7 @@ import uvicorn
 from services.projector.app import create_app
 from services.projector.locking import DatabaseBusy
 from services.projector.rebuild import RebuildError, rebuild
+from services.projector.service import tune_gc
 from services.projector.settings import ProjectorSettings
 from shared.config import ConfigError
 from shared.telemetry import setup_logging, setup_tracing
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"projector: {exc}\n")
         return 2
     setup_logging("projector", settings.common.log_format, settings.common.log_level)
+    tune_gc()
     if args.command == "rebuild":
         return _rebuild(settings, from_log=args.from_log)
     setup_tracing("projector")

@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 NEW = ">"
 PENDING_START = "0"
 _RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+_READ_AHEAD = 2
+"""Batches read but not yet applied: enough to keep the applier busy, bounded in memory."""
+
+Batch = list[RawEntry] | Exception | None
+"""What the reader hands the applier: entries, its failure, or None when stopped."""
 
 
 class Consumer:
@@ -36,6 +41,7 @@ class Consumer:
         batch_size: int,
         batch_wait_ms: int,
         lock: asyncio.Lock,
+        batch_max: int | None = None,
     ) -> None:
         self.projection = projection
         self.redis = redis
@@ -44,7 +50,12 @@ class Consumer:
         self.consumer = consumer
         self.batch_size = batch_size
         self.batch_wait_ms = batch_wait_ms
+        self.batch_max = max(batch_max or batch_size, batch_size)
         self.lock = lock
+        self._ack: asyncio.Task[Any] | None = None
+        # The reader is this consumer's own connection: its XREADGROUP replies stay raw (flat
+        # field lists), the projection reads them without building a dict per entry.
+        reader.set_response_callback("XREADGROUP", _raw_reply)
 
     async def prepare(self) -> None:
         """Create the group; rewind it to the checkpoint if the database is behind it."""
@@ -58,38 +69,96 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply batches until ``stop`` is set; a failure re-reads this consumer's pending entries."""
-        position, failures = PENDING_START, 0
+        failures = 0
         while not stop.is_set():
             try:
-                position = await self.step(position)
+                await self.pipeline(stop)
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("projector batch failed; re-reading pending entries")
-                position, failures = PENDING_START, failures + 1
+                failures += 1
                 delay = _RETRY_S[min(failures, len(_RETRY_S)) - 1]
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
 
-    async def step(self, position: str) -> str:
-        """Read and apply one batch at ``position``; returns where to read next."""
+    async def pipeline(self, stop: asyncio.Event) -> None:
+        """Pending entries first, then new ones; reading batch N+1 overlaps applying batch N.
+
+        The reader only moves the read position: an entry read ahead is pending for this consumer
+        until its batch commits and is acknowledged, so a failure (or a kill) anywhere loses
+        nothing: the next pass starts again at this consumer's pending entries.
+        """
+        batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=_READ_AHEAD)
+        reader = asyncio.create_task(self._read(batches, stop), name="projector-reader")
+        try:
+            while (entries := await batches.get()) is not None:
+                if isinstance(entries, Exception):
+                    raise entries
+                await self.handle(entries, wait_ack=False)
+            await self._acked()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await self._drop_ack()
+
+    async def _read(self, batches: asyncio.Queue[Batch], stop: asyncio.Event) -> None:
+        position, count = PENDING_START, self.batch_size
+        try:
+            while not stop.is_set():
+                entries = await self._read_batch(position, count)
+                if entries:
+                    await batches.put(entries)
+                position, count = _next_position(position, entries), self._next_count(count, entries)
+        except Exception as exc:
+            await batches.put(exc)
+            return
+        await batches.put(None)
+
+    async def _read_batch(self, position: str, count: int) -> list[RawEntry]:
         block = self.batch_wait_ms if position == NEW else None
         reply: Any = await self.reader.xreadgroup(
-            PROJECTOR_GROUP, self.consumer, {self.stream: position}, count=self.batch_size, block=block
+            PROJECTOR_GROUP, self.consumer, {self.stream: position}, count=count, block=block
         )
-        entries: list[RawEntry] = [e for e in reply[0][1] if e[0] is not None] if reply else []
-        if not entries:
-            return NEW
-        await self.handle(entries)
-        return NEW if position == NEW else _text(entries[-1][0])
+        return [e for e in _entries_of(reply) if e[0] is not None]
 
-    async def handle(self, entries: list[RawEntry]) -> BatchOutcome:
+    def _next_count(self, count: int, entries: list[RawEntry]) -> int:
+        """Grow the batch while the log has a backlog (a full read), back to the base otherwise."""
+        if len(entries) >= count:
+            return min(count * 2, self.batch_max)
+        return self.batch_size
+
+    async def handle(self, entries: list[RawEntry], *, wait_ack: bool = True) -> BatchOutcome:
+        """Apply one batch (rows and checkpoint in one commit), then acknowledge it.
+
+        With ``wait_ack=False`` the XACK runs while the next batch is applied; it is awaited
+        before the next one is sent. Acknowledging late is safe: until then the entries stay
+        pending, and an entry re-read after its commit is at or below the checkpoint: skipped.
+        """
         async with self.lock:
             outcome = await self.projection.apply(entries)
-        await self.redis.xack(self.stream, PROJECTOR_GROUP, *[entry_id for entry_id, _ in entries])
+        await self._acked()
+        ids = [entry_id for entry_id, _ in entries]
+        self._ack = asyncio.ensure_future(self.redis.xack(self.stream, PROJECTOR_GROUP, *ids))
+        if wait_ack:
+            await self._acked()
         _observe(outcome, len(entries))
         return outcome
+
+    async def _acked(self) -> None:
+        """Wait for the last batch's XACK (raising its failure)."""
+        ack, self._ack = self._ack, None
+        if ack is not None:
+            await ack
+
+    async def _drop_ack(self) -> None:
+        """After a failure: let an XACK in flight end; its entries are re-read if it did not."""
+        ack, self._ack = self._ack, None
+        if ack is not None:
+            with contextlib.suppress(Exception):
+                await ack
 
     async def _last_delivered(self) -> str:
         for group in await self.redis.xinfo_groups(self.stream):
@@ -117,6 +186,27 @@ def _observe(outcome: BatchOutcome, size: int) -> None:
         m.skipped.labels(reason=reason).inc(n)
     if outcome.duplicates:
         m.skipped.labels(reason="duplicate").inc(outcome.duplicates)
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    """XREADGROUP's reply as Redis sent it (not parsed into a dict per entry)."""
+    return response
+
+
+def _entries_of(reply: Any) -> list[RawEntry]:
+    """The one stream's ``[id, [k, v, …]]`` entries: RESP2 ``[[stream, entries]]``, RESP3 a map."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values())))
+    return list(reply[0][1])
+
+
+def _next_position(position: str, entries: list[RawEntry]) -> str:
+    """After the pending entries are exhausted, new ones (``>``)."""
+    if not entries or position == NEW:
+        return NEW
+    return _text(entries[-1][0])
 
 
 def _text(value: bytes | str) -> str:

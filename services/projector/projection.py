@@ -15,7 +15,7 @@ from services.projector import streamids
 from services.projector.rows import UPSERT_SQL, row_of
 from shared.events import AnyEvent, EventCodec, EventError, UnknownEvent
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, SOURCE_ID_FIELD
-from shared.reducer import RunState, apply, initial
+from shared.reducer import RunState, apply_mut, initial
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,8 @@ class BatchOutcome:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    log_id: str
-    run_id: str
-    source_id: str
-    event: AnyEvent
+Decoded = tuple[str, str, AnyEvent]
+"""(run ID, run-stream ID, event) of one entry to apply: a tuple, the cheapest record in the hot loop."""
 
 
 async def open_db(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
@@ -85,55 +81,74 @@ class Projection:
         fresh = self._decode(entries, outcome)
         if outcome.last_id == self.checkpoint:
             return outcome
-        states = await self._states({d.run_id for d in fresh})
-        for d in fresh:
-            state = states.get(d.run_id)
-            states[d.run_id] = apply(initial(d.run_id) if state is None else state, d.event, d.source_id)
-        dirty = {d.run_id: states[d.run_id] for d in fresh}
-        outcome.applied = len(fresh)
-        await self._commit(dirty, outcome)
+        try:
+            dirty = await self._fold(fresh)
+            outcome.applied = len(fresh)
+            await self._commit(dirty, outcome)
+        except BaseException:
+            self._cache.clear()  # states are folded in place: a cached one may hold uncommitted events
+            raise
         self.checkpoint = outcome.last_id
         self._remember(dirty)
         return outcome
 
+    async def _fold(self, fresh: list[Decoded]) -> dict[str, RunState]:
+        """Each touched run's state after this batch, folded in place (the writer owns them)."""
+        states = await self._states({d[0] for d in fresh})
+        for run_id, source_id, event in fresh:
+            state = states.get(run_id)
+            if state is None:
+                state = states[run_id] = initial(run_id)
+            apply_mut(state, event, source_id)
+        return states
+
     def _decode(self, entries: Sequence[RawEntry], outcome: BatchOutcome) -> list[Decoded]:
+        """The events to apply, in log order; skipped entries are counted in ``outcome``."""
         fresh: list[Decoded] = []
-        last = streamids.parse(outcome.last_id)
-        for raw_id, fields in entries:
-            log_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            position = streamids.parse(log_id)
-            if position <= last:
-                outcome.duplicates += 1
+        decode = self.codec.decode
+        for raw_id, fields in self._after_checkpoint(entries, outcome):
+            data, run_id, source_id = _fields(fields)
+            try:
+                event = decode(data)
+            except (EventError, TypeError) as exc:
+                self._skip(raw_id, data, exc, outcome)
                 continue
-            last, outcome.last_id = position, log_id
-            decoded = self._decode_one(log_id, fields, outcome)
-            if decoded is not None:
-                fresh.append(decoded)
+            fresh.append(
+                (
+                    event.run_id if run_id is None else _text(run_id),
+                    _text(raw_id if source_id is None else source_id),
+                    event,
+                )
+            )
         return fresh
 
-    def _decode_one(self, log_id: str, fields: Any, outcome: BatchOutcome) -> Decoded | None:
-        if not fields:
+    def _after_checkpoint(self, entries: Sequence[RawEntry], outcome: BatchOutcome) -> Sequence[RawEntry]:
+        """The entries after the checkpoint; those at or below it count as duplicates.
+
+        Redis returns a stream's entries in ID order, so only a prefix can be at or below the
+        checkpoint: the IDs after it need no parsing.
+        """
+        last, start = streamids.parse(outcome.last_id), 0
+        while start < len(entries) and streamids.parse(_text(entries[start][0])) <= last:
+            start += 1
+        outcome.duplicates += start
+        kept = entries[start:]
+        if kept:
+            outcome.last_id = _text(kept[-1][0])
+        return kept
+
+    @staticmethod
+    def _skip(raw_id: Any, data: Any, exc: Exception, outcome: BatchOutcome) -> None:
+        log_id = _text(raw_id)
+        if data is None:
             logger.warning("skipped entry %s: deleted from the log", log_id)
             outcome.skip("deleted")
-            return None
-        try:
-            event = self.codec.decode(_field(fields, _EVENT) or b"")
-        except UnknownEvent as exc:
+        elif isinstance(exc, UnknownEvent):
             logger.info("skipped entry %s: %s", log_id, exc)
             outcome.skip("unknown")
-            return None
-        except EventError as exc:
+        else:
             logger.warning("skipped malformed entry %s: %s", log_id, exc)
             outcome.skip("malformed")
-            return None
-        run_id = _field(fields, _RUN_ID)
-        source_id = _field(fields, _SOURCE_ID)
-        return Decoded(
-            log_id,
-            event.run_id if run_id is None else _text(run_id),
-            log_id if source_id is None else _text(source_id),
-            event,
-        )
 
     async def _states(self, run_ids: Iterable[str]) -> dict[str, RunState]:
         states: dict[str, RunState] = {}
@@ -179,6 +194,24 @@ class Projection:
                 self._cache.pop(run_id, None)  # a finished run changes no more: keep memory for live ones
             else:
                 self._cache[run_id] = state
+
+
+def _fields(fields: Any) -> tuple[Any, Any, Any]:
+    """(event, run ID, run-stream ID) of an entry's fields: a dict (bytes or str keys) as redis-py
+    parses it, or the flat ``[k, v, k, v…]`` list of a raw reply. The event is None for an entry
+    deleted from the log, ``b""`` when the field is missing (malformed); IDs are None when absent."""
+    if not fields:
+        return None, None, None
+    if isinstance(fields, list):
+        if (
+            len(fields) == 6
+            and fields[0] == _EVENT[0]
+            and fields[2] == _RUN_ID[0]
+            and fields[4] == _SOURCE_ID[0]
+        ):
+            return fields[1], fields[3], fields[5]  # the layout the append script writes
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    return _field(fields, _EVENT) or b"", _field(fields, _RUN_ID), _field(fields, _SOURCE_ID)
 
 
 def _field(fields: Any, name: tuple[bytes, str]) -> Any:

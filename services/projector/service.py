@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -26,6 +27,19 @@ from shared.redis_io import connect
 logger = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 5.0
+_GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Process-wide, for the projector's own process: fewer, larger garbage collections.
+
+    A catch-up batch allocates tens of objects an event (entries, events, states); with the
+    default thresholds (700, 10, 10) the collector ran hundreds of times a batch and cost about a
+    quarter of the CPU. Objects alive at start (modules, the app) are frozen out of collections.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
 
 
 class ProjectorService:
@@ -129,7 +143,8 @@ class ProjectorService:
         s = self.settings
         consumer = Consumer(
             self.projection, self.redis, self._blocking, s.common.keys,
-            consumer=s.consumer, batch_size=s.batch_size, batch_wait_ms=s.batch_wait_ms, lock=self.lock,
+            consumer=s.consumer, batch_size=s.batch_size, batch_max=s.batch_max,
+            batch_wait_ms=s.batch_wait_ms, lock=self.lock,
         )  # fmt: skip
         await self._retrying("prepare the consumer group", consumer.prepare)
         await consumer.run(self.stop_event)

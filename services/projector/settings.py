@@ -21,6 +21,7 @@ class ProjectorSettings:
     db_path: Path
     consumer: str
     batch_size: int
+    batch_max: int
     batch_wait_ms: int
     snapshot_dir: Path
     snapshot_interval_s: float
@@ -41,6 +42,7 @@ class ProjectorSettings:
         common = CommonSettings.from_env(env)
         home = common.state_dir / "projector"
         action = env.text("HISTORY_ACTION", "archive")
+        batch_size = env.integer("PROJECTOR_BATCH_SIZE", 1000, minimum=1)
         if action not in HISTORY_ACTIONS:
             raise ConfigError(f"TT_HISTORY_ACTION must be one of {HISTORY_ACTIONS}, got {action!r}")
         return cls(
@@ -49,7 +51,8 @@ class ProjectorSettings:
             port=env.integer("PROJECTOR_PORT", 8001, minimum=0),
             db_path=Path(env.text("PROJECTOR_DB", str(home / "tickertape.db"))).resolve(),
             consumer=env.text("PROJECTOR_CONSUMER", f"projector-{os.uname().nodename}"),
-            batch_size=env.integer("PROJECTOR_BATCH_SIZE", 1000, minimum=1),
+            batch_size=batch_size,
+            batch_max=env.integer("PROJECTOR_BATCH_MAX", 8 * batch_size, minimum=batch_size),
             batch_wait_ms=env.integer("PROJECTOR_BATCH_WAIT_MS", 1000, minimum=1),
             snapshot_dir=Path(env.text("SNAPSHOT_DIR", str(home / "snapshots"))).resolve(),
             snapshot_interval_s=env.number("SNAPSHOT_INTERVAL_S", 3600.0, minimum=0.0),
