@@ -286,8 +286,14 @@ class EventStore:
 
 
 def entry_run_id(fields: dict[bytes | str, bytes | str]) -> str:
-    """The run id a queue or global-log entry names ('' if it names none)."""
+    """The run id a queue or global-log entry names ('' if it names none).
+
+    Bytes that are not UTF-8 come back with replacement characters: a run id no run has, so the
+    entry is dead-lettered as poison instead of failing every read or claim of its queue.
+    """
     value = fields.get(RUN_ID_FIELD.encode()) or fields.get(RUN_ID_FIELD)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
     return _text(value) if value is not None else ""
 
 
