@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
+from opentelemetry import trace
 from redis.asyncio import Redis
 
 from services.projector import streamids
@@ -14,6 +16,7 @@ from services.projector.metrics import metrics
 from services.projector.projection import BatchOutcome, Projection, RawEntry
 from shared.keys import PROJECTOR_GROUP, Keys
 from shared.redis_io import ensure_group
+from shared.telemetry import span_context_of
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Consumer:
         batch_wait_ms: int,
         lock: asyncio.Lock,
         batch_max: int | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.projection = projection
         self.redis = redis
@@ -53,6 +57,7 @@ class Consumer:
         self.batch_max = max(batch_max or batch_size, batch_size)
         self.lock = lock
         self._ack: asyncio.Task[Any] | None = None
+        self._tracer = tracer or trace.get_tracer(__name__)
         # The reader is this consumer's own connection: its XREADGROUP replies stay raw (flat
         # field lists), the projection reads them without building a dict per entry.
         reader.set_response_callback("XREADGROUP", _raw_reply)
@@ -137,6 +142,7 @@ class Consumer:
         before the next one is sent. Acknowledging late is safe: until then the entries stay
         pending, and an entry re-read after its commit is at or below the checkpoint: skipped.
         """
+        started = time.time_ns()
         async with self.lock:
             outcome = await self.projection.apply(entries)
         await self._acked()
@@ -145,7 +151,35 @@ class Consumer:
         if wait_ack:
             await self._acked()
         _observe(outcome, len(entries))
+        self._trace(entries, outcome, started)
         return outcome
+
+    def _trace(self, entries: list[RawEntry], outcome: BatchOutcome, started_ns: int) -> None:
+        """A ``projector.apply_batch`` span linked to the trace of every run in the batch.
+
+        A batch mixes many runs, so it continues none of them: it links to them (the messaging
+        conventions for batch consumers).
+        """
+        contexts = (span_context_of(tp) for tp in outcome.traces.values())
+        span = self._tracer.start_span(
+            "projector.apply_batch",
+            start_time=started_ns,
+            kind=trace.SpanKind.CONSUMER,
+            links=[trace.Link(ctx) for ctx in contexts if ctx is not None],
+            attributes={
+                "messaging.system": "redis",
+                "messaging.operation": "process",
+                "messaging.destination.name": self.stream,
+                "messaging.batch.message_count": len(entries),
+                "tickertape.batch.first_id": _text(entries[0][0]) if entries else "",
+                "tickertape.batch.last_id": _text(entries[-1][0]) if entries else "",
+                "tickertape.batch.applied": outcome.applied,
+                "tickertape.batch.skipped": sum(outcome.skipped.values()),
+                "tickertape.batch.duplicates": outcome.duplicates,
+                "tickertape.batch.traces": len(outcome.traces),
+            },
+        )
+        span.end()
 
     async def _acked(self) -> None:
         """Wait for the last batch's XACK (raising its failure)."""

@@ -23,6 +23,8 @@ RawEntry = tuple[Any, Any]
 """(entry ID, fields) as redis-py returns them (bytes or str)."""
 
 _LOAD_CHUNK = 500
+MAX_TRACES = 64
+"""Traces a batch span links to (a catch-up batch holds hundreds of runs; links are bounded)."""
 _EVENT = (EVENT_FIELD.encode(), EVENT_FIELD)
 _RUN_ID = (RUN_ID_FIELD.encode(), RUN_ID_FIELD)
 _SOURCE_ID = (SOURCE_ID_FIELD.encode(), SOURCE_ID_FIELD)
@@ -36,6 +38,8 @@ class BatchOutcome:
     duplicates: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     last_id: str = streamids.ZERO
+    traces: dict[str, str] = field(default_factory=dict)
+    """A traceparent for each trace (by trace ID) the applied events came from, at most MAX_TRACES."""
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -105,7 +109,7 @@ class Projection:
     def _decode(self, entries: Sequence[RawEntry], outcome: BatchOutcome) -> list[Decoded]:
         """The events to apply, in log order; skipped entries are counted in ``outcome``."""
         fresh: list[Decoded] = []
-        decode = self.codec.decode
+        decode, traces = self.codec.decode, outcome.traces
         for raw_id, fields in self._after_checkpoint(entries, outcome):
             data, run_id, source_id = _fields(fields)
             try:
@@ -113,6 +117,8 @@ class Projection:
             except (EventError, TypeError) as exc:
                 self._skip(raw_id, data, exc, outcome)
                 continue
+            if event.traceparent is not None and len(traces) < MAX_TRACES:
+                traces.setdefault(event.traceparent[3:35], event.traceparent)  # 00-<trace id>-…
             fresh.append(
                 (
                     event.run_id if run_id is None else _text(run_id),

@@ -8,15 +8,22 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
 
 from services.projector.consumer import Consumer
 from services.projector.projection import BatchOutcome, Projection, RawEntry, open_db
 from services.projector.schema import migrate
+from shared.ids import new_run_id
 from shared.keys import PROJECTOR_GROUP, Keys
 from shared.store import EventStore
-from tests.projector.support import db_states, folded, write_runs
+from shared.telemetry import current_traceparent
+from tests.projector.support import db_states, folded, plan, write, write_runs
 
 ENDINGS = ["completed", "failed", "cancelled", "running", "queued", "cancel-queued"] * 5
 
@@ -52,10 +59,12 @@ async def _run_until(consumer: Consumer, projection: Projection, redis: Redis, s
             await loop
 
 
-def _consumer(projection: Projection, redis: Redis, reader: Redis, keys: Keys, **kw: int) -> Consumer:
+def _consumer(
+    projection: Projection, redis: Redis, reader: Redis, keys: Keys, tracer: Tracer | None = None, **kw: int
+) -> Consumer:
     return Consumer(
         projection, redis, reader, keys, consumer="c1", batch_wait_ms=20, lock=asyncio.Lock(),
-        batch_size=kw.get("batch_size", 4), batch_max=kw.get("batch_max", 32),
+        batch_size=kw.get("batch_size", 4), batch_max=kw.get("batch_max", 32), tracer=tracer,
     )  # fmt: skip
 
 
@@ -137,3 +146,34 @@ async def test_a_failed_commit_mid_pipeline_loses_and_repeats_nothing(
         await reader.aclose()
     assert db_states(db_path) == await folded(store, run_ids)
     assert _applied(db_path) == await redis.xlen(keys.events)
+
+
+async def test_each_batch_is_a_span_linked_to_the_traces_of_its_runs(
+    redis: Redis, redis_url: str, keys: Keys, projection: Projection
+) -> None:
+    provider, exporter = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    store = EventStore(redis, keys)
+    traces: set[int] = set()
+    for ending in ("completed", "running", "queued"):
+        with tracer.start_as_current_span("submit") as span:  # as the gateway does: one trace a run
+            traces.add(span.get_span_context().trace_id)
+            for event in plan(new_run_id(), ending):
+                await write(store, msgspec.structs.replace(event, traceparent=current_traceparent()))
+    reader = Redis.from_url(redis_url)
+    try:
+        consumer = _consumer(projection, redis, reader, keys, tracer=tracer, batch_size=100, batch_max=100)
+        await consumer.prepare()
+        await _run_until(consumer, projection, redis, keys.events)
+    finally:
+        await reader.aclose()
+    batches = [s for s in exporter.get_finished_spans() if s.name == "projector.apply_batch"]
+    assert batches
+    linked = {link.context.trace_id for s in batches for link in s.links}
+    assert linked == traces
+    attributes = batches[0].attributes or {}
+    log: Any = await redis.xrange(keys.events)
+    assert attributes["messaging.batch.message_count"] == len(log)
+    assert attributes["tickertape.batch.first_id"] == log[0][0].decode()
+    assert attributes["tickertape.batch.last_id"] == log[-1][0].decode()
