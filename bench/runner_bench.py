@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.runner_bench            # prints a table
     BENCH_QUICK=1 .venv/bin/python -m bench.runner_bench
+    .venv/bin/python -m bench.runner_bench compare REV [REPS] [N]   # row 2, REV's runner vs ours
 
 Each figure comes from real runner processes (``python -m services.runner``) against a
 redis-server of the bench's own (or ``REDIS_URL``). Building blocks return numbers so the
@@ -15,6 +16,10 @@ combined bench (``python -m bench``) can put them in its table.
   (bounded by the lease), plus LLM calls repeated compared with a clean run (should be 0).
 - cancel latency: runs parked mid-step on one runner, then cancelled one by one; the runner
   records RunCancelled → RunCancellationConfirmed in ``latency_ms``.
+- compare: row 2 of ``python -m bench`` (N no-op runs queued, then one runner process spawned;
+  clock until the projector's read model shows all N ended), alternating a git revision's runner
+  (exported with ``git archive``) with the working tree's, in the same run, so before/after
+  share the machine's load. The projector is the working tree's in both.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +39,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from bench import noop_e2e
+from bench.common import cpu_seconds
 from shared.events import (
     AnyEvent,
     RunCancellationConfirmed,
@@ -250,6 +259,114 @@ async def cancel_latencies(redis_url: str, log_dir: Path, n: int) -> list[float]
         await redis.aclose()
 
 
+# ------------------------------------------------------------------ before / after (row 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Cold:
+    """One cold repetition of row 2: spawn → all N in the read model."""
+
+    e2e_rate: float
+    proc_rate: float
+    startup_s: float
+    """Spawn → the runner's first event (imports, connections, first read)."""
+    runner_cpu_ms: float
+    """Runner CPU per run, start-up included."""
+
+
+class TreeRunner(ServiceProcess):
+    """``python -m services.runner`` run from ``root``: the working tree or an exported revision."""
+
+    def __init__(self, root: Path, env: dict[str, str], log_dir: Path) -> None:
+        super().__init__("runner", env, log_dir=log_dir)
+        self.root = root
+
+    def start(self, timeout_s: float = 20.0, wait: bool = True) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.runner"], env=self.env, cwd=self.root,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        if wait:
+            self.wait_healthy(timeout_s)
+        return self
+
+
+def export(ref: str, into: Path) -> Path:
+    """The tree of git revision ``ref``, exported (not checked out) under ``into``."""
+    root = Path(__file__).resolve().parents[1]
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref], cwd=root, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+async def cold_once(redis_url: str, workdir: Path, tag: str, n: int, root: Path) -> Cold:
+    """Row 2 once, with the runner of ``root`` (the projector is always the working tree's)."""
+    keys = Keys(f"cmp{tag}:")
+    env = noop_e2e.base_env(redis_url, keys.prefix, workdir / f"cmp-{tag}")
+    redis = connect(redis_url)
+    projector = ServiceProcess("projector", env, log_dir=workdir / "logs").start(timeout_s=30.0)
+    runner: TreeRunner | None = None
+    try:
+        await noop_e2e.submit_all(EventStore(redis, keys), n, 0)
+        after = await noop_e2e.last_log_id(redis, keys)
+        spawned, began = time.time(), time.perf_counter()
+        runner = TreeRunner(root, env, workdir / "logs")
+        runner.start(wait=False)
+        await noop_e2e.wait_completed(projector.url, n)
+        elapsed = time.perf_counter() - began
+        assert runner.process is not None
+        cpu = cpu_seconds(runner.process.pid)
+        first: Any = await redis.xrange(keys.events, min=f"({after}", count=1)
+        startup = int(_text(first[0][0]).split("-")[0]) / 1000 - spawned
+        span = await noop_e2e.processing_span_s(redis, keys, after)
+        return Cold(n / elapsed, (n - 1) / span, startup, 1000 * cpu / n)
+    finally:
+        if runner is not None:
+            runner.stop()
+        projector.stop()
+        await _unlink_prefix(redis, keys.prefix)
+        await redis.aclose()
+
+
+async def _unlink_prefix(redis: Redis, prefix: str) -> None:
+    batch: list[Any] = []
+    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(key)
+    for start in range(0, len(batch), 1000):
+        await redis.unlink(*batch[start : start + 1000])
+
+
+async def compare(ref: str, n_reps: int, n: int) -> None:
+    """Alternate ``ref``'s runner and the working tree's, ``n_reps`` times each; print both."""
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="runner-cmp-") as tmp, RedisServer(Path(tmp) / "redis") as server:
+        workdir = Path(tmp)
+        variants = {ref: export(ref, workdir / "ref"), "working tree": Path(__file__).resolve().parents[1]}
+        results: dict[str, list[Cold]] = {name: [] for name in variants}
+        for rep in range(n_reps):
+            for index, (name, root) in enumerate(variants.items()):
+                results[name].append(await cold_once(server.url, workdir, f"{rep}{index}", n, root))
+    load_after = os.getloadavg()
+    print(f"row 2, N={n} no-op runs, one runner process, {n_reps} repetitions alternating; "
+          "median [min .. max]")  # fmt: skip
+    header = ("runner", "spawn → read model runs/s", "first → last runs/s", "start-up s", "runner CPU ms/run")
+    print(f"{header[0]:<16}{header[1]:>30}{header[2]:>28}{header[3]:>24}{header[4]:>24}")
+    for name, cold in results.items():
+        print(f"{name[:15]:<16}{_spread([c.e2e_rate for c in cold], ',.0f'):>30}"
+              f"{_spread([c.proc_rate for c in cold], ',.0f'):>28}"
+              f"{_spread([c.startup_s for c in cold], '.2f'):>24}"
+              f"{_spread([c.runner_cpu_ms for c in cold], '.2f'):>24}")  # fmt: skip
+    print(f"load average (1/5/15 min) before {tuple(round(x, 2) for x in load_before)}, "
+          f"after {tuple(round(x, 2) for x in load_after)}")  # fmt: skip
+
+
+def _spread(values: Sequence[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}} .. {max(values):{fmt}}]"
+
+
 # ------------------------------------------------------------------ table
 
 
@@ -299,6 +416,13 @@ def print_table(rows: Sequence[tuple[str, str, str]]) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["compare"]:
+        args = sys.argv[2:]
+        ref = args[0] if args else "HEAD"
+        asyncio.run(
+            compare(ref, int(args[1]) if len(args) > 1 else 3, int(args[2]) if len(args) > 2 else 1000)
+        )
+        return
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
         workdir = Path(tmp)
         if os.environ.get("REDIS_URL"):
