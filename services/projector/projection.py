@@ -121,8 +121,8 @@ class Projection:
                 traces.setdefault(event.traceparent[3:35], event.traceparent)  # 00-<trace id>-…
             fresh.append(
                 (
-                    event.run_id if run_id is None else _text(run_id),
-                    _text(raw_id if source_id is None else source_id),
+                    event.run_id if run_id is None else run_id,
+                    _text(raw_id) if source_id is None else source_id,
                     event,
                 )
             )
@@ -202,7 +202,7 @@ class Projection:
                 self._cache[run_id] = state
 
 
-def _fields(fields: Any) -> tuple[Any, Any, Any]:
+def _fields(fields: Any) -> tuple[Any, str | None, str | None]:
     """(event, run ID, run-stream ID) of an entry's fields: a dict (bytes or str keys) as redis-py
     parses it, or the flat ``[k, v, k, v…]`` list of a raw reply. The event is None for an entry
     deleted from the log, ``b""`` when the field is missing (malformed); IDs are None when absent."""
@@ -215,9 +215,14 @@ def _fields(fields: Any) -> tuple[Any, Any, Any]:
             and fields[2] == _RUN_ID[0]
             and fields[4] == _SOURCE_ID[0]
         ):
-            return fields[1], fields[3], fields[5]  # the layout the append script writes
+            return fields[1], fields[3].decode(), fields[5].decode()  # the append script's layout, bytes
         fields = dict(zip(fields[::2], fields[1::2], strict=True))
-    return _field(fields, _EVENT) or b"", _field(fields, _RUN_ID), _field(fields, _SOURCE_ID)
+    run_id, source_id = _field(fields, _RUN_ID), _field(fields, _SOURCE_ID)
+    return (
+        _field(fields, _EVENT) or b"",
+        None if run_id is None else _text(run_id),
+        None if source_id is None else _text(source_id),
+    )
 
 
 def _field(fields: Any, name: tuple[bytes, str]) -> Any:
