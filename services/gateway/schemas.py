@@ -13,7 +13,9 @@ from shared.catalog import ANALYST_IDS, PIPELINES
 from shared.events import AnyEvent
 from shared.reducer import RunState
 
-SYMBOL_PATTERN = r"^[A-Za-z0-9.\-^=]+$"
+SYMBOL_PATTERN = r"^[A-Za-z0-9^][A-Za-z0-9.\-^=]*$"
+"""Tickers such as AAPL, BRK.B, ^GSPC, EURUSD=X, BTC-USD; never '.', '..' or a leading '-'/'='
+(a symbol names a CSV file for the csv provider: it must not be able to name a directory)."""
 DATA_PROVIDERS = ("synthetic", "csv", "yfinance")
 
 
@@ -37,7 +39,10 @@ class RunRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False, frozen=True)
 
-    symbol: Symbol = Field(description="Ticker, 1-10 of A-Z 0-9 . - ^ = (upper-cased)", examples=["AAPL"])
+    symbol: Symbol = Field(
+        description="Ticker, 1-10 of A-Z 0-9 . - ^ = starting with a letter, digit or ^ (upper-cased)",
+        examples=["AAPL"],
+    )
     analysts: list[AnalystId] = Field(min_length=1, max_length=len(ANALYST_IDS))
     model_id: str = Field("offline", alias="modelId", min_length=1, max_length=100)
     priority: Literal["normal", "high"] = "normal"
