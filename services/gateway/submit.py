@@ -71,20 +71,21 @@ async def submit_run(runtime: Runtime, caller: Caller, body: RunRequest, idem_ke
     """Validate what pydantic cannot, rate-limit, then append RunRequested (at most once per key)."""
     _check(runtime, caller, body, idem_key)
     await runtime.limiter.hit(caller.user_id)
-    with trace.get_tracer(__name__).start_as_current_span("submit run") as span:
-        event = _event(caller, body, idem_key)
-        span.set_attribute("tickertape.run_id", event.run_id)
-        fingerprint = body.fingerprint()
-        outcome = await runtime.store.submit(
-            event,
-            cap=runtime.settings.max_active_runs,
-            idempotency=(idem_key, f"{event.run_id}|{fingerprint}") if idem_key else None,
-            idempotency_ttl_s=runtime.settings.idempotency_ttl_s,
-        )
+    event = _event(caller, body, idem_key)  # its traceparent is the request's server span
+    trace.get_current_span().set_attribute("tickertape.run_id", event.run_id)
+    fingerprint = body.fingerprint() if idem_key else ""
+    outcome = await runtime.store.submit(
+        event,
+        cap=runtime.settings.max_active_runs,
+        idempotency=(idem_key, f"{event.run_id}|{fingerprint}") if idem_key else None,
+        idempotency_ttl_s=runtime.settings.idempotency_ttl_s,
+    )
     match outcome:
         case Submitted(run_id=run_id):
             metrics().runs_submitted.labels(body.priority).inc()
-            logger.info("run submitted", extra={"run_id": run_id, "symbol": body.symbol})
+            # DEBUG: the RunRequested event already records every submission (user, symbol,
+            # traceparent); a formatted, redacted log line per request cost ~15% of a submit.
+            logger.debug("run submitted", extra={"run_id": run_id, "symbol": body.symbol})
             return Outcome(run_id, "pending", True)
         case Duplicate(value=value):
             return await _repeat(runtime, caller, value, fingerprint)
