@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from fastapi import Request
@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.gateway.auth import Authenticator, Caller
+from services.gateway.flight import SingleFlight
 from services.gateway.hub import Hub
 from services.gateway.limits import RateLimiter
 from services.gateway.metrics import metrics
@@ -25,7 +26,7 @@ from services.gateway.settings import GatewaySettings
 from shared.models import ModelSpec, load_registry
 from shared.redis_io import COMMAND_TIMEOUT_S, connect
 from shared.reducer import RunState
-from shared.store import EventStore
+from shared.store import Entry, EventStore
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Runtime:
     auth: Authenticator
     limiter: RateLimiter
     models: dict[str, ModelSpec]
+    lookups: SingleFlight[list[Entry]] = field(default_factory=SingleFlight)
 
     async def wait_terminal(self, run_id: str, user_id: str, timeout_s: float) -> RunState | None:
         """The run once it has ended, or as it is when ``timeout_s`` passes (None: not visible)."""

@@ -50,7 +50,7 @@ async def stream_events(
         if known != caller.user_id:
             raise not_found(run_id)
         return EventStream(Follow(runtime, run_id, cursor, None, known))
-    first = await runtime.store.read(run_id, count=1)
+    first = await runtime.lookups.run(run_id, lambda: runtime.store.read(run_id, count=1))
     reset: RunState | None = None
     if not first:
         reset = await runtime.runs.get(run_id, caller.user_id)  # expired: the read model remembers
