@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from shared.events import (
     AnyEvent,
@@ -74,6 +75,23 @@ end
 return {'ok', id}
 """
 
+_APPEND_ALL = (
+    "local function append_one(ARGV)\n"
+    + _APPEND
+    + """end
+local ids = {}
+for i = 1, #ARGV, 6 do
+  local r = append_one({ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]})
+  if r[1] ~= 'ok' then return {'refused', r[2], ids} end
+  ids[#ids + 1] = r[2]
+end
+return {'ok', '', ids}
+"""
+)
+"""Several events of one run in order, each under exactly the rules of ``_APPEND`` (its text is
+the body of ``append_one``); stops at the first refused. One call, so a no-op run's RunStarted
+and RunCompleted are written together."""
+
 _SUBMIT = """
 local before = redis.call('HGET', KEYS[3], 'requested')
 if before then return {'ok', before} end
@@ -107,10 +125,24 @@ class StoreError(Exception):
 class Refused(StoreError):
     """The append broke a rule of the run's phase; ``reason`` says which."""
 
-    def __init__(self, run_id: str, reason: str) -> None:
+    def __init__(self, run_id: str, reason: str, appended: Sequence[str] = ()) -> None:
         super().__init__(f"append to run {run_id} refused: {reason}")
         self.run_id = run_id
         self.reason = reason
+        self.appended = list(appended)
+        """``append_batch``: IDs of the run's events appended before the refused one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appends:
+    """Events of one run to append in order with one fence (an item of ``append_batch``).
+
+    ``owner``: the run's user, when the caller knows it (saves a lookup for a terminal event).
+    """
+
+    events: Sequence[AnyEvent]
+    fence: str = ""
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +195,7 @@ class EventStore:
         self.run_ttl_s = run_ttl_s
         self.skipped = 0
         self._append = redis.register_script(_APPEND)
+        self._append_all = redis.register_script(_APPEND_ALL)
         self._submit = redis.register_script(_SUBMIT)
 
     async def submit(
@@ -206,8 +239,10 @@ class EventStore:
             return Capped(int(value))
         return Submitted(event.run_id, value)
 
-    async def append(self, event: AnyEvent, *, fence: str = "") -> str:
+    async def append(self, event: AnyEvent, *, fence: str = "", owner: str | None = None) -> str:
         """Append one event to its run stream and the global log; returns its run-stream ID.
+
+        ``owner``: the run's user if the caller knows it (a terminal event then needs no lookup).
 
         Raises:
             Refused: the run has ended, is unknown, or ``fence`` is not the current owner's.
@@ -216,7 +251,7 @@ class EventStore:
         transition = transition_of(event)
         user_id = event.user_id if isinstance(event, RunCancelled) else ""
         if not user_id and transition == "terminal":
-            user_id = await self.owner(run_id)
+            user_id = owner if owner is not None else await self.owner(run_id)
         keys = [k.run(run_id), k.events, k.meta(run_id), k.active(user_id or "-")]
         argv: list[bytes | str | int] = [
             self.codec.encode(event),
@@ -230,6 +265,65 @@ class EventStore:
         if status != "ok":
             raise Refused(run_id, value)
         return value
+
+    async def append_batch(self, batch: Sequence[Appends]) -> list[list[str] | Refused]:
+        """Several runs' appends in one round trip (a pipeline of one script call per run).
+
+        Each item's events are appended in order, atomically, each under ``append``'s rules,
+        stopping at the first refused one. Per item: the run-stream IDs, or ``Refused`` (its
+        ``appended`` lists the IDs written before the refusal). A Redis error raises.
+        """
+        calls: list[tuple[list[str], list[bytes | str | int]]] = []
+        for item in batch:
+            calls.append(await self._append_all_call(item))
+        replies = await self._evalsha_pipelined(self._append_all.sha, _APPEND_ALL, calls)
+        out: list[list[str] | Refused] = []
+        for item, reply in zip(batch, replies, strict=True):
+            status, reason, ids = _text(reply[0]), _text(reply[1]), [_text(x) for x in reply[2] or ()]
+            run_id = item.events[0].run_id if item.events else ""
+            out.append(ids if status == "ok" else Refused(run_id, reason, ids))
+        return out
+
+    async def _append_all_call(self, item: Appends) -> tuple[list[str], list[bytes | str | int]]:
+        k = self.keys
+        run_id = item.events[0].run_id if item.events else ""
+        if any(e.run_id != run_id for e in item.events):
+            raise ValueError("one Appends item holds the events of one run")
+        owner = item.owner
+        if owner is None and any(transition_of(e) == "terminal" for e in item.events):
+            owner = await self.owner(run_id)
+        args: list[bytes | str | int] = []
+        for event in item.events:
+            transition = transition_of(event)
+            user_id = event.user_id if isinstance(event, RunCancelled) else ""
+            if not user_id and transition == "terminal":
+                user_id = owner or ""
+            args += [self.codec.encode(event), run_id, transition, self.run_ttl_s, item.fence, user_id]
+        return [k.run(run_id), k.events, k.meta(run_id), k.active(owner or "-")], args
+
+    async def _evalsha_pipelined(
+        self, sha: str, source: str, calls: Sequence[tuple[list[str], list[bytes | str | int]]]
+    ) -> list[Any]:
+        """EVALSHA each call in one pipeline; a script Redis lost (restart) is loaded and the
+        calls it refused (which did not run) are sent again. Any other error raises."""
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+            for i, result in zip(todo, results, strict=True):
+                replies[i] = result
+            todo = [i for i, r in zip(todo, results, strict=True) if isinstance(r, NoScriptError)]
+            if not todo:
+                break
+            await self.redis.script_load(source)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def abandon(self, event: AnyEvent) -> str:
         """Append a terminal event whatever the phase and owner (dead-lettering a run)."""
@@ -255,6 +349,18 @@ class EventStore:
         start = "-" if after in ("0", "0-0", "-") else f"({after}"
         raw = await self.redis.xrange(self.keys.run(run_id), min=start, max="+", count=count)
         return self.decode_entries(raw)
+
+    async def read_many(self, run_ids: Sequence[str]) -> list[list[Entry]]:
+        """Every event of several runs, in one round trip ('' reads as no events)."""
+        wanted = [r for r in run_ids if r]
+        raws: list[Any] = []
+        if wanted:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for run_id in wanted:
+                    pipe.xrange(self.keys.run(run_id), min="-", max="+")
+                raws = await pipe.execute()
+        found = iter(raws)
+        return [self.decode_entries(next(found)) if r else [] for r in run_ids]
 
     async def state(self, run_id: str) -> RunState | None:
         """The fold of a run's whole stream; None when Redis has no events for it."""

@@ -22,7 +22,12 @@ def main() -> None:
     settings = RunnerSettings.from_env()
     setup_logging("runner", settings.common.log_format, settings.common.log_level)
     setup_tracing("runner")
-    asyncio.run(serve(settings))
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

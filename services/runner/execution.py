@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,6 +32,8 @@ class Execution:
 
     job: Job
     fence: str = ""
+    owner: str | None = None
+    """The run's user (from its RunRequested): terminal appends need no owner lookup."""
     attempt: int = 0
     task: asyncio.Task[object] | None = None
     stop_reason: StopReason | None = None
@@ -73,9 +76,7 @@ class FencedReporter:
     async def started(self, step: str, index: int) -> None:
         ex = self.execution
         ex.step, ex.step_started = step, time.monotonic()
-        self._spans[step] = trace.get_tracer(__name__).start_span(
-            f"step {step}", attributes={"run_id": self.run_id}
-        )
+        self._spans[step] = tracer().start_span(f"step {step}", attributes={"run_id": self.run_id})
         await self._append(StepStarted(run_id=self.run_id, step=step, index=index, attempt=ex.attempt))
 
     async def progress(self, step: str, fraction: float, message: str = "") -> None:
@@ -98,7 +99,7 @@ class FencedReporter:
         span = self._spans.get(self.execution.step or "")
         event = msgspec.structs.replace(event, traceparent=traceparent_of(span))
         try:
-            await self.store.append(event, fence=self.execution.fence)
+            await self.store.append(event, fence=self.execution.fence, owner=self.execution.owner)
         except Refused as exc:
             self.execution.stop("ended" if exc.reason == "ended" else "lost")
             raise ExecutionStopped(str(exc)) from exc
@@ -107,6 +108,20 @@ class FencedReporter:
         for span in self._spans.values():
             span.end()
         self._spans.clear()
+
+
+@functools.cache
+def tracer() -> trace.Tracer:
+    """The runner's tracer, looked up once (a proxy until the service installs its provider)."""
+    return trace.get_tracer("services.runner")
+
+
+def span_traceparent(span: trace.Span) -> str | None:
+    """W3C traceparent of ``span``, formatted directly (no propagator and carrier per call)."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
 def traceparent_of(span: trace.Span | None) -> str | None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import httpx
-from redis.asyncio import Redis
+if TYPE_CHECKING:
+    import httpx
+    from redis.asyncio import Redis
 
-from services.runner.pipeline import Pipeline, PipelineSettings, Runnable
+    from services.runner.pipeline import Runnable
 
-PipelineFactory = Callable[[Redis, httpx.AsyncClient], Runnable]
+PipelineFactory = Callable[["Redis", "httpx.AsyncClient"], "Runnable"]
 
 
 class FactoryError(Exception):
@@ -20,6 +21,8 @@ class FactoryError(Exception):
 
 def build_pipeline(redis: Redis, http: httpx.AsyncClient) -> Runnable:
     """The trading-agents pipeline with its settings from the environment."""
+    from services.runner.pipeline import Pipeline, PipelineSettings
+
     return Pipeline(PipelineSettings.from_env(), redis, http)
 
 

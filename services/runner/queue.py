@@ -37,6 +37,30 @@ end
 return held
 """
 
+_READ = """
+local out, left = {}, tonumber(ARGV[3])
+for i = 1, #KEYS do
+  if left <= 0 then break end
+  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[i], '>')
+  if reply then
+    for _, entry in ipairs(reply[1][2]) do
+      local run, fields = '', entry[2]
+      for j = 1, #fields, 2 do
+        if fields[j] == 'r' then run = fields[j + 1] end
+      end
+      out[#out + 1] = i
+      out[#out + 1] = entry[1]
+      out[#out + 1] = run
+      left = left - 1
+    end
+  end
+end
+return out
+"""
+"""Up to ARGV[3] never-delivered entries from the queues in KEYS, in that (priority) order, in one
+round trip: the count is exact across queues, which one XREADGROUP over several streams (COUNT
+applies per stream) is not."""
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -70,6 +94,17 @@ class WorkQueue:
         self.consumer = consumer
         self.lease_ms = lease_ms
         self._renew = redis.register_script(_RENEW)
+        self._read = redis.register_script(_READ)
+
+    async def read_batch(self, queues: Sequence[str], count: int) -> list[Job]:
+        """Up to ``count`` never-delivered entries, highest-priority queue first; never blocks."""
+        reply: Any = await self._read(keys=list(queues), args=[self.group, self.consumer, count])
+        jobs = []
+        for i in range(0, len(reply or ()), 3):
+            queue, eid, run = queues[int(reply[i]) - 1], _text(reply[i + 1]), reply[i + 2]
+            run_id = run.decode(errors="replace") if isinstance(run, bytes) else str(run or "")
+            jobs.append(Job(queue, eid, run_id, 1, enqueued_at=id_time(eid)))
+        return jobs
 
     async def read_new(self, queues: Sequence[str], count: int, block_ms: int | None) -> list[Job]:
         """Never-delivered entries, highest-priority queue first; blocks only if ``block_ms``."""
@@ -136,6 +171,14 @@ class WorkQueue:
 
     async def ack(self, queue: str, entry_id: str) -> None:
         await self.redis.xack(queue, self.group, entry_id)
+
+    def queue_acks(self, pipe: Any, jobs: Iterable[Job]) -> None:
+        """Add one XACK per queue for ``jobs`` to a pipeline the caller executes."""
+        by_queue: dict[str, list[str]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append(job.entry_id)
+        for queue, ids in by_queue.items():
+            pipe.xack(queue, self.group, *ids)
 
     async def release(self, job: Job) -> None:
         """Make the entry claimable now, without counting this delivery as a failed attempt."""

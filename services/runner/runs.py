@@ -8,20 +8,29 @@ runner lost its lease (another runner owns the run now and the fence refused us)
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import secrets
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from opentelemetry import trace
+import msgspec
 
 from services.runner.eta import EtaBook
-from services.runner.execution import Execution, FencedReporter, StopReason, traceparent_of
+from services.runner.execution import (
+    Execution,
+    FencedReporter,
+    StopReason,
+    span_traceparent,
+    traceparent_of,
+    tracer,
+)
 from services.runner.metrics import RunnerMetrics
-from services.runner.pipeline import Pipeline, PipelineError, Runnable
 from services.runner.queue import Job, WorkQueue
 from services.runner.settings import RunnerSettings
 from services.runner.watcher import CancelWatcher
@@ -40,8 +49,11 @@ from shared.events import (
 )
 from shared.reducer import RunState, fold
 from shared.results import RunResult, StepOutput, Usage
-from shared.store import Entry, EventStore, Refused
+from shared.store import Appends, Entry, EventStore, Refused
 from shared.telemetry import context_from_traceparent, run_id_var
+
+if TYPE_CHECKING:
+    from services.runner.pipeline.base import Runnable
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +77,12 @@ class Executor:
         settings: RunnerSettings,
         store: EventStore,
         queue: WorkQueue,
-        pipeline: Runnable,
+        pipeline: Callable[[], Runnable],
         eta: EtaBook,
         watcher: CancelWatcher,
         metrics: RunnerMetrics,
     ) -> None:
+        """``pipeline`` returns the pipeline, building it on first use (no-op runs never need it)."""
         self.settings = settings
         self.store = store
         self.queue = queue
@@ -78,6 +91,8 @@ class Executor:
         self.watcher = watcher
         self.metrics = metrics
         self.running: dict[str, Execution] = {}
+        self.finished: Counter[str] = Counter()
+        """Terminal events this process appended, by status (the periodic summary reads it)."""
 
     def cancel(self, run_id: str, event: RunCancelled) -> None:
         """The watcher saw a RunCancelled: stop that run's pipeline now."""
@@ -85,17 +100,107 @@ class Executor:
         if ex is not None and ex.stop("cancelled", event):
             logger.info("cancelling run %s", run_id, extra={"run_id": run_id})
 
-    async def handle(self, ex: Execution) -> None:
-        """Never raises: a failure here leaves the entry pending, so the lease hands it on."""
+    async def handle_batch(self, exs: Sequence[Execution]) -> list[tuple[Execution, list[Entry]]]:
+        """Read the runs of a batch of held entries in one round trip and finish every no-op
+        run among them together; returns the others (with their events) for ``handle``.
+
+        A Redis error raises and leaves the batch's entries pending (their lease hands them on).
+        """
+        reads = await self.store.read_many([ex.job.run_id for ex in exs])
+        noops: list[tuple[Execution, RunRequested, RunState]] = []
+        rest: list[tuple[Execution, list[Entry]]] = []
+        for ex, entries in zip(exs, reads, strict=True):
+            request = _request_of(entries)
+            state = fold(ex.job.run_id, entries) if request is not None else None
+            if request is not None and state is not None and self._noop_ready(ex, request, state):
+                noops.append((ex, request, state))
+            else:
+                rest.append((ex, entries))
+        if noops:
+            await self._finish_noops(noops)
+        return rest
+
+    def _noop_ready(self, ex: Execution, request: RunRequested, state: RunState) -> bool:
+        """A zero-step run that can simply start and complete (anything else takes ``handle``)."""
+        return (
+            not state.terminal
+            and not state.cancel_requested
+            and ex.stop_reason is None
+            and ex.job.deliveries <= self.settings.max_attempts
+            and not plan_steps(request.analysts, request.options.pipeline)
+        )
+
+    async def _finish_noops(self, noops: Sequence[tuple[Execution, RunRequested, RunState]]) -> None:
+        """RunStarted + RunCompleted of each run in one script call (fenced, phase rules kept),
+        all runs in one pipeline; then the acks and ETA records in one transaction."""
+        expected = await self.eta.expected_many([request for _, request, _ in noops])
+        batch = [
+            self._noop_appends(ex, request, state, eta)
+            for (ex, request, state), eta in zip(noops, expected, strict=True)
+        ]
+        results = await self.store.append_batch(batch)
+        acks: list[Job] = []
+        records: list[tuple[RunRequested, float]] = []
+        for (ex, request, _), item, result in zip(noops, batch, results, strict=True):
+            if isinstance(result, Refused):
+                logger.debug("no-op run %s not completed: %s", ex.job.run_id, result.reason)
+                if result.reason != "fenced":
+                    acks.append(ex.job)
+                continue
+            acks.append(ex.job)
+            completed = item.events[-1]
+            assert isinstance(completed, RunCompleted)
+            records.append((request, completed.duration_s))
+            self._count("completed")
+            self.metrics.run_duration.observe(completed.duration_s)
+            logger.debug("run %s completed (no-op, attempt %d)", ex.job.run_id, ex.attempt)
+        await self._ack(acks, records)
+
+    def _noop_appends(
+        self, ex: Execution, request: RunRequested, state: RunState, expected: float | None
+    ) -> Appends:
+        started = self._started_event(ex, request, state, expected)
+        span = tracer().start_span(
+            "run", context=context_from_traceparent(request.traceparent), attributes={"run_id": ex.job.run_id}
+        )
+        try:
+            first_start = state.started_at or started.at
+            completed = RunCompleted(
+                run_id=ex.job.run_id, result=None, usage=state.usage, traceparent=span_traceparent(span),
+                duration_s=round(max((utcnow() - first_start).total_seconds(), 0.0), 3),
+            )  # fmt: skip
+        finally:
+            span.end()
+        return Appends((started, completed), fence=ex.fence, owner=ex.owner)
+
+    async def _ack(self, jobs: Sequence[Job], records: Sequence[tuple[RunRequested, float]] = ()) -> None:
+        """Ack entries and record run durations in one transaction (one round trip)."""
+        if not jobs and not records:
+            return
+        async with self.store.redis.pipeline(transaction=True) as pipe:
+            self.queue.queue_acks(pipe, jobs)
+            self.eta.queue_records(pipe, records)
+            await pipe.execute()
+
+    def _count(self, status: str) -> None:
+        self.finished[status] += 1
+        self.metrics.runs_finished.labels(status=status).inc()
+
+    async def handle(self, ex: Execution, entries: list[Entry] | None = None) -> None:
+        """Never raises: a failure here leaves the entry pending, so the lease hands it on.
+
+        ``entries``: the run's events when the caller already read them.
+        """
         run_id_var.set(ex.job.run_id or None)
         try:
-            await self._handle(ex)
+            await self._handle(ex, entries)
         except Exception:
             logger.exception("entry %s of run %s left pending after an error", ex.job.entry_id, ex.job.run_id)
 
-    async def _handle(self, ex: Execution) -> None:
+    async def _handle(self, ex: Execution, entries: list[Entry] | None) -> None:
         job = ex.job
-        entries = await self.store.read(job.run_id) if job.run_id else []
+        if entries is None:
+            entries = await self.store.read(job.run_id) if job.run_id else []
         request = _request_of(entries)
         if request is None:
             await self._poison(job, "the entry names no run with a RunRequested")
@@ -105,12 +210,12 @@ class Executor:
             await self.queue.ack(job.queue, job.entry_id)
         elif job.deliveries > self.settings.max_attempts:
             await self._give_up(job, state)
-        elif await self._start(ex, request, state):
-            ctx = context_from_traceparent(request.traceparent)
-            with trace.get_tracer(__name__).start_as_current_span(
-                "run", context=ctx, attributes={"run_id": job.run_id}
-            ):
-                await self._execute(ex, request, state, entries)
+        else:
+            pipeline = self.pipeline() if plan_steps(request.analysts, request.options.pipeline) else None
+            if await self._start(ex, request, state):
+                ctx = context_from_traceparent(request.traceparent)
+                with tracer().start_as_current_span("run", context=ctx, attributes={"run_id": job.run_id}):
+                    await self._execute(ex, request, state, entries, pipeline)
 
     async def _poison(self, job: Job, detail: str) -> None:
         if job.run_id:
@@ -125,7 +230,7 @@ class Executor:
         detail = f"gave up after {job.deliveries - 1} attempts; last: {last}"
         event = RunFailed(run_id=job.run_id, code="max_attempts", message=detail, attempt=job.deliveries - 1)
         if await self._abandon(event):
-            self.metrics.runs_finished.labels(status="failed").inc()
+            self._count("failed")
         await self.queue.deadletter(job, "max_attempts", detail)
         self.metrics.deadletters.labels(reason="max_attempts").inc()
         logger.warning("run %s dead-lettered: %s", job.run_id, detail)
@@ -137,20 +242,28 @@ class Executor:
             return False
         return True
 
-    async def _start(self, ex: Execution, request: RunRequested, state: RunState) -> bool:
+    def _started_event(
+        self, ex: Execution, request: RunRequested, state: RunState, expected: float | None
+    ) -> RunStarted:
+        """This execution's RunStarted; sets its attempt, fence and owner."""
         job, settings = ex.job, self.settings
         ex.attempt = max(job.deliveries, state.attempt + 1)
         ex.fence = f"{settings.runner_id}:{job.entry_id}:{ex.attempt}:{secrets.token_hex(4)}"
+        ex.owner = request.user_id
         first = state.started_at is None
-        event = RunStarted(
+        return RunStarted(
             run_id=job.run_id,
             runner_id=settings.runner_id,
             attempt=ex.attempt,
             steps=plan_steps(request.analysts, request.options.pipeline),
             queue_wait_s=round(max(time.time() - job.enqueued_at, 0.0), 3) if first else 0.0,
-            expected_s=await self.eta.expected(request),
+            expected_s=expected,
             traceparent=request.traceparent,
         )
+
+    async def _start(self, ex: Execution, request: RunRequested, state: RunState) -> bool:
+        job = ex.job
+        event = self._started_event(ex, request, state, await self.eta.expected(request))
         try:
             await self.store.append(event, fence=ex.fence)
         except Refused as exc:
@@ -158,11 +271,16 @@ class Executor:
             if exc.reason != "fenced":
                 await self.queue.ack(job.queue, job.entry_id)
             return False
-        logger.info("run %s started (attempt %d)", job.run_id, ex.attempt)
+        logger.debug("run %s started (attempt %d)", job.run_id, ex.attempt)
         return True
 
     async def _execute(
-        self, ex: Execution, request: RunRequested, state: RunState, entries: list[Entry]
+        self,
+        ex: Execution,
+        request: RunRequested,
+        state: RunState,
+        entries: list[Entry],
+        pipeline: Runnable | None,
     ) -> None:
         first_start = state.started_at or utcnow()
         deadline_s = min(
@@ -171,20 +289,26 @@ class Executor:
         left = deadline_s - (utcnow() - first_start).total_seconds()
         if state.cancel_requested:  # cancelled while its previous runner was gone
             ex.stop("cancelled")
-        if not plan_steps(request.analysts, request.options.pipeline) and ex.stop_reason is None:
-            outcome = Outcome("completed")
+        if pipeline is None:  # zero steps: done at once, unless a stop (e.g. cancel) came first
+            outcome = Outcome(ex.stop_reason or "completed")
         else:
-            outcome = await self._watched(ex, request, state, entries, time.monotonic() + left)
+            outcome = await self._watched(ex, request, state, entries, pipeline, time.monotonic() + left)
         await self._finish(ex, request, state, outcome, first_start)
 
     async def _watched(
-        self, ex: Execution, request: RunRequested, state: RunState, entries: list[Entry], deadline: float
+        self,
+        ex: Execution,
+        request: RunRequested,
+        state: RunState,
+        entries: list[Entry],
+        pipeline: Runnable,
+        deadline: float,
     ) -> Outcome:
         run_id = ex.job.run_id
         self.running[run_id] = ex
         await self.watcher.watch(run_id, state.last_event_id)
         try:
-            return await self._supervise(ex, request, _done_steps(entries), state.usage, deadline)
+            return await self._supervise(ex, request, pipeline, _done_steps(entries), state.usage, deadline)
         finally:
             self.running.pop(run_id, None)
             await self.watcher.unwatch(run_id)
@@ -193,15 +317,16 @@ class Executor:
         self,
         ex: Execution,
         request: RunRequested,
+        pipeline: Runnable,
         done: dict[str, StepOutput | None],
         spent: Usage,
         deadline: float,
     ) -> Outcome:
         reporter = FencedReporter(self.store, ex, request.model_id, self.metrics)
-        if isinstance(self.pipeline, Pipeline):  # earlier attempts' spend counts to the run's budget
-            work = self.pipeline.run(request, done, reporter, spent=spent)
+        if _takes_spent(pipeline):  # earlier attempts' spend counts to the run's budget
+            work = pipeline.run(request, done, reporter, spent=spent)  # type: ignore[call-arg]
         else:
-            work = self.pipeline.run(request, done, reporter)
+            work = pipeline.run(request, done, reporter)
         ex.task = asyncio.create_task(work, name=f"pipeline-{ex.job.run_id}")
         if ex.stop_reason is not None:
             ex.task.cancel()
@@ -238,9 +363,8 @@ class Executor:
             case "completed":
                 usage = state.usage + ex.usage
                 event = RunCompleted(run_id=run_id, result=outcome.result, duration_s=duration, usage=usage)
-                if await self._terminal(ex, event, "completed"):
+                if await self._terminal(ex, event, "completed", record=(request, duration)):
                     self.metrics.run_duration.observe(duration)
-                    await self.eta.record(request, duration)
             case "failed":
                 event_f = RunFailed(
                     run_id=run_id, code=outcome.code, message=outcome.message, attempt=attempt
@@ -261,18 +385,21 @@ class Executor:
             case "lost":
                 logger.warning("run %s: lease lost to another runner; stopped without a trace", run_id)
 
-    async def _terminal(self, ex: Execution, event: AnyEvent, status: str) -> bool:
-        """Append the run's one terminal event with our fence, then ack its entry."""
+    async def _terminal(
+        self, ex: Execution, event: AnyEvent, status: str, record: tuple[RunRequested, float] | None = None
+    ) -> bool:
+        """Append the run's one terminal event with our fence, then ack its entry (and record
+        its duration for the ETA in the same round trip)."""
         try:
-            await self.store.append(_traced(event), fence=ex.fence)
+            await self.store.append(_traced(event), fence=ex.fence, owner=ex.owner)
         except Refused as exc:
             logger.info("terminal %s of run %s refused: %s", status, ex.job.run_id, exc.reason)
             if exc.reason != "fenced":
                 await self.queue.ack(ex.job.queue, ex.job.entry_id)
             return False
-        await self.queue.ack(ex.job.queue, ex.job.entry_id)
-        self.metrics.runs_finished.labels(status=status).inc()
-        logger.info("run %s %s", ex.job.run_id, status)
+        await self._ack([ex.job], [record] if record else [])
+        self._count(status)
+        logger.debug("run %s %s", ex.job.run_id, status)
         return True
 
     async def _confirm_cancel(self, ex: Execution) -> None:
@@ -296,7 +423,7 @@ class Executor:
             will_retry=True,
         )
         try:
-            await self.store.append(_traced(event), fence=ex.fence)
+            await self.store.append(_traced(event), fence=ex.fence, owner=ex.owner)
         except Refused as exc:
             logger.info("retry of run %s refused: %s", ex.job.run_id, exc.reason)
             if exc.reason == "ended":
@@ -311,7 +438,7 @@ class Executor:
     async def _release(self, ex: Execution) -> None:
         event = RunRetrying(run_id=ex.job.run_id, attempt=ex.attempt + 1, reason="released")
         try:
-            await self.store.append(_traced(event), fence=ex.fence)
+            await self.store.append(_traced(event), fence=ex.fence, owner=ex.owner)
         except Refused as exc:
             if exc.reason == "ended":
                 await self.queue.ack(ex.job.queue, ex.job.entry_id)
@@ -351,6 +478,9 @@ def _outcome_of(ex: Execution) -> Outcome:
     if ex.stop_reason is not None:
         return Outcome(ex.stop_reason)
     exc = task.exception() if task.done() and not task.cancelled() else None
+    # imported here: a runner that only executes no-op runs never loads the analysis package
+    from services.runner.pipeline.base import PipelineError
+
     if isinstance(exc, PipelineError):
         return Outcome("retry" if exc.transient else "failed", code=exc.code, message=exc.message)
     logger.error("pipeline of run %s crashed", ex.job.run_id, exc_info=exc)
@@ -375,6 +505,12 @@ def _backoff(base_s: float, attempt: int) -> float:
 
 
 def _traced(event: AnyEvent) -> AnyEvent:
-    import msgspec
-
     return msgspec.structs.replace(event, traceparent=traceparent_of(None))
+
+
+def _takes_spent(pipeline: Any) -> bool:
+    """Whether the pipeline's ``run`` accepts ``spent=`` (the real Pipeline does)."""
+    try:
+        return "spent" in inspect.signature(pipeline.run).parameters
+    except (TypeError, ValueError):
+        return False

@@ -11,20 +11,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections import Counter
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.runner.eta import EtaBook
 from services.runner.execution import Execution
-from services.runner.factory import load_factory
-from services.runner.health import EmbeddedServer, embedded_server
+from services.runner.health import HealthServer
 from services.runner.metrics import metrics
-from services.runner.pipeline.base import Runnable
 from services.runner.queue import Job, WorkQueue
 from services.runner.runs import Executor
 from services.runner.settings import RunnerSettings
@@ -32,10 +30,17 @@ from services.runner.stats import refresh_queue_stats
 from services.runner.watcher import CancelWatcher
 from shared.keys import RUNNERS_GROUP
 from shared.redis_io import connect, ensure_group
-from shared.store import EventStore
+from shared.store import Entry, EventStore
+
+if TYPE_CHECKING:
+    import httpx
+
+    from services.runner.pipeline.base import Runnable
 
 logger = logging.getLogger(__name__)
 _RELEASE_WAIT_S = 10.0
+SUMMARY_INTERVAL_S = 30.0
+"""Per-run lines are DEBUG; an INFO summary of what finished is logged this often (if any)."""
 
 
 class Worker:
@@ -46,6 +51,9 @@ class Worker:
         self.pipeline = pipeline
         self.ready = asyncio.Event()
         self.vanished = 0
+        self.http: httpx.AsyncClient | None = None
+        self._failure: BaseException | None = None
+        self._summarized: Counter[str] = Counter()
         self._stop = asyncio.Event()
         self._stopping = False
         self._held: dict[str, Execution] = {}
@@ -53,7 +61,7 @@ class Worker:
         self._runs: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._readers: list[asyncio.Task[None]] = []
-        self._server: EmbeddedServer | None = None
+        self._server: HealthServer | None = None
 
     def request_stop(self) -> None:
         """Called from a signal handler: ``start()`` returns after a graceful stop."""
@@ -73,6 +81,8 @@ class Worker:
             await self._stop.wait()
         finally:
             await self.stop()
+        if self._failure is not None:  # e.g. TT_RUNNER_PIPELINE names nothing: exit non-zero
+            raise self._failure
 
     async def _open(self) -> bool:
         """Build clients and wait for Redis; False when asked to stop before it answered."""
@@ -80,18 +90,34 @@ class Worker:
         url, keys = s.common.redis_url, s.common.keys
         self.redis: Redis = connect(url)
         self.reader: Redis = connect(url, blocking=True, max_connections=4)
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
         if not await self._wait_for_redis():
             return False
-        if self.pipeline is None:
-            self.pipeline = load_factory(s.pipeline)(self.redis, self.http)
         self.store = EventStore(self.redis, keys, run_ttl_s=s.common.run_ttl_s)
         self.queue = WorkQueue(self.redis, self.reader, keys, s.runner_id, s.lease_ms)
         self.watcher = CancelWatcher(self.store, self.reader, keys, s.runner_id, self._on_cancel)
         self.executor = Executor(
-            s, self.store, self.queue, self.pipeline, EtaBook(self.redis, keys), self.watcher, metrics()
+            s, self.store, self.queue, self._pipeline, EtaBook(self.redis, keys), self.watcher, metrics()
         )
         return True
+
+    def _pipeline(self) -> Runnable:
+        """The pipeline, built on first need or when the queues first run dry (whichever comes
+        first): start-up does not wait for the analysis package, and no-op runs never load it.
+        A factory that fails stops the process (exit non-zero), as a failure at start would."""
+        if self.pipeline is None:
+            try:
+                import httpx
+
+                from services.runner.factory import load_factory
+
+                self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+                self.pipeline = load_factory(self.settings.pipeline)(self.redis, self.http)
+            except Exception as exc:
+                logger.error("cannot build the pipeline %s: %s", self.settings.pipeline, exc)
+                self._failure = exc
+                self._stop.set()
+                raise
+        return self.pipeline
 
     async def _wait_for_redis(self) -> bool:
         """Create the groups, retrying with backoff while Redis is unreachable (not-ready, alive)."""
@@ -118,13 +144,14 @@ class Worker:
             self._spawn(self._renew_loop(), "renew"),
             self._spawn(self.watcher.run(), "watch"),
             self._spawn(self._every(s.stats_interval_s, self._refresh_stats), "stats"),
+            self._spawn(self._every(SUMMARY_INTERVAL_S, self._summary, first=False), "summary"),
         ]
 
     def _serve_health(self) -> None:
         """/healthz answers from the start (alive); /readyz once Redis answered and loops run."""
         s = self.settings
         if s.port:
-            self._server = embedded_server(self._status, s.host, s.port, self.ready.is_set)
+            self._server = HealthServer(self._status, s.host, s.port, self.ready.is_set)
             self._loops.append(self._spawn(self._server.serve(), "http"))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -151,20 +178,23 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
-                for job in await self._read(self.free_slots, block_ms):
-                    self._dispatch(job)
+                jobs = await self._read(self.free_slots, block_ms)
+                if jobs:
+                    self._dispatch(jobs)
             except Exception:
                 logger.exception("queue read failed; retrying")
                 await asyncio.sleep(1.0)
 
     async def _read(self, free: int, block_ms: int) -> list[Job]:
-        """High-priority entries first, then normal; block on both only when both are empty."""
+        """Up to ``free`` entries, high priority first, in one round trip; only when both queues
+        are empty does the reader block on both (COUNT 1)."""
         queues = self.settings.common.keys.queues
-        jobs: list[Job] = []
-        for queue in queues:
-            if free - len(jobs) > 0:
-                jobs += await self.queue.read_new([queue], free - len(jobs), None)
-        return jobs or await self.queue.read_new(queues, 1, block_ms)
+        jobs = await self.queue.read_batch(queues, free)
+        if jobs:
+            return jobs
+        if self.pipeline is None and self._failure is None:
+            self._pipeline()  # idle: build the pipeline now rather than at the first real run
+        return await self.queue.read_new(queues, 1, block_ms)
 
     async def _claim_loop(self) -> None:
         cursors = dict.fromkeys(self.settings.common.keys.queues, "0-0")
@@ -185,23 +215,46 @@ class Worker:
             for job in batch.jobs:
                 logger.info("took over run %s (delivery %d)", job.run_id, job.deliveries)
                 metrics().reclaims.inc()
-                self._dispatch(job)
+            if batch.jobs:
+                self._dispatch(batch.jobs)
 
-    def _dispatch(self, job: Job) -> None:
-        ex = Execution(job)
-        self._held[job.entry_id] = ex
-        task = asyncio.create_task(self._run(ex), name=f"run-{job.run_id}")
-        self._runs.add(task)
-        task.add_done_callback(self._runs.discard)
+    def _dispatch(self, jobs: Sequence[Job]) -> None:
+        """Hold the entries and handle them as one batch (one task; slow runs get their own)."""
+        exs = [Execution(job) for job in jobs]
+        for ex in exs:
+            self._held[ex.job.entry_id] = ex
+        self._track(asyncio.create_task(self._run_batch(exs), name=f"batch-{jobs[0].entry_id}"))
         metrics().executing.set(len(self._held))
 
-    async def _run(self, ex: Execution) -> None:
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+
+    async def _run_batch(self, exs: list[Execution]) -> None:
+        rest: list[tuple[Execution, list[Entry]]] = []
         try:
-            await self.executor.handle(ex)
+            rest = await self.executor.handle_batch(exs)
+        except Exception:
+            logger.exception("a batch of %d entries left pending after an error", len(exs))
         finally:
+            going_on = {id(ex) for ex, _ in rest}
+            self._free([ex for ex in exs if id(ex) not in going_on])
+        for ex, entries in rest:
+            self._track(asyncio.create_task(self._run(ex, entries), name=f"run-{ex.job.run_id}"))
+
+    async def _run(self, ex: Execution, entries: list[Entry]) -> None:
+        try:
+            await self.executor.handle(ex, entries)
+        finally:
+            self._free([ex])
+
+    def _free(self, exs: Sequence[Execution]) -> None:
+        if not exs:
+            return
+        for ex in exs:
             self._held.pop(ex.job.entry_id, None)
-            metrics().executing.set(len(self._held))
-            self._slot_freed.set()
+        metrics().executing.set(len(self._held))
+        self._slot_freed.set()
 
     # -- keeping leases -----------------------------------------------------------------------
 
@@ -224,13 +277,29 @@ class Worker:
                 if lost is not None and lost.stop("lost"):
                     logger.warning("lease of run %s lost to another runner", lost.job.run_id)
 
-    async def _every(self, interval_s: float, action: Any) -> None:
+    async def _every(self, interval_s: float, action: Any, *, first: bool = True) -> None:
+        if not first:
+            await asyncio.sleep(interval_s)
         while True:
             try:
                 await action()
             except Exception:
                 logger.exception("%s failed", getattr(action, "__name__", "periodic task"))
             await asyncio.sleep(interval_s)
+
+    async def _summary(self) -> None:
+        """INFO line of the runs finished since the last one (per-run lines are DEBUG)."""
+        now = Counter(self.executor.finished)
+        delta = now - self._summarized
+        self._summarized = now
+        if delta:
+            counts = ", ".join(f"{status} {n}" for status, n in sorted(delta.items()))
+            logger.info(
+                "runs finished in the last %.0fs: %s; executing %d",
+                SUMMARY_INTERVAL_S,
+                counts,
+                len(self._held),
+            )
 
     async def _refresh_stats(self) -> None:
         await refresh_queue_stats(self.redis, self.settings.common.keys.queues, metrics())
@@ -257,7 +326,7 @@ class Worker:
 
     async def _close(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.close()
         with contextlib.suppress(Exception):
             await self.watcher.close()
         for closer in ("http", "reader", "redis"):
