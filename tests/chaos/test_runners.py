@@ -94,16 +94,17 @@ async def test_sigterm_drains_or_releases_within_the_grace_period(cluster: Clust
     released = await cluster.runs_started_by("release", run_ids)
     exits: dict[str, tuple[int | None, float]] = {}
     began = time.monotonic()
-    for proc in (draining, releasing):
-        proc.signal(signal.SIGTERM)
-    await cluster.start(survivor)  # released entries wait, claimable, until someone is there
 
     async def exit_of(name: str, proc: ServiceProcess) -> None:
         assert proc.process is not None
         code = await asyncio.to_thread(proc.process.wait, 40)
         exits[name] = (code, time.monotonic() - began)
 
-    await asyncio.gather(exit_of("drain", draining), exit_of("release", releasing))
+    for proc in (draining, releasing):
+        proc.signal(signal.SIGTERM)
+    waiting = [asyncio.create_task(exit_of(n, p)) for n, p in (("drain", draining), ("release", releasing))]
+    await cluster.start(survivor)  # released entries wait, claimable, until someone is there
+    await asyncio.gather(*waiting)
 
     assert exits["drain"][0] == 0 and exits["release"][0] == 0, exits
     assert exits["release"][1] < 0.3 + 5, exits  # grace + a bounded release, never the 30 s drain
