@@ -118,6 +118,26 @@ return {'ok', id}
 """
 
 
+_END_LOST = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'refused', 'known'} end
+local first, id = '', ''
+for i = 5, #ARGV do
+  id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[i], 'r', ARGV[1], 's', id)
+  if first == '' then first = id end
+end
+redis.call('HSET', KEYS[3], 'phase', 'ended', 'user', ARGV[2], 'fence', '')
+if ARGV[4] == '1' then redis.call('HSET', KEYS[3], 'requested', first) end
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return {'ok', id}
+"""
+"""End a run Redis no longer knows (its meta hash is gone: lost in a failover): its events (the
+rebuilt request, if any, then the terminal event) go to a new run stream and the global log, and
+an ``ended`` meta hash is written, all in one step; refused when the meta hash exists."""
+
+
 class StoreError(Exception):
     """Base of what the event store refuses."""
 
@@ -197,6 +217,7 @@ class EventStore:
         self._append = redis.register_script(_APPEND)
         self._append_all = redis.register_script(_APPEND_ALL)
         self._submit = redis.register_script(_SUBMIT)
+        self._end_lost = redis.register_script(_END_LOST)
 
     async def submit(
         self,
@@ -331,6 +352,27 @@ class EventStore:
         keys = [k.run(run_id), k.events, k.meta(run_id), k.active(await self.owner(run_id))]
         argv: list[bytes | str | int] = [self.codec.encode(event), run_id, "abandon", self.run_ttl_s, "", ""]
         status, value = _pair(await self._append(keys=keys, args=argv))
+        if status != "ok":
+            raise Refused(run_id, value)
+        return value
+
+    async def end_lost(self, failure: RunFailed, *, request: RunRequested | None, user_id: str) -> str:
+        """End a run whose meta hash Redis lost (a failover dropped it): ``request`` (the run's
+        rebuilt ``RunRequested``, when known) then ``failure`` are appended, and the meta hash is
+        recreated as ``ended``, atomically. Returns the failure's run-stream ID.
+
+        Raises:
+            Refused: ``known`` — Redis knows the run (its meta hash exists), nothing was written.
+            ValueError: ``failure`` would be retried, or ``request`` names another run.
+        """
+        if failure.will_retry or (request is not None and request.run_id != failure.run_id):
+            raise ValueError("end_lost takes a final RunFailed and the same run's request")
+        k, run_id = self.keys, failure.run_id
+        events = [e for e in (request, failure) if e is not None]
+        keys = [k.run(run_id), k.events, k.meta(run_id), k.active(user_id or "-")]
+        argv: list[bytes | str | int] = [run_id, user_id, self.run_ttl_s, "1" if request else "0"]
+        argv += [self.codec.encode(e) for e in events]
+        status, value = _pair(await self._end_lost(keys=keys, args=argv))
         if status != "ok":
             raise Refused(run_id, value)
         return value
