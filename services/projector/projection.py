@@ -13,9 +13,9 @@ import msgspec
 
 from services.projector import streamids
 from services.projector.rows import UPSERT_SQL, row_of
-from shared.events import AnyEvent, EventCodec, EventError, UnknownEvent
+from shared.events import AnyEvent, EventCodec, EventError, RunRequested, UnknownEvent
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, SOURCE_ID_FIELD
-from shared.reducer import RunState, apply_mut, initial
+from shared.reducer import ACTIVE, RunState, apply_mut, initial
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Projection:
         states = await self._states({d[0] for d in fresh})
         for run_id, source_id, event in fresh:
             state = states.get(run_id)
-            if state is None:
+            if state is None or (type(event) is RunRequested and resubmitted(state)):
                 state = states[run_id] = initial(run_id)
             apply_mut(state, event, source_id)
         return states
@@ -200,6 +200,13 @@ class Projection:
                 self._cache.pop(run_id, None)  # a finished run changes no more: keep memory for live ones
             else:
                 self._cache[run_id] = state
+
+
+def resubmitted(state: RunState) -> bool:
+    """Whether a ``RunRequested`` for a run in ``state`` re-submits it (reconciliation re-queued a
+    run Redis lost): the run was already requested and is still active. It then starts over from
+    the request, exactly as its new run stream does (status ``pending``, the plan reset)."""
+    return state.requested_at is not None and state.status in ACTIVE
 
 
 def _fields(fields: Any) -> tuple[Any, str | None, str | None]:

@@ -95,9 +95,26 @@ def _v2(conn: sqlite3.Connection) -> None:
     _backfill_columns(conn)
 
 
+_V3 = """
+CREATE TABLE reconciled (
+    run_id TEXT PRIMARY KEY,
+    requeues INTEGER NOT NULL DEFAULT 0,
+    lost_us INTEGER,
+    acted_us INTEGER NOT NULL
+)
+"""
+"""What reconciliation did to runs Redis lost (services/projector/reconcile.py): its own record,
+not derived from the log, so a run is re-queued at most once even if the re-queue is lost too."""
+
+
+def _v3(conn: sqlite3.Connection) -> None:
+    _script(conn, _V3)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs and checkpoint", _v1),
     Migration(2, "run columns, query indexes, archive", _v2),
+    Migration(3, "reconciliation record", _v3),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 

@@ -8,16 +8,18 @@ import gc
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import aiosqlite
 from redis.asyncio import Redis
 
-from services.projector import lag, snapshots
+from services.projector import lag, snapshots, streamids
 from services.projector.consumer import Consumer
 from services.projector.locking import exclusive
 from services.projector.metrics import metrics
 from services.projector.projection import Projection, open_db
 from services.projector.queries import Queries
+from services.projector.reconcile import Reconciler
 from services.projector.retention import Policy, Retention
 from services.projector.schema import migrate
 from services.projector.settings import ProjectorSettings
@@ -86,6 +88,7 @@ class ProjectorService:
         self._spawn("consumer", self._consume())
         self._spawn("snapshots", self._every(s.snapshot_interval_s, self.snapshot))
         self._spawn("retention", self._every(s.retention_interval_s, self.retention().run_once))
+        self._spawn("reconciler", self._reconcile())
         logger.info("projector started at checkpoint %s", self._projection.checkpoint)
 
     async def stop(self) -> None:
@@ -119,6 +122,43 @@ class ProjectorService:
             self._writer, self.redis, s.common.keys, policy,
             checkpoint=lambda: self.projection.checkpoint, lock=self.lock, now=self.now,
         )  # fmt: skip
+
+    def reconciler(self) -> Reconciler:
+        assert self._writer is not None
+        return Reconciler(
+            self._writer, self.redis, self.settings.common.keys,
+            grace=timedelta(seconds=self.settings.reconcile_grace_s),
+            checkpoint=lambda: self.projection.checkpoint, lock=self.lock, now=self.now,
+        )  # fmt: skip
+
+    async def _reconcile(self) -> None:
+        """Once after catching up with the log as it was at start, then on the schedule."""
+        interval = self.settings.reconcile_interval_s
+        if interval <= 0:
+            return
+        reconciler = self.reconciler()
+        head = await self._start_head()
+        while not self.stop_event.is_set() and streamids.after(head, self.projection.checkpoint):
+            await self._sleep(0.2)
+        if self.stop_event.is_set():
+            return
+        try:
+            await reconciler.run_once()
+        except Exception:
+            logger.exception("reconciliation at start failed")
+        await self._every(interval, reconciler.run_once)
+
+    async def _start_head(self) -> str:
+        """The log's head ID when Redis first answers (retrying while it does not)."""
+        head = streamids.ZERO
+
+        async def read() -> None:
+            nonlocal head
+            entries: Any = await self.redis.xrevrange(self.settings.common.keys.events, count=1)
+            head = streamids.ZERO if not entries else _text(entries[0][0])
+
+        await self._retrying("read the log head", read)
+        return head
 
     async def snapshot(self) -> snapshots.Snapshot:
         s = self.settings
@@ -179,3 +219,7 @@ class ProjectorService:
     def _spawn(self, name: str, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
         self._tasks[-1].set_name(f"projector-{name}")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

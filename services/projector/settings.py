@@ -31,6 +31,8 @@ class ProjectorSettings:
     history_action: str
     log_retention_s: float
     queue_retention_s: float
+    reconcile_interval_s: float = 30.0
+    reconcile_grace_s: float = 60.0
 
     @property
     def lock_path(self) -> Path:
@@ -62,4 +64,6 @@ class ProjectorSettings:
             history_action=action,
             log_retention_s=env.number("LOG_RETENTION_S", 7 * 86400.0, minimum=0.0),
             queue_retention_s=env.number("QUEUE_RETENTION_S", 3600.0, minimum=0.0),
+            reconcile_interval_s=env.number("RECONCILE_INTERVAL_S", 30.0, minimum=0.0),
+            reconcile_grace_s=env.number("RECONCILE_GRACE_S", 60.0, minimum=0.0),
         )
