@@ -24,10 +24,12 @@ import pytest
 
 from shared.redis_server import RedisServer, free_port
 from tests.chaos.harness import Cluster, record
-from tests.projector.support import log_head, wait_caught_up
+from tests.projector.support import db_states, log_head, wait_caught_up
 
 BODY = {"symbol": "AAPL", "analysts": ["market", "risk"]}
 LOSS_WINDOW_S = 1.0
+RECONCILE = {"TT_RECONCILE_INTERVAL_S": "0.5", "TT_RECONCILE_GRACE_S": "6"}
+"""The projector's reconciliation, fast: a lost run is acted on 6 s after its last event."""
 
 
 @dataclass
@@ -102,7 +104,7 @@ async def system(
 ) -> AsyncIterator[tuple[Cluster, RedisServer]]:
     server = RedisServer(tmp_path / "redis", port=free_port(), appendonly=True, appendfsync=request.param)
     await asyncio.to_thread(server.start)
-    cluster = Cluster(server.url, tmp_path / "state", step_delay_s=0.05)
+    cluster = Cluster(server.url, tmp_path / "state", step_delay_s=0.05, **RECONCILE)
     cluster.runner("a"), cluster.runner("b"), cluster.gateway()
     try:
         await cluster.start(cluster.projector, *cluster.runners.values(), *cluster.gateways)
@@ -154,20 +156,15 @@ class StuckRun(AssertionError):
     """A run the read model shows active although Redis no longer knows it."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StuckRun,
-    reason="no reconciliation yet: a run lost from Redis (everysec window) but already projected stays "
-    "'running'/'pending' in the read model forever (needs a projector pass that fails or re-queues "
-    "active runs whose run stream and meta are gone; services/projector is being edited by its owner)",
-)
 @pytest.mark.parametrize("system", ["everysec"], indirect=True)
 async def test_restart_with_aof_everysec_loses_at_most_the_window_and_strands_nothing_in_redis(
     system: tuple[Cluster, RedisServer],
 ) -> None:
     """The last second before a machine stop is lost (AOF everysec): the runs accepted in that
-    window are measured and only they are lost; every run Redis
-    kept ends exactly once; a lost run the read model had seen ends (or 404s) within 15 s."""
+    window are measured and only they are lost; every run Redis kept ends exactly once; a lost
+    run the read model had seen ends (or 404s) within 15 s: the projector's reconciliation
+    re-queues each one it showed active, a runner completes it, and its new run stream ends
+    exactly once and folds to the read model's row."""
     cluster, server = system
     async with _under_load(cluster) as load:
         await asyncio.sleep(2.0)
@@ -178,25 +175,40 @@ async def test_restart_with_aof_everysec_loses_at_most_the_window_and_strands_no
         head = await log_head(cluster.redis, cluster.keys.events)
         await asyncio.to_thread(wait_caught_up, cluster.projector.url, head, 10.0)
         await _restart(server, down_s=0.5, aof_copy=copy)  # the read model is ahead of Redis now
+        # measured at once, before reconciliation (6 s after a run's last event) recreates them
+        lost = await _missing(cluster, list(load.accepted))
+        rows = await asyncio.to_thread(db_states, cluster.db_path)
+        stranded = [r for r in lost if r in rows and rows[r].active]
         await asyncio.sleep(2.5)
     run_ids = list(load.accepted)
-    lost = await _missing(cluster, run_ids)
     in_window = [r for r, t in load.accepted.items() if t >= flushed_at]
     assert set(lost) <= set(in_window), "a run acknowledged before the last flush was lost"
     kept = [r for r in run_ids if r not in lost]
     await cluster.wait_terminal(kept)
     await cluster.assert_exactly_once(kept)
-    await cluster.assert_queues_drained()
     assert not load.liveness_failures, load.liveness_failures
     async with httpx.AsyncClient(base_url=cluster.gateways[0].url, timeout=10) as http:
         answers = [str((await http.get(f"/api/trading/runs/{r}")).json()["status"]) for r in lost]
+    assert lost, "the simulated power cut lost nothing: the test did not exercise the window"
+    reconciled_after = time.monotonic()
+    await _assert_lost_runs_are_not_stuck(cluster, lost)
+    reconciled_in = time.monotonic() - reconciled_after
+    states = await cluster.wait_terminal(stranded, timeout_s=30.0)  # Redis knows them again
+    statuses = await cluster.assert_exactly_once(stranded)
+    await cluster.assert_read_model_is_the_fold(stranded)
+    await cluster.assert_queues_drained()
+    requeued = [r for r in stranded if states[r].status == "completed"]
+    failed = {r: s.error.code if s.error else "" for r, s in states.items() if s.status != "completed"}
+    assert set(failed.values()) <= {"lost_in_failover"}, failed
     record(
         "redis_restart_everysec_power_cut",
         {"accepted": len(run_ids), "accepted_in_window": len(in_window), "lost": len(lost),
-         "window_s": LOSS_WINDOW_S, "lost_runs_answer": sorted(answers)},
+         "window_s": LOSS_WINDOW_S, "lost_runs_answer": sorted(answers),
+         "lost_but_projected_active": len(stranded), "reconciled_requeued_completed": len(requeued),
+         "reconciled_failed": len(failed), "statuses": dict(statuses),
+         "grace_s": float(RECONCILE["TT_RECONCILE_GRACE_S"]),
+         "all_lost_terminal_within_s": round(reconciled_in, 1)},
     )  # fmt: skip
-    assert lost, "the simulated power cut lost nothing: the test did not exercise the window"
-    await _assert_lost_runs_are_not_stuck(cluster, lost)
 
 
 async def _assert_lost_runs_are_not_stuck(cluster: Cluster, lost: list[str], bound_s: float = 15.0) -> None:
