@@ -64,7 +64,7 @@ async def stream_events(
         owner = owner or await runtime.store.owner(run_id)
         if owner != caller.user_id:
             raise not_found(run_id)
-        if not whole and cursor != "0-0" and parse_id(cursor) < parse_id(first_id):
+        if not whole and parse_id(cursor) < parse_id(first_id):  # a full replay (0) included
             reset = await runtime.runs.get(run_id, caller.user_id)  # trimmed: say so, never a gap
         return EventStream(Follow(runtime, run_id, cursor, reset, owner))
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
