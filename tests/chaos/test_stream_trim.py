@@ -88,12 +88,6 @@ async def test_a_client_resuming_past_a_trim_gets_an_explicit_reset_with_the_sna
     _assert_reset_then_contiguous(log, retained, last_seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway sse.py skips the trim check for a client without Last-Event-ID (cursor 0): it gets "
-    "the retained tail with no reset, a silent gap (and the hub's snapshot folds the tail only); "
-    "services/gateway/sse.py and hub.py are being edited by their owner",
-)
 async def test_a_new_client_of_a_trimmed_stream_gets_a_reset_not_a_silent_tail(cluster: Cluster) -> None:
     """A client arriving after the trim with no Last-Event-ID (a full replay from 0) is told the
     start is gone (``reset`` with the snapshot) before the retained events."""
