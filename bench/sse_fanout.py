@@ -8,7 +8,8 @@ events through ``EventStore.append`` (the real write path), stamping ``time.time
 each append. A client stamps ``time.time()`` when the bytes holding a frame's ``id:`` line arrive
 (same machine, same clock). Latency is the difference, for every client and every live event.
 Redis connections are the gateway's own (they carry its process id in CLIENT NAME), sampled
-while all N clients listen; RSS is the gateway's at that moment.
+while all N clients listen; RSS is the gateway's at that moment. "CPU us/frame" is the gateway's
+CPU time during the live phase over the frames delivered (fixed costs dominate it at 1 client).
 
     .venv/bin/python -m bench.sse_fanout           # 1, 100, 1000 clients, BENCH_REPS (3) rounds each
     BENCH_QUICK=1 .venv/bin/python -m bench.sse_fanout
@@ -266,8 +267,9 @@ def print_rows(found: dict[int, list[dict[str, float]]]) -> None:
           f"{'CPU us/frame':>20}")  # fmt: skip
     for n, rounds in found.items():
         col = {k: [r[k] for r in rounds] for k in rounds[0]}
+        cpu = cell(col["cpu_us_per_frame"])
         print(f"{n:>8} {cell(col['p50']):>20} {cell(col['p99']):>20} {sum(col['missing']):>8.0f} "
-              f"{cell(col['connections'], 0):>12} {cell(col['rss_mb']):>20} {cell(col['cpu_us_per_frame']):>20}")  # fmt: skip
+              f"{cell(col['connections'], 0):>12} {cell(col['rss_mb']):>20} {cpu:>20}")  # fmt: skip
 
 
 async def bench(redis_url: str, state: Path) -> None:
