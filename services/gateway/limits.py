@@ -8,6 +8,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.problems import Problem
 from shared.keys import Keys
 
+STREAM_RETRY_AFTER_S = 5
+
 _COUNT = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
@@ -35,6 +37,33 @@ class RateLimiter:
                 slug="rate-limited",
                 headers={"Retry-After": str(max(int(ttl), 1))},
             )
+
+
+class StreamSlots:
+    """Open SSE streams per user in this process; ``take`` refuses past ``per_user`` (0 = no cap)."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self.open: dict[str, int] = {}
+
+    def take(self, user_id: str) -> None:
+        held = self.open.get(user_id, 0)
+        if self.per_user and held >= self.per_user:
+            raise Problem(
+                429,
+                f"You already follow {held} run streams here (the limit); close one and retry.",
+                slug="too-many-streams",
+                headers={"Retry-After": str(STREAM_RETRY_AFTER_S)},
+                extra={"limit": self.per_user},
+            )
+        self.open[user_id] = held + 1
+
+    def give_back(self, user_id: str) -> None:
+        held = self.open.get(user_id, 0) - 1
+        if held > 0:
+            self.open[user_id] = held
+        else:
+            self.open.pop(user_id, None)
 
 
 class BodyLimit:

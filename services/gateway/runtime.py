@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.flight import SingleFlight
 from services.gateway.hub import Hub
-from services.gateway.limits import RateLimiter
+from services.gateway.limits import RateLimiter, StreamSlots
 from services.gateway.metrics import metrics
 from services.gateway.queries import RunReader
 from services.gateway.settings import GatewaySettings
@@ -44,6 +44,7 @@ class Runtime:
     limiter: RateLimiter
     models: dict[str, ModelSpec]
     lookups: SingleFlight[list[Entry]] = field(default_factory=SingleFlight)
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(0))
 
     async def wait_terminal(self, run_id: str, user_id: str, timeout_s: float) -> RunState | None:
         """The run once it has ended, or as it is when ``timeout_s`` passes (None: not visible)."""
@@ -108,6 +109,7 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
         auth=Authenticator(settings),
         limiter=RateLimiter(redis, common.keys, *settings.submit_rate),
         models=load_registry(settings.models_path),
+        streams=StreamSlots(settings.sse_max_per_user),
     )
     try:
         await hub.start()

@@ -79,6 +79,8 @@ class GatewaySettings:
     sse_retry_ms: int = 3000
     sse_queue_size: int = 256
     sse_buffer_bytes: int = 1 << 20
+    sse_max_per_user: int = 0
+    """Open SSE streams per user and process (0: no cap, the default, for one-user demos and benches)."""
     sse_block_ms: int = 5000
     redis_pool_size: int = 10
     process_id: str = field(default_factory=default_process_id)
@@ -111,6 +113,7 @@ class GatewaySettings:
             sse_retry_ms=env.integer("SSE_RETRY_MS", 3000, minimum=0),
             sse_queue_size=env.integer("SSE_QUEUE_SIZE", 256, minimum=1),
             sse_buffer_bytes=env.integer("SSE_BUFFER_BYTES", 1 << 20, minimum=0),
+            sse_max_per_user=env.integer("SSE_MAX_PER_USER", 0, minimum=0),
             sse_block_ms=env.integer("SSE_BLOCK_MS", 5000, minimum=10),
             redis_pool_size=env.integer("GATEWAY_REDIS_POOL", 10, minimum=2),
             process_id=env.text("GATEWAY_PROCESS_ID", default_process_id()),

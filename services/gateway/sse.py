@@ -106,16 +106,20 @@ class EventStream(StreamingResponse):
     """
 
     def __init__(self, follow: Follow) -> None:
+        follow.runtime.streams.take(follow.owner)  # 429 past the per-user cap, before any byte
         super().__init__(_live(follow), media_type="text/event-stream", headers=SSE_HEADERS)
         self.follow = follow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION, {}).get("transport")
-        if transport is None or scope.get("method") != "GET":
-            await super().__call__(scope, receive, send)
-            return
-        await self.body_iterator.aclose()  # type: ignore[attr-defined]  # never started: nothing runs
-        await _direct(self.follow, transport, self.raw_headers, receive, send)
+        try:
+            transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION, {}).get("transport")
+            if transport is None or scope.get("method") != "GET":
+                await super().__call__(scope, receive, send)
+                return
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]  # never started: nothing runs
+            await _direct(self.follow, transport, self.raw_headers, receive, send)
+        finally:
+            self.follow.runtime.streams.give_back(self.follow.owner)
 
 
 class DirectListener:
