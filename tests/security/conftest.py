@@ -49,6 +49,7 @@ def secured(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         TT_MAX_ACTIVE_RUNS="3",
         TT_SUBMIT_RATE="0/min",
         TT_MAX_WAIT_S="0.3",
+        TT_SSE_MAX_PER_USER="20",
         TT_LOG_LEVEL="DEBUG",
     )
     gateway = cluster.gateway()
