@@ -196,17 +196,22 @@ class Hub:
             await self.commands.delete(self.wake_key)
 
     def owner(self, run_id: str) -> str:
-        """The owner of a run this process already follows from its start ('' if not known here)."""
+        """The owner of a run this process follows from its first event ('' otherwise).
+
+        '' also while the reader has read nothing of the run yet, or when the stream it read had
+        been trimmed (no RunRequested first): the caller then checks in Redis, and sends a reset
+        to a client whose position is gone, never a silent gap. (Bursts of such checks share one
+        lookup, see ``flight.SingleFlight``.)
+        """
         watch = self._watches.get(run_id)
-        if watch is None:
+        if watch is None or not watch.frames or watch.frames[0].kind != "RunRequested":
             return ""
-        return watch.state.user_id if watch.state is not None and watch.state.user_id else watch.owner
+        return watch.state.user_id if watch.state is not None else ""
 
     async def join(self, run_id: str, after: str, maxsize: int, owner: str = "") -> Listener:
         """Register a listener for frames after ``after``; the replay is queued at once.
 
-        ``owner`` is the run's user when the caller has checked it, so clients that join before
-        the reader has read the run's first event need no Redis round trip either.
+        ``owner``: the run's user as the caller checked it (kept on the watch, for diagnostics).
         """
         listener = Listener(run_id, after, maxsize)
         await self.attach(listener, owner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 
 from shared.keys import Keys
 from tests.gateway.conftest import GatewayFactory, RunningGateway
-from tests.gateway.support import BODY, RUNS, Runner, SseLog, read_sse
+from tests.gateway.support import BODY, RUNS, Runner, SseLog, read_sse, stream_ids
 from tests.support.processes import ServiceProcess
 
 TOKENS = {"alice": "alice-secret", "bob": "bob-secret"}
@@ -102,3 +103,24 @@ async def test_expired_run_stream_gives_reset_from_the_read_model(
     assert (await http.get(f"{RUNS}/{run_id}", headers=auth("alice"))).json()["status"] == "completed"
     gone = await http.get(f"{RUNS}/{run_id}/events", headers=auth("bob"))
     assert gone.status_code == 404
+
+
+async def test_every_client_of_a_trimmed_run_gets_a_reset_also_while_the_hub_follows_it(
+    http: httpx.AsyncClient, runner: Runner, redis: Redis, keys: Keys
+) -> None:
+    run_id = (await http.post(RUNS, json=BODY, headers=auth("alice"))).json()["runId"]
+    await runner.start(run_id)
+    await runner.step(run_id, "data_collection", 0)
+    await listed(http, "alice", 1)
+    await redis.xtrim(keys.run(run_id), maxlen=2, approximate=False)  # RunRequested is gone
+    logs = [SseLog(), SseLog()]
+    async with contextlib.AsyncExitStack() as stack:
+        for log in logs:  # the second joins while the hub already follows the trimmed stream
+            response = await stack.enter_async_context(
+                http.stream("GET", f"{RUNS}/{run_id}/events", headers=auth("alice"))
+            )
+            assert response.status_code == 200
+            await read_sse(response, log, stop_after=2)
+    retained = stream_ids(await redis.xrange(keys.run(run_id)))
+    for log in logs:
+        assert log.events[0] == "reset" and log.ids == retained
