@@ -79,18 +79,27 @@ _APPEND_ALL = (
     "local function append_one(ARGV)\n"
     + _APPEND
     + """end
+local function settle(reason)
+  if ARGV[2] ~= '' and reason ~= 'fenced' then redis.call('XACK', KEYS[5], ARGV[1], ARGV[2]) end
+end
 local ids = {}
-for i = 1, #ARGV, 6 do
+for i = 3, #ARGV, 6 do
   local r = append_one({ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]})
-  if r[1] ~= 'ok' then return {'refused', r[2], ids} end
+  if r[1] ~= 'ok' then
+    settle(r[2])
+    return {'refused', r[2], ids}
+  end
   ids[#ids + 1] = r[2]
 end
+settle('')
 return {'ok', '', ids}
 """
 )
 """Several events of one run in order, each under exactly the rules of ``_APPEND`` (its text is
 the body of ``append_one``); stops at the first refused. One call, so a no-op run's RunStarted
-and RunCompleted are written together."""
+and RunCompleted are written together. With a queue entry (KEYS[5], group ARGV[1], ID ARGV[2])
+the entry is acked in the same step, unless a refusal says the run is another runner's
+(``fenced``): a terminal event and its ack can no longer be separated by a crash."""
 
 _SUBMIT = """
 local before = redis.call('HGET', KEYS[3], 'requested')
@@ -158,11 +167,14 @@ class Appends:
     """Events of one run to append in order with one fence (an item of ``append_batch``).
 
     ``owner``: the run's user, when the caller knows it (saves a lookup for a terminal event).
+    ``ack``: (queue, group, entry ID) of the queue entry to ack in the same atomic step, unless
+    the appends were refused as ``fenced`` (another runner owns the run now).
     """
 
     events: Sequence[AnyEvent]
     fence: str = ""
     owner: str | None = None
+    ack: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,14 +325,16 @@ class EventStore:
         owner = item.owner
         if owner is None and any(transition_of(e) == "terminal" for e in item.events):
             owner = await self.owner(run_id)
-        args: list[bytes | str | int] = []
+        queue, group, entry_id = item.ack or ("", "", "")
+        args: list[bytes | str | int] = [group, entry_id]
         for event in item.events:
             transition = transition_of(event)
             user_id = event.user_id if isinstance(event, RunCancelled) else ""
             if not user_id and transition == "terminal":
                 user_id = owner or ""
             args += [self.codec.encode(event), run_id, transition, self.run_ttl_s, item.fence, user_id]
-        return [k.run(run_id), k.events, k.meta(run_id), k.active(owner or "-")], args
+        keys = [k.run(run_id), k.events, k.meta(run_id), k.active(owner or "-")]
+        return [*keys, queue] if queue else keys, args
 
     async def _evalsha_pipelined(
         self, sha: str, source: str, calls: Sequence[tuple[list[str], list[bytes | str | int]]]

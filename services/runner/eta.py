@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -28,8 +27,8 @@ def config_of(request: RunRequested) -> str:
 class EtaBook:
     """The last few durations per config (a capped list); the median is the expectation.
 
-    Reads are cached in the process for ``max_age_s``; records go to Redis (in the caller's
-    pipeline when it has one) and into the cache.
+    Reads are cached in the process for ``max_age_s``; a noted duration goes into the cache at
+    once and to Redis at the next ``flush``.
     """
 
     def __init__(self, redis: Redis, keys: Keys, *, max_age_s: float = MAX_AGE_S) -> None:
@@ -37,6 +36,7 @@ class EtaBook:
         self.keys = keys
         self.max_age_s = max_age_s
         self._cache: dict[str, tuple[float, list[float]]] = {}
+        self._unwritten: list[tuple[str, str]] = []
 
     async def expected(self, request: RunRequested) -> float | None:
         return (await self.expected_many([request]))[0]
@@ -56,24 +56,38 @@ class EtaBook:
         return [_median(self._cache[c][1]) for c in configs]
 
     async def record(self, request: RunRequested, duration_s: float) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self.queue_records(pipe, [(request, duration_s)])
-            await pipe.execute()
+        """Note a duration and write it (and any noted before) to Redis now."""
+        self.note(request, duration_s)
+        await self.flush()
 
-    def queue_records(self, pipe: Any, records: Sequence[tuple[RunRequested, float]]) -> None:
-        """Add the durations to a pipeline the caller executes (one LPUSH per config)."""
+    def note(self, request: RunRequested, duration_s: float) -> None:
+        """A finished run's duration: in this process's cache at once, in Redis at the next
+        ``flush`` (the worker flushes every second and when it stops)."""
+        config, value = config_of(request), f"{duration_s:.3f}"
+        self._unwritten.append((config, value))
+        cached = self._cache.get(config)
+        if cached is not None:
+            self._cache[config] = (cached[0], [float(value), *cached[1]][:_KEEP])
+
+    async def flush(self) -> None:
+        """Write the noted durations: one LPUSH per config, capped, in one transaction."""
+        if not self._unwritten:
+            return
+        records, self._unwritten = self._unwritten, []
         by_config: dict[str, list[str]] = {}
-        for request, duration_s in records:
-            by_config.setdefault(config_of(request), []).append(f"{duration_s:.3f}")
-        for config, values in by_config.items():
-            key = self.keys.eta(config)
-            pipe.lpush(key, *values)
-            pipe.ltrim(key, 0, _KEEP - 1)
-            pipe.expire(key, _TTL_S)
-            cached = self._cache.get(config)
-            if cached is not None:  # LPUSH puts the last value first
-                fresh = [float(v) for v in reversed(values)] + cached[1]
-                self._cache[config] = (cached[0], fresh[:_KEEP])
+        for config, value in records:
+            by_config.setdefault(config, []).append(value)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for config, values in by_config.items():
+                    key = self.keys.eta(config)
+                    pipe.lpush(key, *values)
+                    pipe.ltrim(key, 0, _KEEP - 1)
+                    pipe.expire(key, _TTL_S)
+                await pipe.execute()
+        except BaseException:
+            self._unwritten[:0] = records  # written at the next flush
+            raise
 
 
 def _median(durations: list[float]) -> float | None:

@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -77,7 +77,7 @@ class Executor:
         settings: RunnerSettings,
         store: EventStore,
         queue: WorkQueue,
-        pipeline: Callable[[], Runnable],
+        pipeline: Callable[[], Awaitable[Runnable]],
         eta: EtaBook,
         watcher: CancelWatcher,
         metrics: RunnerMetrics,
@@ -100,16 +100,21 @@ class Executor:
         if ex is not None and ex.stop("cancelled", event):
             logger.info("cancelling run %s", run_id, extra={"run_id": run_id})
 
-    async def handle_batch(self, exs: Sequence[Execution]) -> list[tuple[Execution, list[Entry]]]:
-        """Read the runs of a batch of held entries in one round trip and finish every no-op
-        run among them together; returns the others (with their events) for ``handle``.
+    async def handle_batch(
+        self, items: Sequence[tuple[Execution, list[Entry] | None]]
+    ) -> list[tuple[Execution, list[Entry]]]:
+        """Finish every no-op run of a batch of held entries together; returns the others (with
+        their events) for ``handle``. Runs whose events are not given (None) are read in one
+        round trip.
 
         A Redis error raises and leaves the batch's entries pending (their lease hands them on).
         """
-        reads = await self.store.read_many([ex.job.run_id for ex in exs])
+        unread = [ex.job.run_id for ex, entries in items if entries is None]
+        reads = iter(await self.store.read_many(unread) if unread else [])
         noops: list[tuple[Execution, RunRequested, RunState]] = []
         rest: list[tuple[Execution, list[Entry]]] = []
-        for ex, entries in zip(exs, reads, strict=True):
+        for ex, given in items:
+            entries = next(reads) if given is None else given
             request = _request_of(entries)
             state = fold(ex.job.run_id, entries) if request is not None else None
             if request is not None and state is not None and self._noop_ready(ex, request, state):
@@ -131,30 +136,24 @@ class Executor:
         )
 
     async def _finish_noops(self, noops: Sequence[tuple[Execution, RunRequested, RunState]]) -> None:
-        """RunStarted + RunCompleted of each run in one script call (fenced, phase rules kept),
-        all runs in one pipeline; then the acks and ETA records in one transaction."""
+        """Per run one script call: RunStarted, RunCompleted and the ack, under append's phase
+        and fence rules; all runs of the batch in one pipeline (one round trip)."""
         expected = await self.eta.expected_many([request for _, request, _ in noops])
         batch = [
             self._noop_appends(ex, request, state, eta)
             for (ex, request, state), eta in zip(noops, expected, strict=True)
         ]
         results = await self.store.append_batch(batch)
-        acks: list[Job] = []
-        records: list[tuple[RunRequested, float]] = []
         for (ex, request, _), item, result in zip(noops, batch, results, strict=True):
-            if isinstance(result, Refused):
+            if isinstance(result, Refused):  # acked by the script unless fenced
                 logger.debug("no-op run %s not completed: %s", ex.job.run_id, result.reason)
-                if result.reason != "fenced":
-                    acks.append(ex.job)
                 continue
-            acks.append(ex.job)
             completed = item.events[-1]
             assert isinstance(completed, RunCompleted)
-            records.append((request, completed.duration_s))
+            self.eta.note(request, completed.duration_s)
             self._count("completed")
             self.metrics.run_duration.observe(completed.duration_s)
             logger.debug("run %s completed (no-op, attempt %d)", ex.job.run_id, ex.attempt)
-        await self._ack(acks, records)
 
     def _noop_appends(
         self, ex: Execution, request: RunRequested, state: RunState, expected: float | None
@@ -171,16 +170,10 @@ class Executor:
             )  # fmt: skip
         finally:
             span.end()
-        return Appends((started, completed), fence=ex.fence, owner=ex.owner)
+        return Appends((started, completed), fence=ex.fence, owner=ex.owner, ack=self._entry(ex.job))
 
-    async def _ack(self, jobs: Sequence[Job], records: Sequence[tuple[RunRequested, float]] = ()) -> None:
-        """Ack entries and record run durations in one transaction (one round trip)."""
-        if not jobs and not records:
-            return
-        async with self.store.redis.pipeline(transaction=True) as pipe:
-            self.queue.queue_acks(pipe, jobs)
-            self.eta.queue_records(pipe, records)
-            await pipe.execute()
+    def _entry(self, job: Job) -> tuple[str, str, str]:
+        return job.queue, self.queue.group, job.entry_id
 
     def _count(self, status: str) -> None:
         self.finished[status] += 1
@@ -211,7 +204,9 @@ class Executor:
         elif job.deliveries > self.settings.max_attempts:
             await self._give_up(job, state)
         else:
-            pipeline = self.pipeline() if plan_steps(request.analysts, request.options.pipeline) else None
+            pipeline = (
+                await self.pipeline() if plan_steps(request.analysts, request.options.pipeline) else None
+            )
             if await self._start(ex, request, state):
                 ctx = context_from_traceparent(request.traceparent)
                 with tracer().start_as_current_span("run", context=ctx, attributes={"run_id": job.run_id}):
@@ -388,16 +383,15 @@ class Executor:
     async def _terminal(
         self, ex: Execution, event: AnyEvent, status: str, record: tuple[RunRequested, float] | None = None
     ) -> bool:
-        """Append the run's one terminal event with our fence, then ack its entry (and record
-        its duration for the ETA in the same round trip)."""
-        try:
-            await self.store.append(_traced(event), fence=ex.fence, owner=ex.owner)
-        except Refused as exc:
-            logger.info("terminal %s of run %s refused: %s", status, ex.job.run_id, exc.reason)
-            if exc.reason != "fenced":
-                await self.queue.ack(ex.job.queue, ex.job.entry_id)
+        """Append the run's one terminal event with our fence and ack its entry, in one step
+        (the entry stays pending only if the run is another runner's now)."""
+        item = Appends((_traced(event),), fence=ex.fence, owner=ex.owner, ack=self._entry(ex.job))
+        (result,) = await self.store.append_batch([item])
+        if isinstance(result, Refused):
+            logger.info("terminal %s of run %s refused: %s", status, ex.job.run_id, result.reason)
             return False
-        await self._ack([ex.job], [record] if record else [])
+        if record is not None:
+            self.eta.note(*record)
         self._count(status)
         logger.debug("run %s %s", ex.job.run_id, status)
         return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.runner.eta import EtaBook
 from services.runner.execution import Execution
+from services.runner.factory import load_factory
 from services.runner.health import HealthServer
 from services.runner.metrics import metrics
 from services.runner.queue import Job, WorkQueue
@@ -41,6 +43,10 @@ logger = logging.getLogger(__name__)
 _RELEASE_WAIT_S = 10.0
 SUMMARY_INTERVAL_S = 30.0
 """Per-run lines are DEBUG; an INFO summary of what finished is logged this often (if any)."""
+ANALYSIS_PACKAGE = "services.runner.pipeline"
+"""Imported off the loop before the pipeline factory is called (every pipeline is built from it)."""
+ETA_FLUSH_S = 1.0
+"""Finished runs' durations reach the ETA lists in Redis this often (and when the worker stops)."""
 
 
 class Worker:
@@ -53,6 +59,7 @@ class Worker:
         self.vanished = 0
         self.http: httpx.AsyncClient | None = None
         self._failure: BaseException | None = None
+        self._building: asyncio.Task[None] | None = None
         self._summarized: Counter[str] = Counter()
         self._stop = asyncio.Event()
         self._stopping = False
@@ -88,6 +95,7 @@ class Worker:
         """Build clients and wait for Redis; False when asked to stop before it answered."""
         s = self.settings
         url, keys = s.common.redis_url, s.common.keys
+        self._factory = load_factory(s.pipeline)  # a wrong name fails at start; built later
         self.redis: Redis = connect(url)
         self.reader: Redis = connect(url, blocking=True, max_connections=4)
         if not await self._wait_for_redis():
@@ -100,24 +108,34 @@ class Worker:
         )
         return True
 
-    def _pipeline(self) -> Runnable:
-        """The pipeline, built on first need or when the queues first run dry (whichever comes
-        first): start-up does not wait for the analysis package, and no-op runs never load it.
-        A factory that fails stops the process (exit non-zero), as a failure at start would."""
+    async def _pipeline(self) -> Runnable:
+        """The pipeline, built on first need or when the queues first run dry, whichever comes
+        first; the analysis package is imported on a worker thread, so the loop keeps reading,
+        renewing leases and answering /healthz meanwhile. No-op runs never wait for it. A build
+        that fails stops the process (exit non-zero), as a failure at start would."""
         if self.pipeline is None:
-            try:
-                import httpx
-
-                from services.runner.factory import load_factory
-
-                self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
-                self.pipeline = load_factory(self.settings.pipeline)(self.redis, self.http)
-            except Exception as exc:
-                logger.error("cannot build the pipeline %s: %s", self.settings.pipeline, exc)
-                self._failure = exc
-                self._stop.set()
-                raise
+            await asyncio.shield(self._start_build())  # a cancelled run must not cancel the build
+        assert self.pipeline is not None
         return self.pipeline
+
+    def _start_build(self) -> asyncio.Task[None]:
+        if self._building is None:
+            self._building = asyncio.create_task(self._build(), name="runner-pipeline")
+            self._building.add_done_callback(_retrieve)
+        return self._building
+
+    async def _build(self) -> None:
+        try:
+            await asyncio.to_thread(importlib.import_module, ANALYSIS_PACKAGE)
+            import httpx
+
+            self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+            self.pipeline = self._factory(self.redis, self.http)
+        except Exception as exc:
+            logger.error("cannot build the pipeline %s: %s", self.settings.pipeline, exc)
+            self._failure = exc
+            self._stop.set()
+            raise
 
     async def _wait_for_redis(self) -> bool:
         """Create the groups, retrying with backoff while Redis is unreachable (not-ready, alive)."""
@@ -145,6 +163,7 @@ class Worker:
             self._spawn(self.watcher.run(), "watch"),
             self._spawn(self._every(s.stats_interval_s, self._refresh_stats), "stats"),
             self._spawn(self._every(SUMMARY_INTERVAL_S, self._summary, first=False), "summary"),
+            self._spawn(self._every(ETA_FLUSH_S, self.executor.eta.flush, first=False), "eta"),
         ]
 
     def _serve_health(self) -> None:
@@ -152,7 +171,16 @@ class Worker:
         s = self.settings
         if s.port:
             self._server = HealthServer(self._status, s.host, s.port, self.ready.is_set)
-            self._loops.append(self._spawn(self._server.serve(), "http"))
+            self._loops.append(self._spawn(self._serve_http(self._server), "http"))
+
+    async def _serve_http(self, server: HealthServer) -> None:
+        """A port that cannot be bound stops the process (exit non-zero): unprobed is unmanaged."""
+        try:
+            await server.serve()
+        except OSError as exc:
+            logger.error("cannot serve /healthz and /metrics on %s:%d: %s", server.host, server.port, exc)
+            self._failure = exc
+            self._stop.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         return asyncio.create_task(coro, name=f"runner-{name}")
@@ -178,23 +206,23 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
-                jobs = await self._read(self.free_slots, block_ms)
-                if jobs:
-                    self._dispatch(jobs)
+                batch = await self._read(self.free_slots, block_ms)
+                if batch:
+                    self._dispatch(batch)
             except Exception:
                 logger.exception("queue read failed; retrying")
                 await asyncio.sleep(1.0)
 
-    async def _read(self, free: int, block_ms: int) -> list[Job]:
-        """Up to ``free`` entries, high priority first, in one round trip; only when both queues
-        are empty does the reader block on both (COUNT 1)."""
-        queues = self.settings.common.keys.queues
-        jobs = await self.queue.read_batch(queues, free)
-        if jobs:
-            return jobs
-        if self.pipeline is None and self._failure is None:
-            self._pipeline()  # idle: build the pipeline now rather than at the first real run
-        return await self.queue.read_new(queues, 1, block_ms)
+    async def _read(self, free: int, block_ms: int) -> list[tuple[Job, list[Entry] | None]]:
+        """Up to ``free`` entries, high priority first, with their runs' events, in one round
+        trip; only when both queues are empty does the reader block on both (COUNT 1)."""
+        keys = self.settings.common.keys
+        found = await self.queue.read_batch_with_runs(keys.queues, free, keys.run(""))
+        if found:
+            return [(job, self.store.decode_entries(raw)) for job, raw in found]
+        if self.pipeline is None:
+            self._start_build()  # idle: build the pipeline now rather than at the first real run
+        return [(job, None) for job in await self.queue.read_new(keys.queues, 1, block_ms)]
 
     async def _claim_loop(self) -> None:
         cursors = dict.fromkeys(self.settings.common.keys.queues, "0-0")
@@ -216,29 +244,30 @@ class Worker:
                 logger.info("took over run %s (delivery %d)", job.run_id, job.deliveries)
                 metrics().reclaims.inc()
             if batch.jobs:
-                self._dispatch(batch.jobs)
+                self._dispatch([(job, None) for job in batch.jobs])
 
-    def _dispatch(self, jobs: Sequence[Job]) -> None:
-        """Hold the entries and handle them as one batch (one task; slow runs get their own)."""
-        exs = [Execution(job) for job in jobs]
-        for ex in exs:
+    def _dispatch(self, batch: Sequence[tuple[Job, list[Entry] | None]]) -> None:
+        """Hold the entries and handle them as one batch (one task; slow runs get their own).
+        Each job comes with its run's events when the read brought them (None: not read yet)."""
+        items = [(Execution(job), entries) for job, entries in batch]
+        for ex, _ in items:
             self._held[ex.job.entry_id] = ex
-        self._track(asyncio.create_task(self._run_batch(exs), name=f"batch-{jobs[0].entry_id}"))
+        self._track(asyncio.create_task(self._run_batch(items), name=f"batch-{batch[0][0].entry_id}"))
         metrics().executing.set(len(self._held))
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
 
-    async def _run_batch(self, exs: list[Execution]) -> None:
+    async def _run_batch(self, items: list[tuple[Execution, list[Entry] | None]]) -> None:
         rest: list[tuple[Execution, list[Entry]]] = []
         try:
-            rest = await self.executor.handle_batch(exs)
+            rest = await self.executor.handle_batch(items)
         except Exception:
-            logger.exception("a batch of %d entries left pending after an error", len(exs))
+            logger.exception("a batch of %d entries left pending after an error", len(items))
         finally:
             going_on = {id(ex) for ex, _ in rest}
-            self._free([ex for ex in exs if id(ex) not in going_on])
+            self._free([ex for ex, _ in items if id(ex) not in going_on])
         for ex, entries in rest:
             self._track(asyncio.create_task(self._run(ex, entries), name=f"run-{ex.job.run_id}"))
 
@@ -321,10 +350,16 @@ class Worker:
             ex.stop("released")
         if self._runs:
             await asyncio.wait(self._runs, timeout=_RELEASE_WAIT_S)
-        await _cancel_all([*self._runs, *self._loops])
+        await _cancel_all([*self._runs, *self._loops, *([self._building] if self._building else [])])
         await self._close()
 
     async def _close(self) -> None:
+        executor = getattr(self, "executor", None)
+        if executor is not None:
+            try:
+                await executor.eta.flush()
+            except Exception as exc:
+                logger.warning("run durations not written to the ETA lists: %s", exc)
         if self._server is not None:
             self._server.close()
         with contextlib.suppress(Exception):
@@ -335,6 +370,12 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await client.aclose()
         logger.info("runner %s stopped", self.settings.runner_id)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a failed background task's exception as seen (it was logged where it happened)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]] | set[asyncio.Task[None]]) -> None:

@@ -76,7 +76,8 @@ async def _start_both_and_submit(
 ) -> tuple[str, str, str]:
     """Both runners up, one run submitted: (run id, the runner executing it, the other)."""
     for proc in runners.values():
-        proc.start(wait=False)
+        if proc.process is None:
+            proc.start(wait=False)
     for proc in runners.values():
         proc.wait_healthy(30)
     run_id = await submit(store, **request)
@@ -127,11 +128,15 @@ async def test_the_real_pipeline_resumed_after_kill_makes_the_llm_calls_of_a_cle
 ) -> None:
     store = EventStore(redis, keys)
     clean = await submit(store, analysts=("market", "risk", "sentiment"))
+    for proc in runners.values():
+        proc.start(wait=False)
+    # the clean run ends before the other starts: run side by side in step on one runner, the
+    # other would end at the same moment as the clean one, before the kill that should cut it
+    clean_state = await wait_state(store, clean, timeout_s=30)
+    assert clean_state.status == "completed" and clean_state.usage.calls > 0
     run_id, victim, other = await _start_both_and_submit(
         store, runners, analysts=("market", "risk", "sentiment")
     )
-    clean_state = await wait_state(store, clean, timeout_s=30)
-    assert clean_state.status == "completed" and clean_state.usage.calls > 0
     await wait_event(store, run_id, lambda e: isinstance(e, StepCompleted) and e.step == "analyst:market")
     runners[victim].kill()
     state = await wait_state(store, run_id, timeout_s=30)
