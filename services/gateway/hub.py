@@ -140,7 +140,6 @@ class Listener:
 class Watch:
     run_id: str
     key: str
-    owner: str = ""
     cursor: str = "0-0"
     state: RunState | None = None
     frames: list[Frame] = field(default_factory=list)
@@ -208,22 +207,19 @@ class Hub:
             return ""
         return watch.state.user_id if watch.state is not None else ""
 
-    async def join(self, run_id: str, after: str, maxsize: int, owner: str = "") -> Listener:
-        """Register a listener for frames after ``after``; the replay is queued at once.
-
-        ``owner``: the run's user as the caller checked it (kept on the watch, for diagnostics).
-        """
+    async def join(self, run_id: str, after: str, maxsize: int) -> Listener:
+        """Register a listener for frames after ``after``; the replay is queued at once."""
         listener = Listener(run_id, after, maxsize)
-        await self.attach(listener, owner)
+        await self.attach(listener)
         return listener
 
-    async def attach(self, listener: Sink, owner: str = "") -> None:
+    async def attach(self, listener: Sink) -> None:
         """Register any sink; its replay (frames already read, and the end) is handed over at once."""
         run_id = listener.run_id
         watch = self._watches.get(run_id)
         fresh = watch is None
         if watch is None:
-            watch = self._watches[run_id] = Watch(run_id, self.keys.run(run_id), owner)
+            watch = self._watches[run_id] = Watch(run_id, self.keys.run(run_id))
         watch.listeners.add(listener)
         if not listener.replay([*watch.frames, *([watch.end] if watch.end else [])]):
             self._drop(watch, listener)

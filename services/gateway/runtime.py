@@ -51,7 +51,7 @@ class Runtime:
         state = await self.runs.get(run_id, user_id)
         if state is None or state.terminal or timeout_s <= 0:
             return state
-        listener = await self.hub.join(run_id, state.last_event_id or "0-0", 1024, user_id)
+        listener = await self.hub.join(run_id, state.last_event_id or "0-0", 1024)
         try:
             async with asyncio.timeout(timeout_s):
                 while not listener.dropped and not (await listener.queue.get()).final:

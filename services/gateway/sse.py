@@ -175,7 +175,7 @@ async def _direct(
     gauge = metrics().sse_connections
     gauge.inc()
     try:
-        await runtime.hub.attach(listener, follow.owner)
+        await runtime.hub.attach(listener)
         connected = await _until_finished(listener, receive)
     finally:
         runtime.hub.leave(listener)  # before the last send: the hub never writes after it
@@ -211,7 +211,7 @@ async def _live(follow: Follow) -> AsyncIterator[bytes]:
     runtime, run_id = follow.runtime, follow.run_id
     gauge = metrics().sse_connections
     gauge.inc()
-    listener = await runtime.hub.join(run_id, follow.cursor, runtime.settings.sse_queue_size, follow.owner)
+    listener = await runtime.hub.join(run_id, follow.cursor, runtime.settings.sse_queue_size)
     try:
         yield follow.head()
         # The hub queues heartbeats too, so a plain get() suffices: no timer per client per frame.
