@@ -76,30 +76,36 @@ return {'ok', id}
 """
 
 _APPEND_ALL = (
-    "local function append_one(ARGV)\n"
+    "local function append_one(KEYS, ARGV)\n"
     + _APPEND
     + """end
-local function settle(reason)
-  if ARGV[2] ~= '' and reason ~= 'fenced' then redis.call('XACK', KEYS[5], ARGV[1], ARGV[2]) end
-end
-local ids = {}
-for i = 3, #ARGV, 6 do
-  local r = append_one({ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]})
-  if r[1] ~= 'ok' then
-    settle(r[2])
-    return {'refused', r[2], ids}
+local out, a = {}, 1
+for r = 0, #KEYS / 5 - 1 do
+  local keys = {KEYS[5 * r + 1], KEYS[5 * r + 2], KEYS[5 * r + 3], KEYS[5 * r + 4]}
+  local group, entry, run, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local fence, n = ARGV[a + 4], tonumber(ARGV[a + 5])
+  a = a + 6
+  local ids, refused = {}, nil
+  for i = 1, n do
+    if not refused then
+      local res = append_one(keys, {ARGV[a], run, ARGV[a + 1], ttl, fence, ARGV[a + 2]})
+      if res[1] == 'ok' then ids[#ids + 1] = res[2] else refused = res[2] end
+    end
+    a = a + 3
   end
-  ids[#ids + 1] = r[2]
+  if entry ~= '' and refused ~= 'fenced' then redis.call('XACK', KEYS[5 * r + 5], group, entry) end
+  out[#out + 1] = {refused and 'refused' or 'ok', refused or '', ids}
 end
-settle('')
-return {'ok', '', ids}
+return out
 """
 )
-"""Several events of one run in order, each under exactly the rules of ``_APPEND`` (its text is
-the body of ``append_one``); stops at the first refused. One call, so a no-op run's RunStarted
-and RunCompleted are written together. With a queue entry (KEYS[5], group ARGV[1], ID ARGV[2])
-the entry is acked in the same step, unless a refusal says the run is another runner's
-(``fenced``): a terminal event and its ack can no longer be separated by a crash."""
+"""Several runs' events, each run's in order under exactly the rules of ``_APPEND`` (its text is
+the body of ``append_one``, KEYS and ARGV its parameters); a run's appends stop at its first
+refused event. Per run 5 KEYS (run stream, log, meta, active set, queue) and ARGV (group, queue
+entry ID or '', run id, ttl, fence, event count, then per event: encoded, transition, user). The
+queue entry is acked in the same step unless a refusal says the run is another runner's
+(``fenced``): a terminal event and its ack can no longer be separated by a crash. One call per
+batch: a no-op run's RunStarted and RunCompleted are written together, with the other runs'."""
 
 _SUBMIT = """
 local before = redis.call('HGET', KEYS[3], 'requested')
@@ -145,6 +151,10 @@ return {'ok', id}
 """End a run Redis no longer knows (its meta hash is gone: lost in a failover): its events (the
 rebuilt request, if any, then the terminal event) go to a new run stream and the global log, and
 an ``ended`` meta hash is written, all in one step; refused when the meta hash exists."""
+
+
+_BATCH_RUNS = 16
+"""Runs per script call of ``append_batch`` (bounds how long one call holds Redis)."""
 
 
 class StoreError(Exception):
@@ -300,24 +310,30 @@ class EventStore:
         return value
 
     async def append_batch(self, batch: Sequence[Appends]) -> list[list[str] | Refused]:
-        """Several runs' appends in one round trip (a pipeline of one script call per run).
+        """Several runs' appends in one round trip (one script call per ``_BATCH_RUNS`` runs).
 
         Each item's events are appended in order, atomically, each under ``append``'s rules,
         stopping at the first refused one. Per item: the run-stream IDs, or ``Refused`` (its
-        ``appended`` lists the IDs written before the refusal). A Redis error raises.
+        ``appended`` lists the IDs written before the refusal). A Redis error raises (what was
+        appended before it stays; callers leave their queue entries pending).
         """
         calls: list[tuple[list[str], list[bytes | str | int]]] = []
-        for item in batch:
-            calls.append(await self._append_all_call(item))
+        for start in range(0, len(batch), _BATCH_RUNS):
+            keys: list[str] = []
+            args: list[bytes | str | int] = []
+            for item in batch[start : start + _BATCH_RUNS]:
+                await self._add_appends(item, keys, args)
+            calls.append((keys, args))
         replies = await self._evalsha_pipelined(self._append_all.sha, _APPEND_ALL, calls)
         out: list[list[str] | Refused] = []
-        for item, reply in zip(batch, replies, strict=True):
+        runs = (reply for chunk in replies for reply in chunk)
+        for item, reply in zip(batch, runs, strict=True):
             status, reason, ids = _text(reply[0]), _text(reply[1]), [_text(x) for x in reply[2] or ()]
             run_id = item.events[0].run_id if item.events else ""
             out.append(ids if status == "ok" else Refused(run_id, reason, ids))
         return out
 
-    async def _append_all_call(self, item: Appends) -> tuple[list[str], list[bytes | str | int]]:
+    async def _add_appends(self, item: Appends, keys: list[str], args: list[bytes | str | int]) -> None:
         k = self.keys
         run_id = item.events[0].run_id if item.events else ""
         if any(e.run_id != run_id for e in item.events):
@@ -325,16 +341,15 @@ class EventStore:
         owner = item.owner
         if owner is None and any(transition_of(e) == "terminal" for e in item.events):
             owner = await self.owner(run_id)
-        queue, group, entry_id = item.ack or ("", "", "")
-        args: list[bytes | str | int] = [group, entry_id]
+        queue, group, entry_id = item.ack or (k.queue, "", "")
+        keys += [k.run(run_id), k.events, k.meta(run_id), k.active(owner or "-"), queue]
+        args += [group, entry_id, run_id, self.run_ttl_s, item.fence, len(item.events)]
         for event in item.events:
             transition = transition_of(event)
             user_id = event.user_id if isinstance(event, RunCancelled) else ""
             if not user_id and transition == "terminal":
                 user_id = owner or ""
-            args += [self.codec.encode(event), run_id, transition, self.run_ttl_s, item.fence, user_id]
-        keys = [k.run(run_id), k.events, k.meta(run_id), k.active(owner or "-")]
-        return [*keys, queue] if queue else keys, args
+            args += [self.codec.encode(event), transition, user_id]
 
     async def _evalsha_pipelined(
         self, sha: str, source: str, calls: Sequence[tuple[list[str], list[bytes | str | int]]]
@@ -344,11 +359,18 @@ class EventStore:
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    keys, args = calls[i]
-                    pipe.evalsha(sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
+            if len(todo) == 1:  # no pipeline object for the usual single call
+                keys, args = calls[todo[0]]
+                try:
+                    results: list[Any] = [await self.redis.evalsha(sha, len(keys), *keys, *args)]
+                except NoScriptError as exc:
+                    results = [exc]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for i in todo:
+                        keys, args = calls[i]
+                        pipe.evalsha(sha, len(keys), *keys, *args)
+                    results = await pipe.execute(raise_on_error=False)
             for i, result in zip(todo, results, strict=True):
                 replies[i] = result
             todo = [i for i, r in zip(todo, results, strict=True) if isinstance(r, NoScriptError)]
