@@ -80,7 +80,9 @@ class GatewaySettings:
     sse_queue_size: int = 256
     sse_buffer_bytes: int = 1 << 20
     sse_max_per_user: int = 0
-    """Open SSE streams per user and process (0: no cap, the default, for one-user demos and benches)."""
+    """Open SSE streams per user and process; 0 is no cap. Defaults to 50 with auth on, and off with
+    auth off, where every run belongs to the one user ``local`` and a per-user cap would be a
+    global one."""
     sse_block_ms: int = 5000
     redis_pool_size: int = 10
     process_id: str = field(default_factory=default_process_id)
@@ -89,6 +91,7 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
         env = env or Env()
+        auth = env.flag("AUTH", False)
         return cls(
             common=CommonSettings.from_env(env),
             host=env.text("GATEWAY_HOST", "127.0.0.1"),
@@ -97,7 +100,7 @@ class GatewaySettings:
             projector_timeout_s=env.number("PROJECTOR_TIMEOUT_S", 2.0, minimum=0.05),
             max_active_runs=env.integer("MAX_ACTIVE_RUNS", 3, minimum=0),
             idempotency_ttl_s=env.integer("IDEMPOTENCY_TTL_S", 24 * 3600, minimum=1),
-            auth=env.flag("AUTH", False),
+            auth=auth,
             api_tokens=parse_tokens(env.optional("API_TOKENS")),
             session_secret=env.optional("SESSION_SECRET") or secrets.token_hex(32),
             session_ttl_s=env.integer("SESSION_TTL_S", 7 * 24 * 3600, minimum=60),
@@ -113,7 +116,7 @@ class GatewaySettings:
             sse_retry_ms=env.integer("SSE_RETRY_MS", 3000, minimum=0),
             sse_queue_size=env.integer("SSE_QUEUE_SIZE", 256, minimum=1),
             sse_buffer_bytes=env.integer("SSE_BUFFER_BYTES", 1 << 20, minimum=0),
-            sse_max_per_user=env.integer("SSE_MAX_PER_USER", 0, minimum=0),
+            sse_max_per_user=env.integer("SSE_MAX_PER_USER", 50 if auth else 0, minimum=0),
             sse_block_ms=env.integer("SSE_BLOCK_MS", 5000, minimum=10),
             redis_pool_size=env.integer("GATEWAY_REDIS_POOL", 10, minimum=2),
             process_id=env.text("GATEWAY_PROCESS_ID", default_process_id()),
