@@ -45,8 +45,9 @@ class BatchOutcome:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-Decoded = tuple[str, str, AnyEvent]
-"""(run ID, run-stream ID, event) of one entry to apply: a tuple, the cheapest record in the hot loop."""
+Decoded = tuple[str, str, AnyEvent, Any]
+"""(run ID, run-stream ID, event, global-log ID as read) of one entry to apply: a tuple, the
+cheapest record in the hot loop."""
 
 
 async def open_db(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
@@ -88,7 +89,7 @@ class Projection:
         try:
             dirty = await self._fold(fresh)
             outcome.applied = len(fresh)
-            await self._commit(dirty, outcome)
+            await self._commit(dirty, _logged_ms(fresh), outcome)
         except BaseException:
             self._cache.clear()  # states are folded in place: a cached one may hold uncommitted events
             raise
@@ -99,7 +100,7 @@ class Projection:
     async def _fold(self, fresh: list[Decoded]) -> dict[str, RunState]:
         """Each touched run's state after this batch, folded in place (the writer owns them)."""
         states = await self._states({d[0] for d in fresh})
-        for run_id, source_id, event in fresh:
+        for run_id, source_id, event, _ in fresh:
             state = states.get(run_id)
             if state is None or (type(event) is RunRequested and resubmitted(state)):
                 state = states[run_id] = initial(run_id)
@@ -124,6 +125,7 @@ class Projection:
                     event.run_id if run_id is None else run_id,
                     _text(raw_id) if source_id is None else source_id,
                     event,
+                    raw_id,
                 )
             )
         return fresh
@@ -174,8 +176,11 @@ class Projection:
                     states[decoded.run_id] = decoded
         return states
 
-    async def _commit(self, dirty: dict[str, RunState], outcome: BatchOutcome) -> None:
-        rows = [row_of(state, self._encoder.encode(state)) for state in dirty.values()]
+    async def _commit(
+        self, dirty: dict[str, RunState], logged: dict[str, int], outcome: BatchOutcome
+    ) -> None:
+        encode = self._encoder.encode
+        rows = [row_of(state, encode(state), logged[run_id]) for run_id, state in dirty.items()]
         skipped = sum(outcome.skipped.values())
         try:
             await self.db.execute("BEGIN IMMEDIATE")
@@ -200,6 +205,12 @@ class Projection:
                 self._cache.pop(run_id, None)  # a finished run changes no more: keep memory for live ones
             else:
                 self._cache[run_id] = state
+
+
+def _logged_ms(fresh: list[Decoded]) -> dict[str, int]:
+    """Each run's Redis time (ms of the log ID) of its last entry in the batch: what ages it."""
+    last = {d[0]: d[3] for d in fresh}
+    return {run_id: streamids.millis(_text(raw_id)) for run_id, raw_id in last.items()}
 
 
 def resubmitted(state: RunState) -> bool:

@@ -3,8 +3,11 @@
 With AOF ``everysec`` (or an asynchronous replica promoted) Redis may come back without the last
 second of writes, while the projector had already applied them: the read model then shows a run
 ``pending``/``running`` whose meta hash, run stream and queue entry are gone, and no runner will
-ever finish it. A pass finds active runs whose last update (and last reconciliation) is older
-than the grace period and asks Redis for their meta hash. For each one Redis does not know:
+ever finish it. A pass finds active runs whose last event (and last reconciliation) is older
+than the grace period and asks Redis for their meta hash. Both ages are on Redis's clock (the
+log entry's time, ``logged_ms``, against ``TIME``): an event's ``at`` comes from the clock of
+whichever process appended it, and a runner a month behind (or an hour ahead) must neither make
+a live run look lost nor hide a lost one. For each one Redis does not know:
 
 - first time: the run is **re-queued** — its request, rebuilt from the read model (same run id,
   user, symbol, model, analysts, options, priority and request time), is submitted again through
@@ -39,9 +42,10 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 
 from services.projector import streamids
+from services.projector.clock import Now, millis, now_of
 from services.projector.metrics import metrics
 from services.projector.rows import micros
-from shared.events import RunFailed, RunRequested, utcnow
+from shared.events import RunFailed, RunRequested
 from shared.keys import Keys
 from shared.reducer import RunState
 from shared.store import EventStore, Refused
@@ -53,8 +57,8 @@ LOST_CODE = "lost_in_failover"
 MAX_PER_PASS = 500
 _STALE_SQL = """
 SELECT r.state, COALESCE(c.requeues, 0) FROM runs r LEFT JOIN reconciled c ON c.run_id = r.run_id
-WHERE r.status IN ('pending', 'running') AND r.updated_us < ? AND COALESCE(c.acted_us, 0) < ?
-ORDER BY r.updated_us LIMIT ?
+WHERE r.status IN ('pending', 'running') AND r.logged_ms < ? AND COALESCE(c.acted_us, 0) < ?
+ORDER BY r.logged_ms LIMIT ?
 """
 _MARK_SQL = """
 INSERT INTO reconciled (run_id, requeues, lost_us, acted_us) VALUES (?, ?, ?, ?)
@@ -72,7 +76,7 @@ class Candidate:
 
 
 class Reconciler:
-    """One pass over stale active runs; ``now`` is injectable so tests control the grace period."""
+    """One pass over stale active runs; ``now`` is Redis's clock unless a test injects one."""
 
     def __init__(
         self,
@@ -83,7 +87,7 @@ class Reconciler:
         grace: timedelta,
         checkpoint: Callable[[], str],
         lock: asyncio.Lock,
-        now: Callable[[], datetime] = utcnow,
+        now: Now | None = None,
         store: EventStore | None = None,
     ) -> None:
         self.db = db
@@ -103,7 +107,7 @@ class Reconciler:
         if not await self.caught_up():
             logger.info("reconciliation skipped: the projector is more than the grace period behind")
             return report
-        now = self.now()
+        now = await now_of(self.redis, self.now)
         for candidate in await self._unknown(await self._stale(now)):
             action = await self._reconcile(candidate, now)
             if action is not None:
@@ -123,8 +127,9 @@ class Reconciler:
         return not streamids.after(head_id, checkpoint) or behind_ms <= self.grace.total_seconds() * 1000
 
     async def _stale(self, now: datetime) -> list[Candidate]:
-        cutoff = micros(now - self.grace)
-        async with self.lock, self.db.execute(_STALE_SQL, (cutoff, cutoff, MAX_PER_PASS)) as cursor:
+        cutoff = now - self.grace
+        params = (millis(cutoff), micros(cutoff), MAX_PER_PASS)
+        async with self.lock, self.db.execute(_STALE_SQL, params) as cursor:
             rows = await cursor.fetchall()
         return [Candidate(self._decoder.decode(state), int(requeues)) for state, requeues in rows]
 

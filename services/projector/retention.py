@@ -3,6 +3,10 @@
 Every step is idempotent and bounded by what must be kept: an active run is never touched, the
 log is trimmed only behind the checkpoint (and the latest snapshot, and every group's pending
 and undelivered entries), a queue only of entries every group has acknowledged.
+
+Every age is on Redis's clock (``services.projector.clock``): a run's is the time of the log
+entry of its last event (``logged_ms``), never the event's ``at``, which the appending process
+stamped with its own, possibly skewed, clock.
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.projector import snapshots, streamids
+from services.projector.clock import Now, millis, now_of
 from services.projector.metrics import metrics
 from services.projector.rows import micros
-from shared.events import utcnow
 from shared.keys import Keys
 
 logger = logging.getLogger(__name__)
 
-_ARCHIVED = "run_id, user_id, symbol, status, requested_us, updated_us, last_event_id, state"
-_ENDED = "status NOT IN ('pending', 'running') AND updated_us < ?"
+_ARCHIVED = "run_id, user_id, symbol, status, requested_us, updated_us, last_event_id, logged_ms, state"
+_ENDED = "status NOT IN ('pending', 'running') AND logged_ms < ?"
+_DAY_MS = 86_400_000
 _UNLINK_CHUNK = 500
 
 
@@ -54,7 +59,7 @@ class Policy:
 
 
 class Retention:
-    """One pass of every retention rule; ``now`` is injectable so tests control the clock."""
+    """One pass of every retention rule; ``now`` is Redis's clock unless a test injects one."""
 
     def __init__(
         self,
@@ -65,7 +70,7 @@ class Retention:
         *,
         checkpoint: Callable[[], str],
         lock: asyncio.Lock,
-        now: Callable[[], datetime] = utcnow,
+        now: Now | None = None,
     ) -> None:
         self.db = db
         self.redis = redis
@@ -74,11 +79,11 @@ class Retention:
         self.checkpoint = checkpoint
         self.lock = lock
         self.now = now
-        self._swept_until_us = 0
+        self._swept_until_ms = 0
 
     async def run_once(self) -> dict[str, int]:
         """Apply every rule once; returns (and records in metrics and logs) what was done."""
-        now = self.now()
+        now = await now_of(self.redis, self.now)
         report = {
             self.policy.history_action + "d": await self.age_out_runs(now),
             "run_streams_expired": await self.expire_run_streams(now),
@@ -93,7 +98,7 @@ class Retention:
 
     async def age_out_runs(self, now: datetime) -> int:
         """Move (or delete) ended runs whose last event is older than the history horizon."""
-        cutoff = micros(now - self.policy.history)
+        cutoff = millis(now - self.policy.history)
         async with self.lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -112,9 +117,9 @@ class Retention:
 
     async def expire_run_streams(self, now: datetime) -> int:
         """Remove streams of runs that ended longer ago than the TTL (a backstop to EXPIRE)."""
-        cutoff = micros(now - self.policy.run_stream_ttl) or 0
-        sql = f"SELECT run_id FROM runs WHERE {_ENDED} AND updated_us >= ?"
-        async with self.db.execute(sql, (cutoff, self._swept_until_us)) as cursor:
+        cutoff = millis(now - self.policy.run_stream_ttl)
+        sql = f"SELECT run_id FROM runs WHERE {_ENDED} AND logged_ms >= ?"
+        async with self.db.execute(sql, (cutoff, self._swept_until_ms)) as cursor:
             run_ids = [str(row[0]) for row in await cursor.fetchall()]
         removed = 0
         for start in range(0, len(run_ids), _UNLINK_CHUNK):
@@ -122,7 +127,7 @@ class Retention:
             for run_id in run_ids[start : start + _UNLINK_CHUNK]:
                 pipe.unlink(self.keys.run(run_id), self.keys.meta(run_id))
             removed += sum(1 for n in await pipe.execute() if n)
-        self._swept_until_us = max(self._swept_until_us, cutoff - 86_400_000_000)
+        self._swept_until_ms = max(self._swept_until_ms, cutoff - _DAY_MS)
         return removed
 
     async def trim_log(self, now: datetime) -> int:
@@ -170,7 +175,7 @@ class Retention:
 
 
 def _age_bound(now: datetime, age: timedelta) -> str:
-    return f"{max(micros(now - age) or 0, 0) // 1000}-0"
+    return f"{max(millis(now - age), 0)}-0"
 
 
 def _text(value: bytes | str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from services.projector import streamids
 from shared.reducer import RunState
 
 COLUMNS: tuple[str, ...] = (
@@ -30,19 +31,30 @@ COLUMNS: tuple[str, ...] = (
     "error_code",
     "error_message",
     "last_event_id",
+    "logged_ms",
     "state",
 )
-"""Stored columns of ``runs``; analysts, steps, result and the ISO times are generated from state."""
+"""Stored columns of ``runs``; analysts, steps, result and the ISO times are generated from state.
+
+``logged_ms`` is Redis's clock (the milliseconds of the global-log entry ID that delivered the
+run's last event): retention and reconciliation age runs by it, never by an event's ``at``,
+which is the appending process's wall clock and may be hours or days off."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
 Row = tuple[str | int | float | None, ...]
 
-UPSERT_SQL = (
-    f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
-    f"ON CONFLICT (run_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
-)
+
+def upsert_sql(columns: tuple[str, ...]) -> str:
+    """Insert or replace ``columns`` of one run (``run_id`` first)."""
+    return (
+        f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT (run_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in columns[1:])}"
+    )
+
+
+UPSERT_SQL = upsert_sql(COLUMNS)
 
 
 def micros(at: datetime | None) -> int | None:
@@ -54,9 +66,24 @@ def micros(at: datetime | None) -> int | None:
     return (at - _EPOCH) // _ONE_US
 
 
-def row_of(state: RunState, encoded: bytes) -> Row:
-    """The stored columns of one run; ``encoded`` is the msgspec JSON of ``state``."""
+def redis_ms(stream_id: str, fallback_us: int | None) -> int:
+    """The Redis time (ms) of a stream ID; ``fallback_us`` // 1000 when it is not one."""
+    try:
+        return streamids.millis(stream_id)
+    except ValueError:
+        return (fallback_us or 0) // 1000
+
+
+def row_of(state: RunState, encoded: bytes, logged_ms: int | None = None) -> Row:
+    """The stored columns of one run; ``encoded`` is the msgspec JSON of ``state``.
+
+    ``logged_ms`` is the time of the global-log entry of the run's last event; without it (a
+    migration's back-fill), that of its run-stream ID, which the same append stamped.
+    """
     usage, error = state.usage, state.error
+    updated_us = micros(state.updated_at) or 0
+    if logged_ms is None:
+        logged_ms = redis_ms(state.last_event_id, updated_us)
     return (
         state.run_id,
         state.user_id,
@@ -70,7 +97,7 @@ def row_of(state: RunState, encoded: bytes) -> Row:
         micros(state.requested_at) or 0,
         micros(state.started_at),
         micros(state.completed_at),
-        micros(state.updated_at) or 0,
+        updated_us,
         state.duration_s,
         state.queue_wait_s,
         usage.calls,
@@ -81,5 +108,6 @@ def row_of(state: RunState, encoded: bytes) -> Row:
         error.code if error else None,
         error.message if error else None,
         state.last_event_id,
+        logged_ms,
         encoded.decode(),
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.projector.rows import UPSERT_SQL, row_of
+from services.projector.rows import COLUMNS, redis_ms, row_of, upsert_sql
 from shared.reducer import RunState
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ CREATE TABLE checkpoint (
 INSERT INTO checkpoint (id, last_id) VALUES (1, '0-0');
 """
 
+_V2_COLUMNS = tuple(c for c in COLUMNS if c != "logged_ms")
+"""The stored columns as of v2: today's minus those later migrations add."""
 _GENERATED = ("analysts", "steps", "result", "requested_at", "started_at", "completed_at", "updated_at")
 _V2 = """
 ALTER TABLE runs ADD COLUMN model_id TEXT NOT NULL DEFAULT '';
@@ -92,7 +94,7 @@ def _v2(conn: sqlite3.Connection) -> None:
             f"ALTER TABLE runs ADD COLUMN {name} TEXT "
             f"GENERATED ALWAYS AS (json_extract(state, '$.{name}')) VIRTUAL"
         )
-    _backfill_columns(conn)
+    _backfill_columns(conn, _V2_COLUMNS)
 
 
 _V3 = """
@@ -111,10 +113,29 @@ def _v3(conn: sqlite3.Connection) -> None:
     _script(conn, _V3)
 
 
+_V4 = """
+ALTER TABLE runs ADD COLUMN logged_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs_archive ADD COLUMN logged_ms INTEGER NOT NULL DEFAULT 0;
+DROP INDEX runs_ended;
+CREATE INDEX runs_ended ON runs (logged_ms) WHERE status NOT IN ('pending', 'running')
+"""
+"""Ages on Redis's clock: retention and reconciliation compare ``logged_ms`` (the log entry's time),
+not ``updated_us`` (the last event's ``at``, the appending process's clock, kept for display)."""
+
+
+def _v4(conn: sqlite3.Connection) -> None:
+    _script(conn, _V4)
+    for table in ("runs", "runs_archive"):  # the run-stream ID: stamped by the same append, on Redis
+        rows = conn.execute(f"SELECT run_id, last_event_id, updated_us FROM {table}").fetchall()
+        stamps = [(redis_ms(str(event_id), int(updated_us)), run_id) for run_id, event_id, updated_us in rows]
+        conn.executemany(f"UPDATE {table} SET logged_ms = ? WHERE run_id = ?", stamps)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs and checkpoint", _v1),
     Migration(2, "run columns, query indexes, archive", _v2),
     Migration(3, "reconciliation record", _v3),
+    Migration(4, "ages on Redis's clock", _v4),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 
@@ -161,8 +182,10 @@ def _script(conn: sqlite3.Connection, sql: str) -> None:
             conn.execute(statement)
 
 
-def _backfill_columns(conn: sqlite3.Connection) -> None:
+def _backfill_columns(conn: sqlite3.Connection, columns: tuple[str, ...]) -> None:
+    """Rewrite ``columns`` (those the schema has at this version) of every run from its state."""
     decoder = msgspec.json.Decoder(RunState)
+    keep = [COLUMNS.index(c) for c in columns]
     rows = conn.execute("SELECT state FROM runs").fetchall()
-    updates = [row_of(decoder.decode(state), state.encode()) for (state,) in rows]
-    conn.executemany(UPSERT_SQL, updates)
+    full = (row_of(decoder.decode(state), state.encode()) for (state,) in rows)
+    conn.executemany(upsert_sql(columns), [tuple(row[i] for i in keep) for row in full])

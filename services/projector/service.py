@@ -7,13 +7,14 @@ import contextlib
 import gc
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aiosqlite
 from redis.asyncio import Redis
 
 from services.projector import lag, snapshots, streamids
+from services.projector.clock import Now
 from services.projector.consumer import Consumer
 from services.projector.locking import exclusive
 from services.projector.metrics import metrics
@@ -23,7 +24,6 @@ from services.projector.reconcile import Reconciler
 from services.projector.retention import Policy, Retention
 from services.projector.schema import migrate
 from services.projector.settings import ProjectorSettings
-from shared.events import utcnow
 from shared.redis_io import connect
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def tune_gc() -> None:
 class ProjectorService:
     """Owns every connection and task of one projector process."""
 
-    def __init__(self, settings: ProjectorSettings, *, now: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, settings: ProjectorSettings, *, now: Now | None = None) -> None:
+        """``now``: a clock for tests; by default retention and reconciliation use Redis's."""
         self.settings = settings
         self.now = now
         self.stop_event = asyncio.Event()
