@@ -58,7 +58,7 @@ class LaunchSettings:
             gateway_port=env.integer("GATEWAY_PORT", 8000, minimum=1),
             projector_port=env.integer("PROJECTOR_PORT", 8001, minimum=1),
             runner_port=env.integer("RUNNER_PORT", 8002, minimum=0),
-            step_delay_s=str(env.number("STEP_DELAY_S", 2.5, minimum=0.0)),
+            step_delay_s=str(env.number("STEP_DELAY_S", 3.5, minimum=0.0)),
             log_format=env.text("LOG_FORMAT", "text"),
             grace_s=env.number("STOP_GRACE_S", 25.0, minimum=0.0),
             health_timeout_s=env.number("HEALTH_TIMEOUT_S", 30.0, minimum=1.0),
