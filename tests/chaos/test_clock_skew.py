@@ -102,13 +102,6 @@ async def test_a_run_resumed_by_a_runner_ahead_is_not_timed_out_by_the_skew(clus
     assert {s.status for s in states.values()} == {"completed"}, {s.status for s in states.values()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="projector retention ages runs by `updated_us` taken from the last event's `at` (the "
-    "runner's clock): a run finished by a runner a month behind is archived out of history, and its "
-    "stream unlinked, at the next pass (fix: age by the last event's stream ID, Redis's clock); "
-    "services/projector is being edited by its owner",
-)
 async def test_retention_does_not_archive_a_fresh_run_finished_by_a_runner_a_month_behind(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -8,9 +8,11 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
+from redis.asyncio import Redis
 
 from shared.events import (
     AnyEvent,
@@ -25,6 +27,7 @@ from shared.events import (
     StepStarted,
 )
 from shared.ids import new_run_id
+from shared.keys import Keys
 from shared.reducer import RunState, fold
 from shared.results import Usage
 from shared.store import EventStore
@@ -141,3 +144,22 @@ async def until_caught_up(service: object, redis: object, stream: str, timeout_s
         if time.monotonic() > deadline:
             raise TimeoutError(f"projector stuck at {service.projection.checkpoint}, head {head}")  # type: ignore[attr-defined]
         await asyncio.sleep(0.02)
+
+
+async def lose(redis: Redis, keys: Keys, run_id: str) -> None:
+    """What a failover that lost the run's writes leaves: no meta hash, no run stream, no entry."""
+    await redis.delete(keys.meta(run_id), keys.run(run_id))
+    for queue in keys.queues:
+        entries: Any = await redis.xrange(queue)
+        for entry_id, fields in entries:
+            if fields.get(b"r") == run_id.encode():
+                await redis.xdel(queue, entry_id)
+
+
+async def queued_ids(redis: Redis, keys: Keys) -> list[str]:
+    """The run ids the work queues name, in order."""
+    names = []
+    for queue in keys.queues:
+        entries: Any = await redis.xrange(queue)
+        names += [fields[b"r"].decode() for _, fields in entries]
+    return names

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -24,7 +23,7 @@ from shared.events import RunFailed, RunRequested, utcnow
 from shared.keys import Keys
 from shared.reducer import RunState, fold
 from shared.store import EventStore, Refused
-from tests.projector.support import db_states, until_caught_up, write_runs
+from tests.projector.support import db_states, lose, queued_ids, until_caught_up, write_runs
 from tests.support.processes import ServiceProcess
 
 GRACE = timedelta(seconds=60)
@@ -54,25 +53,6 @@ async def service(
         yield svc
     finally:
         await svc.stop()
-
-
-async def lose(redis: Redis, keys: Keys, run_id: str) -> None:
-    """What a failover that lost the run's writes leaves: no meta hash, no run stream, no entry."""
-    await redis.delete(keys.meta(run_id), keys.run(run_id))
-    for queue in keys.queues:
-        entries: Any = await redis.xrange(queue)
-        for entry_id, fields in entries:
-            if fields.get(b"r") == run_id.encode():
-                await redis.xdel(queue, entry_id)
-
-
-async def queued_ids(redis: Redis, keys: Keys) -> list[str]:
-    """The run ids the work queues name, in order."""
-    names = []
-    for queue in keys.queues:
-        entries: Any = await redis.xrange(queue)
-        names += [fields[b"r"].decode() for _, fields in entries]
-    return names
 
 
 async def read_model(service: ProjectorService, redis: Redis, keys: Keys) -> dict[str, RunState]:
