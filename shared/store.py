@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from shared.events import (
     AnyEvent,
@@ -173,6 +173,16 @@ class Refused(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One EVALSHA: the script's SHA1 and source (loaded again if Redis lost it), keys, args."""
+
+    sha: str
+    source: str
+    keys: Sequence[str]
+    args: Sequence[bytes | str | int]
+
+
+@dataclass(frozen=True, slots=True)
 class Appends:
     """Events of one run to append in order with one fence (an item of ``append_batch``).
 
@@ -317,21 +327,33 @@ class EventStore:
         ``appended`` lists the IDs written before the refusal). A Redis error raises (what was
         appended before it stays; callers leave their queue entries pending).
         """
-        calls: list[tuple[list[str], list[bytes | str | int]]] = []
+        return (await self.append_batch_then(batch, ()))[0]
+
+    async def append_batch_then(
+        self, batch: Sequence[Appends], then: Sequence[ScriptCall]
+    ) -> tuple[list[list[str] | Refused], list[Any]]:
+        """``append_batch``, with other script calls sent in the same round trip after it (a
+        runner reads its next work this way). Their replies come back as they are (an error as
+        its exception, not raised); an error of the appends raises."""
+        calls: list[ScriptCall] = []
         for start in range(0, len(batch), _BATCH_RUNS):
             keys: list[str] = []
             args: list[bytes | str | int] = []
             for item in batch[start : start + _BATCH_RUNS]:
                 await self._add_appends(item, keys, args)
-            calls.append((keys, args))
-        replies = await self._evalsha_pipelined(self._append_all.sha, _APPEND_ALL, calls)
+            calls.append(ScriptCall(self._append_all.sha, _APPEND_ALL, keys, args))
+        replies = await evalsha_pipelined(self.redis, [*calls, *then])
+        mine, extra = replies[: len(calls)], replies[len(calls) :]
+        for reply in mine:
+            if isinstance(reply, Exception):
+                raise reply
         out: list[list[str] | Refused] = []
-        runs = (reply for chunk in replies for reply in chunk)
+        runs = (reply for chunk in mine for reply in chunk)
         for item, reply in zip(batch, runs, strict=True):
             status, reason, ids = _text(reply[0]), _text(reply[1]), [_text(x) for x in reply[2] or ()]
             run_id = item.events[0].run_id if item.events else ""
             out.append(ids if status == "ok" else Refused(run_id, reason, ids))
-        return out
+        return out, extra
 
     async def _add_appends(self, item: Appends, keys: list[str], args: list[bytes | str | int]) -> None:
         k = self.keys
@@ -350,37 +372,6 @@ class EventStore:
             if not user_id and transition == "terminal":
                 user_id = owner or ""
             args += [self.codec.encode(event), transition, user_id]
-
-    async def _evalsha_pipelined(
-        self, sha: str, source: str, calls: Sequence[tuple[list[str], list[bytes | str | int]]]
-    ) -> list[Any]:
-        """EVALSHA each call in one pipeline; a script Redis lost (restart) is loaded and the
-        calls it refused (which did not run) are sent again. Any other error raises."""
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for _ in range(2):
-            if len(todo) == 1:  # no pipeline object for the usual single call
-                keys, args = calls[todo[0]]
-                try:
-                    results: list[Any] = [await self.redis.evalsha(sha, len(keys), *keys, *args)]
-                except NoScriptError as exc:
-                    results = [exc]
-            else:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for i in todo:
-                        keys, args = calls[i]
-                        pipe.evalsha(sha, len(keys), *keys, *args)
-                    results = await pipe.execute(raise_on_error=False)
-            for i, result in zip(todo, results, strict=True):
-                replies[i] = result
-            todo = [i for i, r in zip(todo, results, strict=True) if isinstance(r, NoScriptError)]
-            if not todo:
-                break
-            await self.redis.script_load(source)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
 
     async def abandon(self, event: AnyEvent) -> str:
         """Append a terminal event whatever the phase and owner (dead-lettering a run)."""
@@ -467,6 +458,36 @@ class EventStore:
             self.skipped += 1
             logger.warning("skipped malformed entry %s: %s", entry_id, exc)
         return None
+
+
+async def evalsha_pipelined(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Send the calls in one round trip (one pipeline; a single call without one). A script
+    Redis no longer has (restart, SCRIPT FLUSH) is loaded and the calls it refused, which did
+    not run, are sent again. Replies in order; an error reply is returned as its exception."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _ in range(2):
+        if len(todo) == 1:
+            call = calls[todo[0]]
+            try:
+                results: list[Any] = [await redis.evalsha(call.sha, len(call.keys), *call.keys, *call.args)]
+            except ResponseError as exc:
+                results = [exc]
+        else:
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    call = calls[i]
+                    pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
+                results = await pipe.execute(raise_on_error=False)
+        for i, result in zip(todo, results, strict=True):
+            replies[i] = result
+        missing = [i for i, r in zip(todo, results, strict=True) if isinstance(r, NoScriptError)]
+        if not missing:
+            break
+        for source in {calls[i].source for i in missing}:
+            await redis.script_load(source)
+        todo = missing
+    return replies
 
 
 def entry_run_id(fields: dict[bytes | str, bytes | str]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared.keys import RUNNERS_GROUP, Keys
-from shared.store import entry_run_id
+from shared.store import ScriptCall, entry_run_id, evalsha_pipelined
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,16 @@ class WorkQueue:
     ) -> list[tuple[Job, list[RawEntry]]]:
         """``read_batch`` plus each entry's run stream (raw, as XRANGE gives it) read in the same
         step from key ``run_prefix + run id`` ('' reads none)."""
-        reply: Any = await self._read(keys=list(queues), args=[self.group, self.consumer, count, run_prefix])
+        (reply,) = await evalsha_pipelined(self.redis, [self.read_call(queues, count, run_prefix)])
+        if isinstance(reply, Exception):
+            raise reply
+        return self.parse_read(queues, reply)
+
+    def read_call(self, queues: Sequence[str], count: int, run_prefix: str) -> ScriptCall:
+        """The read of ``read_batch_with_runs`` as a script call, to send along with others."""
+        return ScriptCall(self._read.sha, _READ, list(queues), [self.group, self.consumer, count, run_prefix])
+
+    def parse_read(self, queues: Sequence[str], reply: Any) -> list[tuple[Job, list[RawEntry]]]:
         out = []
         for index, eid, run, events in reply or ():
             run_id = run.decode(errors="replace") if isinstance(run, bytes) else str(run or "")

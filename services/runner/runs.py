@@ -49,7 +49,7 @@ from shared.events import (
 )
 from shared.reducer import RunState, fold
 from shared.results import RunResult, StepOutput, Usage
-from shared.store import Appends, Entry, EventStore, Refused
+from shared.store import Appends, Entry, EventStore, Refused, ScriptCall
 from shared.telemetry import context_from_traceparent, run_id_var
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OutcomeKind = Literal["completed", "failed", "retry"] | StopReason
+Noop = tuple[Execution, RunRequested, RunState]
+"""A held zero-step run ready to start and complete, with its request and folded state."""
 _STOP_WAIT_S = 5.0
 
 
@@ -100,30 +102,30 @@ class Executor:
         if ex is not None and ex.stop("cancelled", event):
             logger.info("cancelling run %s", run_id, extra={"run_id": run_id})
 
-    async def handle_batch(
+    async def with_events(
         self, items: Sequence[tuple[Execution, list[Entry] | None]]
     ) -> list[tuple[Execution, list[Entry]]]:
-        """Finish every no-op run of a batch of held entries together; returns the others (with
-        their events) for ``handle``. Runs whose events are not given (None) are read in one
-        round trip.
-
-        A Redis error raises and leaves the batch's entries pending (their lease hands them on).
-        """
+        """Each held entry with its run's events; those not given (None) are read in one round
+        trip."""
         unread = [ex.job.run_id for ex, entries in items if entries is None]
         reads = iter(await self.store.read_many(unread) if unread else [])
-        noops: list[tuple[Execution, RunRequested, RunState]] = []
+        return [(ex, next(reads) if entries is None else entries) for ex, entries in items]
+
+    def split(
+        self, items: Sequence[tuple[Execution, list[Entry]]]
+    ) -> tuple[list[Noop], list[tuple[Execution, list[Entry]]]]:
+        """The no-op runs that can simply start and complete (for ``finish_noops``), and the
+        rest (for ``handle``: poison, ended, over their attempts, cancelled, with steps)."""
+        noops: list[Noop] = []
         rest: list[tuple[Execution, list[Entry]]] = []
-        for ex, given in items:
-            entries = next(reads) if given is None else given
+        for ex, entries in items:
             request = _request_of(entries)
             state = fold(ex.job.run_id, entries) if request is not None else None
             if request is not None and state is not None and self._noop_ready(ex, request, state):
                 noops.append((ex, request, state))
             else:
                 rest.append((ex, entries))
-        if noops:
-            await self._finish_noops(noops)
-        return rest
+        return noops, rest
 
     def _noop_ready(self, ex: Execution, request: RunRequested, state: RunState) -> bool:
         """A zero-step run that can simply start and complete (anything else takes ``handle``)."""
@@ -135,15 +137,16 @@ class Executor:
             and not plan_steps(request.analysts, request.options.pipeline)
         )
 
-    async def _finish_noops(self, noops: Sequence[tuple[Execution, RunRequested, RunState]]) -> None:
-        """Per run one script call: RunStarted, RunCompleted and the ack, under append's phase
-        and fence rules; all runs of the batch in one pipeline (one round trip)."""
+    async def finish_noops(self, noops: Sequence[Noop], then: Sequence[ScriptCall] = ()) -> list[Any]:
+        """Per run one script step: RunStarted, RunCompleted and the ack, under append's phase
+        and fence rules; all runs in one call, and ``then`` (e.g. the next read) in the same round
+        trip, whose replies are returned. A Redis error raises; the entries stay pending."""
         expected = await self.eta.expected_many([request for _, request, _ in noops])
         batch = [
             self._noop_appends(ex, request, state, eta)
             for (ex, request, state), eta in zip(noops, expected, strict=True)
         ]
-        results = await self.store.append_batch(batch)
+        results, extra = await self.store.append_batch_then(batch, then)
         for (ex, request, _), item, result in zip(noops, batch, results, strict=True):
             if isinstance(result, Refused):  # acked by the script unless fenced
                 logger.debug("no-op run %s not completed: %s", ex.job.run_id, result.reason)
@@ -154,6 +157,7 @@ class Executor:
             self._count("completed")
             self.metrics.run_duration.observe(completed.duration_s)
             logger.debug("run %s completed (no-op, attempt %d)", ex.job.run_id, ex.attempt)
+        return extra
 
     def _noop_appends(
         self, ex: Execution, request: RunRequested, state: RunState, expected: float | None

@@ -26,7 +26,7 @@ from services.runner.factory import load_factory
 from services.runner.health import HealthServer
 from services.runner.metrics import metrics
 from services.runner.queue import Job, WorkQueue
-from services.runner.runs import Executor
+from services.runner.runs import Executor, Noop
 from services.runner.settings import RunnerSettings
 from services.runner.stats import refresh_queue_stats
 from services.runner.watcher import CancelWatcher
@@ -249,27 +249,57 @@ class Worker:
     def _dispatch(self, batch: Sequence[tuple[Job, list[Entry] | None]]) -> None:
         """Hold the entries and handle them as one batch (one task; slow runs get their own).
         Each job comes with its run's events when the read brought them (None: not read yet)."""
+        items = self._hold(batch)
+        self._track(asyncio.create_task(self._run_batch(items), name=f"batch-{batch[0][0].entry_id}"))
+
+    def _hold(
+        self, batch: Sequence[tuple[Job, list[Entry] | None]]
+    ) -> list[tuple[Execution, list[Entry] | None]]:
         items = [(Execution(job), entries) for job, entries in batch]
         for ex, _ in items:
             self._held[ex.job.entry_id] = ex
-        self._track(asyncio.create_task(self._run_batch(items), name=f"batch-{batch[0][0].entry_id}"))
         metrics().executing.set(len(self._held))
+        return items
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
 
     async def _run_batch(self, items: list[tuple[Execution, list[Entry] | None]]) -> None:
-        rest: list[tuple[Execution, list[Entry]]] = []
+        """No-op runs are completed here, a batch per round trip, and that same round trip reads
+        the next batch (as many entries as it frees, so the process never holds more than its
+        concurrency) for as long as the queues supply work; every other run gets its own task."""
+        held = [ex for ex, _ in items]
         try:
-            rest = await self.executor.handle_batch(items)
+            while items:
+                ready = await self.executor.with_events(items)
+                noops, rest = self.executor.split(ready)
+                for ex, entries in rest:
+                    held.remove(ex)
+                    self._track(asyncio.create_task(self._run(ex, entries), name=f"run-{ex.job.run_id}"))
+                if not noops:
+                    return
+                found = await self._finish_noops(noops)
+                self._free([ex for ex, _, _ in noops])
+                items = self._hold(found)
+                held = [ex for ex, _ in items]
         except Exception:
-            logger.exception("a batch of %d entries left pending after an error", len(items))
+            logger.exception("a batch of %d entries left pending after an error", len(held))
         finally:
-            going_on = {id(ex) for ex, _ in rest}
-            self._free([ex for ex, _ in items if id(ex) not in going_on])
-        for ex, entries in rest:
-            self._track(asyncio.create_task(self._run(ex, entries), name=f"run-{ex.job.run_id}"))
+            self._free(held)
+
+    async def _finish_noops(self, noops: Sequence[Noop]) -> list[tuple[Job, list[Entry] | None]]:
+        """Complete the no-op runs and, unless stopping, read the next batch in the same trip."""
+        keys = self.settings.common.keys
+        then = [] if self._stopping else [self.queue.read_call(keys.queues, len(noops), keys.run(""))]
+        extra = await self.executor.finish_noops(noops, then)
+        if not extra:
+            return []
+        if isinstance(extra[0], Exception):
+            logger.error("queue read failed: %s", extra[0])
+            return []
+        found = self.queue.parse_read(keys.queues, extra[0])
+        return [(job, self.store.decode_entries(raw)) for job, raw in found]
 
     async def _run(self, ex: Execution, entries: list[Entry]) -> None:
         try:
@@ -281,7 +311,8 @@ class Worker:
         if not exs:
             return
         for ex in exs:
-            self._held.pop(ex.job.entry_id, None)
+            if self._held.get(ex.job.entry_id) is ex:
+                del self._held[ex.job.entry_id]
         metrics().executing.set(len(self._held))
         self._slot_freed.set()
 
