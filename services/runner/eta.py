@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Sequence
 
@@ -91,4 +90,9 @@ class EtaBook:
 
 
 def _median(durations: list[float]) -> float | None:
-    return round(statistics.median(durations), 3) if durations else None
+    """The median (no ``statistics`` import: it costs a runner's start-up more than this)."""
+    if not durations:
+        return None
+    ordered, mid = sorted(durations), len(durations) // 2
+    middle = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return round(middle, 3)

@@ -10,7 +10,6 @@ from typing import Literal
 
 import msgspec
 from opentelemetry import trace
-from opentelemetry.propagate import inject
 
 from services.runner.metrics import RunnerMetrics
 from services.runner.queue import Job
@@ -128,6 +127,8 @@ def traceparent_of(span: trace.Span | None) -> str | None:
     """The traceparent of ``span`` (the current span when None), to store in an event."""
     if span is None:
         return current_traceparent()
+    from opentelemetry.propagate import inject
+
     carrier: dict[str, str] = {}
     inject(carrier, context=trace.set_span_in_context(span))
     return carrier.get("traceparent")

@@ -93,6 +93,7 @@ class Executor:
         self.watcher = watcher
         self.metrics = metrics
         self.running: dict[str, Execution] = {}
+        self._finished_counters: dict[str, Any] = {}
         self.finished: Counter[str] = Counter()
         """Terminal events this process appended, by status (the periodic summary reads it)."""
 
@@ -181,7 +182,10 @@ class Executor:
 
     def _count(self, status: str) -> None:
         self.finished[status] += 1
-        self.metrics.runs_finished.labels(status=status).inc()
+        counter = self._finished_counters.get(status)
+        if counter is None:
+            counter = self._finished_counters[status] = self.metrics.runs_finished.labels(status=status)
+        counter.inc()
 
     async def handle(self, ex: Execution, entries: list[Entry] | None = None) -> None:
         """Never raises: a failure here leaves the entry pending, so the lease hands it on.
