@@ -165,7 +165,9 @@ class Executor:
     ) -> Appends:
         started = self._started_event(ex, request, state, expected)
         span = tracer().start_span(
-            "run", context=context_from_traceparent(request.traceparent), attributes={"run_id": ex.job.run_id}
+            "run",
+            context=context_from_traceparent(request.traceparent) if request.traceparent else None,
+            attributes={"run_id": ex.job.run_id},
         )
         try:
             first_start = state.started_at or started.at

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from services.runner.eta import EtaBook, config_of
-from shared.events import RunCompleted, RunRequested, RunStarted, StepCompleted
+from services.runner.worker import Worker
+from shared.events import RunCancelled, RunCompleted, RunRequested, RunStarted, StepCompleted
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_state
@@ -88,3 +91,41 @@ async def test_concurrency_bounds_how_many_runs_one_process_executes(
 async def _terminal(store: EventStore, run_id: str) -> bool:
     state = await store.state(run_id)
     return state is not None and state.terminal
+
+
+async def test_many_noop_runs_complete_once_within_the_concurrency_and_a_cancelled_one_never_starts(
+    redis_url: str, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held: list[int] = []
+    hold = Worker._hold
+
+    def counting_hold(self: Worker, batch: Any) -> Any:
+        items = hold(self, batch)
+        held.append(len(self._held))
+        return items
+
+    monkeypatch.setattr(Worker, "_hold", counting_hold)
+    store = EventStore(redis, keys)
+    runs = [await submit(store, pipeline="noop") for _ in range(40)]
+    cancelled = runs[7]
+    await store.append(RunCancelled(run_id=cancelled, user_id="local"))
+    high = await submit(store, pipeline="noop", priority="high")
+    async with running_worker(redis_url, CountingPipeline(redis), TT_RUNNER_CONCURRENCY="3") as worker:
+        for run_id in [*runs, high]:
+            await wait_state(store, run_id)
+        finished = dict(worker.executor.finished)
+    assert held and max(held) <= 3 and len(held) < 41  # batches, never more than the concurrency
+    assert finished == {"completed": 40}
+    for run_id in [*runs, high]:
+        events = await events_of(store, run_id)
+        starts = [e for e in events if isinstance(e, RunStarted)]
+        terminal = [e for e in events if isinstance(e, RunCompleted | RunCancelled)]
+        assert len(terminal) == 1, run_id
+        assert len(starts) == (0 if run_id == cancelled else 1), run_id
+    assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
+    assert (await redis.xpending(keys.queue_high, RUNNERS_GROUP))["pending"] == 0
+    assert await redis.scard(keys.active("local")) == 0
+    starts_at = [(await events_of(store, r))[1].at for r in runs if r != cancelled]
+    assert (await events_of(store, high))[1].at <= min(starts_at)  # the high-priority run went first
+    request = next(e for e in await events_of(store, runs[0]) if isinstance(e, RunRequested))
+    assert await redis.llen(keys.eta(config_of(request))) == 20  # durations flushed at stop, capped
