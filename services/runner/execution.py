@@ -34,6 +34,8 @@ class Execution:
     owner: str | None = None
     """The run's user (from its RunRequested): terminal appends need no owner lookup."""
     attempt: int = 0
+    started_id: str = ""
+    """The run-stream ID of this execution's RunStarted: Redis's clock when it began."""
     task: asyncio.Task[object] | None = None
     stop_reason: StopReason | None = None
     cancel_event: RunCancelled | None = None

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -270,7 +269,7 @@ class Executor:
         job = ex.job
         event = self._started_event(ex, request, state, await self.eta.expected(request))
         try:
-            await self.store.append(event, fence=ex.fence)
+            ex.started_id = await self.store.append(event, fence=ex.fence)
         except Refused as exc:
             logger.info("run %s not started: %s", job.run_id, exc.reason)
             if exc.reason != "fenced":
@@ -287,18 +286,20 @@ class Executor:
         entries: list[Entry],
         pipeline: Runnable | None,
     ) -> None:
-        first_start = state.started_at or utcnow()
+        # Elapsed time is measured on Redis's clock (stream IDs) and then this process's monotonic
+        # clock, never against another runner's wall clock: a resumed run is not timed out by skew.
+        prior_s, began = _elapsed_before(entries, ex.started_id), time.monotonic()
         deadline_s = min(
             request.options.deadline_s or self.settings.run_deadline_s, self.settings.run_deadline_s
         )
-        left = deadline_s - (utcnow() - first_start).total_seconds()
+        left = deadline_s - prior_s
         if state.cancel_requested:  # cancelled while its previous runner was gone
             ex.stop("cancelled")
         if pipeline is None:  # zero steps: done at once, unless a stop (e.g. cancel) came first
             outcome = Outcome(ex.stop_reason or "completed")
         else:
             outcome = await self._watched(ex, request, state, entries, pipeline, time.monotonic() + left)
-        await self._finish(ex, request, state, outcome, first_start)
+        await self._finish(ex, request, state, outcome, prior_s + time.monotonic() - began)
 
     async def _watched(
         self,
@@ -360,10 +361,10 @@ class Executor:
         await _until_cancelled(ex)
 
     async def _finish(
-        self, ex: Execution, request: RunRequested, state: RunState, outcome: Outcome, first_start: datetime
+        self, ex: Execution, request: RunRequested, state: RunState, outcome: Outcome, elapsed_s: float
     ) -> None:
         run_id, attempt = ex.job.run_id, ex.attempt
-        duration = round((utcnow() - first_start).total_seconds(), 3)
+        duration = round(elapsed_s, 3)
         match outcome.kind:
             case "completed":
                 usage = state.usage + ex.usage
@@ -518,3 +519,15 @@ def _takes_spent(pipeline: Any) -> bool:
         return "spent" in inspect.signature(pipeline.run).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _elapsed_before(entries: list[Entry], started_id: str) -> float:
+    """Seconds on Redis's clock from the run's first RunStarted to this execution's own."""
+    first = next((entry_id for entry_id, event in entries if isinstance(event, RunStarted)), None)
+    if first is None or not started_id:
+        return 0.0
+    return max(_stream_ms(started_id) - _stream_ms(first), 0) / 1000
+
+
+def _stream_ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])

@@ -3,8 +3,9 @@
 Leases are Redis idle times (XCLAIM/XAUTOCLAIM min-idle), stream IDs come from the Redis
 server's clock, and the reducer orders by stream position, never by ``at``: a skewed process
 changes neither who holds a run nor the order of its events. Where a component compares an
-event's ``at`` (written by another process's clock) with its own clock, skew does leak in; the
-xfail tests below name those places.
+event's ``at`` (written by another process's clock) with its own clock, skew would leak in: the
+run deadline and retention therefore measure time on Redis's clock (stream IDs, TIME), and the
+tests below prove it.
 """
 
 from __future__ import annotations
@@ -86,13 +87,6 @@ async def test_leases_and_order_hold_when_the_runner_ahead_dies(cluster: Cluster
     record("clock_skew_takeover", {**figures, "runs_with_at_out_of_stream_order": stamps_out_of_order})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner runs.py measures the run deadline as its own utcnow() minus the first RunStarted's "
-    "`at` (another runner's clock): a run resumed by a runner an hour ahead of the one that started it "
-    "ends at once with status timeout (fix: measure elapsed time from stream IDs, Redis's clock); "
-    "services/runner/runs.py is being edited by its owner",
-)
 async def test_a_run_resumed_by_a_runner_ahead_is_not_timed_out_by_the_skew(cluster: Cluster) -> None:
     """The runner an hour behind dies; the one an hour ahead resumes its run: it completes."""
     cluster.runner("behind", **skewed(-HOUR))
