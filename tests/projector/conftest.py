@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from services.projector.settings import ProjectorSettings
 from shared.config import Env
+from shared.events import utcnow
 from tests.support.processes import ServiceProcess
 
 
@@ -44,3 +46,18 @@ def make_process(redis_url: str, state_dir: Path) -> Iterator[object]:
     yield build
     for process in started:
         process.stop()
+
+
+class Clock:
+    """A hand-set clock for an in-process projector (``ProjectorService(now=clock)``)."""
+
+    def __init__(self, at: datetime | None = None) -> None:
+        self.at = at or utcnow()
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

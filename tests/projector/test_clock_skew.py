@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +27,12 @@ from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
 from shared.keys import Keys
 from shared.store import EventStore
+from tests.projector.conftest import Clock
 from tests.projector.support import db_states, folded, lose, queued_ids, until_caught_up, write_runs
 
 HOUR = timedelta(hours=1)
 MONTH = timedelta(days=31)
 GRACE = timedelta(seconds=60)
-
-
-class Clock:
-    """A clock for the in-process projector, set from Redis's ``TIME`` by the test."""
-
-    def __init__(self) -> None:
-        self.at = datetime.min
-
-    def __call__(self) -> datetime:
-        return self.at
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,27 +19,15 @@ from redis.asyncio import Redis
 from services.projector.reconcile import LOST_CODE, Reconciler
 from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
-from shared.events import RunFailed, RunRequested, utcnow
+from shared.events import RunFailed, RunRequested
 from shared.keys import Keys
 from shared.reducer import RunState, fold
 from shared.store import EventStore, Refused
+from tests.projector.conftest import Clock
 from tests.projector.support import db_states, lose, queued_ids, until_caught_up, write_runs
 from tests.support.processes import ServiceProcess
 
 GRACE = timedelta(seconds=60)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.at = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.at
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from redis.asyncio import Redis
 
 from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
-from shared.events import utcnow
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore
+from tests.projector.conftest import Clock
 from tests.projector.support import db_states, until_caught_up, write_runs
 
 HOUR = timedelta(hours=1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.at = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.at
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
