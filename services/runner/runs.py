@@ -131,6 +131,7 @@ class Executor:
         """A zero-step run that can simply start and complete (anything else takes ``handle``)."""
         return (
             not state.terminal
+            and state.started_at is None  # a resumed run's duration is measured on Redis's clock
             and not state.cancel_requested
             and ex.stop_reason is None
             and ex.job.deliveries <= self.settings.max_attempts
@@ -168,11 +169,10 @@ class Executor:
             context=context_from_traceparent(request.traceparent) if request.traceparent else None,
             attributes={"run_id": ex.job.run_id},
         )
-        try:
-            first_start = state.started_at or started.at
+        try:  # a first start (resumed runs take the general path): the duration is this process's
             completed = RunCompleted(
                 run_id=ex.job.run_id, result=None, usage=state.usage, traceparent=span_traceparent(span),
-                duration_s=round(max((utcnow() - first_start).total_seconds(), 0.0), 3),
+                duration_s=round(max((utcnow() - started.at).total_seconds(), 0.0), 3),
             )  # fmt: skip
         finally:
             span.end()
