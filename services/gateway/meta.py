@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.gateway.auth import CSRF_COOKIE, SESSION_COOKIE, Caller
@@ -102,18 +103,22 @@ def _session_routes(router: APIRouter) -> None:
 
 
 def _page_routes(router: APIRouter) -> None:
+    # The page's files are small and local: they are read on the event loop rather than through
+    # FileResponse's worker thread, which keeps the gateway single-threaded (CPython 3.11.7 has a
+    # race between threads in the AST recursion counter that 3.11 traceback formatting can hit).
     @router.get("/", include_in_schema=False)
     async def index(runtime: RuntimeDep) -> Response:
         page = runtime.settings.static_dir / "index.html"
-        return FileResponse(page) if page.is_file() else HTMLResponse(PLACEHOLDER)
+        return HTMLResponse(page.read_bytes()) if page.is_file() else HTMLResponse(PLACEHOLDER)
 
     @router.get("/static/{path:path}", include_in_schema=False)
-    async def static(path: str, runtime: RuntimeDep) -> FileResponse:
+    async def static(path: str, runtime: RuntimeDep) -> Response:
         root = runtime.settings.static_dir.resolve()
         target = (root / path).resolve()
         if not target.is_relative_to(root) or not target.is_file():
             raise Problem(404, f"No static file {path!r}.")
-        return FileResponse(target)
+        media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        return Response(target.read_bytes(), media_type=media_type)
 
 
 async def _redis_ok(runtime: Runtime) -> bool:
