@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import socket
 import subprocess
@@ -142,7 +141,3 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def redis_url_from_env() -> str | None:
-    return os.environ.get("REDIS_URL") or None

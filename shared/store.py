@@ -33,7 +33,7 @@ from shared.events import (
     UnknownEvent,
     is_terminal,
 )
-from shared.keys import EVENT_FIELD, RUN_ID_FIELD, SOURCE_ID_FIELD, Keys
+from shared.keys import EVENT_FIELD, RUN_ID_FIELD, Keys
 from shared.reducer import RunState, fold
 
 logger = logging.getLogger(__name__)
@@ -499,12 +499,6 @@ def entry_run_id(fields: dict[bytes | str, bytes | str]) -> str:
     value = fields.get(RUN_ID_FIELD.encode()) or fields.get(RUN_ID_FIELD)
     if isinstance(value, bytes):
         return value.decode(errors="replace")
-    return _text(value) if value is not None else ""
-
-
-def entry_source_id(fields: dict[bytes | str, bytes | str]) -> str:
-    """A global-log entry's ID in its run stream."""
-    value = fields.get(SOURCE_ID_FIELD.encode()) or fields.get(SOURCE_ID_FIELD)
     return _text(value) if value is not None else ""
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
 from shared.config import Env
 from shared.events import utcnow
@@ -61,3 +62,21 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+GRACE = timedelta(seconds=60)
+"""The reconciliation grace period of the ``service`` fixture below."""
+
+
+@pytest.fixture
+async def service(
+    make_settings: Callable[..., ProjectorSettings], clock: Clock
+) -> AsyncIterator[ProjectorService]:
+    """An in-process projector on the hand-set clock, reconciling only when a test asks."""
+    settings = make_settings(TT_RECONCILE_INTERVAL_S="0", TT_RECONCILE_GRACE_S=str(GRACE.total_seconds()))
+    svc = ProjectorService(settings, now=clock)
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()

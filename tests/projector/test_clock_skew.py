@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 from redis.asyncio import Redis
 
 from services.projector import streamids
@@ -27,25 +26,11 @@ from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
 from shared.keys import Keys
 from shared.store import EventStore
-from tests.projector.conftest import Clock
+from tests.projector.conftest import GRACE, Clock
 from tests.projector.support import db_states, folded, lose, queued_ids, until_caught_up, write_runs
 
 HOUR = timedelta(hours=1)
 MONTH = timedelta(days=31)
-GRACE = timedelta(seconds=60)
-
-
-@pytest.fixture
-async def service(
-    make_settings: Callable[..., ProjectorSettings], clock: Clock
-) -> AsyncIterator[ProjectorService]:
-    settings = make_settings(TT_RECONCILE_INTERVAL_S="0", TT_RECONCILE_GRACE_S=str(GRACE.total_seconds()))
-    svc = ProjectorService(settings, now=clock)
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.stop()
 
 
 def columns(db_path: Path, run_id: str) -> tuple[int, int]:

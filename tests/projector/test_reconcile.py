@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,24 +23,9 @@ from shared.events import RunFailed, RunRequested
 from shared.keys import Keys
 from shared.reducer import RunState, fold
 from shared.store import EventStore, Refused
-from tests.projector.conftest import Clock
+from tests.projector.conftest import GRACE, Clock
 from tests.projector.support import db_states, lose, queued_ids, until_caught_up, write_runs
 from tests.support.processes import ServiceProcess
-
-GRACE = timedelta(seconds=60)
-
-
-@pytest.fixture
-async def service(
-    make_settings: Callable[..., ProjectorSettings], clock: Clock
-) -> AsyncIterator[ProjectorService]:
-    settings = make_settings(TT_RECONCILE_INTERVAL_S="0", TT_RECONCILE_GRACE_S=str(GRACE.total_seconds()))
-    svc = ProjectorService(settings, now=clock)
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.stop()
 
 
 async def read_model(service: ProjectorService, redis: Redis, keys: Keys) -> dict[str, RunState]:
