@@ -142,7 +142,20 @@ def start_runners(
     if wait:
         for runner in runners:
             runner.wait_healthy(60.0)
+            wait_built(runner, 60.0)
     return runners
+
+
+def wait_built(runner: ServiceProcess, timeout_s: float) -> None:
+    """Until the runner's /healthz says its pipeline is built: a runner builds it on its first
+    idle moment after /healthz answers (~0.4 s of CPU importing the analysis package and httpx),
+    and that is start-up, which warm measurements exclude."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(f"{runner.url}/healthz", timeout=2.0).json().get("pipeline") == "built":
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"runner {runner.url} has not built its pipeline in {timeout_s:.0f} s")
 
 
 async def submit_burst(store: EventStore, n: int, steps: int, width: int = 50) -> float:

@@ -190,7 +190,15 @@ class Worker:
             "runner_id": self.settings.runner_id,
             "executing": len(self._held),
             "stopping": self._stopping,
+            "pipeline": self._pipeline_state(),
         }
+
+    def _pipeline_state(self) -> str:
+        """'built', 'building' or 'not built': a process that answers /healthz but has not built
+        its pipeline yet still has start-up work to do (benchmarks wait for 'built')."""
+        if self.pipeline is not None:
+            return "built"
+        return "not built" if self._building is None or self._building.done() else "building"
 
     @property
     def free_slots(self) -> int:

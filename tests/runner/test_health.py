@@ -97,3 +97,28 @@ async def test_a_pipeline_name_that_names_nothing_fails_at_start(redis_url: str)
 
 def _broken(redis: Redis, http: httpx.AsyncClient) -> object:
     raise RuntimeError("no model configured")
+
+
+async def test_healthz_says_when_the_idle_worker_has_built_its_pipeline(redis_url: str) -> None:
+    port = free_port()
+    worker = Worker(
+        runner_settings(
+            redis_url, TT_RUNNER_PORT=str(port), TT_RUNNER_PIPELINE="tests.runner.support:build_test_pipeline"
+        )
+    )
+    assert worker._status()["pipeline"] == "not built"
+    task = asyncio.create_task(worker.start())
+    seen: list[str] = []
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 10)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2.0) as http:
+            for _ in range(200):  # the queues are empty: the worker builds its pipeline now
+                seen.append((await http.get("/healthz")).json()["pipeline"])
+                if seen[-1] == "built":
+                    break
+                await asyncio.sleep(0.02)
+        assert seen[-1] == "built" and set(seen) <= {"not built", "building", "built"}
+        assert worker.pipeline is not None
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
