@@ -6,9 +6,10 @@ attaches it to every SSE message, and the runner replays it to resume. No I/O he
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -146,43 +147,48 @@ def apply_mut(state: RunState, event: AnyEvent, event_id: str) -> None:
 
 
 def _mutate(s: RunState, event: AnyEvent) -> None:
-    match event:
-        case RunRequested():
-            _requested(s, event)
-        case RunStarted():
-            _started(s, event)
-        case StepStarted(step=step):
-            _step_started(s, event, step)
-        case StepProgress(step=step, progress=progress, message=message):
-            st = _step(s, step)
-            st.status, st.progress, st.message = "running", _clamp(progress), message
-            s.current_step, s.message = step, message
-        case StepCompleted():
-            _step_completed(s, event)
-        case RunRetrying(attempt=attempt, reason=reason):
-            _back_to_queue(s, attempt, reason)
-        case RunFailed(will_retry=True, attempt=attempt, message=message):
-            s.error = ErrorInfo(code=event.code, message=message)
-            _back_to_queue(s, attempt + 1, message)
-        case RunFailed():
-            _finish(s, event, event.status)
-            s.error = ErrorInfo(code=event.code, message=event.message)
-        case RunCompleted(result=result, usage=usage):
-            _finish(s, event, "completed")
-            s.result = result
-            s.usage = usage if usage.calls else s.usage
-        case RunCancelled():
-            _cancelled(s, event)
-        case RunCancellationConfirmed():
-            _finish(s, event, "cancelled")
-            s.error = ErrorInfo(code="cancelled", message=event.reason)
+    handler = _HANDLERS.get(type(event))
+    if handler is None:  # a subclass of an event type: the first type it is an instance of
+        handler = next((h for kind, h in _HANDLERS.items() if isinstance(event, kind)), None)
+    if handler is not None:
+        handler(s, event)
+
+
+def _step_progress(s: RunState, e: StepProgress) -> None:
+    st = _step(s, e.step)
+    st.status, st.progress, st.message = "running", _clamp(e.progress), e.message
+    s.current_step, s.message = e.step, e.message
+
+
+def _retrying(s: RunState, e: RunRetrying) -> None:
+    _back_to_queue(s, e.attempt, e.reason)
+
+
+def _failed(s: RunState, e: RunFailed) -> None:
+    if e.will_retry is True:  # as the match it replaces: `case RunFailed(will_retry=True)`
+        s.error = ErrorInfo(code=e.code, message=e.message)
+        _back_to_queue(s, e.attempt + 1, e.message)
+    else:
+        _finish(s, e, e.status)
+        s.error = ErrorInfo(code=e.code, message=e.message)
+
+
+def _completed(s: RunState, e: RunCompleted) -> None:
+    _finish(s, e, "completed")
+    s.result = e.result
+    s.usage = e.usage if e.usage.calls else s.usage
+
+
+def _confirmed(s: RunState, e: RunCancellationConfirmed) -> None:
+    _finish(s, e, "cancelled")
+    s.error = ErrorInfo(code="cancelled", message=e.reason)
 
 
 def _requested(s: RunState, e: RunRequested) -> None:
     s.user_id, s.symbol, s.model_id = e.user_id, e.symbol, e.model_id
     s.analysts, s.options, s.priority = e.analysts, e.options, e.priority
     s.requested_at = e.at
-    s.steps = [StepState(name=n, label=step_label(n)) for n in plan_steps(e.analysts, e.options.pipeline)]
+    s.steps = [StepState(name=n, label=_label(n)) for n in plan_steps(e.analysts, e.options.pipeline)]
 
 
 def _started(s: RunState, e: RunStarted) -> None:
@@ -191,11 +197,12 @@ def _started(s: RunState, e: RunStarted) -> None:
     s.queue_wait_s = s.queue_wait_s if s.queue_wait_s is not None else e.queue_wait_s
     s.expected_s = e.expected_s
     known = {st.name: st for st in s.steps}
-    s.steps = [known.get(n) or StepState(name=n, label=step_label(n)) for n in e.steps]
+    s.steps = [known.get(n) or StepState(name=n, label=_label(n)) for n in e.steps]
     s.message = "started" if e.attempt == 1 else f"resumed (attempt {e.attempt})"
 
 
-def _step_started(s: RunState, e: StepStarted, step: str) -> None:
+def _step_started(s: RunState, e: StepStarted) -> None:
+    step = e.step
     st = _step(s, step)
     st.status, st.progress, st.message = "running", 0.0, ""
     st.started_at, st.attempt = e.at, e.attempt
@@ -242,16 +249,24 @@ def _finish(s: RunState, e: Event, status: Status) -> None:
 
 
 def _derive_progress(s: RunState, now: datetime) -> None:
-    if s.status == "completed":
+    status = s.status
+    if status == "completed":
         s.progress = 100.0
         return
-    if not s.steps:
+    steps = s.steps
+    if not steps:
         return
-    done = sum(st.progress if st.status == "running" else st.status == "completed" for st in s.steps)
-    fraction = done / len(s.steps)
+    done: float = 0  # the sum, in step order, of a running step's progress and 1 per completed one
+    for st in steps:
+        step_status = st.status
+        if step_status == "running":
+            done += st.progress
+        elif step_status == "completed":
+            done += 1
+    fraction = done / len(steps)
     s.progress = round(100.0 * fraction, 1)
-    if s.terminal or s.status != "running" or s.started_at is None:
-        return
+    if status != "running" or s.started_at is None:
+        return  # "running" is neither terminal nor pending
     elapsed = (now - s.started_at).total_seconds()
     if s.expected_s:
         s.eta_s = round(max(s.expected_s - elapsed, s.expected_s * (1 - fraction) * 0.25), 1)
@@ -263,13 +278,32 @@ def _step(s: RunState, name: str) -> StepState:
     for st in s.steps:
         if st.name == name:
             return st
-    st = StepState(name=name, label=step_label(name))
+    st = StepState(name=name, label=_label(name))
     s.steps.append(st)
     return st
 
 
+_HANDLERS: dict[type, Callable[[RunState, Any], None]] = {
+    RunRequested: _requested,
+    RunStarted: _started,
+    StepStarted: _step_started,
+    StepProgress: _step_progress,
+    StepCompleted: _step_completed,
+    RunRetrying: _retrying,
+    RunFailed: _failed,
+    RunCompleted: _completed,
+    RunCancelled: _cancelled,
+    RunCancellationConfirmed: _confirmed,
+}
+"""What each event type does to a state (the order is the one a subclass is matched in)."""
+
+
 def _copy(st: StepState) -> StepState:
     return msgspec.structs.replace(st)
+
+
+_label = functools.lru_cache(maxsize=1024)(step_label)
+"""``step_label`` (pure, over a constant catalogue), remembered: every run names the same steps."""
 
 
 def _clamp(value: float) -> float:

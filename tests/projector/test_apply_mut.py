@@ -111,3 +111,21 @@ def test_apply_stays_pure(prefix: list[AnyEvent], last: AnyEvent) -> None:
     mutated = msgspec.json.decode(encoded, type=RunState)
     apply_mut(mutated, last, "9999-0")
     assert mutated == after
+
+
+class _LateProgress(StepProgress, frozen=True, kw_only=True):
+    """A subclass of an event type (no new tag): the reducer treats it as its base type."""
+
+
+@settings(max_examples=50, deadline=None)
+@given(prefix=st.lists(events, max_size=15), progress=st.floats(-0.5, 1.5), step=steps)
+def test_a_subclass_of_an_event_type_folds_as_its_base(
+    prefix: list[AnyEvent], progress: float, step: str
+) -> None:
+    base = StepProgress(run_id=RUN, at=T0, step=step, progress=progress, message="late")
+    sub = _LateProgress(run_id=RUN, at=T0, step=step, progress=progress, message="late")
+    expected = fold(RUN, [*_entries(prefix), ("9999-0", base)])
+    assert fold(RUN, [*_entries(prefix), ("9999-0", sub)]) == expected
+    state = fold(RUN, _entries(prefix))
+    apply_mut(state, sub, "9999-0")
+    assert state == expected
