@@ -111,8 +111,18 @@ class Projection:
         """The events to apply, in log order; skipped entries are counted in ``outcome``."""
         fresh: list[Decoded] = []
         decode, traces = self.codec.decode, outcome.traces
+        e_key, r_key, s_key = _EVENT[0], _RUN_ID[0], _SOURCE_ID[0]
         for raw_id, fields in self._after_checkpoint(entries, outcome):
-            data, run_id, source_id = _fields(fields)
+            if (  # the append script's layout, read raw: no call, no tuple (else ``_fields``)
+                type(fields) is list
+                and len(fields) == 6
+                and fields[0] == e_key
+                and fields[2] == r_key
+                and fields[4] == s_key
+            ):
+                data, run_id, source_id = fields[1], fields[3].decode(), fields[5].decode()
+            else:
+                data, run_id, source_id = _fields(fields)
             try:
                 event = decode(data)
             except (EventError, TypeError) as exc:

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from services.projector.consumer import Consumer
 from services.projector.projection import BatchOutcome, Projection, RawEntry, open_db
 from services.projector.schema import migrate
+from shared.events import EventCodec
 from shared.ids import new_run_id
 from shared.keys import PROJECTOR_GROUP, Keys
 from shared.store import EventStore
@@ -177,3 +178,30 @@ async def test_each_batch_is_a_span_linked_to_the_traces_of_its_runs(
     assert attributes["messaging.batch.message_count"] == len(log)
     assert attributes["tickertape.batch.first_id"] == log[0][0].decode()
     assert attributes["tickertape.batch.last_id"] == log[-1][0].decode()
+
+
+async def test_a_batch_is_acknowledged_by_its_id_range_and_no_entry_read_after_it(
+    redis: Redis, redis_url: str, keys: Keys, projection: Projection, tmp_path: Path
+) -> None:
+    """The ack script XACKs exactly a batch's pending entries (2,400 of them: in chunks of 1,000)
+    and leaves the batch read ahead of it pending until that one is applied."""
+    codec, pipe = EventCodec(), redis.pipeline(transaction=False)
+    for index, event in enumerate(e for _ in range(210) for e in plan(new_run_id(), "completed")):
+        pipe.xadd(keys.events, {"e": codec.encode(event), "r": event.run_id, "s": f"{index + 1}-0"})
+    await pipe.execute()
+    reader = Redis.from_url(redis_url)
+    try:
+        consumer = _consumer(projection, redis, reader, keys)
+        await consumer.prepare()
+        first: Any = await redis.xreadgroup(PROJECTOR_GROUP, "c1", {keys.events: ">"}, count=2400)
+        then: Any = await redis.xreadgroup(PROJECTOR_GROUP, "c1", {keys.events: ">"}, count=100)
+        batch, ahead = first[0][1], then[0][1]
+        await consumer.handle(batch)
+        pending = await redis.xpending_range(keys.events, PROJECTOR_GROUP, "-", "+", 10_000)
+        assert [p["message_id"] for p in pending] == [entry_id for entry_id, _ in ahead]
+        await consumer.handle(ahead)
+        assert (await redis.xpending(keys.events, PROJECTOR_GROUP))["pending"] == 0
+    finally:
+        await reader.aclose()
+    assert len(batch) == 2400
+    assert _applied(tmp_path / "db.sqlite") == 2500  # of 2,520 written
