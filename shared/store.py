@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
@@ -218,6 +218,11 @@ class Capped:
 SubmitOutcome = Submitted | Duplicate | Capped
 
 
+class SubmitSender(Protocol):
+    async def call(self, call: ScriptCall) -> Any:
+        """The script's reply; an error reply raises."""
+
+
 def transition_of(event: AnyEvent) -> Transition:
     """Which phase rule an event's append follows."""
     match event:
@@ -240,8 +245,12 @@ class EventStore:
         *,
         run_ttl_s: int = 48 * 3600,
         codec: EventCodec | None = None,
+        submits: SubmitSender | None = None,
     ) -> None:
+        """``submits``: what sends the submit script (a ``shared.batcher.ScriptBatcher`` pipelines
+        concurrent submits); by default each is its own EVALSHA."""
         self.redis = redis
+        self.submits = submits
         self.keys = keys
         self.codec = codec or EventCodec()
         self.run_ttl_s = run_ttl_s
@@ -285,7 +294,11 @@ class EventStore:
             idempotency_ttl_s,
             k.meta(""),
         ]
-        status, value = _pair(await self._submit(keys=keys, args=argv))
+        if self.submits is not None:
+            reply = await self.submits.call(ScriptCall(self._submit.sha, _SUBMIT, keys, argv))
+        else:
+            reply = await self._submit(keys=keys, args=argv)
+        status, value = _pair(reply)
         if status == "duplicate":
             return Duplicate(value)
         if status == "capped":

@@ -23,6 +23,7 @@ from services.gateway.limits import RateLimiter, StreamSlots
 from services.gateway.metrics import metrics
 from services.gateway.queries import RunReader
 from services.gateway.settings import GatewaySettings
+from shared.batcher import ScriptBatcher
 from shared.models import ModelSpec, load_registry
 from shared.redis_io import COMMAND_TIMEOUT_S, connect
 from shared.reducer import RunState
@@ -87,7 +88,8 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
     redis = command_client(common.redis_url, settings.redis_pool_size, name)
     reader = connect(common.redis_url, blocking=True, client_name=f"{name}:sse")
     projector = httpx.AsyncClient(base_url=settings.projector_url, timeout=settings.projector_timeout_s)
-    store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s)
+    submits = ScriptBatcher(redis)  # concurrent submits share one round trip
+    store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s, submits=submits)
     hub = Hub(
         reader,
         redis,
@@ -116,6 +118,7 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
         yield runtime
     finally:
         await hub.stop()
+        await submits.aclose()
         await projector.aclose()
         await reader.aclose()
         await redis.aclose()
