@@ -8,16 +8,33 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from services.gateway import legacy, meta, problems, runs
+from services.gateway.fastpath import serve_submit
 from services.gateway.limits import BodyLimit
 from services.gateway.metrics import RequestMetrics
-from services.gateway.runtime import open_runtime
+from services.gateway.runtime import Runtime, open_runtime
 from services.gateway.settings import GatewaySettings
 
 API = "/api/trading"
 DECISION = "/api/trading/decision"
-SUBMIT_PATHS = frozenset({f"{API}/runs", f"{DECISION}/runs"})
+SUBMIT_BASES = {f"{API}/runs": API, f"{DECISION}/runs": DECISION}
+SUBMIT_PATHS = frozenset(SUBMIT_BASES)
+
+
+class Gateway(FastAPI):
+    """FastAPI with a front door for the hot route: ``POST /runs`` is served by
+    ``fastpath.serve_submit`` before routing and the middleware stack (see fastpath.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            base = SUBMIT_BASES.get(scope["path"])
+            runtime: Runtime | None = getattr(self.state, "runtime", None)
+            if base is not None and runtime is not None:
+                await serve_submit(runtime, base, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _ids(prefix: str) -> object:
@@ -47,7 +64,7 @@ def is_submit(scope: MutableMapping[str, Any]) -> bool:
     return scope.get("method") == "POST" and path in SUBMIT_PATHS
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(settings: GatewaySettings) -> Gateway:
     """A gateway app; clients are built when it starts (lifespan), never at import."""
 
     @contextlib.asynccontextmanager
@@ -56,7 +73,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             app.state.runtime = runtime
             yield
 
-    app = FastAPI(
+    app = Gateway(
         title="Tickertape gateway",
         version="1.0",
         description="Submit, follow (SSE), cancel and list background trading-agents runs.",

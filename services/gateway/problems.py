@@ -130,6 +130,19 @@ def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Problem:
     return Problem(422, detail, field=first["field"], extra={"errors": items})
 
 
+def store_unavailable(method: str, path: str, exc: Exception) -> Problem:
+    """Redis is down or loading: 503 with Retry-After (logged, without the request's body)."""
+    logger.warning("redis unavailable on %s %s: %s", method, path, exc)
+    detail = "The event store (Redis) is unreachable or still loading. Retry (with the same Idempotency-Key)."
+    return Problem(503, detail, slug="store-unavailable", headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
+
+def unexpected(method: str, path: str) -> Problem:
+    """A bug: logged with its traceback (call from an ``except``), answered as a plain 500."""
+    logger.exception("unhandled error on %s %s", method, path)
+    return Problem(500, "The gateway failed unexpectedly; the error was logged. Try again.")
+
+
 def install(app: FastAPI) -> None:
     """Answer every error (ours, FastAPI's validation, Starlette's HTTP errors) as problem+json."""
 
@@ -151,19 +164,10 @@ def install(app: FastAPI) -> None:
         return Problem(exc.status_code, detail, headers=exc.headers).response(request.url.path)
 
     async def on_redis_down(request: Request, exc: Exception) -> JSONResponse:
-        logger.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
-        detail = (
-            "The event store (Redis) is unreachable or still loading. Retry (with the same Idempotency-Key)."
-        )
-        problem = Problem(
-            503, detail, slug="store-unavailable", headers={"Retry-After": str(REDIS_RETRY_AFTER_S)}
-        )
-        return problem.response(request.url.path)
+        return store_unavailable(request.method, request.url.path, exc).response(request.url.path)
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        problem = Problem(500, "The gateway failed unexpectedly; the error was logged. Try again.")
-        return problem.response(request.url.path)
+        return unexpected(request.method, request.url.path).response(request.url.path)
 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
