@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.runner_bench            # prints a table
     BENCH_QUICK=1 .venv/bin/python -m bench.runner_bench
     .venv/bin/python -m bench.runner_bench compare REV [REPS] [N]   # row 2, REV's runner vs ours
+    .venv/bin/python -m bench.runner_bench compare-warm REV [REPS] [N] [RUNNERS]   # row 6, CPU/run
 
 Each figure comes from real runner processes (``python -m services.runner``) against a
 redis-server of the bench's own (or ``REDIS_URL``). Building blocks return numbers so the
@@ -20,6 +21,11 @@ combined bench (``python -m bench``) can put them in its table.
   clock until the projector's read model shows all N ended), alternating a git revision's runner
   (exported with ``git archive``) with the working tree's, in the same run, so before/after
   share the machine's load. The projector is the working tree's in both.
+- compare-warm: row 6's warm no-op measurement (RUNNERS runner processes up, idle and done
+  with their start-up — their CPU flat for 0.5 s, which needs no /healthz field an older
+  revision may lack — then N runs submitted 50 at a time; clock and CPU until the read model
+  shows all N ended), alternating REV's runner with the working tree's. The figure to develop
+  against is runner CPU per run (process CPU time, not wall clock).
 """
 
 from __future__ import annotations
@@ -331,6 +337,72 @@ async def cold_once(redis_url: str, workdir: Path, tag: str, n: int, root: Path)
         await redis.aclose()
 
 
+@dataclass(frozen=True, slots=True)
+class Warm:
+    rate: float
+    runner_cpu_ms: float
+    """Runner CPU per run (all runner processes), from the first submit to the last run seen."""
+
+
+def _settled(runners: Sequence[ServiceProcess], quiet_s: float = 0.5, timeout_s: float = 60.0) -> None:
+    """Until the runners' CPU time has not moved for ``quiet_s`` (their start-up is over)."""
+    pids = [r.process.pid for r in runners if r.process is not None]
+    deadline, last, since = time.monotonic() + timeout_s, -1.0, time.monotonic()
+    while time.monotonic() < deadline:
+        now = sum(cpu_seconds(pid) for pid in pids)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.05)
+
+
+async def warm_once(redis_url: str, workdir: Path, tag: str, n: int, root: Path, count: int) -> Warm:
+    """Row 6 (no-op, warm) once, with ``count`` runners of ``root``."""
+    keys = Keys(f"cmw{tag}:")
+    env = noop_e2e.base_env(redis_url, keys.prefix, workdir / f"cmw-{tag}")
+    redis = connect(redis_url)
+    projector = ServiceProcess("projector", env, log_dir=workdir / "logs").start(timeout_s=30.0)
+    runners = [TreeRunner(root, env, workdir / "logs") for _ in range(count)]
+    try:
+        for runner in runners:
+            runner.start(timeout_s=60.0)
+        _settled(runners)
+        pids = [r.process.pid for r in runners if r.process is not None]
+        cpu0, began = sum(cpu_seconds(p) for p in pids), time.perf_counter()
+        await noop_e2e.submit_burst(EventStore(redis, keys), n, 0)
+        await noop_e2e.wait_completed(projector.url, n)
+        elapsed = time.perf_counter() - began
+        return Warm(n / elapsed, 1000 * (sum(cpu_seconds(p) for p in pids) - cpu0) / n)
+    finally:
+        for runner in runners:
+            runner.stop()
+        projector.stop()
+        await _unlink_prefix(redis, keys.prefix)
+        await redis.aclose()
+
+
+async def compare_warm(ref: str, n_reps: int, n: int, count: int) -> None:
+    """Alternate ``ref``'s runners and the working tree's, warm, ``n_reps`` times each."""
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="runner-cmw-") as tmp, RedisServer(Path(tmp) / "redis") as server:
+        workdir = Path(tmp)
+        variants = {ref: export(ref, workdir / "ref"), "working tree": Path(__file__).resolve().parents[1]}
+        results: dict[str, list[Warm]] = {name: [] for name in variants}
+        for rep in range(n_reps):
+            for index, (name, root) in enumerate(variants.items()):
+                results[name].append(await warm_once(server.url, workdir, f"{rep}{index}", n, root, count))
+    load_after = os.getloadavg()
+    print(f"row 6 warm, N={n} no-op runs, {count} runner process(es), {n_reps} repetitions alternating; "
+          "median [min .. max]")  # fmt: skip
+    print(f"{'runner':<16}{'runner CPU ms/run':>24}{'submit → read model runs/s':>32}")
+    for name, warm in results.items():
+        print(f"{name[:15]:<16}{_spread([w.runner_cpu_ms for w in warm], '.3f'):>24}"
+              f"{_spread([w.rate for w in warm], ',.0f'):>32}")  # fmt: skip
+    print(f"load average (1/5/15 min) before {tuple(round(x, 2) for x in load_before)}, "
+          f"after {tuple(round(x, 2) for x in load_after)}")  # fmt: skip
+
+
 async def _unlink_prefix(redis: Redis, prefix: str) -> None:
     batch: list[Any] = []
     async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
@@ -416,6 +488,11 @@ def print_table(rows: Sequence[tuple[str, str, str]]) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["compare-warm"]:
+        args = sys.argv[2:]
+        numbers = [int(a) for a in args[1:4]] + [3, 1000, 1][len(args[1:4]) :]
+        asyncio.run(compare_warm(args[0] if args else "HEAD", *numbers))
+        return
     if sys.argv[1:2] == ["compare"]:
         args = sys.argv[2:]
         ref = args[0] if args else "HEAD"

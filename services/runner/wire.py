@@ -25,11 +25,14 @@ class HiredisPacking:
             args = (*args[0].encode().split(), *args[1:])
         elif b" " in args[0]:
             args = (*args[0].split(), *args[1:])
-        args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
         try:
             return [hiredis.pack_command(args)]
-        except TypeError as exc:
-            raise DataError(str(exc)) from exc
+        except TypeError:  # hiredis takes no bytearray or memoryview (rare here): copy those
+            views: Any = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
+            try:
+                return [hiredis.pack_command(views)]
+            except TypeError as exc:
+                raise DataError(str(exc)) from exc
 
 
 _classes: dict[type, type] = {}

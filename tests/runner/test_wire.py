@@ -15,6 +15,7 @@ from shared.redis_io import connect
 _ARGS: list[tuple[Any, ...]] = [
     ("SET", "k", "v"),
     ("EVALSHA", "a" * 40, 2, "k1", "k2", b"\x00\xffbytes", 604800, 1.5, -3, "é ü", ""),
+    ("SET", 2**70, float("nan"), 1e20, 0.1),
     ("CONFIG GET", "maxmemory"),
     (b"CLIENT SETNAME", "x"),
     ("XADD", "s", "*", "e", memoryview(b"view"), "b", bytearray(b"array"), "big", b"x" * 20_000),
@@ -33,6 +34,10 @@ def test_what_cannot_be_sent_is_a_data_error() -> None:
     fast = type("Fast", (HiredisPacking, Connection), {})()
     with pytest.raises(DataError):
         fast.pack_command("SET", "k", None)
+    with pytest.raises(DataError):
+        fast.pack_command("SET", "k", True)
+    with pytest.raises(DataError):
+        fast.pack_command("SET", memoryview(b"k"), None)
 
 
 async def test_a_fast_packing_client_round_trips_values_and_pipelines(redis_url: str, redis: Redis) -> None:
