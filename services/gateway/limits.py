@@ -7,6 +7,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.problems import Problem
 from shared.keys import Keys
+from shared.store import ScriptCall, SubmitSender
 
 STREAM_RETRY_AFTER_S = 5
 
@@ -22,14 +23,24 @@ return {n, ttl}
 class RateLimiter:
     """At most ``limit`` submissions per ``window_s`` per user (0 = unlimited)."""
 
-    def __init__(self, redis: Redis, keys: Keys, limit: int, window_s: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, limit: int, window_s: int, *, calls: SubmitSender | None = None
+    ) -> None:
+        """``calls``: what sends the counting script (the gateway's ``ScriptBatcher``, so the
+        counts of concurrent submits share a round trip); by default its own EVALSHA."""
         self.keys, self.limit, self.window_s = keys, limit, window_s
         self._count = redis.register_script(_COUNT)
+        self._calls = calls
 
     async def hit(self, user_id: str) -> None:
         if self.limit <= 0:
             return
-        count, ttl = await self._count(keys=[self.keys.rate(user_id)], args=[self.window_s])
+        keys, args = [self.keys.rate(user_id)], [self.window_s]
+        if self._calls is not None:
+            reply = await self._calls.call(ScriptCall(self._count.sha, _COUNT, keys, args))
+        else:
+            reply = await self._count(keys=keys, args=args)
+        count, ttl = reply
         if int(count) > self.limit:
             raise Problem(
                 429,

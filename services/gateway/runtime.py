@@ -109,7 +109,7 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
         projector=projector,
         runs=RunReader(store, projector),
         auth=Authenticator(settings),
-        limiter=RateLimiter(redis, common.keys, *settings.submit_rate),
+        limiter=RateLimiter(redis, common.keys, *settings.submit_rate, calls=submits),
         models=load_registry(settings.models_path),
         streams=StreamSlots(settings.sse_max_per_user),
     )
