@@ -14,6 +14,7 @@ CPU time during the live phase over the frames delivered (fixed costs dominate i
     .venv/bin/python -m bench.sse_fanout           # 1, 100, 1000 clients, BENCH_REPS (3) rounds each
     BENCH_QUICK=1 .venv/bin/python -m bench.sse_fanout
     BENCH_SSE_SIZES=1000 BENCH_REPS=1 .venv/bin/python -m bench.sse_fanout
+    BENCH_SSE_SIZES=1000 .venv/bin/python -m bench.sse_fanout --compare REV   # REV's gateway alternating
     .venv/bin/python -m bench.sse_fanout clients PORT PATH N   # one client process (internal)
 """
 
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,27 +56,30 @@ MAX_CLIENT_PROCS = 4
 
 
 class SseClient:
-    """One connection; records ``time.time()`` when each ``id:`` line arrives."""
+    """One connection; records ``time.time()`` when each ``id:`` line arrives.
+
+    A chunk is stamped on arrival and kept; its lines are split after the round (``arrivals``),
+    each ``id:`` line getting the stamp of the chunk that completed it: the same figures as
+    splitting on arrival, at less CPU per chunk while the gateway is still writing to the others.
+    Until the first ``id:`` line (the replay) chunks are split at once, to signal ``opened``.
+    """
 
     def __init__(self, path: str, signals: dict[str, asyncio.Event], tally: dict[str, int]) -> None:
         self.path, self.signals, self.tally = path, signals, tally
-        self.received: list[tuple[str, float]] = []
-        self.tail = b""
+        self.chunks: list[tuple[float, bytes]] = []
+        self.last = b""
         self.opened = self.ended = False
 
     def request(self) -> bytes:
         return f"GET {self.path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
 
     def feed(self, data: bytes) -> None:
-        now = time.time()
-        lines = (self.tail + data).split(b"\n")
-        self.tail = lines.pop()
-        for line in lines:
-            if line.startswith(b"id: "):
-                self.received.append((line[4:].strip().decode(), now))
-                self._mark("opened")
-            elif line.startswith(b"event: end"):
-                self._mark("ended")
+        self.chunks.append((time.time(), data))
+        if not self.opened and arrivals(self.chunks):
+            self._mark("opened")
+        if END in data or END in self.last + data[: len(END)]:
+            self._mark("ended")
+        self.last = (self.last + data[-len(END) :])[-len(END) :]  # the bytes an END may start in
 
     def _mark(self, what: str) -> None:
         if getattr(self, what):
@@ -83,6 +88,20 @@ class SseClient:
         self.tally[what] += 1
         if self.tally[what] == self.tally["n"]:
             self.signals[what].set()
+
+
+END = b"\nevent: end"
+"""The end frame's ``event:`` line (after its chunk-size line, so always after a newline)."""
+
+
+def arrivals(chunks: list[tuple[float, bytes]]) -> list[tuple[str, float]]:
+    """Each ``id:`` line with the stamp of the chunk that completed it."""
+    received, tail = [], b""
+    for stamp, data in chunks:
+        lines = (tail + data).split(b"\n")
+        tail = lines.pop()
+        received += [(line[4:].strip().decode(), stamp) for line in lines if line.startswith(b"id: ")]
+    return received
 
 
 class _Protocol(asyncio.Protocol):
@@ -97,7 +116,8 @@ class _Protocol(asyncio.Protocol):
 
 
 async def run_clients(port: int, path: str, n: int) -> None:
-    """Open ``n`` clients; print ``opened`` once all follow, then their arrivals as JSON at the end."""
+    """Open ``n`` clients; print ``opened`` once all follow, then at the end, as JSON, their
+    arrivals and this process's CPU seconds and chunks received from ``opened`` to the end."""
     loop = asyncio.get_running_loop()
     signals = {"opened": asyncio.Event(), "ended": asyncio.Event()}
     tally = {"n": n, "opened": 0, "ended": 0}
@@ -108,11 +128,14 @@ async def run_clients(port: int, path: str, n: int) -> None:
         transports.append(transport)
     async with asyncio.timeout(ROUND_TIMEOUT_S):
         await signals["opened"].wait()
+        cpu, chunks = time.process_time(), sum(len(c.chunks) for c in clients)
         print("opened", flush=True)
         await signals["ended"].wait()
+        cpu, chunks = time.process_time() - cpu, sum(len(c.chunks) for c in clients) - chunks
     for transport in transports:
         transport.close()
-    print(json.dumps([c.received for c in clients]), flush=True)
+    received = [arrivals(c.chunks) for c in clients]
+    print(json.dumps({"received": received, "cpu_s": cpu, "chunks": chunks}), flush=True)
 
 
 def clients_main(port: int, path: str, n: int) -> None:
@@ -124,22 +147,25 @@ def clients_main(port: int, path: str, n: int) -> None:
 # ---------------------------------------------------------------- the gateway and one round
 
 
-def start_gateway(redis_url: str, state: Path, port: int) -> subprocess.Popen[bytes]:
+def start_gateway(
+    redis_url: str, state: Path, port: int, root: Path = ROOT, process_id: str = PROCESS_ID
+) -> subprocess.Popen[bytes]:
+    """``python -m services.gateway`` from the tree at ``root`` (another revision's, for --compare)."""
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
         "TT_STATE_DIR": str(state),
         "TT_GATEWAY_PORT": str(port),
-        "TT_GATEWAY_PROCESS_ID": PROCESS_ID,
+        "TT_GATEWAY_PROCESS_ID": process_id,
         "TT_MAX_ACTIVE_RUNS": "0",
         "TT_SUBMIT_RATE": "0/min",
         "TT_LOG_LEVEL": "WARNING",
         "TT_PROJECTOR_URL": "http://127.0.0.1:9",
         "TT_PROJECTOR_TIMEOUT_S": "0.2",
     }
-    log = (state / "gateway.log").open("ab")
+    log = (state / f"gateway-{process_id}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT, stdout=log, stderr=log
+        [sys.executable, "-m", "services.gateway"], env=env, cwd=root, stdout=log, stderr=log
     )
 
 
@@ -157,9 +183,10 @@ async def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
     raise TimeoutError("gateway not healthy")
 
 
-async def gateway_connections(store: EventStore) -> int:
+async def gateway_connections(store: EventStore, process_id: str = PROCESS_ID) -> int:
     clients = await store.redis.client_list()
-    return sum(1 for c in clients if c.get("name", "").startswith(f"tt-gateway:{PROCESS_ID}"))
+    name = f"tt-gateway:{process_id}"
+    return sum(1 for c in clients if c.get("name", "") in (name, f"{name}:sse"))
 
 
 def shares(n: int) -> list[int]:
@@ -194,7 +221,7 @@ async def start_run(url: str, store: EventStore) -> str:
 
 
 async def one_round(
-    url: str, port: int, store: EventStore, n: int, pid: int | None = None
+    url: str, port: int, store: EventStore, n: int, pid: int | None = None, process_id: str = PROCESS_ID
 ) -> dict[str, float]:
     """N clients (in client processes) follow one run while this process appends its events."""
     run_id = await start_run(url, store)
@@ -204,19 +231,21 @@ async def one_round(
         async with asyncio.timeout(ROUND_TIMEOUT_S):
             for proc in procs:
                 assert (await expect_line(proc)).strip() == b"opened"
-            connections = await gateway_connections(store)
+            connections = await gateway_connections(store, process_id)
             rss = rss_mb(pid) if pid else float("nan")
             cpu = cpu_seconds(pid) if pid else float("nan")
             sent = await append_events(store, run_id)
-            arrivals = [c for proc in procs for c in json.loads(await expect_line(proc))]
+            reports = [json.loads(await expect_line(proc)) for proc in procs]
             cpu = (cpu_seconds(pid) - cpu) if pid else float("nan")
     finally:
         for proc in procs:
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
-    row = summarize_round(sent, arrivals, connections, rss)
+    row = summarize_round(sent, [c for r in reports for c in r["received"]], connections, rss)
     row["cpu_us_per_frame"] = cpu * 1e6 / max(row["frames"], 1)
+    chunks = sum(r["chunks"] for r in reports)
+    row["client_cpu_us_per_chunk"] = sum(r["cpu_s"] for r in reports) * 1e6 / max(chunks, 1)
     return row
 
 
@@ -264,45 +293,83 @@ def cell(values: list[float], digits: int = 1) -> str:
 
 def print_rows(found: dict[int, list[dict[str, float]]]) -> None:
     print(f"{'clients':>8} {'p50 ms':>20} {'p99 ms':>20} {'missing':>8} {'redis conns':>12} {'RSS MB':>20} "
-          f"{'CPU us/frame':>20}")  # fmt: skip
+          f"{'CPU us/frame':>20} {'client us/chunk':>20}")  # fmt: skip
     for n, rounds in found.items():
         col = {k: [r[k] for r in rounds] for k in rounds[0]}
-        cpu = cell(col["cpu_us_per_frame"])
+        cpu, client = cell(col["cpu_us_per_frame"]), cell(col["client_cpu_us_per_chunk"])
         print(f"{n:>8} {cell(col['p50']):>20} {cell(col['p99']):>20} {sum(col['missing']):>8.0f} "
-              f"{cell(col['connections'], 0):>12} {cell(col['rss_mb']):>20} {cpu:>20}")  # fmt: skip
+              f"{cell(col['connections'], 0):>12} {cell(col['rss_mb']):>20} {cpu:>20} "
+              f"{client:>20}")  # fmt: skip
 
 
-async def bench(redis_url: str, state: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    gateway = start_gateway(redis_url, state, port)
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One gateway under test: the working tree's, or another revision's (``--compare``)."""
+
+    name: str
+    root: Path
+    process_id: str
+
+
+def export(ref: str, into: Path) -> Path:
+    """The tree of git revision ``ref`` (exported with ``git archive``), or ``ref`` if a directory."""
+    if Path(ref).is_dir():
+        return Path(ref).resolve()
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+async def bench(redis_url: str, state: Path, compare: str | None = None) -> None:
+    """Each size, BENCH_REPS rounds; with ``compare``, that revision's gateway round by round in
+    alternation with the working tree's (both processes up all along, one idle at a time)."""
+    variants = [Variant("working tree", ROOT, PROCESS_ID)]
+    if compare:
+        variants.insert(0, Variant(compare, export(compare, state / "ref"), f"{PROCESS_ID}-ref"))
+    ports = [free_port() for _ in variants]
+    gateways = [
+        start_gateway(redis_url, state, port, v.root, v.process_id)
+        for v, port in zip(variants, ports, strict=True)
+    ]
     redis = connect(redis_url)
     store = EventStore(redis, Keys("tt:"))
     sizes = sizes_to_run()
-    found: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
+    found: dict[str, dict[int, list[dict[str, float]]]] = {v.name: {n: [] for n in sizes} for v in variants}
     try:
-        await wait_healthy(url, gateway)
+        for gateway, port in zip(gateways, ports, strict=True):
+            await wait_healthy(f"http://127.0.0.1:{port}", gateway)
         for _ in range(reps()):
             for n in sizes:
-                found[n].append(await one_round(url, port, store, n, gateway.pid))
+                for v, gateway, port in zip(variants, gateways, ports, strict=True):
+                    row = await one_round(
+                        f"http://127.0.0.1:{port}", port, store, n, gateway.pid, v.process_id
+                    )
+                    found[v.name][n].append(row)
     finally:
-        gateway.terminate()
-        gateway.wait(15)
+        for gateway in gateways:
+            gateway.terminate()
+            gateway.wait(15)
         await redis.aclose()
     pace = f"{PACE_S * 1000:.0f} ms apart"
     print(f"SSE fan-out on one gateway process ({EVENTS + 1} live events a run, {pace}; "
-          f"clients in {MAX_CLIENT_PROCS} processes at most; median [min-max] of {reps()})")  # fmt: skip
-    print_rows(found)
+          f"clients in {MAX_CLIENT_PROCS} processes at most; median [min-max] of {reps()}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")  # fmt: skip
+    for name, rows in found.items():
+        if compare:
+            print(f"-- {name}")
+        print_rows(rows)
 
 
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "clients":
         clients_main(int(argv[1]), argv[2], int(argv[3]))
         return
+    compare = argv[1] if len(argv) == 2 and argv[0] == "--compare" else None
     with ExitStack() as stack:
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tt-sse-bench-")))
         redis_url = os.environ.get("REDIS_URL") or stack.enter_context(RedisServer(state / "redis")).url
-        asyncio.run(bench(redis_url, state))
+        asyncio.run(bench(redis_url, state, compare))
 
 
 if __name__ == "__main__":
