@@ -143,7 +143,8 @@ class Watch:
     cursor: str = "0-0"
     state: RunState | None = None
     frames: list[Frame] = field(default_factory=list)
-    listeners: set[Sink] = field(default_factory=set)
+    listeners: dict[Sink, None] = field(default_factory=dict)
+    """In join order (a dict as an ordered set): frames go out first come, first served."""
     end: Frame | None = None
 
 
@@ -220,7 +221,7 @@ class Hub:
         fresh = watch is None
         if watch is None:
             watch = self._watches[run_id] = Watch(run_id, self.keys.run(run_id))
-        watch.listeners.add(listener)
+        watch.listeners[listener] = None
         if not listener.replay([*watch.frames, *([watch.end] if watch.end else [])]):
             self._drop(watch, listener)
         if fresh:
@@ -230,7 +231,7 @@ class Hub:
         watch = self._watches.get(listener.run_id)
         if watch is None:
             return
-        watch.listeners.discard(listener)
+        watch.listeners.pop(listener, None)
         if not watch.listeners:
             del self._watches[listener.run_id]
 
@@ -299,7 +300,7 @@ class Hub:
 
     def _drop(self, watch: Watch, listener: Sink) -> None:
         listener.cut()
-        watch.listeners.discard(listener)
+        watch.listeners.pop(listener, None)
         self.dropped += 1
         self.on_drop()
         logger.info("dropped a slow SSE client of run %s (it can resume)", watch.run_id)

@@ -134,9 +134,16 @@ class DirectListener:
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def offer(self, frame: Frame) -> bool:
-        if frame.key <= self.after or self.transport.is_closing():
+        # Called for every client of a run for every frame: ``_write`` inlined, one lookup each.
+        transport = self.transport
+        if frame.key <= self.after or transport.is_closing():
             return not self.dropped
-        return self._write(frame.chunk, frame.final)
+        if self.dropped or transport.get_write_buffer_size() > self.limit:
+            return False
+        transport.write(frame.chunk)
+        if frame.final:
+            self._finish()
+        return True
 
     def replay(self, frames: list[Frame]) -> bool:
         fresh = [f for f in frames if f.key > self.after]

@@ -1,0 +1,81 @@
+"""The hub's fan-out order, and the gateway process's garbage-collector tuning."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from services.gateway.hub import Frame, Hub
+from shared.keys import Keys
+from shared.redis_io import connect
+from shared.store import EventStore
+from tests.gateway.support import Runner, request_event
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Recorder:
+    """A sink that notes, in one log shared by all of them, which sink took which frame."""
+
+    def __init__(self, run_id: str, name: str, log: list[tuple[str, str]]) -> None:
+        self.run_id, self.name, self.log = run_id, name, log
+        self.dropped = False
+
+    def offer(self, frame: Frame) -> bool:
+        self.log.append((self.name, frame.kind))
+        return True
+
+    def replay(self, frames: list[Frame]) -> bool:
+        return all(self.offer(frame) for frame in frames)
+
+    def cut(self) -> None:
+        self.dropped = True
+
+
+async def test_frames_go_out_in_join_order_and_a_rejoin_goes_last(
+    redis: Redis, redis_url: str, store: EventStore, keys: Keys, runner: Runner
+) -> None:
+    event = request_event("local")
+    await store.submit(event)
+    reader, commands = connect(redis_url, blocking=True), connect(redis_url)
+    hub = Hub(reader, commands, EventStore(commands, keys), keys, "test-hub-order", block_ms=500)
+    log: list[tuple[str, str]] = []
+    sinks = {name: Recorder(event.run_id, name, log) for name in ("c", "a", "d", "b")}
+    await hub.start()
+    try:
+        for sink in sinks.values():
+            await hub.attach(sink)
+        hub.leave(sinks["a"])
+        await hub.attach(sinks["a"])  # back at the end of the line
+        await runner.start(event.run_id)
+        async with asyncio.timeout(5):
+            while ("b", "RunStarted") not in log:
+                await asyncio.sleep(0.02)
+        live = [name for name, kind in log if kind == "RunStarted"]
+        assert live == ["c", "d", "b", "a"]
+        for sink in sinks.values():
+            hub.leave(sink)
+        assert hub.listeners == 0
+    finally:
+        await hub.stop()
+        await reader.aclose()
+        await commands.aclose()
+
+
+def test_tune_gc_freezes_the_loaded_heap_and_raises_the_thresholds() -> None:
+    probe = (
+        "import gc, json; from services.gateway.__main__ import GC_THRESHOLDS, tune_gc; "
+        "before = gc.get_freeze_count(); tune_gc(); "
+        "print(json.dumps([before, gc.get_freeze_count(), gc.get_threshold(), GC_THRESHOLDS]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    before, frozen, threshold, wanted = json.loads(done.stdout)
+    assert before == 0 and frozen > 10_000  # the modules, the app's classes: most of the heap
+    assert threshold == wanted and threshold[0] > 700
