@@ -139,11 +139,15 @@ def apply_mut(state: RunState, event: AnyEvent, event_id: str) -> None:
     """
     state.last_event_id = event_id
     state.event_count += 1
-    state.updated_at = event.at
+    state.updated_at = at = event.at
     if state.status in TERMINAL:
         return  # nothing changes a finished run; later entries are bookkeeping only
-    _mutate(state, event)
-    _derive_progress(state, event.at)
+    handler = _HANDLERS.get(type(event))  # _mutate, one call less on the projector's hot path
+    if handler is None:
+        _mutate(state, event)
+    else:
+        handler(state, event)
+    _derive_progress(state, at)
 
 
 def _mutate(s: RunState, event: AnyEvent) -> None:
@@ -311,6 +315,8 @@ def _clamp(value: float) -> float:
 
 
 def _describe(output: StepOutput | None) -> str:
+    if output is None:
+        return ""
     match output:
         case MarketData(prices=prices, provider=provider, demo=demo):
             return f"{len(prices.close)} daily bars from {provider}" + (" (demo data)" if demo else "")
