@@ -8,7 +8,7 @@ than httpx, so the generator is less of the limit).
 Stand-alone::
 
     python -m bench.submit_bench                          # starts its own Redis, prints rows
-    python -m bench.submit_bench ceiling PORT REDIS_URL   # serve the ceiling app
+    python -m bench.submit_bench ceiling PORT REDIS_URL [bare]  # serve a ceiling app
     python -m bench.submit_bench load URL SECONDS CONNS   # one load run; prints JSON
 """
 
@@ -67,12 +67,49 @@ def ceiling_app(redis_url: str) -> FastAPI:
     return app
 
 
-def serve_ceiling(listen_port: int, redis_url: str) -> None:
+def bare_app(redis_url: str) -> Any:
+    """The same XADD with no framework at all: a plain ASGI callable (a stricter ceiling, shown
+    beside the issue's; the gateway serves POST /runs this way, see services/gateway/fastpath.py)."""
+    clients: dict[str, Any] = {}
+    head = [(b"content-type", b"application/json")]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()  # lifespan.startup
+            clients["redis"] = connect(redis_url)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+            await clients["redis"].aclose()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/healthz":
+            ok = b'{"status":"ok"}'
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [*head, (b"content-length", b"15")]}
+            )
+            await send({"type": "http.response.body", "body": ok})
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        run_id = secrets.token_hex(8)
+        await clients["redis"].xadd("ceiling:queue", {"r": run_id, "b": body})
+        answer = json.dumps({"runId": run_id, "status": "pending"}).encode()
+        length = [(b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 202, "headers": head + length})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
+def serve_ceiling(listen_port: int, redis_url: str, kind: str = "fastapi") -> None:
     """Same uvicorn settings as ``python -m services.gateway``."""
     import uvicorn
 
+    app = bare_app(redis_url) if kind == "bare" else ceiling_app(redis_url)
     config = uvicorn.Config(
-        ceiling_app(redis_url), host="127.0.0.1", port=listen_port, log_config=None, access_log=False,
+        app, host="127.0.0.1", port=listen_port, log_config=None, access_log=False,
         proxy_headers=True, timeout_graceful_shutdown=5,
     )  # fmt: skip
     uvicorn.Server(config).run()
@@ -168,27 +205,32 @@ def measure(redis_url: str, workdir: Path, n_reps: int | None = None) -> list[Ro
     n_reps = n_reps or reps()
     seconds, conns = (1.0, 8) if quick() else (5.0, 32)
     gateway = ServiceProcess("gateway", gateway_env(redis_url, workdir), log_dir=workdir / "logs")
-    ceiling_port = port()
-    ceiling = Child(
-        "bench.submit_bench", ["ceiling", str(ceiling_port), redis_url], workdir / "logs" / "ceiling.log"
-    )
-    results: dict[str, list[dict[str, Any]]] = {"gateway": [], "ceiling": []}
+    ports = {"ceiling": port(), "bare": port()}
+    ceilings = {
+        name: Child("bench.submit_bench", ["ceiling", str(p), redis_url, "bare" if name == "bare" else ""],
+                    workdir / "logs" / f"{name}.log")
+        for name, p in ports.items()
+    }  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {"gateway": [], "ceiling": [], "bare": []}
     try:
         gateway.start(timeout_s=30.0)
-        ceiling.start().wait_http(f"http://127.0.0.1:{ceiling_port}/healthz")
-        targets = {"gateway": gateway.url, "ceiling": f"http://127.0.0.1:{ceiling_port}"}
+        for name, child in ceilings.items():
+            child.start().wait_http(f"http://127.0.0.1:{ports[name]}/healthz")
+        targets = {"gateway": gateway.url, **{name: f"http://127.0.0.1:{p}" for name, p in ports.items()}}
         for _ in range(n_reps):
             for name, url in targets.items():
                 results[name].append(one_load(url, seconds, conns))
     finally:
-        ceiling.stop()
+        for child in ceilings.values():
+            child.stop()
         gateway.stop()
     return rows(results, conns)
 
 
 def rows(results: dict[str, list[dict[str, Any]]], conns: int) -> list[Row]:
-    g, c = results["gateway"], results["ceiling"]
+    g, c, bare = results["gateway"], results["ceiling"], results.get("bare", [])
     ratios = [a["rps"] / b["rps"] for a, b in zip(g, c, strict=True) if b["rps"]]
+    bare_ratios = [a["rps"] / b["rps"] for a, b in zip(g, bare, strict=True) if b["rps"]]
     errors = sum(r["requests"] - r["accepted"] for r in g)
     note = f"{conns} connections" + (f", {errors} non-202" if errors else "")
     goal = f">= {GOAL_RATIO:.0%} of ceiling"
@@ -201,12 +243,16 @@ def rows(results: dict[str, list[dict[str, Any]]], conns: int) -> list[Row]:
             note=f"p99 {median([r['p99_ms'] for r in c]):.1f} ms"),
         Row("1 submit", "gateway / ceiling", "ratio", ratios, goal=goal,
             holds=bool(ratios) and median(ratios) >= GOAL_RATIO),
+        *([Row("1 submit", "stricter ceiling: bare ASGI + one XADD", "req/s", [r["rps"] for r in bare],
+               note=f"p50 {median([r['p50_ms'] for r in bare]):.1f} ms"),
+           Row("1 submit", "gateway / stricter ceiling", "ratio", bare_ratios,
+               note="information: no goal")] if bare else []),
     ]  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "ceiling":
-        serve_ceiling(int(argv[1]), argv[2])
+        serve_ceiling(int(argv[1]), argv[2], *argv[3:4])
     elif argv and argv[0] == "load":
         load_main(argv[1], float(argv[2]), int(argv[3]), float(argv[4]))
     else:
