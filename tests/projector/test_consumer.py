@@ -15,8 +15,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
-from services.projector.consumer import Consumer
+from services.projector.consumer import Consumer, HiredisXack
 from services.projector.projection import BatchOutcome, Projection, RawEntry, open_db
 from services.projector.schema import migrate
 from shared.events import EventCodec
@@ -180,11 +181,11 @@ async def test_each_batch_is_a_span_linked_to_the_traces_of_its_runs(
     assert attributes["tickertape.batch.last_id"] == log[-1][0].decode()
 
 
-async def test_a_batch_is_acknowledged_by_its_id_range_and_no_entry_read_after_it(
+async def test_a_batch_is_acknowledged_and_no_entry_read_after_it(
     redis: Redis, redis_url: str, keys: Keys, projection: Projection, tmp_path: Path
 ) -> None:
-    """The ack script XACKs exactly a batch's pending entries (2,400 of them: in chunks of 1,000)
-    and leaves the batch read ahead of it pending until that one is applied."""
+    """One XACK (2,400 IDs, packed by hiredis) acknowledges exactly a batch's entries and leaves
+    the batch read ahead of it pending until that one is applied."""
     codec, pipe = EventCodec(), redis.pipeline(transaction=False)
     for index, event in enumerate(e for _ in range(210) for e in plan(new_run_id(), "completed")):
         pipe.xadd(keys.events, {"e": codec.encode(event), "r": event.run_id, "s": f"{index + 1}-0"})
@@ -192,6 +193,7 @@ async def test_a_batch_is_acknowledged_by_its_id_range_and_no_entry_read_after_i
     reader = Redis.from_url(redis_url)
     try:
         consumer = _consumer(projection, redis, reader, keys)
+        assert issubclass(redis.connection_pool.connection_class, HiredisXack)
         await consumer.prepare()
         first: Any = await redis.xreadgroup(PROJECTOR_GROUP, "c1", {keys.events: ">"}, count=2400)
         then: Any = await redis.xreadgroup(PROJECTOR_GROUP, "c1", {keys.events: ">"}, count=100)
@@ -205,3 +207,18 @@ async def test_a_batch_is_acknowledged_by_its_id_range_and_no_entry_read_after_i
         await reader.aclose()
     assert len(batch) == 2400
     assert _applied(tmp_path / "db.sqlite") == 2500  # of 2,520 written
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("XACK", "tt:events", "projector", b"1712-0", b"1712-1", "1713-7"),
+        ("XACK", "tt:événements", "projector", *(f"{n}-0".encode() for n in range(5000))),
+        ("XADD", "s", "*", "e", b"\x00\xff", "big", b"x" * 20_000),
+        ("SET", "k", 604800),
+    ],
+)
+def test_xack_is_packed_by_hiredis_into_the_bytes_redis_py_sends(args: tuple[Any, ...]) -> None:
+    python = Connection()
+    fast = type("Fast", (HiredisXack, Connection), {})()
+    assert b"".join(fast.pack_command(*args)) == b"".join(python.pack_command(*args))
