@@ -125,6 +125,9 @@ class EventStream(StreamingResponse):
 class DirectListener:
     """A client whose frames the hub writes to its transport; ``finished`` resolves at the end."""
 
+    # Slots: the hub touches a thousand of these per frame; no per-instance dict to fetch too.
+    __slots__ = ("after", "dropped", "finished", "limit", "run_id", "transport")
+
     def __init__(self, run_id: str, after: str, transport: asyncio.WriteTransport, limit: int) -> None:
         self.run_id = run_id
         self.after = parse_id(after)
