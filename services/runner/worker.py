@@ -47,6 +47,10 @@ SUMMARY_INTERVAL_S = 30.0
 ANALYSIS_PACKAGE = "services.runner.pipeline"
 """Imported off the loop before the pipeline factory is called (every pipeline is built from it)."""
 ETA_FLUSH_S = 1.0
+BUILD_AFTER_IDLE_S = 1.0
+"""An idle-time pipeline build starts this long after the queues first ran dry (at once when a
+run needs it): not while the last runs' events are still being applied by the projector, whose
+CPU the build's imports would take on a small machine."""
 """Finished runs' durations reach the ETA lists in Redis this often (and when the worker stops)."""
 
 
@@ -61,6 +65,7 @@ class Worker:
         self.http: httpx.AsyncClient | None = None
         self._failure: BaseException | None = None
         self._building: asyncio.Task[None] | None = None
+        self._build_now = asyncio.Event()
         self._summarized: Counter[str] = Counter()
         self._stop = asyncio.Event()
         self._stopping = False
@@ -110,11 +115,12 @@ class Worker:
         return True
 
     async def _pipeline(self) -> Runnable:
-        """The pipeline, built on first need or when the queues first run dry, whichever comes
-        first; the analysis package is imported on a worker thread, so the loop keeps reading,
+        """The pipeline, built on first need or a second after the queues first run dry,
+        whichever comes first; the analysis package is imported on a worker thread, so the loop keeps reading,
         renewing leases and answering /healthz meanwhile. No-op runs never wait for it. A build
         that fails stops the process (exit non-zero), as a failure at start would."""
         if self.pipeline is None:
+            self._build_now.set()
             await asyncio.shield(self._start_build())  # a cancelled run must not cancel the build
         assert self.pipeline is not None
         return self.pipeline
@@ -126,6 +132,8 @@ class Worker:
         return self._building
 
     async def _build(self) -> None:
+        with contextlib.suppress(TimeoutError):  # idle: wait a little, unless a run needs it
+            await asyncio.wait_for(self._build_now.wait(), BUILD_AFTER_IDLE_S)
         try:
             await asyncio.to_thread(importlib.import_module, ANALYSIS_PACKAGE)
             import httpx

@@ -12,13 +12,14 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.runner import worker as worker_module
 from services.runner.factory import FactoryError
 from services.runner.health import HealthServer
 from services.runner.worker import Worker
 from shared.keys import Keys
 from shared.redis_server import free_port
 from shared.store import EventStore
-from tests.runner.support import runner_settings, submit
+from tests.runner.support import runner_settings, running_worker, submit, wait_state
 
 
 @asynccontextmanager
@@ -122,3 +123,18 @@ async def test_healthz_says_when_the_idle_worker_has_built_its_pipeline(redis_ur
     finally:
         worker.request_stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_a_run_that_needs_the_pipeline_does_not_wait_for_the_idle_build(
+    redis_url: str, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "BUILD_AFTER_IDLE_S", 3600.0)  # idle build: never, here
+    store = EventStore(redis, keys)
+    async with running_worker(
+        redis_url, TT_RUNNER_PIPELINE="tests.runner.support:build_test_pipeline"
+    ) as worker:
+        await asyncio.sleep(0.2)  # the queues ran dry: the idle build is waiting
+        assert worker._status()["pipeline"] == "building" and worker.pipeline is None
+        run_id = await submit(store)  # a run with steps: built on this need, at once
+        state = await wait_state(store, run_id, timeout_s=20.0)
+        assert state.status == "completed" and worker._status()["pipeline"] == "built"
