@@ -22,8 +22,8 @@ combined bench (``python -m bench``) can put them in its table.
   (exported with ``git archive``) with the working tree's, in the same run, so before/after
   share the machine's load. The projector is the working tree's in both.
 - compare-warm: row 6's warm no-op measurement (RUNNERS runner processes up, idle and done
-  with their start-up — their CPU flat for 0.5 s, which needs no /healthz field an older
-  revision may lack — then N runs submitted 50 at a time; clock and CPU until the read model
+  with their start-up — pipeline built per /healthz where the revision reports it, then their
+  CPU flat for 0.5 s — then N runs submitted 50 at a time; clock and CPU until the read model
   shows all N ended), alternating REV's runner with the working tree's. The figure to develop
   against is runner CPU per run (process CPU time, not wall clock).
 """
@@ -367,6 +367,8 @@ async def warm_once(redis_url: str, workdir: Path, tag: str, n: int, root: Path,
     try:
         for runner in runners:
             runner.start(timeout_s=60.0)
+        for runner in runners:
+            noop_e2e.wait_built(runner, 60.0)
         _settled(runners)
         pids = [r.process.pid for r in runners if r.process is not None]
         cpu0, began = sum(cpu_seconds(p) for p in pids), time.perf_counter()
