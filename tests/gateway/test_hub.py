@@ -6,11 +6,13 @@ import asyncio
 import json
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 from services.gateway.hub import Frame, Hub
+from shared.events import StepProgress
 from shared.keys import Keys
 from shared.redis_io import connect
 from shared.store import EventStore
@@ -79,3 +81,48 @@ def test_tune_gc_freezes_the_loaded_heap_and_raises_the_thresholds() -> None:
     before, frozen, threshold, wanted = json.loads(done.stdout)
     assert before == 0 and frozen > 10_000  # the modules, the app's classes: most of the heap
     assert threshold == wanted and threshold[0] > 700
+
+
+async def test_heartbeats_only_on_silence_and_never_more_than_a_period_apart(
+    redis: Redis, redis_url: str, store: EventStore, keys: Keys, runner: Runner
+) -> None:
+    event = request_event("local")
+    await store.submit(event)
+    reader, commands = connect(redis_url, blocking=True), connect(redis_url)
+    period = 0.8
+    hub = Hub(
+        reader, commands, EventStore(commands, keys), keys, "test-hub-beat", block_ms=200, heartbeat_s=period
+    )
+    log: list[tuple[str, str]] = []
+    stamps: list[tuple[float, str]] = []
+    sink = Recorder(event.run_id, "only", log)
+    offer = sink.offer
+
+    def timed(frame: Frame) -> bool:
+        stamps.append((asyncio.get_running_loop().time(), frame.kind))
+        return offer(frame)
+
+    sink.offer = timed  # type: ignore[method-assign]
+    await hub.start()
+    try:
+        await hub.attach(sink)
+        await runner.start(event.run_id)
+        for k in range(16):  # busy: a frame every 0.1 s for 1.6 s, two periods
+            await store.append(
+                StepProgress(run_id=event.run_id, step="data_collection", progress=k / 16), fence="f1"
+            )
+            await asyncio.sleep(0.1)
+        busy_until = asyncio.get_running_loop().time()
+        await asyncio.sleep(2.6)  # then silent for over three periods
+        hub.leave(sink)
+    finally:
+        await hub.stop()
+        await reader.aclose()
+        await commands.aclose()
+    first_live = next(t for t, kind in stamps if kind == "RunStarted")
+    busy = [kind for t, kind in stamps if first_live <= t <= busy_until]
+    assert busy.count("StepProgress") == 16 and "heartbeat" not in busy
+    beats = [t for t, kind in stamps if kind == "heartbeat" and t > busy_until]
+    assert len(beats) >= 3
+    times = [busy_until, *beats]
+    assert max(b - a for a, b in pairwise(times)) <= period + 0.4  # never two periods
