@@ -8,6 +8,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.wire import fast_packing
+
 COMMAND_TIMEOUT_S = 5.0
 
 
@@ -19,9 +21,10 @@ def connect(
     ``client_name`` is set on every connection (CLIENT SETNAME), so ``CLIENT LIST`` shows whose it is.
 
     A blocking read on a connection whose socket timeout is shorter than BLOCK raises a timeout,
-    so blocking readers get their own client with no socket timeout.
+    so blocking readers get their own client with no socket timeout. Commands are packed by
+    hiredis (``shared.wire``).
     """
-    return Redis.from_url(
+    client = Redis.from_url(
         url,
         socket_timeout=None if blocking else COMMAND_TIMEOUT_S,
         socket_connect_timeout=COMMAND_TIMEOUT_S,
@@ -31,6 +34,7 @@ def connect(
         max_connections=max_connections,
         client_name=client_name,
     )
+    return fast_packing(client)
 
 
 async def ensure_group(redis: Redis, stream: str, group: str) -> None:

@@ -28,6 +28,7 @@ from shared.models import ModelSpec, load_registry
 from shared.redis_io import COMMAND_TIMEOUT_S, connect
 from shared.reducer import RunState
 from shared.store import Entry, EventStore
+from shared.wire import fast_packing
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def command_client(url: str, size: int, name: str) -> Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         client_name=name,
     )
-    return Redis(connection_pool=pool)
+    return fast_packing(Redis(connection_pool=pool))
 
 
 @contextlib.asynccontextmanager

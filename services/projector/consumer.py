@@ -8,10 +8,8 @@ import logging
 import time
 from typing import Any
 
-import hiredis
 from opentelemetry import trace
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 
 from services.projector import streamids
 from services.projector.metrics import metrics
@@ -60,7 +58,6 @@ class Consumer:
         self.lock = lock
         self._ack: asyncio.Task[Any] | None = None
         self._tracer = tracer or trace.get_tracer(__name__)
-        hiredis_xack(redis)
         # The reader is this consumer's own connection: its XREADGROUP replies stay raw (flat
         # field lists), the projection reads them without building a dict per entry.
         reader.set_response_callback("XREADGROUP", _raw_reply)
@@ -213,37 +210,6 @@ class Consumer:
             start = _text(reply[0])
             if start == streamids.ZERO:
                 return
-
-
-class HiredisXack(AbstractConnection):
-    """Mixin for a connection class: ``XACK`` packed by hiredis (C), every other command by redis-py.
-
-    redis-py's asyncio client packs a command argument by argument in Python: for the XACK of an
-    8,000-entry catch-up batch that was ~1 µs an event in this process. hiredis packs the same
-    bytes (``tests/projector/test_consumer.py`` compares them) in a tenth of that. Only XACK, whose
-    arguments are the stream, the group and the IDs Redis sent, changes packer.
-    """
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if args and args[0] == "XACK":
-            return [hiredis.pack_command(args)]
-        return super().pack_command(*args)
-
-
-_xack_classes: dict[type, type] = {}
-
-
-def hiredis_xack(redis: Redis) -> Redis:
-    """``redis`` with its pool's connections (of its own class: TCP, TLS, Unix) packing XACK by
-    hiredis; connections made before keep redis-py's packer, which sends the same bytes."""
-    pool = redis.connection_pool
-    base = pool.connection_class
-    if not issubclass(base, HiredisXack):
-        cls = _xack_classes.get(base)
-        if cls is None:
-            cls = _xack_classes[base] = type(f"HiredisXack{base.__name__}", (HiredisXack, base), {})
-        pool.connection_class = cls
-    return redis
 
 
 def _observe(outcome: BatchOutcome, size: int) -> None:

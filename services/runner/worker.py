@@ -30,7 +30,6 @@ from services.runner.runs import Executor, Noop
 from services.runner.settings import RunnerSettings
 from services.runner.stats import refresh_queue_stats
 from services.runner.watcher import CancelWatcher
-from services.runner.wire import fast_packing
 from shared.keys import RUNNERS_GROUP
 from shared.redis_io import connect, ensure_group
 from shared.store import Entry, EventStore
@@ -102,8 +101,8 @@ class Worker:
         s = self.settings
         url, keys = s.common.redis_url, s.common.keys
         self._factory = load_factory(s.pipeline)  # a wrong name fails at start; built later
-        self.redis: Redis = fast_packing(connect(url))
-        self.reader: Redis = fast_packing(connect(url, blocking=True, max_connections=4))
+        self.redis: Redis = connect(url)
+        self.reader: Redis = connect(url, blocking=True, max_connections=4)
         if not await self._wait_for_redis():
             return False
         self.store = EventStore(self.redis, keys, run_ttl_s=s.common.run_ttl_s)

@@ -15,9 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
 
-from services.projector.consumer import Consumer, HiredisXack
+from services.projector.consumer import Consumer
 from services.projector.projection import BatchOutcome, Projection, RawEntry, open_db
 from services.projector.schema import migrate
 from shared.events import EventCodec
@@ -25,6 +24,7 @@ from shared.ids import new_run_id
 from shared.keys import PROJECTOR_GROUP, Keys
 from shared.store import EventStore
 from shared.telemetry import current_traceparent
+from shared.wire import HiredisPacking
 from tests.projector.support import db_states, folded, plan, write, write_runs
 
 ENDINGS = ["completed", "failed", "cancelled", "running", "queued", "cancel-queued"] * 5
@@ -193,7 +193,7 @@ async def test_a_batch_is_acknowledged_and_no_entry_read_after_it(
     reader = Redis.from_url(redis_url)
     try:
         consumer = _consumer(projection, redis, reader, keys)
-        assert issubclass(redis.connection_pool.connection_class, HiredisXack)
+        assert issubclass(redis.connection_pool.connection_class, HiredisPacking)
         await consumer.prepare()
         first: Any = await redis.xreadgroup(PROJECTOR_GROUP, "c1", {keys.events: ">"}, count=2400)
         then: Any = await redis.xreadgroup(PROJECTOR_GROUP, "c1", {keys.events: ">"}, count=100)
@@ -207,18 +207,3 @@ async def test_a_batch_is_acknowledged_and_no_entry_read_after_it(
         await reader.aclose()
     assert len(batch) == 2400
     assert _applied(tmp_path / "db.sqlite") == 2500  # of 2,520 written
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("XACK", "tt:events", "projector", b"1712-0", b"1712-1", "1713-7"),
-        ("XACK", "tt:événements", "projector", *(f"{n}-0".encode() for n in range(5000))),
-        ("XADD", "s", "*", "e", b"\x00\xff", "big", b"x" * 20_000),
-        ("SET", "k", 604800),
-    ],
-)
-def test_xack_is_packed_by_hiredis_into_the_bytes_redis_py_sends(args: tuple[Any, ...]) -> None:
-    python = Connection()
-    fast = type("Fast", (HiredisXack, Connection), {})()
-    assert b"".join(fast.pack_command(*args)) == b"".join(python.pack_command(*args))

@@ -3,7 +3,9 @@
 redis-py's synchronous client packs with ``hiredis.pack_command`` when hiredis is installed; its
 asyncio client always packs in Python, argument by argument. A runner's batch call carries ~17
 arguments per run (keys, fences, two encoded events), so that packer cost ~30-60 µs per no-op
-run; hiredis packs the same bytes in ~3-5 µs. The packing is the synchronous client's own
+run; hiredis packs the same bytes in ~3-5 µs. The projector's XACK of a catch-up batch (thousands
+of IDs) and the gateway's submit script (13 arguments) gain the same way; every service's command
+clients use it. The packing is the synchronous client's own
 (``redis.connection.HiredisRespSerializer``): same bytes, same ``DataError`` for what cannot be
 sent (None, bool, ...).
 """

@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
-from services.runner.wire import HiredisPacking, fast_packing
 from shared.redis_io import connect
+from shared.wire import HiredisPacking, fast_packing
 
 _ARGS: list[tuple[Any, ...]] = [
     ("SET", "k", "v"),
@@ -19,6 +19,8 @@ _ARGS: list[tuple[Any, ...]] = [
     ("CONFIG GET", "maxmemory"),
     (b"CLIENT SETNAME", "x"),
     ("XADD", "s", "*", "e", memoryview(b"view"), "b", bytearray(b"array"), "big", b"x" * 20_000),
+    ("XACK", "tt:events", "projector", b"1712-0", b"1712-1", "1713-7"),
+    ("XACK", "tt:événements", "projector", *(f"{n}-0".encode() for n in range(5000))),
 ]
 
 
