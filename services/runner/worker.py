@@ -46,11 +46,11 @@ SUMMARY_INTERVAL_S = 30.0
 ANALYSIS_PACKAGE = "services.runner.pipeline"
 """Imported off the loop before the pipeline factory is called (every pipeline is built from it)."""
 ETA_FLUSH_S = 1.0
+"""Finished runs' durations reach the ETA lists in Redis this often (and when the worker stops)."""
 BUILD_AFTER_IDLE_S = 1.0
 """An idle-time pipeline build starts this long after the queues first ran dry (at once when a
 run needs it): not while the last runs' events are still being applied by the projector, whose
 CPU the build's imports would take on a small machine."""
-"""Finished runs' durations reach the ETA lists in Redis this often (and when the worker stops)."""
 
 
 class Worker:
