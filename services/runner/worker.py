@@ -13,7 +13,7 @@ import importlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
@@ -69,6 +69,10 @@ class Worker:
         self._stop = asyncio.Event()
         self._stopping = False
         self._held: dict[str, Execution] = {}
+        self._asked = 0
+        """Entries asked of Redis by reads and claims still in flight: their slots are taken."""
+        self._parked: list[tuple[Job, list[Entry] | None]] = []
+        """Entries a blocking read brought while a takeover took their slots (see ``_park``)."""
         self._slot_freed = asyncio.Event()
         self._runs: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -210,7 +214,22 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
-        return self.settings.concurrency - len(self._held)
+        """Slots neither held nor promised to a read or claim in flight (the read loop and the
+        claim loop run side by side: each must not count a slot the other's request may fill)."""
+        return self.settings.concurrency - len(self._held) - self._asked
+
+    @contextlib.contextmanager
+    def _asking(self, count: int) -> Iterator[int]:
+        """Promise ``count`` slots to one request; what it brings is held before they are
+        given back (``_dispatch`` runs right after it, with no await in between), and whoever
+        waits for a slot is woken then."""
+        self._asked += count
+        try:
+            yield count
+        finally:
+            self._asked -= count
+            if count:
+                self._slot_freed.set()  # what the request did not fill is free again
 
     # -- taking work --------------------------------------------------------------------------
 
@@ -222,23 +241,42 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
-                batch = await self._read(self.free_slots, block_ms)
+                batch = await self._read(block_ms)
+                if batch and len(batch) > self.free_slots:
+                    batch = await self._park(batch)
                 if batch:
                     self._dispatch(batch)
             except Exception:
                 logger.exception("queue read failed; retrying")
                 await asyncio.sleep(1.0)
 
-    async def _read(self, free: int, block_ms: int) -> list[tuple[Job, list[Entry] | None]]:
-        """Up to ``free`` entries, high priority first, with their runs' events, in one round
-        trip; only when both queues are empty does the reader block on both (COUNT 1)."""
+    async def _read(self, block_ms: int) -> list[tuple[Job, list[Entry] | None]]:
+        """Up to the free slots' worth of entries, high priority first, with their runs' events,
+        in one round trip; only when both queues are empty does the reader block on both (COUNT 1)."""
         keys = self.settings.common.keys
-        found = await self.queue.read_batch_with_runs(keys.queues, free, keys.run(""))
+        with self._asking(self.free_slots) as free:
+            found = await self.queue.read_batch_with_runs(keys.queues, free, keys.run(""))
         if found:
             return [(job, self.store.decode_entries(raw)) for job, raw in found]
         if self.pipeline is None:
             self._start_build()  # idle: build the pipeline now rather than at the first real run
+        # Not promised: an idle worker is always in this read, and the claim loop must still be
+        # able to take over a dead runner's entry meanwhile (the read loop then parks its find).
         return [(job, None) for job in await self.queue.read_new(keys.queues, 1, block_ms)]
+
+    async def _park(
+        self, batch: list[tuple[Job, list[Entry] | None]]
+    ) -> list[tuple[Job, list[Entry] | None]]:
+        """A blocking read brought entries while a takeover filled their slots: keep their
+        leases until slots free up (what another runner took meanwhile is dropped)."""
+        self._parked = batch
+        try:
+            while self._parked and len(self._parked) > self.free_slots:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            return self._parked
+        finally:
+            self._parked = []
 
     async def _claim_loop(self) -> None:
         cursors = dict.fromkeys(self.settings.common.keys.queues, "0-0")
@@ -253,7 +291,8 @@ class Worker:
         for queue, cursor in cursors.items():
             if self.free_slots <= 0:
                 return
-            batch = await self.queue.claim_idle(queue, cursor, self.free_slots, list(self._held))
+            with self._asking(self.free_slots) as free:
+                batch = await self.queue.claim_idle(queue, cursor, free, list(self._held))
             cursors[queue] = batch.cursor
             self.vanished += batch.dropped
             for job in batch.jobs:
@@ -344,14 +383,17 @@ class Worker:
 
     async def _renew_once(self) -> None:
         by_queue: dict[str, list[str]] = {}
-        for entry_id, ex in list(self._held.items()):
-            by_queue.setdefault(ex.job.queue, []).append(entry_id)
+        for job in [ex.job for ex in self._held.values()] + [job for job, _ in self._parked]:
+            by_queue.setdefault(job.queue, []).append(job.entry_id)
         for queue, ids in by_queue.items():
             kept = await self.queue.renew(queue, ids)
             for entry_id in set(ids) - kept:
                 lost = self._held.get(entry_id)
                 if lost is not None and lost.stop("lost"):
                     logger.warning("lease of run %s lost to another runner", lost.job.run_id)
+            self._parked = [
+                (job, raw) for job, raw in self._parked if job.queue != queue or job.entry_id in kept
+            ]
 
     async def _every(self, interval_s: float, action: Any, *, first: bool = True) -> None:
         if not first:

@@ -12,6 +12,7 @@ from services.runner.eta import EtaBook, config_of
 from services.runner.worker import Worker
 from shared.events import RunCancelled, RunCompleted, RunRequested, RunStarted, StepCompleted
 from shared.keys import RUNNERS_GROUP, Keys
+from shared.redis_io import ensure_group
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_state
 
@@ -129,3 +130,35 @@ async def test_many_noop_runs_complete_once_within_the_concurrency_and_a_cancell
     assert (await events_of(store, high))[1].at <= min(starts_at)  # the high-priority run went first
     request = next(e for e in await events_of(store, runs[0]) if isinstance(e, RunRequested))
     assert await redis.llen(keys.eta(config_of(request))) == 20  # durations flushed at stop, capped
+
+
+async def test_a_takeover_during_a_blocking_read_never_exceeds_the_concurrency(
+    redis_url: str, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle worker blocks on the queues for one entry; meanwhile a dead runner's entry turns
+    claimable and the claim loop takes it; then a new run arrives and the blocking read returns
+    it. One slot must not hold both."""
+    held: list[int] = []
+    hold = Worker._hold
+
+    def counting_hold(self: Worker, batch: Any) -> Any:
+        items = hold(self, batch)
+        held.append(len(self._held))
+        return items
+
+    monkeypatch.setattr(Worker, "_hold", counting_hold)
+    store = EventStore(redis, keys)
+    await ensure_group(redis, keys.queue, RUNNERS_GROUP)
+    pipeline = CountingPipeline(redis, step_s=0.2)
+    orphan = await submit(store)
+    await redis.xreadgroup(RUNNERS_GROUP, "dead-runner", {keys.queue: ">"}, count=1)
+    settings = {"TT_RUNNER_CONCURRENCY": "1", "TT_LEASE_S": "0.6", "TT_READ_BLOCK_S": "3"}
+    async with running_worker(redis_url, pipeline, **settings) as worker:
+        # The worker blocks on the empty queues until the orphan turns claimable (0.6 s).
+        await wait_state(store, orphan, terminal=False)  # taken over by the claim loop
+        fresh = await submit(store)
+        for run_id in (orphan, fresh):
+            await wait_state(store, run_id)
+        finished = dict(worker.executor.finished)
+    assert finished == {"completed": 2}
+    assert held and max(held) <= 1, held
