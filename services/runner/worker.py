@@ -242,9 +242,9 @@ class Worker:
                 continue
             try:
                 batch = await self._read(block_ms)
-                if batch and len(batch) > self.free_slots:
-                    batch = await self._park(batch)
-                if batch:
+                if len(batch) > self.free_slots:
+                    await self._park(batch)
+                elif batch:
                     self._dispatch(batch)
             except Exception:
                 logger.exception("queue read failed; retrying")
@@ -264,17 +264,19 @@ class Worker:
         # able to take over a dead runner's entry meanwhile (the read loop then parks its find).
         return [(job, None) for job in await self.queue.read_new(keys.queues, 1, block_ms)]
 
-    async def _park(
-        self, batch: list[tuple[Job, list[Entry] | None]]
-    ) -> list[tuple[Job, list[Entry] | None]]:
-        """A blocking read brought entries while a takeover filled their slots: keep their
-        leases until slots free up (what another runner took meanwhile is dropped)."""
+    async def _park(self, batch: list[tuple[Job, list[Entry] | None]]) -> None:
+        """Dispatch what a blocking read brought as slots free up: a takeover may have filled
+        them meanwhile, and one read over both queues may bring two entries. The parked keep
+        their leases (``_renew_once``); one another runner took over is dropped."""
         self._parked = batch
         try:
-            while self._parked and len(self._parked) > self.free_slots:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-            return self._parked
+            while self._parked:
+                if self.free_slots <= 0:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    continue
+                now, self._parked = self._parked[: self.free_slots], self._parked[self.free_slots :]
+                self._dispatch(now)
         finally:
             self._parked = []
 
