@@ -22,7 +22,6 @@ from services.cli.api import Api, ApiError, GatewayDown, SseMessage, pick
 from services.cli.cursors import Cursors
 from services.cli.display import Display, is_terminal
 from shared.events import AnyEvent, EventCodec, EventError
-from shared.events import is_terminal as event_ends_run
 from shared.keys import EVENT_FIELD, Keys
 from shared.reducer import RunState, apply, initial
 
@@ -141,7 +140,7 @@ class RedisWatcher:
                 with self.guard.section():
                     self.display.event(entry_id, type(event).__name__, _builtins(state))
                     self.cursors.save(run_id, entry_id)
-                if event_ends_run(event):
+                if state.terminal:  # a terminal event, or the cancel of a run never started
                     break
         return _builtins(state)
 

@@ -21,7 +21,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from services.gateway.schemas import event_view, state_view
-from shared.events import AnyEvent, is_terminal
+from shared.events import AnyEvent
 from shared.keys import Keys
 from shared.reducer import RunState, apply, initial
 from shared.store import EventStore
@@ -299,7 +299,9 @@ class Hub:
         frame = frame_of(entry_id, type(event).__name__, payload)
         watch.frames.append(frame)
         self._broadcast(watch, frame)
-        if is_terminal(event):
+        # The fold decides, not the event type: RunCancelled ends a run that never started (the
+        # append script marks it ended; no runner will confirm it), but not a running one.
+        if watch.state.terminal:
             watch.end = end_frame(watch.state)
             self._broadcast(watch, watch.end)
 

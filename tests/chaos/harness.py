@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from shared.events import AnyEvent, RunStarted, StepCompleted, is_terminal
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.redis_io import connect
-from shared.reducer import RunState, fold
+from shared.reducer import RunState, apply, fold, initial
 from shared.store import EventStore
 from tests.projector.support import checksum, db_states, wait_caught_up
 from tests.support.processes import ROOT, ServiceProcess
@@ -139,13 +139,21 @@ class Cluster:
         return states
 
     async def assert_exactly_once(self, run_ids: Iterable[str]) -> Counter[str]:
-        """Every run: one terminal event, last; no step completed twice; returns statuses."""
+        """Every run: ended by exactly one event, the last (a terminal event, or the cancel of a run
+        that never started); no step completed twice; returns statuses."""
         statuses: Counter[str] = Counter()
         for run_id in run_ids:
             entries = await self.events(run_id)
             events = [e for _, e in entries]
-            terminal = [i for i, e in enumerate(events) if is_terminal(e)]
-            assert terminal == [len(events) - 1], (run_id, [type(e).__name__ for e in events])
+            state, ended = initial(run_id), []
+            for index, (entry_id, event) in enumerate(entries):
+                was_over = state.terminal
+                state = apply(state, event, entry_id)
+                if state.terminal and not was_over:
+                    ended.append(index)
+            names = [type(e).__name__ for e in events]
+            assert ended == [len(events) - 1], (run_id, names)
+            assert sum(is_terminal(e) for e in events) <= 1, (run_id, names)
             done = Counter(e.step for e in events if isinstance(e, StepCompleted))
             assert all(n == 1 for n in done.values()), (run_id, done)
             statuses[fold(run_id, entries).status] += 1

@@ -287,3 +287,18 @@ async def test_the_queue_path_without_the_transport_extension(
         logs = await asyncio.gather(*readers)
     expected = stream_ids(await redis.xrange(keys.run(run_id)))
     assert all(first.ids + log.ids == expected and log.events[-1] == "end" for log in logs)
+
+
+async def test_a_run_cancelled_while_queued_ends_its_stream(client: httpx.AsyncClient) -> None:
+    """No runner confirms a cancel of a run that never started: the cancel itself ends it, for
+    a client following live and for one resuming after the cancel."""
+    run_id = await submit(client)
+    live = asyncio.create_task(follow(client, run_id))
+    await asyncio.sleep(0.3)
+    cancelled = await client.delete(f"{RUNS}/{run_id}")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    log = await live
+    assert log.events == ["RunRequested", "RunCancelled", "end"]
+    assert log.messages[-1].data == {"runId": run_id, "status": "cancelled", "lastEventId": log.ids[-1]}
+    resumed = await follow(client, run_id, last_id=log.ids[-1])
+    assert resumed.events == ["end"]
