@@ -18,7 +18,9 @@ from bench.common import ROOT
 
 logger = logging.getLogger(__name__)
 
-HARNESS = ROOT.parent / "shared" / "peers" / "run-peers.sh"
+HARNESS = Path(os.environ.get("BENCH_PEERS_HARNESS", str(ROOT.parent / "shared" / "peers" / "run-peers.sh")))
+"""The team's peer harness, beside the checkout (``../shared/peers``); ``BENCH_PEERS_HARNESS``
+points elsewhere (a clone in another folder)."""
 VARIANTS = ("arq-poll10ms", "celery-solo", "taskiq-stream", "saq", "bullmq-c10")
 
 
