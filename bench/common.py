@@ -171,3 +171,14 @@ def rss_mb(pid: int) -> float:
 
 def port() -> int:
     return free_port()
+
+
+def export(ref: str, into: Path) -> Path:
+    """The tree of git revision ``ref`` (exported with ``git archive``, not checked out) under
+    ``into``, or ``ref`` itself if it is a directory: the "before" of a before/after comparison."""
+    if Path(ref).is_dir():
+        return Path(ref).resolve()
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
+from bench.common import export
 from services.projector.consumer import Consumer
 from services.projector.projection import Projection, open_db
 from services.projector.schema import migrate
@@ -210,15 +211,6 @@ def catch_up_process(root: Path, url: str, total: int, batch: int, workdir: Path
     done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=True)
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
-
-
-def export(ref: str, into: Path) -> Path:
-    """The tree of git revision ``ref``, exported (not checked out) under ``into``."""
-    root = Path(__file__).resolve().parents[1]
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", ref], cwd=root, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def _spread(values: list[float], fmt: str) -> str:

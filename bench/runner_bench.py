@@ -46,7 +46,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench import noop_e2e
-from bench.common import cpu_seconds
+from bench.common import cpu_seconds, export
 from shared.events import (
     AnyEvent,
     RunCancellationConfirmed,
@@ -297,15 +297,6 @@ class TreeRunner(ServiceProcess):
         if wait:
             self.wait_healthy(timeout_s)
         return self
-
-
-def export(ref: str, into: Path) -> Path:
-    """The tree of git revision ``ref``, exported (not checked out) under ``into``."""
-    root = Path(__file__).resolve().parents[1]
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", ref], cwd=root, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 async def cold_once(redis_url: str, workdir: Path, tag: str, n: int, root: Path) -> Cold:

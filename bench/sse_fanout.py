@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import cpu_seconds, percentile, quick, reps, rss_mb, summarize
+from bench.common import cpu_seconds, export, percentile, quick, reps, rss_mb, summarize
 from shared.events import RunCompleted, RunStarted, StepProgress
 from shared.keys import Keys
 from shared.redis_io import connect
@@ -332,16 +332,6 @@ class Variant:
     name: str
     root: Path
     process_id: str
-
-
-def export(ref: str, into: Path) -> Path:
-    """The tree of git revision ``ref`` (exported with ``git archive``), or ``ref`` if a directory."""
-    if Path(ref).is_dir():
-        return Path(ref).resolve()
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 async def bench(redis_url: str, state: Path, compare: str | None = None) -> None:

@@ -22,12 +22,19 @@ STREAM = (
 
 
 def eager(chunks: list[tuple[float, bytes]]) -> list[tuple[str, float]]:
-    """The client as it was: split every chunk on arrival."""
-    received, tail = [], b""
+    """An independent oracle: each ``id:`` line of the whole stream with the stamp of the chunk
+    holding the newline that ends it (where a client splitting on arrival would have seen it)."""
+    whole = b"".join(data for _, data in chunks)
+    ends, offset = [], 0
     for stamp, data in chunks:
-        lines = (tail + data).split(b"\n")
-        tail = lines.pop()
-        received += [(line[4:].strip().decode(), stamp) for line in lines if line.startswith(b"id: ")]
+        offset += len(data)
+        ends.append((offset, stamp))
+    received, start = [], 0
+    for line in whole.split(b"\n")[:-1]:
+        newline_at = start + len(line)
+        if line.startswith(b"id: "):
+            received.append((line[4:].strip().decode(), next(t for end, t in ends if newline_at < end)))
+        start = newline_at + 1
     return received
 
 

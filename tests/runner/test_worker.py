@@ -17,6 +17,21 @@ from shared.store import EventStore
 from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_state
 
 
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many entries the worker held after each time it took some."""
+    counts: list[int] = []
+    hold = Worker._hold
+
+    def counting_hold(self: Worker, batch: Any) -> Any:
+        items = hold(self, batch)
+        counts.append(len(self._held))
+        return items
+
+    monkeypatch.setattr(Worker, "_hold", counting_hold)
+    return counts
+
+
 async def test_a_run_completes_its_steps_and_its_entry_is_acked(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:
@@ -95,17 +110,8 @@ async def _terminal(store: EventStore, run_id: str) -> bool:
 
 
 async def test_many_noop_runs_complete_once_within_the_concurrency_and_a_cancelled_one_never_starts(
-    redis_url: str, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, redis: Redis, keys: Keys, held: list[int]
 ) -> None:
-    held: list[int] = []
-    hold = Worker._hold
-
-    def counting_hold(self: Worker, batch: Any) -> Any:
-        items = hold(self, batch)
-        held.append(len(self._held))
-        return items
-
-    monkeypatch.setattr(Worker, "_hold", counting_hold)
     store = EventStore(redis, keys)
     runs = [await submit(store, pipeline="noop") for _ in range(40)]
     cancelled = runs[7]
@@ -133,20 +139,11 @@ async def test_many_noop_runs_complete_once_within_the_concurrency_and_a_cancell
 
 
 async def test_a_takeover_during_a_blocking_read_never_exceeds_the_concurrency(
-    redis_url: str, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, redis: Redis, keys: Keys, held: list[int]
 ) -> None:
     """An idle worker blocks on the queues for one entry; meanwhile a dead runner's entry turns
     claimable and the claim loop takes it; then a new run arrives and the blocking read returns
     it. One slot must not hold both."""
-    held: list[int] = []
-    hold = Worker._hold
-
-    def counting_hold(self: Worker, batch: Any) -> Any:
-        items = hold(self, batch)
-        held.append(len(self._held))
-        return items
-
-    monkeypatch.setattr(Worker, "_hold", counting_hold)
     store = EventStore(redis, keys)
     await ensure_group(redis, keys.queue, RUNNERS_GROUP)
     pipeline = CountingPipeline(redis, step_s=0.2)
