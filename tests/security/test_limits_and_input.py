@@ -152,6 +152,12 @@ async def test_list_page_size_is_capped(secured: Secured, redis_url: str) -> Non
             if posted.status_code != 202:
                 break
             await http.delete(f"{API}/runs/{posted.json()['runId']}", headers=bearer(BOB))
+    async with httpx.AsyncClient(base_url=secured.projector.url, timeout=10) as http:
+        # the list is the read model: wait until it holds all 101 (it trails the log by a batch)
+        while sum((await http.get("/internal/counts", params={"user_id": "bob"})).json().values()) < 101:
+            assert time.monotonic() < deadline + 20
+            await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(base_url=secured.url, timeout=10) as http:
         page = await http.get(f"{API}/runs", params={"limit": 100000}, headers=bearer(BOB))
     assert page.status_code == 200
     assert len(page.json()["runs"]) == 100 and page.json()["nextCursor"]
