@@ -37,11 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -66,6 +66,8 @@ from tests.support.processes import ServiceProcess
 
 USER = "bench"
 KEYS = Keys("tt:")
+
+T = TypeVar("T")
 
 
 def _quick() -> bool:
@@ -378,13 +380,9 @@ async def warm_once(redis_url: str, workdir: Path, tag: str, n: int, root: Path,
 async def compare_warm(ref: str, n_reps: int, n: int, count: int) -> None:
     """Alternate ``ref``'s runners and the working tree's, warm, ``n_reps`` times each."""
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="runner-cmw-") as tmp, RedisServer(Path(tmp) / "redis") as server:
-        workdir = Path(tmp)
-        variants = {ref: export(ref, workdir / "ref"), "working tree": Path(__file__).resolve().parents[1]}
-        results: dict[str, list[Warm]] = {name: [] for name in variants}
-        for rep in range(n_reps):
-            for index, (name, root) in enumerate(variants.items()):
-                results[name].append(await warm_once(server.url, workdir, f"{rep}{index}", n, root, count))
+    results = await _alternate(
+        ref, n_reps, lambda url, workdir, tag, root: warm_once(url, workdir, tag, n, root, count)
+    )
     load_after = os.getloadavg()
     print(f"row 6 warm, N={n} no-op runs, {count} runner process(es), {n_reps} repetitions alternating; "
           "median [min .. max]")  # fmt: skip
@@ -407,13 +405,9 @@ async def _unlink_prefix(redis: Redis, prefix: str) -> None:
 async def compare(ref: str, n_reps: int, n: int) -> None:
     """Alternate ``ref``'s runner and the working tree's, ``n_reps`` times each; print both."""
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="runner-cmp-") as tmp, RedisServer(Path(tmp) / "redis") as server:
-        workdir = Path(tmp)
-        variants = {ref: export(ref, workdir / "ref"), "working tree": Path(__file__).resolve().parents[1]}
-        results: dict[str, list[Cold]] = {name: [] for name in variants}
-        for rep in range(n_reps):
-            for index, (name, root) in enumerate(variants.items()):
-                results[name].append(await cold_once(server.url, workdir, f"{rep}{index}", n, root))
+    results = await _alternate(
+        ref, n_reps, lambda url, workdir, tag, root: cold_once(url, workdir, tag, n, root)
+    )
     load_after = os.getloadavg()
     print(f"row 2, N={n} no-op runs, one runner process, {n_reps} repetitions alternating; "
           "median [min .. max]")  # fmt: skip
@@ -426,6 +420,21 @@ async def compare(ref: str, n_reps: int, n: int) -> None:
               f"{_spread([c.runner_cpu_ms for c in cold], '.2f'):>24}")  # fmt: skip
     print(f"load average (1/5/15 min) before {tuple(round(x, 2) for x in load_before)}, "
           f"after {tuple(round(x, 2) for x in load_after)}")  # fmt: skip
+
+
+async def _alternate(
+    ref: str, n_reps: int, once: Callable[[str, Path, str, Path], Awaitable[T]]
+) -> dict[str, list[T]]:
+    """``once(redis_url, workdir, tag, root)`` for ``ref``'s tree and the working tree in turn,
+    ``n_reps`` times each, on one Redis of its own."""
+    with tempfile.TemporaryDirectory(prefix="runner-cmp-") as tmp, RedisServer(Path(tmp) / "redis") as server:
+        workdir = Path(tmp)
+        variants = {ref: export(ref, workdir / "ref"), "working tree": Path(__file__).resolve().parents[1]}
+        results: dict[str, list[T]] = {name: [] for name in variants}
+        for rep in range(n_reps):
+            for index, (name, root) in enumerate(variants.items()):
+                results[name].append(await once(server.url, workdir, f"{rep}{index}", root))
+    return results
 
 
 def _spread(values: Sequence[float], fmt: str) -> str:
