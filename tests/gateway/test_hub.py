@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -39,17 +42,28 @@ class Recorder:
         self.dropped = True
 
 
+@contextlib.asynccontextmanager
+async def running_hub(redis_url: str, keys: Keys, process_id: str, **options: Any) -> AsyncIterator[Hub]:
+    """A started hub on its own reader and command clients; stopped and closed on exit."""
+    reader, commands = connect(redis_url, blocking=True), connect(redis_url)
+    hub = Hub(reader, commands, EventStore(commands, keys), keys, process_id, **options)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+        await reader.aclose()
+        await commands.aclose()
+
+
 async def test_frames_go_out_in_join_order_and_a_rejoin_goes_last(
     redis: Redis, redis_url: str, store: EventStore, keys: Keys, runner: Runner
 ) -> None:
     event = request_event("local")
     await store.submit(event)
-    reader, commands = connect(redis_url, blocking=True), connect(redis_url)
-    hub = Hub(reader, commands, EventStore(commands, keys), keys, "test-hub-order", block_ms=500)
     log: list[tuple[str, str]] = []
     sinks = {name: Recorder(event.run_id, name, log) for name in ("c", "a", "d", "b")}
-    await hub.start()
-    try:
+    async with running_hub(redis_url, keys, "test-hub-order", block_ms=500) as hub:
         for sink in sinks.values():
             await hub.attach(sink)
         hub.leave(sinks["a"])
@@ -63,10 +77,6 @@ async def test_frames_go_out_in_join_order_and_a_rejoin_goes_last(
         for sink in sinks.values():
             hub.leave(sink)
         assert hub.listeners == 0
-    finally:
-        await hub.stop()
-        await reader.aclose()
-        await commands.aclose()
 
 
 def test_tune_gc_freezes_the_loaded_heap_and_raises_the_thresholds() -> None:
@@ -88,11 +98,7 @@ async def test_heartbeats_only_on_silence_and_never_more_than_a_period_apart(
 ) -> None:
     event = request_event("local")
     await store.submit(event)
-    reader, commands = connect(redis_url, blocking=True), connect(redis_url)
     period = 0.8
-    hub = Hub(
-        reader, commands, EventStore(commands, keys), keys, "test-hub-beat", block_ms=200, heartbeat_s=period
-    )
     log: list[tuple[str, str]] = []
     stamps: list[tuple[float, str]] = []
     sink = Recorder(event.run_id, "only", log)
@@ -103,8 +109,7 @@ async def test_heartbeats_only_on_silence_and_never_more_than_a_period_apart(
         return offer(frame)
 
     sink.offer = timed  # type: ignore[method-assign]
-    await hub.start()
-    try:
+    async with running_hub(redis_url, keys, "test-hub-beat", block_ms=200, heartbeat_s=period) as hub:
         await hub.attach(sink)
         await runner.start(event.run_id)
         for k in range(16):  # busy: a frame every 0.1 s for 1.6 s, two periods
@@ -115,10 +120,6 @@ async def test_heartbeats_only_on_silence_and_never_more_than_a_period_apart(
         busy_until = asyncio.get_running_loop().time()
         await asyncio.sleep(2.6)  # then silent for over three periods
         hub.leave(sink)
-    finally:
-        await hub.stop()
-        await reader.aclose()
-        await commands.aclose()
     first_live = next(t for t, kind in stamps if kind == "RunStarted")
     busy = [kind for t, kind in stamps if first_live <= t <= busy_until]
     assert busy.count("StepProgress") == 16 and "heartbeat" not in busy
