@@ -21,6 +21,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from services.gateway.schemas import event_view, state_view
+from shared import streamids
 from shared.events import AnyEvent
 from shared.keys import Keys
 from shared.reducer import RunState, apply, initial
@@ -33,18 +34,8 @@ WAKE_MAXLEN = 100
 WAKE_TTL_S = 3600
 
 
-def parse_id(value: str) -> tuple[int, int]:
-    """A stream ID as a comparable pair; ``0`` and ``0-0`` are the start."""
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def is_stream_id(value: str) -> bool:
-    try:
-        ms, seq = parse_id(value)
-    except ValueError:
-        return False
-    return ms >= 0 and seq >= 0 and value.count("-") <= 1 and len(value) <= 41
+parse_id = streamids.parse
+is_stream_id = streamids.is_valid
 
 
 NO_ID = (1 << 62, 0)

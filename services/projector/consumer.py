@@ -11,9 +11,9 @@ from typing import Any
 from opentelemetry import trace
 from redis.asyncio import Redis
 
-from services.projector import streamids
 from services.projector.metrics import metrics
 from services.projector.projection import BatchOutcome, Projection, RawEntry
+from shared import streamids
 from shared.keys import PROJECTOR_GROUP, Keys
 from shared.redis_io import ensure_group
 from shared.telemetry import span_context_of

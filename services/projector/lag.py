@@ -8,7 +8,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from services.projector import streamids
+from shared import streamids
 from shared.keys import PROJECTOR_GROUP
 
 COUNT_CAP = 10_000

@@ -11,8 +11,8 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from services.projector import streamids
 from services.projector.rows import UPSERT_SQL, row_of
+from shared import streamids
 from shared.events import AnyEvent, EventCodec, EventError, RunRequested, UnknownEvent
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, SOURCE_ID_FIELD
 from shared.reducer import ACTIVE, RunState, apply_mut, initial

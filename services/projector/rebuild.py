@@ -16,11 +16,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from services.projector import snapshots, streamids
+from services.projector import snapshots
 from services.projector.locking import exclusive
 from services.projector.projection import Projection, open_db
 from services.projector.schema import migrate
 from services.projector.settings import ProjectorSettings
+from shared import streamids
 from shared.redis_io import connect
 
 logger = logging.getLogger(__name__)

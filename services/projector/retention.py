@@ -22,10 +22,11 @@ import aiosqlite
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from services.projector import snapshots, streamids
+from services.projector import snapshots
 from services.projector.clock import Now, millis, now_of
 from services.projector.metrics import metrics
 from services.projector.rows import micros
+from shared import streamids
 from shared.keys import Keys
 
 logger = logging.getLogger(__name__)

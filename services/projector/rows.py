@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.projector import streamids
+from shared import streamids
 from shared.reducer import RunState
 
 COLUMNS: tuple[str, ...] = (

@@ -13,7 +13,7 @@ from typing import Any
 import aiosqlite
 from redis.asyncio import Redis
 
-from services.projector import lag, snapshots, streamids
+from services.projector import lag, snapshots
 from services.projector.clock import Now
 from services.projector.consumer import Consumer
 from services.projector.locking import exclusive
@@ -24,6 +24,7 @@ from services.projector.reconcile import Reconciler
 from services.projector.retention import Policy, Retention
 from services.projector.schema import migrate
 from services.projector.settings import ProjectorSettings
+from shared import streamids
 from shared.redis_io import connect
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.projector import streamids
+from shared import streamids
 
 logger = logging.getLogger(__name__)
 

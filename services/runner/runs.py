@@ -33,6 +33,7 @@ from services.runner.metrics import RunnerMetrics
 from services.runner.queue import Job, WorkQueue
 from services.runner.settings import RunnerSettings
 from services.runner.watcher import CancelWatcher
+from shared import streamids
 from shared.catalog import plan_steps
 from shared.events import (
     AnyEvent,
@@ -526,8 +527,4 @@ def _elapsed_before(entries: list[Entry], started_id: str) -> float:
     first = next((entry_id for entry_id, event in entries if isinstance(event, RunStarted)), None)
     if first is None or not started_id:
         return 0.0
-    return max(_stream_ms(started_id) - _stream_ms(first), 0) / 1000
-
-
-def _stream_ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
+    return max(streamids.millis(started_id) - streamids.millis(first), 0) / 1000

@@ -11,6 +11,17 @@ def parse(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def is_valid(stream_id: str) -> bool:
+    """Whether ``stream_id`` is a Redis stream ID (``ms-seq`` or ``ms``), as a client may send."""
+    if len(stream_id) > 41 or stream_id.count("-") > 1:
+        return False
+    try:
+        ms, seq = parse(stream_id)
+    except ValueError:
+        return False
+    return ms >= 0 and seq >= 0
+
+
 def after(stream_id: str, than: str) -> bool:
     """Whether ``stream_id`` comes strictly after ``than``."""
     return parse(stream_id) > parse(than)
