@@ -52,7 +52,12 @@ class CountingPipeline:
         self.step_s = step_s
 
     async def run(
-        self, request: RunRequested, done: Mapping[str, StepOutput | None], reporter: StepReporter
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
     ) -> RunResult | None:
         for index, step in enumerate(plan_steps(request.analysts, request.options.pipeline)):
             if step not in done:
@@ -99,7 +104,7 @@ async def running_worker(
 ) -> AsyncIterator[Worker]:
     """A Worker in this event loop, consuming until the block ends (then stopped gracefully)."""
     worker = Worker(runner_settings(redis_url, **overrides), pipeline)
-    task = asyncio.create_task(worker.start())
+    task = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(worker.ready.wait(), 10)
         yield worker
