@@ -43,17 +43,17 @@ async def test_a_runner_that_lost_its_lease_stops_without_writing(
         redis_url, CountingPipeline(redis), TT_RUNNER_ID="paused", TT_LEASE_S="0.6"
     ) as worker:
         await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
-        (entry_id,) = list(worker._held)
+        (entry_id,) = list(worker.leases.held)
         # what a runner that took the run over does: claim the entry, start with its own fence
         await redis.xclaim(keys.queue, RUNNERS_GROUP, "usurper", 0, [entry_id], justid=True)
         await store.append(
             RunStarted(run_id=run_id, runner_id="usurper", attempt=2, steps=()), fence="theirs"
         )
         for _ in range(100):
-            if not worker._held:
+            if not worker.leases.held:
                 break
             await asyncio.sleep(0.02)
-        assert not worker._held
+        assert not worker.leases.held
     events = await events_of(store, run_id)
     assert isinstance(events[-1], RunStarted) and events[-1].runner_id == "usurper"
     rows: Any = await redis.xpending_range(keys.queue, RUNNERS_GROUP, "-", "+", 10)
