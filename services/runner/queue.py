@@ -73,10 +73,10 @@ end
 return out
 """
 """Up to ARGV[3] never-delivered entries from the queues in KEYS, in that (priority) order, and,
-with a run-stream key prefix in ARGV[4], each entry's run stream: one round trip for what used to
-take a read per queue and one per run. The count is exact across queues, which one XREADGROUP
-over several streams (COUNT applies per stream) is not. The run-stream keys are derived in the
-script (as the submit script derives meta keys): fine on one Redis, not on a cluster."""
+with a run-stream key prefix in ARGV[4], each entry's run stream, in one round trip. The count is
+exact across queues, which one XREADGROUP over several streams (COUNT applies per stream) is not.
+The run-stream keys are derived in the script (as the submit script derives meta keys): fine on
+one Redis, not on a cluster."""
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 

@@ -94,6 +94,7 @@ def _text(record: logging.LogRecord) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_one_runner_process_completes_1000_concurrent_runs(
     redis_url: str, redis: Redis, keys: Keys, tmp_path: Path
 ) -> None:
