@@ -16,7 +16,7 @@ from services.gateway.schemas import RunRequest
 from shared.events import RunCancelled, RunOptions, RunRequested
 from shared.ids import is_run_id, new_run_id
 from shared.reducer import RunState
-from shared.store import Capped, Duplicate, Refused, Submitted
+from shared.store import Capped, Duplicate, RefusalReason, Refused, Submitted
 from shared.telemetry import current_traceparent
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ async def cancel_run(runtime: Runtime, caller: Caller, run_id: str) -> RunState:
 
 
 async def _refused_cancel(runtime: Runtime, caller: Caller, run_id: str, refused: Refused) -> RunState:
-    state = await runtime.runs.get(run_id, caller.user_id) if refused.reason == "ended" else None
+    state = await runtime.runs.get(run_id, caller.user_id) if refused.reason is RefusalReason.ENDED else None
     if state is None:
         raise not_found(run_id)
     if state.status == "cancelled":
