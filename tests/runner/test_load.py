@@ -2,7 +2,7 @@
 
 The runner admits only the runs whose leases it can keep, its Redis pool makes a command wait for
 a connection, and its claim loop never takes over a run it is itself executing. The fast test
-squeezes that into seconds (a 1 s lease, 300 runs at once, each step 0.25 s); the slow one is the
+squeezes that into seconds (a 1 s lease, 300 runs at once, each step 0.25 s); the big one is the
 stated capacity: 1,000 runs of the real pipeline (offline model, 2 s per step) on one process.
 """
 
@@ -93,7 +93,6 @@ def _text(record: logging.LogRecord) -> str:
     return f"{record.getMessage()} {type(error).__name__ if error else ''} {error or ''}"
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_one_runner_process_completes_1000_concurrent_runs(
     redis_url: str, redis: Redis, keys: Keys, tmp_path: Path
