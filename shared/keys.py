@@ -22,6 +22,8 @@ def projector_of_group(group: str) -> str | None:
         return DEFAULT_PROJECTOR
     name = group.removeprefix(f"{PROJECTOR_GROUP}:")
     return name if name != group and name else None
+
+
 EVENT_FIELD = "e"
 """The one stream field that holds an encoded event."""
 RUN_ID_FIELD = "r"
