@@ -178,8 +178,10 @@ class Retention:
 
         A projector group whose replica published is bounded by what it published (which also
         covers its snapshot), or not at all once that is older than the horizon; a group that
-        never published (another service's, a projector of an earlier version) by its entries.
-        None: no group at all, keep the whole log.
+        never published (another service's, a projector of an earlier version) by its entries,
+        unless it is a projector group none of whose consumers read within the horizon (the
+        group ``projector`` of a deployment that renamed its replicas). None: no group at all,
+        keep the whole log.
         """
         published = await self.redis.hgetall(self.keys.projectors)
         horizon_ms = millis(now - self.policy.horizon)
@@ -195,8 +197,17 @@ class Retention:
         if not groups:
             return None
         unreported = [g for g in groups if projector_of_group(_text(g["name"])) not in reported]
-        bound = await self._entries_bound(self.keys.events, unreported)
+        holding = [g for g in unreported if not await self._abandoned(_text(g["name"]))]
+        bound = await self._entries_bound(self.keys.events, holding)
         return bounds if bound is None else [*bounds, bound]
+
+    async def _abandoned(self, group: str) -> bool:
+        """A projector group whose consumers all last read longer than the horizon ago."""
+        if projector_of_group(group) is None:
+            return False
+        consumers: list[dict[str, Any]] = await self.redis.xinfo_consumers(self.keys.events, group)
+        horizon_ms = self.policy.horizon.total_seconds() * 1000
+        return bool(consumers) and all(int(c["idle"]) > horizon_ms for c in consumers)
 
     async def _groups(self, stream: str) -> list[dict[str, Any]]:
         try:

@@ -164,3 +164,23 @@ async def test_two_replicas_reconciling_one_lost_run_requeue_and_fail_it_once(
     assert len(requests) == 3  # the original, one re-queue, and the one end_lost writes
     assert db_states(a.settings.db_path)[run_id] == db_states(b.settings.db_path)[run_id]
     assert isinstance((await store.read(run_id))[0][1], RunRequested)
+
+
+async def test_the_group_of_a_renamed_replica_holds_the_log_only_until_the_horizon(
+    redis: Redis, keys: Keys, make_settings: MakeSettings, clock: Clock
+) -> None:
+    """A deployment whose one projector read through group ``projector`` renames its replicas:
+    the old group, never to be read again, stops holding the log back after the horizon."""
+    store = EventStore(redis, keys)
+    await write_runs(store, ["completed", "failed"])
+    await redis.xgroup_create(keys.events, "projector", id="0")
+    await redis.xreadgroup("projector", "old", {keys.events: ">"}, count=1)  # left pending
+    options = {"TT_LOG_RETENTION_S": "0", "TT_PROJECTOR_HORIZON_S": "1"}
+    async with running(make_settings(TT_PROJECTOR_NAME="renamed", **options), clock) as service:
+        await until_caught_up(service, redis, keys.events)
+        clock.at += timedelta(minutes=1)
+        retention = service.retention()
+        assert await retention.trim_log(clock.at) == 0  # the old group's pending entry holds it all
+        await asyncio.sleep(1.2)
+        assert await retention.trim_log(clock.at) > 0
+        assert await redis.xlen(keys.events) == 0
