@@ -39,9 +39,10 @@ _GC_THRESHOLDS = (50_000, 20, 100)
 def tune_gc() -> None:
     """Process-wide, for the projector's own process: fewer, larger garbage collections.
 
-    A catch-up batch allocates tens of objects an event (entries, events, states); with the
-    default thresholds (700, 10, 10) the collector ran hundreds of times a batch and cost about a
-    quarter of the CPU. Objects alive at start (modules, the app) are frozen out of collections.
+    A catch-up batch allocates tens of objects an event (entries, events, states), nearly all
+    short-lived: a young generation this large lets most of them die before a collection looks
+    at them. Objects alive at start (modules, the app) are frozen out of collections
+    (measurements: docs/benchmarks.md, "Projector").
     """
     gc.collect()
     gc.freeze()
