@@ -1,11 +1,10 @@
-"""The projector's internal HTTP API (read-only, for the gateway) and its lifespan."""
+"""The projector's internal HTTP API (read-only, for the gateway); ``ProjectorService`` serves it."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from fastapi import FastAPI, Query, Request
@@ -15,8 +14,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from services.projector.queries import MAX_LIMIT, CursorError
-from services.projector.service import ProjectorService
-from services.projector.settings import ProjectorSettings
+
+if TYPE_CHECKING:
+    from services.projector.service import ProjectorService
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +44,13 @@ def json_response(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-def create_app(settings: ProjectorSettings | None = None, service: ProjectorService | None = None) -> FastAPI:
-    """The app; its lifespan starts and stops the projector (consumer, schedules, connections)."""
-    the_service = service or ProjectorService(settings or ProjectorSettings.from_env())
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await the_service.start()
-        try:
-            yield
-        finally:
-            await the_service.stop()
-
-    app = FastAPI(title="Tickertape projector (internal)", lifespan=lifespan)
-    app.state.service = the_service
+def create_app(service: ProjectorService) -> FastAPI:
+    """The app over a started service (it has no lifespan: the service owns every connection)."""
+    app = FastAPI(title="Tickertape projector (internal)")
+    app.state.service = service
     _errors(app)
-    _runs(app, the_service)
-    _operations(app, the_service)
+    _runs(app, service)
+    _operations(app, service)
     return app
 
 
