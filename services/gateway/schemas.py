@@ -7,7 +7,15 @@ import json
 from typing import Annotated, Any, Literal
 
 import msgspec
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from shared.catalog import ANALYST_IDS, PIPELINES
 from shared.events import AnyEvent
@@ -27,6 +35,15 @@ def _known_analyst(value: str) -> str:
     return value
 
 
+def _integral(value: object) -> object:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integral = BeforeValidator(_integral)
+"""After an int's bounds: an integer as JSON Schema means it (``2.0`` is one), while ``"2"`` and
+``1.5`` stay refused. (Before the bounds, pydantic would publish them as unknown keywords.)"""
 AnalystId = Annotated[
     str, AfterValidator(_known_analyst), Field(json_schema_extra={"enum": list(ANALYST_IDS)})
 ]
@@ -50,8 +67,8 @@ class RunRequest(BaseModel):
     )
     model_id: str = Field("offline", alias="modelId", min_length=1, max_length=100)
     priority: Literal["normal", "high"] = "normal"
-    debate_rounds: int = Field(1, alias="debateRounds", ge=0, le=5)
-    max_tokens: int | None = Field(None, alias="maxTokens", ge=1, le=10_000_000)
+    debate_rounds: Annotated[int, Field(ge=0, le=5), Integral] = Field(1, alias="debateRounds")
+    max_tokens: Annotated[int, Field(ge=1, le=10_000_000), Integral] | None = Field(None, alias="maxTokens")
     max_cost_usd: float | None = Field(None, alias="maxCostUsd", gt=0, le=1000, allow_inf_nan=False)
     pipeline: Literal["full", "noop"] = "full"
     data_provider: Literal["synthetic", "csv", "yfinance"] | None = Field(None, alias="dataProvider")
