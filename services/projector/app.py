@@ -14,30 +14,21 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from services.projector.queries import MAX_LIMIT, CursorError
+from shared.problems import PROBLEM_JSON, problem_bytes
 
 if TYPE_CHECKING:
     from services.projector.service import ProjectorService
 
 logger = logging.getLogger(__name__)
 
-PROBLEM = "application/problem+json"
 StatusFilter = Literal["active", "pending", "running", "completed", "failed", "timeout", "cancelled"]
 UserId = Annotated[str, Query(min_length=1, max_length=200)]
 
 
-class Problem(msgspec.Struct, omit_defaults=True):
-    type: str
-    title: str
-    status: int
-    detail: str
-    field: str | None = None
-    errors: list[dict[str, Any]] | None = None
-
-
 def problem(status: int, title: str, detail: str, *, field: str | None = None, **extra: Any) -> Response:
     slug = title.lower().replace(" ", "-")
-    body = Problem(f"https://tickertape.dev/problems/{slug}", title, status, detail, field, **extra)
-    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM)
+    body = problem_bytes(status, detail, slug=slug, title=title, field=field, extra=extra)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON)
 
 
 def json_response(body: bytes) -> Response:
