@@ -3,19 +3,24 @@ problem naming the reason (never the token), roles from a claim path, the cookie
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import jwt
 import pytest
+from redis.asyncio import Redis
 
 from services.gateway.settings import GatewaySettings, JwtSettings
 from shared.config import ConfigError, Env
 from tests.gateway.conftest import GatewayFactory, RunningGateway
 from tests.gateway.support import BODY, RUNS
 from tests.support.jwts import SUPABASE_ISSUER, SUPABASE_SECRET, supabase_token
+from tests.support.processes import ServiceProcess
 
 ROLE_CLAIM = "app_metadata.tickertape_role"
 ALICE, BOB, ADMIN = (str(uuid.uuid4()) for _ in range(3))
@@ -181,3 +186,29 @@ async def test_an_admin_reads_any_run_and_others_stay_isolated(supabase: Running
         assert refused.status_code == 403 and refused.json()["field"] == "user"
         for who, user in ((bob, BOB), (admin, ALICE)):  # allowed: 503 only as no projector runs here
             assert (await http.get(RUNS, params={"user": user}, headers=who)).status_code == 503
+
+
+@pytest.fixture
+def projector(redis: Redis, redis_url: str, state_dir: Path) -> Iterator[ServiceProcess]:
+    env = {"REDIS_URL": redis_url, "TT_STATE_DIR": str(state_dir), "TT_PREFIX": "tt:",
+           "TT_PROJECTOR_BATCH_WAIT_MS": "50"}  # fmt: skip
+    with ServiceProcess("projector", env, log_dir=state_dir) as process:
+        yield process
+
+
+async def test_an_admin_lists_another_users_runs(
+    start_gateway: GatewayFactory, projector: ServiceProcess
+) -> None:
+    settings = JwtSettings(secret=SUPABASE_SECRET, role_claim=ROLE_CLAIM)
+    gateway = await start_gateway(auth=True, jwt=settings, projector_url=projector.url)
+    alice, bob = bearer(supabase_token(ALICE)), bearer(supabase_token(BOB))
+    admin = bearer(supabase_token(ADMIN, app_role="admin"))
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        run_id = (await http.post(RUNS, json=BODY, headers=alice)).json()["runId"]
+        async with asyncio.timeout(10):
+            while not (page := (await http.get(RUNS, params={"user": ALICE}, headers=admin)).json())["runs"]:
+                await asyncio.sleep(0.05)
+        assert [r["runId"] for r in page["runs"]] == [run_id]
+        assert (await http.get(RUNS, headers=admin)).json()["runs"] == []  # without ?user=: their own
+        assert (await http.get(RUNS, headers=bob)).json()["runs"] == []
+        assert (await http.get(RUNS, params={"user": ALICE}, headers=bob)).status_code == 403
