@@ -12,7 +12,9 @@ trap 'rm -rf "$(dirname "$rootfs")"' EXIT
 echo "building base image $tag from Debian bookworm ($mirror)" >&2
 # minbase + python3.11 and venv (ensurepip, for the build stage's uv) + CA certificates.
 # Docs, man pages, locales and apt lists stay out: the runtime image is this plus the app venv.
+# The merged-/usr hook instead of the usrmerge package, which would pull in Perl (~45 MB).
 mmdebstrap --quiet --variant=minbase \
+  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
   --include=python3.11,python3.11-venv,python3-venv,ca-certificates \
   --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/doc/*' \
