@@ -99,18 +99,19 @@ class Launcher:
             self.lock.release()
 
     def _preflight(self) -> bool:
-        """Take the state folder and check the ports; on a refusal nothing has been started."""
-        note = {name: port for name, (port, _) in port_variables(self.settings).items()}
+        """Check the state folder is free, then the ports, then take the folder: a refusal has
+        started, created and changed nothing."""
+        ports = port_variables(self.settings)
         try:
-            self.lock.acquire({f"{name}_port": port for name, port in note.items()})
+            self.lock.check()
+            busy = busy_ports(ports)
+            for message in busy:
+                self.console.say(message)
+            if not busy:
+                self.lock.acquire({f"{name}_port": port for name, (port, _) in ports.items()})
         except AlreadyRunning as exc:
             self.console.say(str(exc))
             return False
-        busy = busy_ports(port_variables(self.settings))
-        for message in busy:
-            self.console.say(message)
-        if busy:
-            self.lock.release()
         return not busy
 
     def _install_signals(self) -> None:

@@ -33,22 +33,36 @@ class StateLock:
         self.path = state_dir / LOCK_NAME
         self._file: IO[str] | None = None
 
+    def check(self) -> None:
+        """Raise `AlreadyRunning` if another `up` holds the folder; creates nothing."""
+        try:
+            file = open(self.path)
+        except FileNotFoundError:
+            return
+        with file:
+            self._take_or_refuse(file)
+
     def acquire(self, note: Mapping[str, Any]) -> None:
         """Take the lock or raise `AlreadyRunning`; the note is written only once it is ours."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         file = open(self.path, "a+")  # held open for the launcher's life
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            holder = _parse(file.read())
+            self._take_or_refuse(file)
+        except AlreadyRunning:
             file.close()
-            raise AlreadyRunning(self._refusal(holder)) from None
+            raise
         file.seek(0)
         file.truncate()
         file.write(json.dumps({**note, "pid": os.getpid(), "started_at": time.time()}))
         file.flush()
         self._file = file
+
+    def _take_or_refuse(self, file: IO[str]) -> None:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            raise AlreadyRunning(self._refusal(_parse(file.read()))) from None
 
     def _refusal(self, holder: Mapping[str, Any]) -> str:
         pid = holder.get("pid", "?")

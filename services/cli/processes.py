@@ -119,10 +119,11 @@ class ServiceProcess:
 
     def _copy(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
-        for raw in iter(process.stdout.readline, b""):
-            text = raw.decode(errors="replace").rstrip()
-            self.lines.append(text)
-            self.console.line(self.name, text)
+        with process.stdout:
+            for raw in iter(process.stdout.readline, b""):
+                text = raw.decode(errors="replace").rstrip()
+                self.lines.append(text)
+                self.console.line(self.name, text)
 
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()

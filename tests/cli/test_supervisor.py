@@ -47,12 +47,15 @@ def test_restarts_older_than_the_window_no_longer_count() -> None:
 
 
 def test_the_state_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> None:
+    StateLock(tmp_path / "state").check()
+    assert not (tmp_path / "state").exists()  # checking a free folder creates nothing
     first = StateLock(tmp_path)
     first.acquire({"gateway_port": 8123})
     try:
-        with pytest.raises(
-            AlreadyRunning, match=r"already running \(pid \d+, gateway on http://localhost:8123\)"
-        ):
+        refusal = r"already running \(pid \d+, gateway on http://localhost:8123\)"
+        with pytest.raises(AlreadyRunning, match=refusal):
+            StateLock(tmp_path).check()
+        with pytest.raises(AlreadyRunning, match=refusal):
             StateLock(tmp_path).acquire({"gateway_port": 9999})
         assert json.loads((tmp_path / "up.lock").read_text())["gateway_port"] == 8123  # untouched
     finally:
@@ -88,13 +91,14 @@ class _Impostor(http.server.BaseHTTPRequestHandler):
         return None
 
 
-def test_a_child_is_healthy_only_when_its_own_pid_answers_on_its_port(tmp_path: Path) -> None:
-    """A runner whose health port is taken stays alive; what answers there is not the runner."""
+def test_a_child_is_healthy_only_when_its_own_pid_answers_on_its_port() -> None:
+    """A gateway serving elsewhere while another process answers on the port up checks."""
     impostor = http.server.HTTPServer(("127.0.0.1", 0), _Impostor)
     threading.Thread(target=impostor.serve_forever, daemon=True).start()
     port = impostor.server_address[1]
-    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "TT_RUNNER_PORT": str(port)}
-    child = ServiceProcess(ServiceSpec("runner", "runner", port), env, Console(io.StringIO()))
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    env["TT_GATEWAY_PORT"] = str(free_port())
+    child = ServiceProcess(ServiceSpec("gateway", "gateway", port), env, Console(io.StringIO()))
     child.start()
     try:
         _Impostor.pid = os.getpid()

@@ -89,8 +89,9 @@ class Up:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.put(line.rstrip("\n"))
 
     def wait_for(self, text: str, timeout_s: float = 60.0) -> str:
         deadline = time.monotonic() + timeout_s
@@ -258,7 +259,7 @@ def test_a_port_in_use_is_named_with_its_variable_and_nothing_starts(tmp_path: P
     assert result.returncode == 1, result.stdout
     assert f"port {port} is in use: set TT_PROJECTOR_PORT to move the projector" in result.stdout
     assert "started" not in result.stdout
-    assert not (state_dir / "redis").exists()  # no redis-server was started on the state dir
+    assert not state_dir.exists()  # not even the lock: no redis-server, no files
     assert not [
         pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if str(state_dir) in cmdline(pid)
     ]
