@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -30,8 +31,8 @@ def build_router() -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz", tags=["ops"], summary="Process alive (never touches Redis)")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, str | int]:
+        return {"status": "ok", "pid": os.getpid()}  # `tickertape up` checks it started this process
 
     @router.get("/readyz", tags=["ops"], summary="Redis and the projector reachable")
     async def readyz(runtime: RuntimeDep) -> JSONResponse:

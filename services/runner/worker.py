@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -212,6 +213,7 @@ class Worker(Service):
     def _status(self) -> dict[str, Any]:
         return {
             "runner_id": self.settings.runner_id,
+            "pid": os.getpid(),  # `tickertape up` checks it started this process
             "executing": len(self.leases.held),
             "stopping": self.stopping.is_set(),
             "pipeline": self._pipeline_state(),

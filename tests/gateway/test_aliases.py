@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import datetime
 from typing import Any
 
@@ -98,7 +99,7 @@ async def test_catalog_health_and_metrics(client: httpx.AsyncClient) -> None:
     assert {"id", "label", "provider", "promptUsdPerM", "completionUsdPerM"} <= set(models[0])
     analysts = (await client.get(f"{API}/analysts")).json()["analysts"]
     assert [a["id"] for a in analysts][:2] == ["market", "fundamentals"]
-    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/healthz")).json() == {"status": "ok", "pid": os.getpid()}
     ready = await client.get("/readyz")  # no projector here
     assert ready.status_code == 503 and ready.json()["checks"] == {"redis": True, "projector": False}
     await client.post(f"{API}/runs", json=BODY)
