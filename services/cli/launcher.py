@@ -9,8 +9,10 @@ the supervisor restarts whatever dies (see `services.cli.supervisor`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,9 +39,16 @@ def service_specs(settings: LaunchSettings) -> list[ServiceSpec]:
     """The services `up` runs, in start order (stopped in reverse). One line per child."""
     return [
         ServiceSpec("projector", "projector", settings.projector_port),
-        ServiceSpec("runner", "runner", settings.runner_port),
+        ServiceSpec("runner", "runner", settings.runner_port, {"TT_RUNNER_ID": runner_id(settings)}),
         ServiceSpec("gateway", "gateway", settings.gateway_port),
     ]
+
+
+def runner_id(settings: LaunchSettings) -> str:
+    """One consumer name per stack, kept across restarts: a restarted runner resumes its own runs
+    at once (it claims what its previous process left pending) instead of after a lease."""
+    stack = hashlib.sha1(str(settings.state_dir.resolve()).encode()).hexdigest()[:8]
+    return os.environ.get("TT_RUNNER_ID") or f"{socket.gethostname()}-up-{stack}"
 
 
 def port_variables(settings: LaunchSettings) -> dict[str, tuple[int, str]]:

@@ -92,6 +92,7 @@ class Worker(Service):
         if not await self.retrying("reach Redis", self._ensure_groups):
             return
         self._build_components()
+        await self.retrying("resume the runs our previous process left", self._resume_inherited)
         self._spawn_loops()
         s = self.settings
         logger.info("runner %s consuming (concurrency %d)", s.runner_id, s.concurrency)
@@ -294,6 +295,19 @@ class Worker(Service):
     async def _claim_loop(self) -> None:
         cursors = dict.fromkeys(self.settings.common.keys.queues, "0-0")
         await self.every(self.settings.claim_interval_s, lambda: self._claim_once(cursors), first=True)
+
+    async def _resume_inherited(self) -> None:
+        """Resume at once the runs an earlier process with our consumer name left pending."""
+        for queue in self.settings.common.keys.queues:
+            if self.admission.allowance() <= 0:
+                return
+            with self.admission.asking(self.admission.allowance()) as count:
+                jobs = await self.queue.inherited(queue, count, self.leases.ids())
+            for job in jobs:
+                logger.info("resuming run %s left by our previous process", job.run_id)
+                metrics().reclaims.inc()
+            if jobs:
+                self._dispatch([(job, None) for job in jobs])
 
     async def _claim_once(self, cursors: dict[str, str]) -> None:
         """Take over runs whose runner died, as far as admission allows; never our own."""

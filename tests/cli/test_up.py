@@ -154,8 +154,10 @@ def test_up_serves_a_run_and_sigterm_stops_everything_with_no_orphan(up: Up, tmp
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("victim", ["gateway", "runner", "projector", "redis"])
 def test_a_kill_9_of_any_child_is_survived_and_a_run_in_flight_completes(tmp_path: Path, victim: str) -> None:
-    # A runner's run is taken over once its lease runs out (30 s by default): 4 s keeps this short.
-    up = Up(up_env(tmp_path / "state", TT_STEP_DELAY_S="0.4", TT_LEASE_S="4"))
+    # A restarted runner resumes its own runs at once (same consumer name), so the runner keeps the
+    # default 30 s lease: the run must end well before a lease would have let anyone take it over.
+    lease = {} if victim == "runner" else {"TT_LEASE_S": "4"}
+    up = Up(up_env(tmp_path / "state", TT_STEP_DELAY_S="0.4", **lease))
     try:
         up.wait_for("Tickertape is up")
         old = up.pid_of(victim)
@@ -170,6 +172,9 @@ def test_a_kill_9_of_any_child_is_survived_and_a_run_in_flight_completes(tmp_pat
         page_back = _page_answers(up.port, deadline=killed + 15)
         state = httpx.get(f"{up.api}/runs/{run_id}", params={"wait": 30}, timeout=40).json()
         assert state["status"] == "completed", (state, up.log())
+        if victim == "runner":
+            assert time.monotonic() - killed < 20, up.log()
+            assert "left by our previous process" in up.log()
         assert page_back - killed < 15
         assert up.process.poll() is None, up.log()
     finally:
