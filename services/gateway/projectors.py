@@ -2,9 +2,10 @@
 
 Each projector folds the whole log into its own SQLite file, so any healthy one can answer. A
 background probe every ``interval_s`` keeps a health flag per projector; a request goes to the
-healthy projector that is most caught up and, on a connection error, timeout or 5xx, marks it
-down and tries the next one at once. With none healthy a request fails at once (no timeout is
-paid): callers answer from the run stream or with 503.
+healthy projector that is most caught up and, on an error, tries the next one at once. A refused
+connection marks a projector down at once; a slow one is marked down by two missed probes, so a
+busy moment does not take the only projector out. With none healthy a request fails at once (no
+timeout is paid): callers answer from the run stream or with 503.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_S = 2
 CHECKPOINT_EVERY = 10
 """Probes in a row that only ask /healthz (no Redis work) before one asks for the checkpoint."""
+
+
+MISSES_DOWN = 2
+"""Probes in a row that time out or fail before a projector that accepts connections is skipped."""
 
 
 class ProjectorUnavailable(Problem):
@@ -58,6 +63,7 @@ class Projector:
     url: str
     healthy: bool = False
     checkpoint: tuple[int, int] = (0, 0)
+    missed: int = 0
 
     def view(self) -> dict[str, Any]:
         ms, seq = self.checkpoint
@@ -103,8 +109,11 @@ class ProjectorPool(Service):
         for member in candidates:
             try:
                 response = await self.http.get(member.url + path, params=params)
-            except httpx.HTTPError as exc:
+            except httpx.ConnectError as exc:  # refused: it is gone, stop sending it requests
                 self._down(member, f"{type(exc).__name__} {exc}")
+                continue
+            except httpx.HTTPError as exc:  # slow: try the next one, the probes judge this one
+                logger.info("projector %s did not answer %s: %s", member.url, path, type(exc).__name__)
                 continue
             if response.status_code < 500:
                 return response
@@ -122,11 +131,14 @@ class ProjectorPool(Service):
         path = "/internal/checkpoint" if with_checkpoint else "/healthz"
         try:
             response = await self.http.get(member.url + path, timeout=self.probe_timeout)
-        except httpx.HTTPError as exc:
+        except httpx.ConnectError as exc:
             self._down(member, f"probe: {type(exc).__name__} {exc}")
             return
+        except httpx.HTTPError as exc:
+            self._missed(member, f"probe: {type(exc).__name__}")
+            return
         if response.status_code != 200:
-            self._down(member, f"probe answered {response.status_code}")
+            self._missed(member, f"probe answered {response.status_code}")
             return
         if with_checkpoint:
             try:
@@ -135,10 +147,17 @@ class ProjectorPool(Service):
                 logger.warning("projector %s sent an unreadable checkpoint", member.url)
         self._up(member)
 
+    def _missed(self, member: Projector, reason: str) -> None:
+        """A slow or failing probe: down on the second in a row (one can be a busy moment)."""
+        member.missed += 1
+        if member.missed >= MISSES_DOWN:
+            self._down(member, reason)
+
     def _up(self, member: Projector) -> None:
         if not member.healthy:
             logger.info("projector %s is healthy", member.url)
         member.healthy = True
+        member.missed = 0
         _up_gauge().labels(member.url).set(1)
 
     def _down(self, member: Projector, reason: str) -> None:
