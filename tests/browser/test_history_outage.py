@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from playwright.sync_api import BrowserContext, expect
 
@@ -18,6 +19,8 @@ def test_history_says_it_is_briefly_unavailable_and_comes_back_by_itself(
     context: BrowserContext, stack: Stack, shoot: Shoot
 ) -> None:
     run_id = stack.submit("NFLX", ("market",))
+    httpx.delete(f"{stack.api}/runs/{run_id}", timeout=10.0)  # ended: nothing live reloads history
+    stack.wait_status(run_id, {"cancelled"})
     page = context.new_page()
     page.goto(f"{stack.url}/#NFLX")
     expect(page.locator(f"#history li[data-run-id='{run_id}']")).to_be_visible()
