@@ -15,6 +15,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.gateway.settings import GatewaySettings
+from shared.config import ConfigError, Env
 from shared.keys import Keys
 from shared.redis_server import free_port
 from tests.gateway.conftest import GatewayFactory, RunningGateway
@@ -180,6 +182,7 @@ async def test_with_every_projector_down_runs_work_from_their_streams_and_histor
         cancelled = await http.delete(f"{RUNS}/{second}", headers=auth("alice"))
         assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
         await assert_history_unavailable(http)
+        assert 'tickertape_gateway_projector_up{url="http://127.0.0.1:' in (await http.get("/metrics")).text
         expired = await http.get(f"{RUNS}/000000000001{'a' * 24}", headers=auth("alice"))  # stream long gone
         assert expired.status_code == 503 and expired.headers["Retry-After"] == "2", expired.text
         assert "retry" in expired.json()["detail"].lower()
@@ -280,3 +283,13 @@ async def test_each_projector_folds_the_whole_log_into_its_own_file(
                     if {r["run_id"] for r in page["runs"]} == ids:
                         break
                     await asyncio.sleep(0.1)
+
+
+def test_projector_urls_setting_lists_replicas_and_keeps_the_single_url() -> None:
+    many = GatewaySettings.from_env(Env({"TT_PROJECTOR_URLS": "http://a:8001/, http://b:8001"}))
+    assert many.projectors == ("http://a:8001", "http://b:8001")
+    assert GatewaySettings.from_env(Env({"TT_PROJECTOR_URL": "http://one:8001"})).projectors == (
+        "http://one:8001",
+    )
+    with pytest.raises(ConfigError, match="TT_PROJECTOR_URLS"):
+        GatewaySettings.from_env(Env({"TT_PROJECTOR_URLS": "a:8001"}))
