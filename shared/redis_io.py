@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -14,7 +16,12 @@ COMMAND_TIMEOUT_S = 5.0
 
 
 def connect(
-    url: str, *, blocking: bool = False, max_connections: int | None = None, client_name: str | None = None
+    url: str,
+    *,
+    blocking: bool = False,
+    max_connections: int | None = None,
+    client_name: str | None = None,
+    wait_s: float | None = None,
 ) -> Redis:
     """A client for ``url``; ``blocking=True`` for XREAD/XREADGROUP with BLOCK.
 
@@ -23,17 +30,24 @@ def connect(
     A blocking read on a connection whose socket timeout is shorter than BLOCK raises a timeout,
     so blocking readers get their own client with no socket timeout. Commands are packed by
     hiredis (``shared.wire``).
+
+    ``wait_s``: with ``max_connections``, a caller finding every connection in use waits up to
+    this long for one (``BlockingConnectionPool``) instead of failing at once: a process with
+    more concurrent work than connections queues for them.
     """
-    client = Redis.from_url(
-        url,
-        socket_timeout=None if blocking else COMMAND_TIMEOUT_S,
-        socket_connect_timeout=COMMAND_TIMEOUT_S,
-        health_check_interval=0 if blocking else 30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        max_connections=max_connections,
-        client_name=client_name,
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": None if blocking else COMMAND_TIMEOUT_S,
+        "socket_connect_timeout": COMMAND_TIMEOUT_S,
+        "health_check_interval": 0 if blocking else 30,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "max_connections": max_connections,
+        "client_name": client_name,
+    }
+    if wait_s is not None and max_connections is not None:
+        client = Redis.from_pool(BlockingConnectionPool.from_url(url, timeout=wait_s, **options))
+    else:
+        client = Redis.from_url(url, **options)
     return fast_packing(client)
 
 
