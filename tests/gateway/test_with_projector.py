@@ -263,11 +263,6 @@ async def test_a_hung_projector_is_skipped_after_one_timeout(
     assert slowest < 1.5 and settled and max(settled) < 0.45, seen
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs TT_PROJECTOR_NAME (a consumer group per projector, the projector's branch): until "
-    "then two projectors share one group and split the log between their files",
-)
 async def test_each_projector_folds_the_whole_log_into_its_own_file(
     start_gateway: GatewayFactory, projectors: list[ServiceProcess], runner: Runner
 ) -> None:
