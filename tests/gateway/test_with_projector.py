@@ -192,6 +192,7 @@ async def assert_history_unavailable(http: httpx.AsyncClient) -> None:
     history = await http.get(RUNS, headers=auth("alice"))
     assert history.status_code == 503 and history.headers["content-type"] == "application/problem+json"
     assert int(history.headers["Retry-After"]) > 0 and "retry" in history.json()["detail"].lower()
+    assert history.json()["type"].endswith("/read-model-unavailable")
 
 
 async def list_statuses(http: httpx.AsyncClient, seconds: float) -> list[tuple[float, int, float]]:
