@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
 from fastapi import Request
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -21,6 +20,7 @@ from services.gateway.flight import SingleFlight
 from services.gateway.hub import Hub
 from services.gateway.limits import RateLimiter, StreamSlots
 from services.gateway.metrics import metrics
+from services.gateway.projectors import ProjectorPool
 from services.gateway.queries import RunReader
 from services.gateway.settings import GatewaySettings
 from shared.batcher import ScriptBatcher
@@ -40,7 +40,7 @@ class Runtime:
     reader: Redis
     store: EventStore
     hub: Hub
-    projector: httpx.AsyncClient
+    projectors: ProjectorPool
     runs: RunReader
     auth: Authenticator
     limiter: RateLimiter
@@ -88,7 +88,9 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
     name = f"tt-gateway:{settings.process_id}"
     redis = command_client(common.redis_url, settings.redis_pool_size, name)
     reader = connect(common.redis_url, blocking=True, client_name=f"{name}:sse")
-    projector = httpx.AsyncClient(base_url=settings.projector_url, timeout=settings.projector_timeout_s)
+    projectors = ProjectorPool(
+        settings.projectors, timeout_s=settings.projector_timeout_s, interval_s=settings.projector_probe_s
+    )
     submits = ScriptBatcher(redis)  # concurrent submits share one round trip
     store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s, submits=submits)
     hub = Hub(
@@ -107,20 +109,21 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
         reader=reader,
         store=store,
         hub=hub,
-        projector=projector,
-        runs=RunReader(store, projector),
+        projectors=projectors,
+        runs=RunReader(store, projectors),
         auth=Authenticator(settings),
         limiter=RateLimiter(redis, common.keys, *settings.submit_rate, calls=submits),
         models=load_registry(settings.models_path),
         streams=StreamSlots(settings.sse_max_per_user),
     )
     try:
+        await projectors.start()
         await hub.start()
         yield runtime
     finally:
         await hub.stop()
         await submits.aclose()
-        await projector.aclose()
+        await projectors.stop()
         await reader.aclose()
         await redis.aclose()
 

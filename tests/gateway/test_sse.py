@@ -13,6 +13,7 @@ from services.gateway.hub import Hub
 from services.gateway.sse import DirectListener
 from shared.catalog import plan_steps
 from shared.events import StepProgress
+from shared.ids import new_run_id
 from shared.keys import Keys
 from shared.redis_io import connect
 from shared.store import EventStore
@@ -101,7 +102,7 @@ async def test_after_query_and_header_precedence(client: httpx.AsyncClient, runn
 
 
 async def test_unknown_run_and_bad_cursor(client: httpx.AsyncClient) -> None:
-    unknown = await client.get(f"{RUNS}/0190a0b0c0d0aaaaaaaaaaaaaaaaaaaaaaaa/events")
+    unknown = await client.get(f"{RUNS}/{new_run_id()}/events")  # fresh: 404 needs no projector
     assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
     run_id = await submit(client)
     bad = await client.get(f"{RUNS}/{run_id}/events", headers={"Last-Event-ID": "yesterday"})
