@@ -78,10 +78,24 @@ def frame_of(entry_id: str, kind: str, payload: Any) -> Frame:
     return make_frame(entry_id, kind, sse_frame(kind, payload, entry_id))
 
 
+STREAMED_WITHOUT = ("v", "runId", "at", "output", "result", "traceparent")
+"""Event fields a stream leaves out: what the stream or the state says already (the run, the
+time as ``updatedAt``, the result in the terminal frame's state), a step's output (the runner's,
+to resume after it; the step's ``message`` sums it up) and the trace context (the services')."""
+
+
+def stream_event(event: AnyEvent) -> Json:
+    """An event as a stream carries it."""
+    doc = event_view(event)
+    for name in STREAMED_WITHOUT:
+        doc.pop(name, None)
+    return doc
+
+
 def event_frame(entry_id: str, event: AnyEvent, before: Json | None, state: RunState) -> tuple[Frame, Json]:
     """The frame of ``event`` and the state view after it: a delta from ``before`` when there is
     one, the full state for a run's first event (no ``before``) and its terminal one."""
-    kind, event_doc, view = type(event).__name__, event_view(event), state_view(state)
+    kind, event_doc, view = type(event).__name__, stream_event(event), state_view(state)
     change = None if before is None or state.terminal else delta(before, view)
     if change is None:
         return frame_of(entry_id, kind, {"event": event_doc, "state": view}), view

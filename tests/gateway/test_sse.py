@@ -75,7 +75,9 @@ def folded(log: SseLog) -> list[dict[str, Any]]:
     states: list[dict[str, Any]] = []
     for message in log.messages:
         data = message.data
-        state = data.get("state") or merge(states[-1] if states else {}, data.get("delta", {}))
+        state = data.get("state") or merge(
+            states[-1] if states else {}, data.get("delta", {}), message.id or ""
+        )
         states.append(state)
     return states
 
