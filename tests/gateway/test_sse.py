@@ -97,6 +97,9 @@ async def test_resume_with_last_event_id_is_exact(
     received = first.ids + second.ids + third.ids
     assert received == stream_ids(await redis.xrange(keys.run(run_id)))
     assert len(set(received)) == len(received)
+    # a resumed connection starts from a full state, then carries deltas
+    assert all("state" in log.messages[0].data for log in (second, third))
+    assert folded(third)[-2]["lastEventId"] == third.ids[-1]
     after_end = await follow(client, run_id, last_id=third.ids[-1])
     assert after_end.events == ["end"]
 
