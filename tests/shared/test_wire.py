@@ -40,7 +40,7 @@ async def test_a_bounded_client_never_opens_more_connections_than_its_bound(
     client = connect(redis_url, max_connections=2, client_name="tt-test:bounded")
     try:
         assert isinstance(client.connection_pool, BlockingConnectionPool)
-        replies = await asyncio.gather(*(client.execute_command("DEBUG", "SLEEP", "0.05") for _ in range(6)))
+        replies = await asyncio.gather(*(client.blpop(["tt:wire:none"], timeout=0.05) for _ in range(6)))
         assert len(replies) == 6  # the others waited for a connection instead of failing
         named = [c for c in await redis.client_list() if c.get("name") == "tt-test:bounded"]
         assert len(named) == 2
