@@ -128,6 +128,8 @@ class Batch(list[Frame]):
 
 HEARTBEAT = make_frame("", "heartbeat", b": heartbeat\n\n")
 CUT = make_frame("", "cut", b": you fell behind; reconnect with Last-Event-ID to resume\n\n", final=True)
+HANGUP = make_frame("", "hangup", b"", final=True)
+"""Queued for a listener whose client went away: its reader wakes and ends."""
 
 
 class Sink(Protocol):
@@ -186,11 +188,18 @@ class Listener:
         return self.offer(Batch(fresh).joined())
 
     def cut(self) -> None:
-        """Empty the queue and leave one final frame, so a reader waiting on it wakes and ends."""
+        """Dropped for being too slow: the queue ends with the cut notice instead."""
         self.dropped = True
+        self._end_with(CUT)
+
+    def hang_up(self) -> None:
+        """The client went away: whoever waits on the queue wakes and ends."""
+        self._end_with(HANGUP)
+
+    def _end_with(self, frame: Frame) -> None:
         while not self.queue.empty():
             self.queue.get_nowait()
-        self.queue.put_nowait(CUT)
+        self.queue.put_nowait(frame)
 
 
 @dataclass(slots=True, eq=False)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.gateway.auth import Caller
@@ -37,7 +38,7 @@ def _resume_point(after: str | None, last_event_id: str | None) -> str:
 
 async def stream_events(
     runtime: Runtime, caller: Caller, run_id: str, after: str | None, last_event_id: str | None
-) -> StreamingResponse:
+) -> Response:
     """Check the run is the caller's, then stream; 404 (not a retry loop) for unknown runs."""
     cursor = _resume_point(after, last_event_id)
     if not is_run_id(run_id):
@@ -95,43 +96,56 @@ class Follow:
         return head + (_reset_frame(self.reset) if self.reset is not None else b"")
 
 
-class EventStream(StreamingResponse):
-    """The SSE response: a bounded queue per client, fed by the hub, drained by this stream.
+class EventStream(Response):
+    """The SSE response, an ASGI send loop: the hub fills the client's bounded queue, this loop
+    drains it into ``send`` (one task per client, woken once per frame or batch).
 
     The per-user slot is held from the check until the stream ends, whichever way it ends.
     """
 
+    media_type = "text/event-stream"
+
     def __init__(self, follow: Follow) -> None:
         follow.runtime.streams.take(follow.owner)  # 429 past the per-user cap, before any byte
-        super().__init__(_live(follow), media_type="text/event-stream", headers=SSE_HEADERS)
         self.follow = follow
+        self.status_code = 200
+        self.background = None
+        self.init_headers(SSE_HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await _pump(self.follow, receive, send)
         finally:
             self.follow.runtime.streams.give_back(self.follow.owner)
 
 
-async def _live(follow: Follow) -> AsyncIterator[bytes]:
-    """The head, then the hub's frames for this client until the run's end or a cut."""
+async def _pump(follow: Follow, receive: Receive, send: Send) -> None:
+    """The head, then the hub's frames for this client until the run's end, a cut or a hang-up."""
     runtime, run_id = follow.runtime, follow.run_id
     gauge = metrics().sse_connections
     gauge.inc()
     listener = await runtime.hub.join(run_id, follow.cursor, runtime.settings.sse_queue_size)
+    watcher = asyncio.ensure_future(_hang_up_on_disconnect(listener, receive))
     try:
-        yield follow.head()
+        await send({"type": "http.response.body", "body": follow.head(), "more_body": True})
         # The hub queues heartbeats too, so a plain get() suffices: no timer per client per frame.
-        while True:
+        final = False
+        while not final:
             data, final = _drain(listener, await listener.queue.get())
-            yield data
-            if final:
-                break
+            await send({"type": "http.response.body", "body": data, "more_body": not final})
         if listener.dropped:
             logger.info("SSE client of run %s fell behind and was cut; it resumes with Last-Event-ID", run_id)
     finally:
+        watcher.cancel()
         runtime.hub.leave(listener)
         gauge.dec()
+
+
+async def _hang_up_on_disconnect(listener: Listener, receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    listener.hang_up()
 
 
 def _drain(listener: Listener, frame: Frame) -> tuple[bytes, bool]:
