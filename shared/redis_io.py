@@ -16,13 +16,19 @@ COMMAND_TIMEOUT_S = 5.0
 
 
 def connect(
-    url: str, *, blocking: bool = False, max_connections: int | None = None, client_name: str | None = None
+    url: str,
+    *,
+    blocking: bool = False,
+    max_connections: int | None = None,
+    client_name: str | None = None,
+    wait_s: float = COMMAND_TIMEOUT_S,
 ) -> Redis:
     """A client for ``url``; ``blocking=True`` for XREAD/XREADGROUP with BLOCK.
 
     ``client_name`` is set on every connection (CLIENT SETNAME), so ``CLIENT LIST`` shows whose it is.
-    With ``max_connections`` the pool never grows past it: a caller waits (up to the command
-    timeout) for a connection to come back instead of failing at once.
+    With ``max_connections`` the pool never grows past it: a caller finding every connection in
+    use waits up to ``wait_s`` for one (``BlockingConnectionPool``) instead of failing at once, so
+    a process with more concurrent work than connections queues for them.
 
     A blocking read on a connection whose socket timeout is shorter than BLOCK raises a timeout,
     so blocking readers get their own client with no socket timeout.
@@ -30,9 +36,7 @@ def connect(
     options = _options(blocking, client_name)
     if max_connections is None:
         return Redis.from_url(url, **options)
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=COMMAND_TIMEOUT_S, **options
-    )
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=wait_s, **options)
     return Redis.from_pool(pool)
 
 

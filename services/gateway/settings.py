@@ -75,6 +75,9 @@ class GatewaySettings:
     models_path: str | None = None
     max_wait_s: float = 60.0
     internal_wait_s: float = 30.0
+    sync_wait_max_s: float = 600.0
+    """The longest ``POST /decision/internal?wait=`` may hold a request: by default the run
+    deadline (``TT_RUN_DEADLINE_S``), so a synchronous caller can wait for any run to end."""
     sse_heartbeat_s: float = 15.0
     sse_retry_ms: int = 3000
     sse_queue_size: int = 256
@@ -112,6 +115,7 @@ class GatewaySettings:
             models_path=env.optional("MODELS"),
             max_wait_s=env.number("MAX_WAIT_S", 60.0, minimum=0.0),
             internal_wait_s=env.number("INTERNAL_WAIT_S", 30.0, minimum=0.0),
+            sync_wait_max_s=env.number("SYNC_WAIT_MAX_S", env.number("RUN_DEADLINE_S", 600.0), minimum=0.0),
             sse_heartbeat_s=env.number("SSE_HEARTBEAT_S", 15.0, minimum=0.1),
             sse_retry_ms=env.integer("SSE_RETRY_MS", 3000, minimum=0),
             sse_queue_size=env.integer("SSE_QUEUE_SIZE", 256, minimum=1),

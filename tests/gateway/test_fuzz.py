@@ -34,6 +34,7 @@ def gateway_process(redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
         "TT_SUBMIT_RATE": "0/min",
         "TT_MAX_WAIT_S": "0.2",
         "TT_INTERNAL_WAIT_S": "0",
+        "TT_SYNC_WAIT_MAX_S": "0.2",
         "TT_SSE_HEARTBEAT_S": "0.2",
     }
     with ServiceProcess("gateway", env, log_dir=Path(state)) as process:

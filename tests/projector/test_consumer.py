@@ -17,7 +17,8 @@ from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
 
 from services.projector.consumer import Consumer
-from services.projector.projection import BatchOutcome, Projection, RawEntry, open_db
+from services.projector.db import open_db
+from services.projector.projection import BatchOutcome, Projection, RawEntry
 from services.projector.schema import migrate
 from shared.events import EventCodec
 from shared.ids import new_run_id
