@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import shutil
 import socket
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from services.gateway.hub import Hub, Listener
@@ -327,3 +332,36 @@ async def test_a_run_cancelled_while_queued_ends_its_stream(client: httpx.AsyncC
     assert log.messages[-1].data == {"runId": run_id, "status": "cancelled", "lastEventId": log.ids[-1]}
     resumed = await follow(client, run_id, last_id=log.ids[-1])
     assert resumed.events == ["end"]
+
+
+CLIENT_JS = Path(__file__).resolve().parents[2] / "services/gateway/static/tickertape-client.js"
+FOLD_JS = """
+import { readFileSync } from "fs";
+const { mergeDelta } = await import(process.argv[1]);
+let state = null;
+const states = [];
+for (const m of JSON.parse(readFileSync(0, "utf8"))) {
+  state = m.data.state ?? mergeDelta(state, m.data.delta, m.id);
+  states.push(state);
+}
+console.log(JSON.stringify(states));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="the browser client's fold runs on node")
+async def test_the_browser_client_folds_a_stream_into_the_states_the_server_holds(
+    client: httpx.AsyncClient, runner: Runner
+) -> None:
+    run_id = await submit(client)
+    await runner.run_all(run_id)
+    log = await follow(client, run_id)
+    events = [{"id": m.id, "data": m.data} for m in log.messages if m.event != "end"]
+    script = FOLD_JS.replace("require_stdin()", "require('fs').readFileSync(0, 'utf8')")
+    script = (
+        "import { createRequire } from 'module'; const require = createRequire(import.meta.url);\n" + script
+    )
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", FOLD_JS, str(CLIENT_JS)],
+        input=json.dumps(events), capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert json.loads(done.stdout) == folded(log)[: len(events)]
