@@ -9,11 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio import Redis
 
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.flight import SingleFlight
@@ -25,10 +21,9 @@ from services.gateway.queries import RunReader
 from services.gateway.settings import GatewaySettings
 from shared.batcher import ScriptBatcher
 from shared.models import ModelSpec, load_registry
-from shared.redis_io import COMMAND_TIMEOUT_S, connect
+from shared.redis_io import connect
 from shared.reducer import RunState
 from shared.store import Entry, EventStore
-from shared.wire import fast_packing
 
 logger = logging.getLogger(__name__)
 
@@ -65,28 +60,12 @@ class Runtime:
         return await self.runs.get(run_id, user_id)
 
 
-def command_client(url: str, size: int, name: str) -> Redis:
-    """A command client whose pool never grows past ``size`` (callers wait for a connection)."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=size,
-        timeout=COMMAND_TIMEOUT_S,
-        socket_timeout=COMMAND_TIMEOUT_S,
-        socket_connect_timeout=COMMAND_TIMEOUT_S,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        client_name=name,
-    )
-    return fast_packing(Redis(connection_pool=pool))
-
-
 @contextlib.asynccontextmanager
 async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
     """Build every client, start the SSE reader; close all of it on exit."""
     common = settings.common
     name = f"tt-gateway:{settings.process_id}"
-    redis = command_client(common.redis_url, settings.redis_pool_size, name)
+    redis = connect(common.redis_url, max_connections=settings.redis_pool_size, client_name=name)
     reader = connect(common.redis_url, blocking=True, client_name=f"{name}:sse")
     projectors = ProjectorPool(
         settings.projectors, timeout_s=settings.projector_timeout_s, interval_s=settings.projector_probe_s
