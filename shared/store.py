@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from shared.durability import ReplicaWait
 from shared.events import (
     AnyEvent,
     EventCodec,
@@ -215,7 +216,16 @@ class Capped:
     cap: int
 
 
-SubmitOutcome = Submitted | Duplicate | Capped
+@dataclass(frozen=True, slots=True)
+class Unreplicated:
+    """Written and queued on the primary, but no replica confirmed it within the bound (``WAIT``):
+    not acknowledged. A repeat with the same idempotency key answers this run."""
+
+    run_id: str
+    replicas: int
+
+
+SubmitOutcome = Submitted | Duplicate | Capped | Unreplicated
 
 
 class SubmitSender(Protocol):
@@ -246,11 +256,14 @@ class EventStore:
         run_ttl_s: int = 48 * 3600,
         codec: EventCodec | None = None,
         submits: SubmitSender | None = None,
+        replicas: ReplicaWait | None = None,
     ) -> None:
         """``submits``: what sends the submit script (a ``shared.batcher.ScriptBatcher`` pipelines
-        concurrent submits); by default each is its own EVALSHA."""
+        concurrent submits); by default each is its own EVALSHA. ``replicas``: while the primary
+        has replicas, a submit is sent with a ``WAIT`` instead (``shared.durability``)."""
         self.redis = redis
         self.submits = submits
+        self.replicas = replicas
         self.keys = keys
         self.codec = codec or EventCodec()
         self.run_ttl_s = run_ttl_s
@@ -294,8 +307,13 @@ class EventStore:
             idempotency_ttl_s,
             k.meta(""),
         ]
-        if self.submits is not None:
-            reply = await self.submits.call(ScriptCall(self._submit.sha, _SUBMIT, keys, argv))
+        wanted = await self.replicas.needed() if self.replicas is not None else 0
+        acked = wanted
+        call = ScriptCall(self._submit.sha, _SUBMIT, keys, argv)
+        if wanted and self.replicas is not None:
+            reply, acked = await self.replicas.call(call, wanted)
+        elif self.submits is not None:
+            reply = await self.submits.call(call)
         else:
             reply = await self._submit(keys=keys, args=argv)
         status, value = _pair(reply)
@@ -303,6 +321,8 @@ class EventStore:
             return Duplicate(value)
         if status == "capped":
             return Capped(int(value))
+        if acked < wanted:
+            return Unreplicated(event.run_id, acked)
         return Submitted(event.run_id, value)
 
     async def append(self, event: AnyEvent, *, fence: str = "", owner: str | None = None) -> str:

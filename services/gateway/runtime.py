@@ -10,11 +10,7 @@ from dataclasses import dataclass, field
 
 import httpx
 from fastapi import Request
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio import Redis
 
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.flight import SingleFlight
@@ -24,11 +20,12 @@ from services.gateway.metrics import metrics
 from services.gateway.queries import RunReader
 from services.gateway.settings import GatewaySettings
 from shared.batcher import ScriptBatcher
+from shared.config import RedisTarget
+from shared.durability import ReplicaWait
 from shared.models import ModelSpec, load_registry
 from shared.redis_io import COMMAND_TIMEOUT_S, connect
 from shared.reducer import RunState
 from shared.store import Entry, EventStore
-from shared.wire import fast_packing
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +62,9 @@ class Runtime:
         return await self.runs.get(run_id, user_id)
 
 
-def command_client(url: str, size: int, name: str) -> Redis:
+def command_client(target: RedisTarget, size: int, name: str) -> Redis:
     """A command client whose pool never grows past ``size`` (callers wait for a connection)."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=size,
-        timeout=COMMAND_TIMEOUT_S,
-        socket_timeout=COMMAND_TIMEOUT_S,
-        socket_connect_timeout=COMMAND_TIMEOUT_S,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        client_name=name,
-    )
-    return fast_packing(Redis(connection_pool=pool))
+    return connect(target, max_connections=size, client_name=name, pool_wait_s=COMMAND_TIMEOUT_S)
 
 
 @contextlib.asynccontextmanager
@@ -86,11 +72,12 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
     """Build every client, start the SSE reader; close all of it on exit."""
     common = settings.common
     name = f"tt-gateway:{settings.process_id}"
-    redis = command_client(common.redis_url, settings.redis_pool_size, name)
-    reader = connect(common.redis_url, blocking=True, client_name=f"{name}:sse")
+    redis = command_client(common.redis, settings.redis_pool_size, name)
+    reader = connect(common.redis, blocking=True, client_name=f"{name}:sse")
     projector = httpx.AsyncClient(base_url=settings.projector_url, timeout=settings.projector_timeout_s)
     submits = ScriptBatcher(redis)  # concurrent submits share one round trip
-    store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s, submits=submits)
+    replicas = ReplicaWait(redis, replicas=common.submit_replicas, timeout_ms=common.submit_wait_ms)
+    store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s, submits=submits, replicas=replicas)
     hub = Hub(
         reader,
         redis,

@@ -103,7 +103,7 @@ class Worker:
     async def _open(self) -> bool:
         """Build clients and wait for Redis; False when asked to stop before it answered."""
         s = self.settings
-        url, keys = s.common.redis_url, s.common.keys
+        url, keys = s.common.redis, s.common.keys
         self._factory = load_factory(s.pipeline)  # a wrong name fails at start; built later
         self.redis: Redis = connect(url)
         self.reader: Redis = connect(url, blocking=True, max_connections=4)
