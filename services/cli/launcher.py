@@ -21,6 +21,7 @@ from typing import IO
 import httpx
 
 from services.cli.settings import LaunchSettings
+from shared.config import DEFAULT_REDIS_URL, Env, sentinel_from_env
 from shared.redis_server import RedisLaunchError, RedisServer
 
 COLOURS = {"redis": "31", "projector": "35", "runner": "33", "gateway": "36", "up": "32"}
@@ -173,6 +174,10 @@ class Launcher:
             self._wait_healthy(child)
 
     def _redis_url(self) -> str:
+        sentinel = sentinel_from_env(Env())  # the children inherit TT_REDIS_SENTINEL*
+        if sentinel is not None:
+            self.console.line("redis", f"using {sentinel}: no Redis of our own")
+            return self.settings.redis_url or DEFAULT_REDIS_URL
         if self.settings.redis_url:
             self.console.line("redis", f"using REDIS_URL {self.settings.redis_url}")
             return self.settings.redis_url
