@@ -1,10 +1,15 @@
 """A submit acknowledged only once a replica has it: ``WAIT`` after the submit script, on its connection.
 
 ``WAIT n ms`` waits for the writes of the connection that sends it, so the script and the WAIT go
-in one pipeline (one connection, one round trip). With no replica connected there is nothing to
-wait for and the primary answers alone: whether replicas exist is read from ``INFO replication``
-and kept for a few seconds, so a primary without replicas pays one INFO every few seconds, not
-a WAIT per submit.
+in one pipeline (one connection, one round trip). A repeat of an idempotency key writes nothing
+itself, and its answer must wait for the first request's write, made on another connection:
+Redis 6.2 and 7.0 (checked) mark a connection with the primary's whole replication offset after
+any command, but a server that marks it only after a write would let the repeat through, so a
+PUBLISH (replicated like a write, heard by no one) goes between the script and the WAIT.
+
+With no replica connected there is nothing to wait for and the primary answers alone: whether
+replicas exist is read from ``INFO replication`` and kept for a few seconds, so a primary without
+replicas pays one INFO every few seconds, not a WAIT per submit.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ if TYPE_CHECKING:
 class ReplicaWait:
     """How many replicas a submit waits for (``replicas`` at most, as many as are connected)."""
 
-    def __init__(self, redis: Redis, *, replicas: int, timeout_ms: int, cache_s: float = 3.0) -> None:
+    def __init__(
+        self, redis: Redis, channel: str, *, replicas: int, timeout_ms: int, cache_s: float = 3.0
+    ) -> None:
         self.redis = redis
+        self.channel = channel
         self.replicas = replicas
         self.timeout_ms = timeout_ms
         self.cache_s = cache_s
@@ -50,8 +58,9 @@ class ReplicaWait:
         for _ in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.evalsha(script.sha, len(script.keys), *script.keys, *script.args)
+                pipe.publish(self.channel, b"")
                 pipe.execute_command("WAIT", replicas, self.timeout_ms)
-                reply, acked = await pipe.execute(raise_on_error=False)
+                reply, _, acked = await pipe.execute(raise_on_error=False)
             if not isinstance(reply, NoScriptError):
                 break
             await self.redis.script_load(script.source)

@@ -218,10 +218,11 @@ class Capped:
 
 @dataclass(frozen=True, slots=True)
 class Unreplicated:
-    """Written and queued on the primary, but no replica confirmed it within the bound (``WAIT``):
-    not acknowledged. A repeat with the same idempotency key answers this run."""
+    """On the primary, but no replica confirmed it within the bound (``WAIT``): not acknowledged.
+    ``run_id``: the run just written; None for a repeat of a key whose run is not confirmed yet.
+    A repeat with the same idempotency key answers this run once a replica has it."""
 
-    run_id: str
+    run_id: str | None
     replicas: int
 
 
@@ -317,12 +318,12 @@ class EventStore:
         else:
             reply = await self._submit(keys=keys, args=argv)
         status, value = _pair(reply)
-        if status == "duplicate":
-            return Duplicate(value)
         if status == "capped":
             return Capped(int(value))
         if acked < wanted:
-            return Unreplicated(event.run_id, acked)
+            return Unreplicated(event.run_id if status != "duplicate" else None, acked)
+        if status == "duplicate":
+            return Duplicate(value)
         return Submitted(event.run_id, value)
 
     async def append(self, event: AnyEvent, *, fence: str = "", owner: str | None = None) -> str:

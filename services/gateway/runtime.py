@@ -76,7 +76,9 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
     reader = connect(common.redis, blocking=True, client_name=f"{name}:sse")
     projector = httpx.AsyncClient(base_url=settings.projector_url, timeout=settings.projector_timeout_s)
     submits = ScriptBatcher(redis)  # concurrent submits share one round trip
-    replicas = ReplicaWait(redis, replicas=common.submit_replicas, timeout_ms=common.submit_wait_ms)
+    replicas = ReplicaWait(
+        redis, common.keys.replicated, replicas=common.submit_replicas, timeout_ms=common.submit_wait_ms
+    )
     store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s, submits=submits, replicas=replicas)
     hub = Hub(
         reader,

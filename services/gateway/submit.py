@@ -100,11 +100,11 @@ async def submit_run(runtime: Runtime, caller: Caller, body: RunRequest, idem_ke
         case Unreplicated(run_id=run_id):
             raise Problem(
                 503,
-                f"Run {run_id} was recorded but no replica confirmed it in time, so it is not yet "
-                "safe from a failover. Retry with the same Idempotency-Key to get this run.",
+                "The run was recorded but no replica confirmed it in time, so it is not yet safe "
+                "from a failover. Retry with the same Idempotency-Key to get this run.",
                 slug="not-replicated",
                 headers={"Retry-After": "1"},
-                extra={"runId": run_id},
+                extra={"runId": run_id} if run_id else None,
             )
     raise AssertionError(outcome)  # pragma: no cover
 

@@ -45,7 +45,7 @@ async def clients(pair: tuple[RedisServer, RedisServer]) -> AsyncIterator[tuple[
 
 
 def _store(redis: Redis, keys: Keys, replicas: int = 1) -> EventStore:
-    wait = ReplicaWait(redis, replicas=replicas, timeout_ms=WAIT_MS, cache_s=0.0)
+    wait = ReplicaWait(redis, keys.replicated, replicas=replicas, timeout_ms=WAIT_MS, cache_s=0.0)
     return EventStore(redis, keys, submits=ScriptBatcher(redis), replicas=wait)
 
 
@@ -69,31 +69,35 @@ async def test_a_replica_that_does_not_confirm_in_time_means_no_acknowledgement(
     keys, req = Keys(f"tt{time.monotonic_ns()}:"), request()
     process = pair[1].process
     assert process is not None
+    other = connect(pair[0].url)  # a repeat on another connection, which never wrote the run
     os.kill(process.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
         outcome = await _store(primary, keys).submit(req, idempotency=("key-1", req.run_id))
         waited = time.monotonic() - started
+        repeat = await _store(other, keys).submit(request(), idempotency=("key-1", "other"))
     finally:
         os.kill(process.pid, signal.SIGCONT)
     assert outcome == Unreplicated(req.run_id, 0)
     assert WAIT_MS / 1000 <= waited < WAIT_MS / 1000 + 2
+    assert repeat == Unreplicated(None, 0), "a repeat answered before a replica had the run"
     assert await primary.exists(keys.run(req.run_id))
-    again = await _store(primary, keys).submit(request(), idempotency=("key-1", "other"))
+    again = await _store(other, keys).submit(request(), idempotency=("key-1", "other"))
+    await other.aclose()
     assert again == Duplicate(req.run_id)
 
 
 async def test_without_replicas_nothing_waits(redis: Redis, keys: Keys) -> None:
     """The suite's Redis has no replica: ``needed`` is 0 and a submit is a plain acknowledged submit."""
-    wait = ReplicaWait(redis, replicas=1, timeout_ms=5000)
+    wait = ReplicaWait(redis, keys.replicated, replicas=1, timeout_ms=5000)
     assert await wait.needed() == 0
     started = time.monotonic()
     outcome = await EventStore(redis, keys, replicas=wait).submit(request())
     assert isinstance(outcome, Submitted) and time.monotonic() - started < 1.0
-    assert await ReplicaWait(redis, replicas=0, timeout_ms=5000).needed() == 0
+    assert await ReplicaWait(redis, keys.replicated, replicas=0, timeout_ms=5000).needed() == 0
 
 
 async def test_replicas_zero_turns_waiting_off_even_with_a_replica(clients: tuple[Redis, Redis]) -> None:
     primary, _ = clients
-    assert await ReplicaWait(primary, replicas=0, timeout_ms=WAIT_MS).needed() == 0
-    assert await ReplicaWait(primary, replicas=3, timeout_ms=WAIT_MS).needed() == 1
+    assert await ReplicaWait(primary, "c", replicas=0, timeout_ms=WAIT_MS).needed() == 0
+    assert await ReplicaWait(primary, "c", replicas=3, timeout_ms=WAIT_MS).needed() == 1

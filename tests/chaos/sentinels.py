@@ -1,11 +1,17 @@
 """A primary, a replica and three Sentinels on loopback: real processes, free ports, a tmp folder.
 
+To make the replica lag, it is switched to replicate through a ``CuttableProxy`` that drops what
+the primary sends (a frozen replica would not do: the kernel keeps what was sent to its socket,
+and it reads all of it once thawed). The switch is made just before the kill: the Sentinels put
+a replica that follows another address back on the master after ``failover-timeout``.
+
 Sentinel is Debian's ``redis-sentinel`` when installed (``make system-deps``), else the suite's
 redis-server binary started with ``--sentinel`` (the same program in Sentinel mode).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import shutil
 import subprocess
@@ -16,6 +22,7 @@ import redis
 
 from shared.config import RedisTarget, SentinelSpec
 from shared.redis_server import RedisLaunchError, RedisServer, find_redis_server, free_port
+from tests.chaos.proxy import CuttableProxy
 
 MASTER = "ttmaster"
 
@@ -42,6 +49,7 @@ class SentinelSet:
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.primary = RedisServer(root / "primary", appendonly=True)
+        self.link = CuttableProxy(self.primary.port)
         self.replica = RedisServer(
             root / "replica", appendonly=True, extra_args=("--replicaof", "127.0.0.1", str(self.primary.port))
         )
@@ -62,11 +70,16 @@ class SentinelSet:
         return {"TT_REDIS_SENTINELS": nodes, "TT_REDIS_SENTINEL_MASTER": MASTER}
 
     def start(self, timeout_s: float = 20.0) -> None:
-        self.primary.start()
-        self.replica.start()
-        for index, port in enumerate(self.ports):
-            self.sentinels.append(self._start_sentinel(index, port))
-        self._wait_ready(timeout_s)
+        try:
+            self.primary.start()
+            self.link.start()
+            self.replica.start()
+            for index, port in enumerate(self.ports):
+                self.sentinels.append(self._start_sentinel(index, port))
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
 
     def _start_sentinel(self, index: int, port: int) -> subprocess.Popen[bytes]:
         folder = self.root / f"sentinel{index}"
@@ -80,7 +93,9 @@ class SentinelSet:
             f"sentinel parallel-syncs {MASTER} 1\n"
         )
         binary, *flags = self.command
-        return subprocess.Popen([binary, str(conf), *flags], stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [binary, str(conf), *flags], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        )
 
     def _wait_ready(self, timeout_s: float) -> None:
         """Until the replica is in sync and every Sentinel knows it and the two other Sentinels
@@ -99,8 +114,7 @@ class SentinelSet:
                     return False
             for port in self.ports:
                 with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as sentinel:
-                    master = sentinel.execute_command("SENTINEL", "MASTER", MASTER)
-                    state = dict(zip(master[::2], master[1::2], strict=True))
+                    state = sentinel.execute_command("SENTINEL", "MASTER", MASTER)  # parsed to a dict
                     if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
                         return False
             return True
@@ -115,9 +129,31 @@ class SentinelSet:
                     return int(master_port)
         raise RedisLaunchError("no Sentinel answered")
 
-    def kill_primary(self) -> None:
-        """SIGKILL the primary (it stays down)."""
-        self.primary.kill()
+    def kill_primary(self, lagging_s: float = 0.0) -> float:
+        """SIGKILL the primary (it stays down); with ``lagging_s``, what it sends the replica in
+        that time before the kill is dropped (the replica lags), and the link is cut after it.
+        Returns the ``time.monotonic()`` of the kill."""
+        if lagging_s > 0:
+            self._replicate_through_link()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            cut = pool.submit(self.link.cut, lagging_s + 0.3) if lagging_s > 0 else None
+            time.sleep(lagging_s)
+            self.primary.kill()
+            killed = time.monotonic()
+            if cut is not None:
+                cut.result()
+        return killed
+
+    def _replicate_through_link(self, timeout_s: float = 10.0) -> None:
+        with redis.Redis(port=self.replica.port, socket_timeout=2, decode_responses=True) as replica:
+            replica.execute_command("REPLICAOF", "127.0.0.1", str(self.link.port))
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                info = replica.info("replication")
+                if info.get("master_port") == self.link.port and info.get("master_link_status") == "up":
+                    return
+                time.sleep(0.02)
+        raise RedisLaunchError("the replica did not resume replication through the proxy")
 
     def stop(self) -> None:
         for process in self.sentinels:
@@ -131,3 +167,5 @@ class SentinelSet:
         self.sentinels = []
         self.replica.stop()
         self.primary.stop()
+        with contextlib.suppress(RuntimeError):  # never started
+            self.link.stop()
