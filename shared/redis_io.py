@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis as sync_redis
+import redis.sentinel as sync_sentinel
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
@@ -100,3 +102,22 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
     except Exception as exc:  # redis raises ResponseError BUSYGROUP when it exists
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def connect_blocking_sync(target: RedisTarget) -> sync_redis.Redis:
+    """A synchronous client for blocking reads (the CLI's ``watch --redis``), through the
+    Sentinels when they are set."""
+    if target.sentinel is None:
+        return sync_redis.Redis.from_url(
+            target.url, socket_timeout=None, socket_connect_timeout=COMMAND_TIMEOUT_S
+        )
+    spec = target.sentinel
+    sentinel = sync_sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(spec.sentinels),
+        sentinel_kwargs={"socket_timeout": COMMAND_TIMEOUT_S, "password": spec.password},
+    )
+    url_options = {k: v for k, v in parse_url(target.url).items() if k not in ("host", "port", "path")}
+    client: sync_redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        spec.master, socket_timeout=None, socket_connect_timeout=COMMAND_TIMEOUT_S, **url_options
+    )
+    return client
