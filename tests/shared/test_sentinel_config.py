@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import pytest
 
-from shared.config import CommonSettings, ConfigError, Env, RedisTarget, SentinelSpec
+from services.cli.launcher import Console, Launcher
+from services.cli.settings import LaunchSettings
+from shared.config import DEFAULT_REDIS_URL, CommonSettings, ConfigError, Env, RedisTarget, SentinelSpec
 
 
 def _common(**environ: str) -> CommonSettings:
@@ -60,3 +65,21 @@ def test_the_sentinel_password_is_kept_but_never_shown() -> None:
     assert common.sentinel is not None and common.sentinel.password == "s3cret-pw"
     for shown in (repr(common), str(common.sentinel), repr(common.redis)):
         assert "s3cret-pw" not in shown
+
+
+def test_up_starts_no_redis_when_sentinels_are_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tickertape up`` with Sentinels: the URL handed to the services is REDIS_URL's (the
+    Sentinels, inherited from the environment, choose the master) and no redis-server starts."""
+    monkeypatch.setenv("TT_REDIS_SENTINELS", "127.0.0.1:26379")
+    monkeypatch.setenv("TT_REDIS_SENTINEL_MASTER", "m")
+    monkeypatch.setenv("TT_REDIS_SENTINEL_PASSWORD", "s3cret-pw")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    out = io.StringIO()
+    launcher = Launcher(LaunchSettings.from_env(Env({"TT_STATE_DIR": str(tmp_path)})), Console(out))
+    assert launcher._redis_url() == DEFAULT_REDIS_URL
+    assert launcher.redis is None and not (tmp_path / "redis").exists()
+    assert "sentinel master 'm' via 127.0.0.1:26379" in out.getvalue()
+    assert "s3cret-pw" not in out.getvalue()
+    monkeypatch.setenv("TT_REDIS_SENTINELS", "127.0.0.1")
+    with pytest.raises(ConfigError, match="TT_REDIS_SENTINELS"):
+        launcher._redis_url()
