@@ -32,7 +32,8 @@ from redis.asyncio import Redis
 
 from bench.common import export
 from services.projector.consumer import Consumer
-from services.projector.projection import Projection, open_db
+from services.projector.db import open_db
+from services.projector.projection import Projection
 from services.projector.schema import migrate
 from services.projector.service import tune_gc
 from shared.events import AnyEvent, EventCodec

@@ -27,7 +27,12 @@ class StepsPipeline:
         self.steps = steps
 
     async def run(
-        self, request: RunRequested, done: Mapping[str, StepOutput | None], reporter: StepReporter
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
     ) -> RunResult | None:
         for index in range(self.steps):
             step = f"bench_{index}"

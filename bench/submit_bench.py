@@ -69,7 +69,7 @@ def ceiling_app(redis_url: str) -> FastAPI:
 
 def bare_app(redis_url: str) -> Any:
     """The same XADD with no framework at all: a plain ASGI callable (a stricter ceiling, shown
-    beside the issue's; the gateway serves POST /runs this way, see services/gateway/fastpath.py)."""
+    beside the issue's, for what the framework costs; the gateway's POST /runs is a FastAPI route)."""
     clients: dict[str, Any] = {}
     head = [(b"content-type", b"application/json")]
 

@@ -6,6 +6,24 @@ from dataclasses import dataclass
 
 RUNNERS_GROUP = "runners"
 PROJECTOR_GROUP = "projector"
+"""The consumer group of the default projector: the one name it had before projectors were
+replicas, kept so that an existing deployment neither replays nor skips anything on upgrade."""
+DEFAULT_PROJECTOR = "default"
+
+
+def projector_group(name: str) -> str:
+    """The consumer group through which projector ``name`` folds the global log."""
+    return PROJECTOR_GROUP if name == DEFAULT_PROJECTOR else f"{PROJECTOR_GROUP}:{name}"
+
+
+def projector_of_group(group: str) -> str | None:
+    """The projector whose group ``group`` is; None for another service's group."""
+    if group == PROJECTOR_GROUP:
+        return DEFAULT_PROJECTOR
+    name = group.removeprefix(f"{PROJECTOR_GROUP}:")
+    return name if name != group and name else None
+
+
 EVENT_FIELD = "e"
 """The one stream field that holds an encoded event."""
 RUN_ID_FIELD = "r"
@@ -36,6 +54,11 @@ class Keys:
     @property
     def events(self) -> str:
         return f"{self.prefix}events"
+
+    @property
+    def projectors(self) -> str:
+        """A hash: projector name → ``<first log ID it still needs> <Redis ms when it said so>``."""
+        return f"{self.prefix}projectors"
 
     @property
     def deadletter(self) -> str:

@@ -1,11 +1,11 @@
-"""Redis connections: short timeouts for commands, none for blocking readers."""
+"""Redis clients, built in one place: short timeouts for commands, none for blocking readers."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import redis as sync_redis
-import redis.sentinel as sync_sentinel
+import redis
+import redis.sentinel
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
@@ -13,9 +13,9 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as SyncRetry
 
 from shared.config import RedisTarget
-from shared.wire import fast_packing
 
 COMMAND_TIMEOUT_S = 5.0
 
@@ -26,35 +26,52 @@ def connect(
     blocking: bool = False,
     max_connections: int | None = None,
     client_name: str | None = None,
-    pool_wait_s: float | None = None,
+    wait_s: float = COMMAND_TIMEOUT_S,
 ) -> Redis:
-    """A client for ``url`` (or a target's Sentinels); ``blocking=True`` for XREAD/XREADGROUP with BLOCK.
-
-    ``pool_wait_s``: with ``max_connections``, a caller waits this long for a free connection
-    instead of failing at once.
+    """A client for ``url`` (or the master a target's Sentinels name); ``blocking=True`` for
+    XREAD/XREADGROUP with BLOCK.
 
     ``client_name`` is set on every connection (CLIENT SETNAME), so ``CLIENT LIST`` shows whose it is.
+    With ``max_connections`` the pool never grows past it: a caller finding every connection in
+    use waits up to ``wait_s`` for one (``BlockingConnectionPool``) instead of failing at once, so
+    a process with more concurrent work than connections queues for them.
 
     A blocking read on a connection whose socket timeout is shorter than BLOCK raises a timeout,
-    so blocking readers get their own client with no socket timeout. Commands are packed by
-    hiredis (``shared.wire``).
+    so blocking readers get their own client with no socket timeout.
     """
-    options: dict[str, Any] = dict(
-        socket_timeout=None if blocking else COMMAND_TIMEOUT_S,
-        socket_connect_timeout=COMMAND_TIMEOUT_S,
-        health_check_interval=0 if blocking else 30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        max_connections=max_connections,
-        client_name=client_name,
-    )
+    options = _options(blocking, client_name)
     if isinstance(url, RedisTarget) and url.sentinel is not None:
-        return fast_packing(_master_for(url, options, pool_wait_s))
+        return _master_for(url, options, max_connections, wait_s)
     url = url.url if isinstance(url, RedisTarget) else url
-    if pool_wait_s is None:
-        return fast_packing(Redis.from_url(url, **options))
-    pool = BlockingConnectionPool.from_url(url, timeout=pool_wait_s, **options)
-    return fast_packing(Redis(connection_pool=pool))
+    if max_connections is None:
+        return Redis.from_url(url, **options)
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=wait_s, **options)
+    return Redis.from_pool(pool)
+
+
+def connect_sync(url: str | RedisTarget, *, blocking: bool = False, client_name: str | None = None) -> redis.Redis:
+    """The synchronous client (command-line tools) with the same options as ``connect``."""
+    options = _options(blocking, client_name)
+    options["retry"] = SyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+    if isinstance(url, RedisTarget) and url.sentinel is not None:
+        spec = url.sentinel
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(spec.sentinels), sentinel_kwargs=_sentinel_options(url)
+        )
+        client: redis.Redis = sentinel.master_for(spec.master, **_url_options(url), **options)  # type: ignore[no-untyped-call]
+        return client
+    return redis.Redis.from_url(url.url if isinstance(url, RedisTarget) else url, **options)
+
+
+def _options(blocking: bool, client_name: str | None) -> dict[str, Any]:
+    return {
+        "socket_timeout": None if blocking else COMMAND_TIMEOUT_S,
+        "socket_connect_timeout": COMMAND_TIMEOUT_S,
+        "health_check_interval": 0 if blocking else 30,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "client_name": client_name,
+    }
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -71,28 +88,36 @@ class _SentinelRedis(Redis):
             await pool.sentinel_manager.aclose()
 
 
-def _master_for(target: RedisTarget, options: dict[str, Any], pool_wait_s: float | None) -> Redis:
+def _master_for(target: RedisTarget, options: dict[str, Any], max_connections: int | None, wait_s: float) -> Redis:
     """A client of the master the Sentinels name now. Its pool asks them again whenever a
     connection is made, and drops connections to a demoted master (``READONLY`` replies), so a
     command after a failover, retried by ``retry``, reaches the new master."""
     spec = target.sentinel
     assert spec is not None
-    sentinel_options = {
-        "socket_timeout": COMMAND_TIMEOUT_S,
-        "socket_connect_timeout": COMMAND_TIMEOUT_S,
-        "password": spec.password,
-    }
-    sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
-    url_options = {k: v for k, v in parse_url(target.url).items() if k not in ("host", "port", "path")}
-    if pool_wait_s is not None:
-        options["timeout"] = pool_wait_s
-    if options["max_connections"] is None:
-        options.pop("max_connections")
-    pool_class = SentinelConnectionPool if pool_wait_s is None else _BlockingSentinelPool
+    sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs=_sentinel_options(target))  # type: ignore[no-untyped-call]
+    pool_class: type[SentinelConnectionPool] = SentinelConnectionPool
+    if max_connections is not None:
+        options = {**options, "max_connections": max_connections, "timeout": wait_s}
+        pool_class = _BlockingSentinelPool
     client: Redis = sentinel.master_for(
-        spec.master, redis_class=_SentinelRedis, connection_pool_class=pool_class, **url_options, **options
+        spec.master, redis_class=_SentinelRedis, connection_pool_class=pool_class, **_url_options(target), **options
     )
     return client
+
+
+def _sentinel_options(target: RedisTarget) -> dict[str, Any]:
+    """How to talk to the Sentinels themselves: short timeouts, their own password."""
+    assert target.sentinel is not None
+    return {
+        "socket_timeout": COMMAND_TIMEOUT_S,
+        "socket_connect_timeout": COMMAND_TIMEOUT_S,
+        "password": target.sentinel.password,
+    }
+
+
+def _url_options(target: RedisTarget) -> dict[str, Any]:
+    """What the URL still says about the master's connections: database, credentials, TLS."""
+    return {k: v for k, v in parse_url(target.url).items() if k not in ("host", "port", "path")}
 
 
 async def ensure_group(redis: Redis, stream: str, group: str) -> None:
@@ -102,22 +127,3 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
     except Exception as exc:  # redis raises ResponseError BUSYGROUP when it exists
         if "BUSYGROUP" not in str(exc):
             raise
-
-
-def connect_blocking_sync(target: RedisTarget) -> sync_redis.Redis:
-    """A synchronous client for blocking reads (the CLI's ``watch --redis``), through the
-    Sentinels when they are set."""
-    if target.sentinel is None:
-        return sync_redis.Redis.from_url(
-            target.url, socket_timeout=None, socket_connect_timeout=COMMAND_TIMEOUT_S
-        )
-    spec = target.sentinel
-    sentinel = sync_sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        list(spec.sentinels),
-        sentinel_kwargs={"socket_timeout": COMMAND_TIMEOUT_S, "password": spec.password},
-    )
-    url_options = {k: v for k, v in parse_url(target.url).items() if k not in ("host", "port", "path")}
-    client: sync_redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        spec.master, socket_timeout=None, socket_connect_timeout=COMMAND_TIMEOUT_S, **url_options
-    )
-    return client

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
@@ -105,8 +106,7 @@ the body of ``append_one``, KEYS and ARGV its parameters); a run's appends stop 
 refused event. Per run 5 KEYS (run stream, log, meta, active set, queue) and ARGV (group, queue
 entry ID or '', run id, ttl, fence, event count, then per event: encoded, transition, user). The
 queue entry is acked in the same step unless a refusal says the run is another runner's
-(``fenced``): a terminal event and its ack can no longer be separated by a crash. One call per
-batch: a no-op run's RunStarted and RunCompleted are written together, with the other runs'."""
+(``fenced``): a terminal event and its ack can no longer be separated by a crash."""
 
 _SUBMIT = """
 local before = redis.call('HGET', KEYS[3], 'requested')
@@ -162,13 +162,28 @@ class StoreError(Exception):
     """Base of what the event store refuses."""
 
 
+class RefusalReason(StrEnum):
+    """Why the append or end-lost script refused: the strings the scripts answer."""
+
+    UNKNOWN = "unknown"
+    """Redis knows no such run (or a cancel came from a user who does not own it)."""
+    ENDED = "ended"
+    """The run has its terminal event."""
+    FENCED = "fenced"
+    """Another execution (a newer fence) owns the run."""
+    QUEUED = "queued"
+    """A runner's event for a run that is not started (it was handed back to the queue)."""
+    KNOWN = "known"
+    """``end_lost``: Redis knows the run, so it was not lost."""
+
+
 class Refused(StoreError):
     """The append broke a rule of the run's phase; ``reason`` says which."""
 
-    def __init__(self, run_id: str, reason: str, appended: Sequence[str] = ()) -> None:
-        super().__init__(f"append to run {run_id} refused: {reason}")
+    def __init__(self, run_id: str, reason: RefusalReason | str, appended: Sequence[str] = ()) -> None:
+        self.reason = RefusalReason(reason)
+        super().__init__(f"append to run {run_id} refused: {self.reason}")
         self.run_id = run_id
-        self.reason = reason
         self.appended = list(appended)
         """``append_batch``: IDs of the run's events appended before the refused one."""
 
@@ -361,14 +376,6 @@ class EventStore:
         ``appended`` lists the IDs written before the refusal). A Redis error raises (what was
         appended before it stays; callers leave their queue entries pending).
         """
-        return (await self.append_batch_then(batch, ()))[0]
-
-    async def append_batch_then(
-        self, batch: Sequence[Appends], then: Sequence[ScriptCall]
-    ) -> tuple[list[list[str] | Refused], list[Any]]:
-        """``append_batch``, with other script calls sent in the same round trip after it (a
-        runner reads its next work this way). Their replies come back as they are (an error as
-        its exception, not raised); an error of the appends raises."""
         calls: list[ScriptCall] = []
         for start in range(0, len(batch), _BATCH_RUNS):
             keys: list[str] = []
@@ -376,8 +383,7 @@ class EventStore:
             for item in batch[start : start + _BATCH_RUNS]:
                 await self._add_appends(item, keys, args)
             calls.append(ScriptCall(self._append_all.sha, _APPEND_ALL, keys, args))
-        replies = await evalsha_pipelined(self.redis, [*calls, *then])
-        mine, extra = replies[: len(calls)], replies[len(calls) :]
+        mine = await evalsha_pipelined(self.redis, calls)
         for reply in mine:
             if isinstance(reply, Exception):
                 raise reply
@@ -387,7 +393,7 @@ class EventStore:
             status, reason, ids = _text(reply[0]), _text(reply[1]), [_text(x) for x in reply[2] or ()]
             run_id = item.events[0].run_id if item.events else ""
             out.append(ids if status == "ok" else Refused(run_id, reason, ids))
-        return out, extra
+        return out
 
     async def _add_appends(self, item: Appends, keys: list[str], args: list[bytes | str | int]) -> None:
         k = self.keys
@@ -452,18 +458,6 @@ class EventStore:
         start = "-" if after in ("0", "0-0", "-") else f"({after}"
         raw = await self.redis.xrange(self.keys.run(run_id), min=start, max="+", count=count)
         return self.decode_entries(raw)
-
-    async def read_many(self, run_ids: Sequence[str]) -> list[list[Entry]]:
-        """Every event of several runs, in one round trip ('' reads as no events)."""
-        wanted = [r for r in run_ids if r]
-        raws: list[Any] = []
-        if wanted:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for run_id in wanted:
-                    pipe.xrange(self.keys.run(run_id), min="-", max="+")
-                raws = await pipe.execute()
-        found = iter(raws)
-        return [self.decode_entries(next(found)) if r else [] for r in run_ids]
 
     async def state(self, run_id: str) -> RunState | None:
         """The fold of a run's whole stream; None when Redis has no events for it."""

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.types import Receive, Scope, Send
 
 from services.gateway import legacy, meta, problems, runs
-from services.gateway.fastpath import serve_submit
 from services.gateway.limits import BodyLimit
 from services.gateway.metrics import RequestMetrics
 from services.gateway.runtime import Runtime, open_runtime
@@ -19,25 +17,9 @@ from services.gateway.settings import GatewaySettings
 
 API = "/api/trading"
 DECISION = "/api/trading/decision"
-SUBMIT_BASES = {f"{API}/runs": API, f"{DECISION}/runs": DECISION}
-SUBMIT_PATHS = frozenset(SUBMIT_BASES)
 
 
-class Gateway(FastAPI):
-    """FastAPI with a front door for the hot route: ``POST /runs`` is served by
-    ``fastpath.serve_submit`` before routing and the middleware stack (see fastpath.py)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            base = SUBMIT_BASES.get(scope["path"])
-            runtime: Runtime | None = getattr(self.state, "runtime", None)
-            if base is not None and runtime is not None:
-                await serve_submit(runtime, base, scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
-
-
-def _ids(prefix: str) -> object:
+def _ids(prefix: str) -> Callable[[APIRoute], str]:
     def unique(route: APIRoute) -> str:
         return f"{prefix}{route.name}"
 
@@ -50,21 +32,25 @@ def is_event_stream(scope: MutableMapping[str, Any]) -> bool:
     return scope.get("method") == "GET" and path.endswith("/events")
 
 
-def traced_elsewhere(scope: MutableMapping[str, Any]) -> bool:
-    """Requests FastAPI's telemetry leaves alone: SSE streams, and submits (their own span).
+def registry_in_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` with ``modelId`` limited to the ids this gateway's registry holds.
 
-    FastAPI's request telemetry costs ~180 us a request even when the span is not sampled, a
-    third of a submit; ``submit.submit_run`` opens the same server span itself for ~30 us.
+    The registry is configuration (``TT_MODELS``), read when the app starts, so the request model
+    cannot name it; ``submit`` enforces it and the published schema states it.
     """
-    return is_event_stream(scope) or is_submit(scope)
+
+    def openapi() -> dict[str, Any]:
+        schema = FastAPI.openapi(app)
+        runtime: Runtime | None = getattr(app.state, "runtime", None)
+        if runtime is not None:
+            model_id = schema["components"]["schemas"]["RunRequest"]["properties"]["modelId"]
+            model_id["enum"] = sorted(runtime.models)
+        return schema
+
+    return openapi
 
 
-def is_submit(scope: MutableMapping[str, Any]) -> bool:
-    path: str = scope.get("path", "")
-    return scope.get("method") == "POST" and path in SUBMIT_PATHS
-
-
-def create_app(settings: GatewaySettings) -> Gateway:
+def create_app(settings: GatewaySettings) -> FastAPI:
     """A gateway app; clients are built when it starts (lifespan), never at import."""
 
     @contextlib.asynccontextmanager
@@ -73,24 +59,24 @@ def create_app(settings: GatewaySettings) -> Gateway:
             app.state.runtime = runtime
             yield
 
-    app = Gateway(
+    app = FastAPI(
         title="Tickertape gateway",
         version="1.0",
         description="Submit, follow (SSE), cancel and list background trading-agents runs.",
         lifespan=lifespan,
-        # One server span per request (the trace's root for POST /runs); no spans per dependency,
-        # endpoint and serialization step (two more spans on every request, ~25% of a submit).
-        telemetry={"exclude": traced_elsewhere, "operation_spans": False},
+        # One server span per request (the trace's root for POST /runs, whose context goes into
+        # RunRequested); no spans per dependency, endpoint and serialization step, which would
+        # outnumber the request's own work on every submit.
+        telemetry={"exclude": is_event_stream, "operation_spans": False},
     )
     problems.install(app)
-    # The run routes first: routing tries routers in order, and POST /runs is the hot path.
-    app.include_router(runs.build_router(API), prefix=API, generate_unique_id_function=_ids("runs_"))  # type: ignore[arg-type]
+    app.openapi = registry_in_schema(app)  # type: ignore[method-assign]
+    # The run routes first: routing tries routers in order, and POST /runs is the busiest route.
+    app.include_router(runs.build_router(API), prefix=API, generate_unique_id_function=_ids("runs_"))
     app.include_router(
-        runs.build_router(DECISION),
-        prefix=DECISION,
-        generate_unique_id_function=_ids("decision_"),  # type: ignore[arg-type]
+        runs.build_router(DECISION), prefix=DECISION, generate_unique_id_function=_ids("decision_")
     )
-    app.include_router(legacy.build_router())
+    app.include_router(legacy.build_router(settings))
     app.include_router(meta.build_router())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)

@@ -1,27 +1,28 @@
-"""The older blueprints' paths and JSON, kept so existing callers migrate without a flag day."""
+"""The older blueprints' paths and JSON, kept so existing callers migrate without a flag day.
+
+docs/migration.md walks a front end from these to the run API and SSE.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from services.gateway.auth import Caller
 from services.gateway.problems import not_found
-from services.gateway.runtime import Runtime, caller_of, runtime_of
+from services.gateway.runs import CallerDep, IdemHeader, RuntimeDep, conditional, etag_of
 from services.gateway.schemas import RunRequest, progress_view, state_view
+from services.gateway.settings import GatewaySettings
 from services.gateway.submit import cancel_run, submit_run
 from shared.ids import is_run_id
 
-CallerDep = Annotated[Caller, Depends(caller_of)]
-RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
-IdemHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 BASE = "/api/trading"
 
 
-def build_router() -> APIRouter:
+def build_router(settings: GatewaySettings) -> APIRouter:
+    """The polling blueprint's routes and the synchronous call; ``wait`` is bounded by settings."""
     router = APIRouter(prefix=BASE, tags=["compatibility"])
+    wait_bound = settings.sync_wait_max_s
+    wait_default = min(settings.internal_wait_s, wait_bound)
 
     @router.post("/run", status_code=202, summary="Polling blueprint: submit a run")
     async def post_run(
@@ -34,12 +35,12 @@ def build_router() -> APIRouter:
             headers={"Location": f"{BASE}/progress/{outcome.run_id}"},
         )
 
-    @router.get("/progress/{run_id}", summary="Polling blueprint: a run's progress")
-    async def progress(run_id: str, caller: CallerDep, runtime: RuntimeDep) -> dict[str, Any]:
+    @router.get("/progress/{run_id}", summary="Polling blueprint: a run's progress (ETag)")
+    async def progress(run_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep) -> Response:
         state = await runtime.runs.get(run_id, caller.user_id) if is_run_id(run_id) else None
         if state is None:
             raise not_found(run_id)
-        return progress_view(state)
+        return conditional(request, etag_of(state), lambda: progress_view(state))
 
     @router.post("/cancel/{run_id}", status_code=202, summary="Polling blueprint: cancel a run")
     async def cancel(run_id: str, caller: CallerDep, runtime: RuntimeDep) -> JSONResponse:
@@ -52,11 +53,18 @@ def build_router() -> APIRouter:
         caller: CallerDep,
         runtime: RuntimeDep,
         idem: IdemHeader = None,
-        wait: Annotated[float | None, Query(ge=0, le=300, description="seconds to wait")] = None,
+        # A default-value Query: the bound comes from settings, and an annotation naming a
+        # local cannot be resolved under postponed annotations.
+        wait: float = Query(
+            wait_default,
+            ge=0,
+            le=wait_bound,
+            description=f"seconds to wait for the end (at most TT_SYNC_WAIT_MAX_S = {wait_bound:g}; "
+            "more is a 422), then 202 with the runId",
+        ),
     ) -> JSONResponse:
         outcome = await submit_run(runtime, caller, body, idem)
-        bound = min(runtime.settings.internal_wait_s if wait is None else wait, runtime.settings.max_wait_s)
-        state = await runtime.wait_terminal(outcome.run_id, caller.user_id, bound)
+        state = await runtime.wait_terminal(outcome.run_id, caller.user_id, wait)
         location = {"Location": f"{BASE}/runs/{outcome.run_id}"}
         if state is not None and state.terminal:
             return JSONResponse(state_view(state), status_code=200, headers=location)

@@ -1,4 +1,4 @@
-"""RFC 9457 problem details: every error the gateway answers, and the handlers that shape them."""
+"""Every error the gateway answers (RFC 9457, built by ``shared.problems``) and the handlers."""
 
 from __future__ import annotations
 
@@ -13,33 +13,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.problems import PROBLEM_JSON, problem_doc
+
 logger = logging.getLogger(__name__)
 
-PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "https://tickertape.dev/problems/"
 REDIS_RETRY_AFTER_S = 2
-_TITLES = {
-    400: "Bad request",
-    401: "Not authenticated",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    406: "Not acceptable",
-    409: "Conflict",
-    413: "Request body too large",
-    415: "Unsupported media type",
-    422: "Invalid request",
-    429: "Too many requests",
-    500: "Internal error",
-    503: "Service unavailable",
-}
-_SLUGS = {
-    401: "unauthorized",
-    404: "not-found",
-    405: "method-not-allowed",
-    413: "too-large",
-    422: "validation",
-}
 
 
 class Problem(Exception):
@@ -59,25 +37,22 @@ class Problem(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.slug = slug or _SLUGS.get(status, f"http-{status}")
-        self.title = title or _TITLES.get(status, "Error")
+        self.slug = slug
+        self.title = title
         self.field = field
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
 
     def body(self, instance: str | None = None) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "type": PROBLEM_BASE + self.slug,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        if instance:
-            doc["instance"] = instance
-        if self.field is not None:
-            doc["field"] = self.field
-        doc.update(self.extra)
-        return doc
+        return problem_doc(
+            self.status,
+            self.detail,
+            slug=self.slug,
+            title=self.title,
+            instance=instance,
+            field=self.field,
+            extra=self.extra,
+        )
 
     def response(self, instance: str | None = None) -> JSONResponse:
         return JSONResponse(

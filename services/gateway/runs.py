@@ -2,33 +2,51 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from services.gateway.auth import Caller
-from services.gateway.problems import Problem, invalid, not_found
-from services.gateway.queries import BadCursor, ProjectorUnavailable
+from services.gateway.problems import invalid, not_found
+from services.gateway.queries import BadCursor
 from services.gateway.runtime import Runtime, caller_of, runtime_of
-from services.gateway.schemas import RunRequest, state_view
+from services.gateway.schemas import IDEMPOTENCY_KEY_PATTERN, Accepted, RunRequest, state_view
 from services.gateway.sse import stream_events
 from services.gateway.submit import cancel_run, submit_run
-from services.gateway.tracing import server_span
 from shared.ids import is_run_id
 from shared.reducer import RunState
 
 StatusFilter = Literal["active", "pending", "running", "completed", "failed", "timeout", "cancelled"]
 CallerDep = Annotated[Caller, Depends(caller_of)]
 RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
-IdemHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+IdemHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="A repeat with the same key and body answers the first run (200), for 24 h",
+    ),
+]
 MAX_LIMIT = 100
+SUBMITTED: dict[int | str, dict[str, Any]] = {
+    200: {"model": Accepted, "description": "A repeat of an Idempotency-Key: the run it made"},
+    429: {"description": "Active-run cap or submission rate reached (Retry-After)"},
+}
 
 
 def etag_of(state: RunState) -> str:
     return f'"{state.last_event_id}"'
+
+
+def page_etag(states: Sequence[RunState], next_cursor: str | None) -> str:
+    """Changes whenever any listed run gains an event, or the page's membership changes."""
+    digest = hashlib.sha256(str(next_cursor).encode())
+    for state in states:
+        digest.update(f"{state.run_id}:{state.last_event_id};".encode())
+    return f'"p-{digest.hexdigest()[:32]}"'
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -38,12 +56,17 @@ def etag_matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def run_response(request: Request, state: RunState, status_code: int = 200) -> Response:
-    etag = etag_of(state)
+def conditional(request: Request, etag: str, view: Callable[[], Any]) -> Response:
+    """200 with ``view()`` and its ETag, or 304 when the caller already holds that ETag: a
+    2-second poller costs a lookup, not a render."""
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if status_code == 200 and etag_matches(request.headers.get("if-none-match"), etag):
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    return JSONResponse(state_view(state), status_code=status_code, headers=headers)
+    return JSONResponse(view(), headers=headers)
+
+
+def run_response(request: Request, state: RunState) -> Response:
+    return conditional(request, etag_of(state), lambda: state_view(state))
 
 
 def accepted(location: str, run_id: str, status: str, created: bool) -> JSONResponse:
@@ -54,67 +77,41 @@ def accepted(location: str, run_id: str, status: str, created: bool) -> JSONResp
     )
 
 
-SUBMIT_OPENAPI: dict[str, Any] = {
-    "parameters": [
-        {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {
-            "anyOf": [{"type": "string", "maxLength": 200}, {"type": "null"}], "title": "Idempotency-Key"}},
-    ],
-    "requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}}}},
-    "responses": {"422": {"description": "Validation Error", "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}},
-}  # fmt: skip
-
-
-def parse_run_request(content_type: str | None, raw: bytes) -> RunRequest:
-    """The body as a ``RunRequest``; errors as FastAPI would report them (422 naming the field)."""
-    if content_type and "json" not in content_type.lower():
-        error = {"type": "json_invalid", "loc": ("body",), "msg": "not JSON",
-                 "ctx": {"error": f"send the body as application/json, not {content_type}"}}  # fmt: skip
-        raise RequestValidationError([error])
-    try:
-        return RunRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
-
-
 def build_router(base: str) -> APIRouter:
     """The run routes; mounted under ``/api/trading`` and ``/api/trading/decision``."""
     router = APIRouter(tags=["runs"])
 
-    # The hot path takes the raw request: no dependency solving, the body validated from its bytes
-    # in one pydantic-core call. The OpenAPI operation is declared to match (same as the aliases).
-    @router.post("/runs", status_code=202, summary="Submit a run", openapi_extra=SUBMIT_OPENAPI)
-    async def post_run(request: Request) -> JSONResponse:
-        with server_span(request, f"{base}/runs") as span:
-            runtime: Runtime = request.app.state.runtime
-            caller = runtime.auth.caller(request)
-            body = parse_run_request(request.headers.get("content-type"), await request.body())
-            outcome = await submit_run(runtime, caller, body, request.headers.get("idempotency-key"))
-            span.set_attribute("http.response.status_code", 202 if outcome.created else 200)
+    @router.post(
+        "/runs", status_code=202, response_model=Accepted, responses=SUBMITTED, summary="Submit a run"
+    )
+    async def post_run(
+        body: RunRequest, caller: CallerDep, runtime: RuntimeDep, idem: IdemHeader = None
+    ) -> JSONResponse:
+        outcome = await submit_run(runtime, caller, body, idem)
         return accepted(f"{base}/runs/{outcome.run_id}", outcome.run_id, outcome.status, outcome.created)
 
     @router.get("/runs", summary="List your runs, newest first")
     async def list_runs(
+        request: Request,
         caller: CallerDep,
         runtime: RuntimeDep,
         symbol: Annotated[str | None, Query(max_length=10, pattern=r"^[A-Za-z0-9.\-^=]+$")] = None,
         status: StatusFilter | None = None,
         limit: Annotated[int, Query(ge=1, description="capped at 100")] = 20,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
-    ) -> dict[str, Any]:
+    ) -> Response:
         params: dict[str, Any] = {"symbol": symbol.upper() if symbol else None, "status": status}
         params |= {"limit": min(limit, MAX_LIMIT), "cursor": cursor}
         try:
             page = await runtime.runs.list(caller.user_id, params)
         except BadCursor as exc:
             raise invalid("cursor", "not a cursor this API handed out; start again without one") from exc
-        except ProjectorUnavailable as exc:
-            detail = "Run history is unavailable right now (the projector is not reachable); retry."
-            raise Problem(503, detail, headers={"Retry-After": "2"}) from exc
-        runs = [state_view(s) for s in page.runs if s.user_id in ("", caller.user_id)]
-        return {"runs": runs, "nextCursor": page.next_cursor}
+        mine = [s for s in page.runs if s.user_id in ("", caller.user_id)]
+        return conditional(
+            request,
+            page_etag(mine, page.next_cursor),
+            lambda: {"runs": [state_view(s) for s in mine], "nextCursor": page.next_cursor},
+        )
 
     @router.get("/runs/{run_id}", summary="One run: status, steps, result (ETag; ?wait= long-polls)")
     async def get_run(

@@ -7,16 +7,25 @@ import json
 from typing import Annotated, Any, Literal
 
 import msgspec
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
-from shared.catalog import ANALYST_IDS, PIPELINES
+from shared.catalog import ANALYST_IDS, PIPELINES, DataProvider
 from shared.events import AnyEvent
 from shared.reducer import RunState
 
 SYMBOL_PATTERN = r"^[A-Za-z0-9^][A-Za-z0-9.\-^=]*$"
 """Tickers such as AAPL, BRK.B, ^GSPC, EURUSD=X, BTC-USD; never '.', '..' or a leading '-'/'='
 (a symbol names a CSV file for the csv provider: it must not be able to name a directory)."""
-DATA_PROVIDERS = ("synthetic", "csv", "yfinance")
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+"""1-200 visible ASCII characters, no spaces: the key is part of a Redis key name."""
 
 
 def _known_analyst(value: str) -> str:
@@ -25,6 +34,15 @@ def _known_analyst(value: str) -> str:
     return value
 
 
+def _integral(value: object) -> object:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integral = BeforeValidator(_integral)
+"""After an int's bounds: an integer as JSON Schema means it (``2.0`` is one), while ``"2"`` and
+``1.5`` stay refused. (Before the bounds, pydantic would publish them as unknown keywords.)"""
 AnalystId = Annotated[
     str, AfterValidator(_known_analyst), Field(json_schema_extra={"enum": list(ANALYST_IDS)})
 ]
@@ -43,14 +61,16 @@ class RunRequest(BaseModel):
         description="Ticker, 1-10 of A-Z 0-9 . - ^ = starting with a letter, digit or ^ (upper-cased)",
         examples=["AAPL"],
     )
-    analysts: list[AnalystId] = Field(min_length=1, max_length=len(ANALYST_IDS))
+    analysts: list[AnalystId] = Field(
+        min_length=1, max_length=len(ANALYST_IDS), json_schema_extra={"uniqueItems": True}
+    )
     model_id: str = Field("offline", alias="modelId", min_length=1, max_length=100)
     priority: Literal["normal", "high"] = "normal"
-    debate_rounds: int = Field(1, alias="debateRounds", ge=0, le=5)
-    max_tokens: int | None = Field(None, alias="maxTokens", ge=1, le=10_000_000)
-    max_cost_usd: float | None = Field(None, alias="maxCostUsd", gt=0, le=1000)
+    debate_rounds: Annotated[int, Field(ge=0, le=5), Integral] = Field(1, alias="debateRounds")
+    max_tokens: Annotated[int, Field(ge=1, le=10_000_000), Integral] | None = Field(None, alias="maxTokens")
+    max_cost_usd: float | None = Field(None, alias="maxCostUsd", gt=0, le=1000, allow_inf_nan=False)
     pipeline: Literal["full", "noop"] = "full"
-    data_provider: Literal["synthetic", "csv", "yfinance"] | None = Field(None, alias="dataProvider")
+    data_provider: DataProvider | None = Field(None, alias="dataProvider")
 
     @field_validator("analysts")
     @classmethod
@@ -112,15 +132,46 @@ def event_view(event: AnyEvent) -> dict[str, Any]:
     return doc
 
 
+_SENTENCES = {
+    "pending": "Waiting to start...",
+    "completed": "Analysis complete",
+    "failed": "Failed",
+    "timeout": "Timed out",
+    "cancelled": "Cancelled",
+}
+
+
+def step_title(label: str) -> str:
+    """The polling blueprint's step names are title case: "Data Collection", "Risk Analyst"."""
+    return " ".join(word[:1].upper() + word[1:] for word in label.split())
+
+
+def progress_sentence(state: RunState) -> str:
+    """What a person reads as the current step: "Running Risk Analyst...", "Waiting to start..."."""
+    if state.status != "running":
+        return _SENTENCES.get(state.status, state.status)
+    step = next((s for s in state.steps if s.name == state.current_step), None)
+    return f"Running {step_title(step.label)}..." if step else "Starting..."
+
+
 def progress_view(state: RunState) -> dict[str, Any]:
-    """The polling blueprint's ``/progress`` JSON, exactly its fields (percentages 0-100)."""
+    """The polling blueprint's ``/progress`` JSON: its fields with their meanings (names and
+    sentences for people, percent 0-100, ``duration`` in ms) plus the machine ids (``id``,
+    ``currentStepId``) a client needs to move to the run API."""
     doc: dict[str, Any] = {
         "runId": state.run_id,
         "status": state.status,
         "progress": state.progress,
-        "currentStep": state.current_step,
+        "currentStep": progress_sentence(state),
+        "currentStepId": state.current_step,
         "steps": [
-            {"name": s.name, "status": s.status, "progress": round(s.progress * 100, 1)} for s in state.steps
+            {
+                "id": s.name,
+                "name": step_title(s.label),
+                "status": s.status,
+                "progress": round(s.progress * 100, 1),
+            }
+            for s in state.steps
         ],
         "startedAt": _iso(state.started_at),
         "estimatedTimeRemaining": state.eta_s,
@@ -128,7 +179,7 @@ def progress_view(state: RunState) -> dict[str, Any]:
     if state.status == "completed":
         doc["result"] = camelize(msgspec.to_builtins(state.result))
         doc["completedAt"] = _iso(state.completed_at)
-        doc["duration"] = state.duration_s
+        doc["duration"] = None if state.duration_s is None else round(state.duration_s * 1000)
     elif state.terminal and state.error is not None:
         doc["error"] = state.error.message
     return doc

@@ -8,13 +8,12 @@ import logging
 import sys
 
 import msgspec
-import uvicorn
 
-from services.projector.app import create_app
 from services.projector.locking import DatabaseBusy
 from services.projector.rebuild import RebuildError, rebuild
-from services.projector.service import tune_gc
+from services.projector.service import ProjectorService, tune_gc
 from services.projector.settings import ProjectorSettings
+from shared import lifecycle
 from shared.config import ConfigError
 from shared.telemetry import setup_logging, setup_tracing
 
@@ -33,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rebuild":
         return _rebuild(settings, from_log=args.from_log)
     setup_tracing("projector")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, lifespan="on")
+    try:
+        lifecycle.main(lambda: ProjectorService(settings, http=True))
+    except DatabaseBusy as exc:
+        logger.error("projector refused to start: %s", exc)
+        return 1
     return 0
 
 

@@ -1,11 +1,11 @@
-"""The projector's internal HTTP API (read-only, for the gateway) and its lifespan."""
+"""The projector's internal HTTP API (read-only, for the gateway); ``ProjectorService`` serves it."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+import os
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from fastapi import FastAPI, Query, Request
@@ -15,52 +15,34 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from services.projector.queries import MAX_LIMIT, CursorError
-from services.projector.service import ProjectorService
-from services.projector.settings import ProjectorSettings
+from shared.problems import PROBLEM_JSON, problem_bytes
+
+if TYPE_CHECKING:
+    from services.projector.service import ProjectorService
 
 logger = logging.getLogger(__name__)
 
-PROBLEM = "application/problem+json"
 StatusFilter = Literal["active", "pending", "running", "completed", "failed", "timeout", "cancelled"]
 UserId = Annotated[str, Query(min_length=1, max_length=200)]
 
 
-class Problem(msgspec.Struct, omit_defaults=True):
-    type: str
-    title: str
-    status: int
-    detail: str
-    field: str | None = None
-    errors: list[dict[str, Any]] | None = None
-
-
 def problem(status: int, title: str, detail: str, *, field: str | None = None, **extra: Any) -> Response:
     slug = title.lower().replace(" ", "-")
-    body = Problem(f"https://tickertape.dev/problems/{slug}", title, status, detail, field, **extra)
-    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM)
+    body = problem_bytes(status, detail, slug=slug, title=title, field=field, extra=extra)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON)
 
 
 def json_response(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-def create_app(settings: ProjectorSettings | None = None, service: ProjectorService | None = None) -> FastAPI:
-    """The app; its lifespan starts and stops the projector (consumer, schedules, connections)."""
-    the_service = service or ProjectorService(settings or ProjectorSettings.from_env())
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await the_service.start()
-        try:
-            yield
-        finally:
-            await the_service.stop()
-
-    app = FastAPI(title="Tickertape projector (internal)", lifespan=lifespan)
-    app.state.service = the_service
+def create_app(service: ProjectorService) -> FastAPI:
+    """The app over a started service (it has no lifespan: the service owns every connection)."""
+    app = FastAPI(title="Tickertape projector (internal)")
+    app.state.service = service
     _errors(app)
-    _runs(app, the_service)
-    _operations(app, the_service)
+    _runs(app, service)
+    _operations(app, service)
     return app
 
 
@@ -118,7 +100,7 @@ def _operations(app: FastAPI, service: ProjectorService) -> None:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return json_response(b'{"status":"ok"}')
+        return json_response(msgspec.json.encode({"status": "ok", "pid": os.getpid()}))  # `up` checks the pid
 
     @app.get("/readyz")
     async def readyz() -> Response:

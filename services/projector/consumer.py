@@ -10,12 +10,12 @@ from typing import Any
 
 from opentelemetry import trace
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from services.projector.metrics import metrics
 from services.projector.projection import BatchOutcome, Projection, RawEntry
 from shared import streamids
 from shared.keys import PROJECTOR_GROUP, Keys
-from shared.redis_io import ensure_group
 from shared.telemetry import span_context_of
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ Batch = list[RawEntry] | Exception | None
 
 
 class Consumer:
-    """Reads batches of the global log through group ``projector`` and applies them exactly once."""
+    """Reads batches of the global log through this projector's group, applies them exactly once."""
 
     def __init__(
         self,
@@ -46,12 +46,14 @@ class Consumer:
         lock: asyncio.Lock,
         batch_max: int | None = None,
         tracer: trace.Tracer | None = None,
+        group: str = PROJECTOR_GROUP,
     ) -> None:
         self.projection = projection
         self.redis = redis
         self.reader = reader
         self.stream = keys.events
         self.consumer = consumer
+        self.group = group
         self.batch_size = batch_size
         self.batch_wait_ms = batch_wait_ms
         self.batch_max = max(batch_max or batch_size, batch_size)
@@ -63,13 +65,22 @@ class Consumer:
         reader.set_response_callback("XREADGROUP", _raw_reply)
 
     async def prepare(self) -> None:
-        """Create the group; rewind it to the checkpoint if the database is behind it."""
-        await ensure_group(self.redis, self.stream, PROJECTOR_GROUP)
+        """Create the group at the checkpoint; rewind it there if the database is behind it.
+
+        A new group starts where the database is (restored from a snapshot, or empty: the log's
+        start), not at the log's start: what the database holds needs no re-reading.
+        """
+        start = self.projection.checkpoint
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
         delivered = await self._last_delivered()
         checkpoint = self.projection.checkpoint
         if streamids.after(delivered, checkpoint):
             logger.warning("read models at %s, group at %s: re-reading the log", checkpoint, delivered)
-            await self.redis.xgroup_setid(self.stream, PROJECTOR_GROUP, checkpoint)
+            await self.redis.xgroup_setid(self.stream, self.group, checkpoint)
         await self._claim_orphans()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -125,7 +136,7 @@ class Consumer:
     async def _read_batch(self, position: str, count: int) -> list[RawEntry]:
         block = self.batch_wait_ms if position == NEW else None
         reply: Any = await self.reader.xreadgroup(
-            PROJECTOR_GROUP, self.consumer, {self.stream: position}, count=count, block=block
+            self.group, self.consumer, {self.stream: position}, count=count, block=block
         )
         return [e for e in _entries_of(reply) if e[0] is not None]
 
@@ -147,7 +158,7 @@ class Consumer:
             outcome = await self.projection.apply(entries)
         await self._acked()
         ids = [entry_id for entry_id, _ in entries]
-        self._ack = asyncio.ensure_future(self.redis.xack(self.stream, PROJECTOR_GROUP, *ids))
+        self._ack = asyncio.ensure_future(self.redis.xack(self.stream, self.group, *ids))
         if wait_ack:
             await self._acked()
         _observe(outcome, len(entries))
@@ -196,7 +207,7 @@ class Consumer:
 
     async def _last_delivered(self) -> str:
         for group in await self.redis.xinfo_groups(self.stream):
-            if _text(group["name"]) == PROJECTOR_GROUP:
+            if _text(group["name"]) == self.group:
                 return _text(group["last-delivered-id"])
         return streamids.ZERO
 
@@ -205,7 +216,7 @@ class Consumer:
         start = streamids.ZERO
         while True:
             reply: Any = await self.redis.xautoclaim(
-                self.stream, PROJECTOR_GROUP, self.consumer, 0, start_id=start, count=1000
+                self.stream, self.group, self.consumer, 0, start_id=start, count=1000
             )  # redis-py drops the cursor of a JUSTID reply, so take the entries and ignore them
             start = _text(reply[0])
             if start == streamids.ZERO:

@@ -21,7 +21,7 @@ class Checkpoint(msgspec.Struct, frozen=True):
     lag_seconds: float
 
 
-async def measure(redis: Redis, stream: str, checkpoint: str) -> Checkpoint:
+async def measure(redis: Redis, stream: str, checkpoint: str, group: str = PROJECTOR_GROUP) -> Checkpoint:
     """Entries after the checkpoint and the time between the oldest of them and the log's head."""
     try:
         info = await redis.xinfo_stream(stream)
@@ -30,16 +30,16 @@ async def measure(redis: Redis, stream: str, checkpoint: str) -> Checkpoint:
     head = _text(info["last-generated-id"])
     if not streamids.after(head, checkpoint) or not info.get("length"):
         return Checkpoint(checkpoint, 0, 0.0)
-    entries = await _entries_behind(redis, stream, checkpoint)
+    entries = await _entries_behind(redis, stream, checkpoint, group)
     oldest = checkpoint if checkpoint != streamids.ZERO else _text(info["first-entry"][0])
     seconds = max(streamids.millis(head) - streamids.millis(oldest), 0) / 1000
     return Checkpoint(checkpoint, entries, seconds if entries else 0.0)
 
 
-async def _entries_behind(redis: Redis, stream: str, checkpoint: str) -> int:
-    for group in await redis.xinfo_groups(stream):
-        if _text(group["name"]) == PROJECTOR_GROUP and group.get("lag") is not None:
-            return int(group["lag"]) + int(group["pending"])
+async def _entries_behind(redis: Redis, stream: str, checkpoint: str, group: str) -> int:
+    for info in await redis.xinfo_groups(stream):
+        if _text(info["name"]) == group and info.get("lag") is not None:
+            return int(info["lag"]) + int(info["pending"])
     ids: Any = await redis.xrange(stream, min=f"({checkpoint}", max="+", count=COUNT_CAP)
     return len(ids)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import msgspec
 
+from services.projector.db import transaction
 from services.projector.rows import UPSERT_SQL, row_of
 from shared import streamids
 from shared.events import AnyEvent, EventCodec, EventError, RunRequested, UnknownEvent
@@ -48,17 +48,6 @@ class BatchOutcome:
 Decoded = tuple[str, str, AnyEvent, Any]
 """(run ID, run-stream ID, event, global-log ID as read) of one entry to apply: a tuple, the
 cheapest record in the hot loop."""
-
-
-async def open_db(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
-    """An aiosqlite connection in WAL mode, autocommit (transactions are explicit)."""
-    db = await aiosqlite.connect(path, isolation_level=None)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=NORMAL")
-    await db.execute("PRAGMA busy_timeout=5000")
-    if readonly:
-        await db.execute("PRAGMA query_only=ON")
-    return db
 
 
 class Projection:
@@ -193,18 +182,15 @@ class Projection:
         rows = [row_of(state, encode(state), logged[run_id]) for run_id, state in dirty.items()]
         skipped = sum(outcome.skipped.values())
         try:
-            await self.db.execute("BEGIN IMMEDIATE")
-            await self.db.executemany(UPSERT_SQL, rows)
-            await self.db.execute(
-                "UPDATE checkpoint SET last_id = ?, applied = applied + ?, skipped = skipped + ? "
-                "WHERE id = 1",
-                (outcome.last_id, outcome.applied, skipped),
-            )
-            await self.db.execute("COMMIT")
+            async with transaction(self.db):
+                await self.db.executemany(UPSERT_SQL, rows)
+                await self.db.execute(
+                    "UPDATE checkpoint SET last_id = ?, applied = applied + ?, skipped = skipped + ? "
+                    "WHERE id = 1",
+                    (outcome.last_id, outcome.applied, skipped),
+                )
         except BaseException:
             self._cache.clear()
-            if self.db.in_transaction:
-                await self.db.rollback()
             raise
 
     def _remember(self, dirty: dict[str, RunState]) -> None:

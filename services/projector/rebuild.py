@@ -17,8 +17,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.projector import snapshots
+from services.projector.db import open_db
 from services.projector.locking import exclusive
-from services.projector.projection import Projection, open_db
+from services.projector.projection import Projection
 from services.projector.schema import migrate
 from services.projector.settings import ProjectorSettings
 from shared import streamids

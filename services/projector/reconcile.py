@@ -42,6 +42,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 
 from services.projector.clock import Now, millis, now_of
+from services.projector.db import transaction
 from services.projector.metrics import metrics
 from services.projector.rows import micros
 from shared import streamids
@@ -200,14 +201,8 @@ class Reconciler:
         await self._write(sql, (run_id,))
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> None:
-        async with self.lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.execute(sql, params)
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.rollback()
-                raise
+        async with self.lock, transaction(self.db):
+            await self.db.execute(sql, params)
 
 
 def request_of(state: RunState) -> RunRequested | None:

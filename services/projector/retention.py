@@ -1,8 +1,15 @@
 """Retention, one owner: archive old runs, drop ended runs' streams, trim the log and the queues.
 
 Every step is idempotent and bounded by what must be kept: an active run is never touched, the
-log is trimmed only behind the checkpoint (and the latest snapshot, and every group's pending
-and undelivered entries), a queue only of entries every group has acknowledged.
+log is trimmed only behind what every projector replica still needs (its checkpoint and latest
+snapshot, published in ``tt:projectors``) and every other group's pending and undelivered
+entries, a queue only of entries every group has acknowledged.
+
+Every replica runs retention. Archiving is per database, so each does its own; the Redis steps
+(unlinking ended runs' streams, trimming the log and queues) are shared but idempotent and each
+replica's bound respects every other's needs, so running them from several replicas at once is
+harmless. A replica silent for longer than the horizon no longer holds the log back: it is gone,
+or so far behind that it must be reseeded from another replica's snapshot anyway.
 
 Every age is on Redis's clock (``services.projector.clock``): a run's is the time of the log
 entry of its last event (``logged_ms``), never the event's ``at``, which the appending process
@@ -24,10 +31,11 @@ from redis.exceptions import ResponseError
 
 from services.projector import snapshots
 from services.projector.clock import Now, millis, now_of
+from services.projector.db import transaction
 from services.projector.metrics import metrics
 from services.projector.rows import micros
 from shared import streamids
-from shared.keys import Keys
+from shared.keys import DEFAULT_PROJECTOR, Keys, projector_of_group
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,7 @@ class Policy:
         log_retention: timedelta,
         queue_retention: timedelta,
         snapshot_dir: Path | None,
+        horizon: timedelta = timedelta(days=1),
     ) -> None:
         self.history = history
         self.history_action = history_action
@@ -57,6 +66,8 @@ class Policy:
         self.queue_retention = queue_retention
         self.snapshot_dir = snapshot_dir
         """Where snapshots are kept; None when snapshots are off (the log is then trimmed freely)."""
+        self.horizon = horizon
+        """How long a replica's published needs hold the log back after it last published."""
 
 
 class Retention:
@@ -72,8 +83,10 @@ class Retention:
         checkpoint: Callable[[], str],
         lock: asyncio.Lock,
         now: Now | None = None,
+        name: str = DEFAULT_PROJECTOR,
     ) -> None:
         self.db = db
+        self.name = name
         self.redis = redis
         self.keys = keys
         self.policy = policy
@@ -100,20 +113,14 @@ class Retention:
     async def age_out_runs(self, now: datetime) -> int:
         """Move (or delete) ended runs whose last event is older than the history horizon."""
         cutoff = millis(now - self.policy.history)
-        async with self.lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                if self.policy.history_action == "archive":
-                    await self.db.execute(
-                        f"INSERT OR REPLACE INTO runs_archive ({_ARCHIVED}, archived_us) "
-                        f"SELECT {_ARCHIVED}, ? FROM runs WHERE {_ENDED}",
-                        (micros(now), cutoff),
-                    )
-                cursor = await self.db.execute(f"DELETE FROM runs WHERE {_ENDED}", (cutoff,))
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.rollback()
-                raise
+        async with self.lock, transaction(self.db):
+            if self.policy.history_action == "archive":
+                await self.db.execute(
+                    f"INSERT OR REPLACE INTO runs_archive ({_ARCHIVED}, archived_us) "
+                    f"SELECT {_ARCHIVED}, ? FROM runs WHERE {_ENDED}",
+                    (micros(now), cutoff),
+                )
+            cursor = await self.db.execute(f"DELETE FROM runs WHERE {_ENDED}", (cutoff,))
         return max(cursor.rowcount, 0)
 
     async def expire_run_streams(self, now: datetime) -> int:
@@ -131,19 +138,30 @@ class Retention:
         self._swept_until_ms = max(self._swept_until_ms, cutoff - _DAY_MS)
         return removed
 
-    async def trim_log(self, now: datetime) -> int:
-        """Trim the global log behind checkpoint, latest snapshot, groups, and the log age."""
+    def needs(self) -> str:
+        """The first log ID this replica still needs: after its checkpoint and latest snapshot."""
         bound = streamids.successor(self.checkpoint())
         if self.policy.snapshot_dir is not None:
             latest = snapshots.latest(self.policy.snapshot_dir)
             if latest is None:
-                return 0  # nothing to rebuild from yet: keep the whole log
+                return streamids.ZERO  # nothing to rebuild from yet: keep the whole log
             bound = streamids.earliest(bound, streamids.successor(latest.checkpoint))
-        bound = streamids.earliest(bound, _age_bound(now, self.policy.log_retention))
-        group_bound = await self._groups_bound(self.keys.events)
-        if group_bound is None:
+        return bound
+
+    async def publish(self, now: datetime | None = None) -> str:
+        """Tell the other replicas (``tt:projectors``) what this one needs, stamped with now."""
+        at = now or await now_of(self.redis, self.now)
+        needs = self.needs()
+        await self.redis.hset(self.keys.projectors, self.name, f"{needs} {millis(at)}")
+        return needs
+
+    async def trim_log(self, now: datetime) -> int:
+        """Trim the global log behind every replica's needs, other groups, and the log age."""
+        bound = streamids.earliest(await self.publish(now), _age_bound(now, self.policy.log_retention))
+        others = await self._log_bounds(now)
+        if others is None:
             return 0
-        return await self._trim(self.keys.events, streamids.earliest(bound, group_bound))
+        return await self._trim(self.keys.events, streamids.earliest(bound, *others))
 
     async def trim_queues(self, now: datetime) -> int:
         """Trim each work queue of entries every group has acknowledged and that are old enough."""
@@ -155,21 +173,61 @@ class Retention:
                 trimmed += await self._trim(queue, bound)
         return trimmed
 
-    async def _groups_bound(self, stream: str) -> str | None:
-        """The first ID some group still needs (pending or undelivered); None: no group, keep all."""
-        try:
-            groups: list[dict[str, Any]] = await self.redis.xinfo_groups(stream)
-        except ResponseError:
-            return None
+    async def _log_bounds(self, now: datetime) -> list[str] | None:
+        """The first log IDs the replicas (by what they published) and other groups still need.
+
+        A projector group whose replica published is bounded by what it published (which also
+        covers its snapshot), or not at all once that is older than the horizon; a group that
+        never published (another service's, a projector of an earlier version) by its entries,
+        unless it is a projector group none of whose consumers read within the horizon (the
+        group ``projector`` of a deployment that renamed its replicas). None: no group at all,
+        keep the whole log.
+        """
+        published = await self.redis.hgetall(self.keys.projectors)
+        horizon_ms = millis(now - self.policy.horizon)
+        bounds, reported = [], set()
+        for raw_name, raw in published.items():
+            name, (needs, at_ms) = _text(raw_name), _text(raw).split(" ")
+            reported.add(name)
+            if int(at_ms) >= horizon_ms:
+                bounds.append(needs)
+            else:
+                logger.warning("projector %s silent since %s ms: not holding the log back", name, at_ms)
+        groups = await self._groups(self.keys.events)
         if not groups:
             return None
+        unreported = [g for g in groups if projector_of_group(_text(g["name"])) not in reported]
+        holding = [g for g in unreported if not await self._abandoned(_text(g["name"]))]
+        bound = await self._entries_bound(self.keys.events, holding)
+        return bounds if bound is None else [*bounds, bound]
+
+    async def _abandoned(self, group: str) -> bool:
+        """A projector group whose consumers all last read longer than the horizon ago."""
+        if projector_of_group(group) is None:
+            return False
+        consumers: list[dict[str, Any]] = await self.redis.xinfo_consumers(self.keys.events, group)
+        horizon_ms = self.policy.horizon.total_seconds() * 1000
+        return bool(consumers) and all(int(c["idle"]) > horizon_ms for c in consumers)
+
+    async def _groups(self, stream: str) -> list[dict[str, Any]]:
+        try:
+            return list(await self.redis.xinfo_groups(stream))
+        except ResponseError:
+            return []
+
+    async def _groups_bound(self, stream: str) -> str | None:
+        """The first ID some group still needs (pending or undelivered); None: no group, keep all."""
+        groups = await self._groups(stream)
+        return await self._entries_bound(stream, groups) if groups else None
+
+    async def _entries_bound(self, stream: str, groups: list[dict[str, Any]]) -> str | None:
         bounds = []
         for group in groups:
             bounds.append(streamids.successor(_text(group["last-delivered-id"])))
             if int(group["pending"]):
                 summary = await self.redis.xpending(stream, group["name"])
                 bounds.append(_text(summary["min"]))
-        return streamids.earliest(*bounds)
+        return streamids.earliest(*bounds) if bounds else None
 
     async def _trim(self, stream: str, minid: str) -> int:
         return int(await self.redis.xtrim(stream, minid=minid, approximate=False))

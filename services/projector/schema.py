@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 
+from services.projector.db import sync_transaction
 from services.projector.rows import COLUMNS, redis_ms, row_of, upsert_sql
 from shared.reducer import RunState
 
@@ -165,14 +166,9 @@ def version_of(conn: sqlite3.Connection) -> int:
 
 def _apply(conn: sqlite3.Connection, migration: Migration) -> None:
     logger.info("migrating read models to v%d: %s", migration.version, migration.name)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with sync_transaction(conn):
         migration.run(conn)
         conn.execute("INSERT INTO schema_version VALUES (?)", (migration.version,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _script(conn: sqlite3.Connection, sql: str) -> None:

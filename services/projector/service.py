@@ -1,4 +1,4 @@
-"""The projector's life: lock, restore or migrate, consume, snapshot and retain on schedules."""
+"""The projector's life: lock, restore or migrate, consume, serve, snapshot, publish, retain."""
 
 from __future__ import annotations
 
@@ -6,25 +6,28 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import aiosqlite
+import uvicorn
 from redis.asyncio import Redis
 
 from services.projector import lag, snapshots
+from services.projector.app import create_app
 from services.projector.clock import Now
 from services.projector.consumer import Consumer
+from services.projector.db import open_db
 from services.projector.locking import exclusive
 from services.projector.metrics import metrics
-from services.projector.projection import Projection, open_db
+from services.projector.projection import Projection
 from services.projector.queries import Queries
 from services.projector.reconcile import Reconciler
 from services.projector.retention import Policy, Retention
 from services.projector.schema import migrate
 from services.projector.settings import ProjectorSettings
 from shared import streamids
+from shared.lifecycle import Service
 from shared.redis_io import connect
 
 logger = logging.getLogger(__name__)
@@ -36,26 +39,33 @@ _GC_THRESHOLDS = (50_000, 20, 100)
 def tune_gc() -> None:
     """Process-wide, for the projector's own process: fewer, larger garbage collections.
 
-    A catch-up batch allocates tens of objects an event (entries, events, states); with the
-    default thresholds (700, 10, 10) the collector ran hundreds of times a batch and cost about a
-    quarter of the CPU. Objects alive at start (modules, the app) are frozen out of collections.
+    A catch-up batch allocates tens of objects an event (entries, events, states), nearly all
+    short-lived: a young generation this large lets most of them die before a collection looks
+    at them. Objects alive at start (modules, the app) are frozen out of collections
+    (measurements: docs/benchmarks.md, "Projector").
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
 
 
-class ProjectorService:
-    """Owns every connection and task of one projector process."""
+class ProjectorService(Service):
+    """One projector replica: its database, its consumer group, its schedules and its HTTP API.
 
-    def __init__(self, settings: ProjectorSettings, *, now: Now | None = None) -> None:
-        """``now``: a clock for tests; by default retention and reconciliation use Redis's."""
+    ``start()`` alone (as the tests do) consumes and keeps the schedules without serving HTTP;
+    ``run()`` under ``shared.lifecycle.serve`` (the process) also serves the internal API.
+    """
+
+    name = "projector"
+
+    def __init__(self, settings: ProjectorSettings, *, now: Now | None = None, http: bool = False) -> None:
+        """``now``: a clock for tests (by default Redis's); ``http``: serve the internal API too."""
+        super().__init__(grace_s=_STOP_GRACE_S)
         self.settings = settings
         self.now = now
-        self.stop_event = asyncio.Event()
+        self.http = http
         self.lock = asyncio.Lock()
         self._exit = contextlib.ExitStack()
-        self._tasks: list[asyncio.Task[None]] = []
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._redis: Redis | None = None
@@ -87,19 +97,23 @@ class ProjectorService:
         await self._projection.load()
         self._redis = connect(s.common.redis)
         self._blocking = connect(s.common.redis, blocking=True)
-        self._spawn("consumer", self._consume())
-        self._spawn("snapshots", self._every(s.snapshot_interval_s, self.snapshot))
-        self._spawn("retention", self._every(s.retention_interval_s, self.retention().run_once))
-        self._spawn("reconciler", self._reconcile())
-        logger.info("projector started at checkpoint %s", self._projection.checkpoint)
+        retention = self.retention()
+        self.spawn(self._consume(), "consumer")
+        self.spawn(self.every(s.snapshot_interval_s, self.snapshot), "snapshots")
+        self.spawn(self.every(s.publish_interval_s, retention.publish, first=True), "publish")
+        self.spawn(self.every(s.retention_interval_s, retention.run_once), "retention")
+        self.spawn(self._reconcile(), "reconciler")
+        if self.http:
+            config = uvicorn.Config(
+                create_app(self), host=s.host, port=s.port, log_config=None, lifespan="off",
+                timeout_graceful_shutdown=int(_STOP_GRACE_S),
+            )  # fmt: skip
+            self.serve_http(config)
+        logger.info(
+            "projector %s (group %s) started at checkpoint %s", s.name, s.group, self._projection.checkpoint
+        )
 
-    async def stop(self) -> None:
-        self.stop_event.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=_STOP_GRACE_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+    async def close(self) -> None:
         for db in (self._writer, self._reader):
             if db is not None:
                 await db.close()
@@ -107,7 +121,6 @@ class ProjectorService:
             if client is not None:
                 await client.aclose()
         self._exit.close()
-        logger.info("projector stopped")
 
     def retention(self) -> Retention:
         s = self.settings
@@ -118,11 +131,12 @@ class ProjectorService:
             log_retention=timedelta(seconds=s.log_retention_s),
             queue_retention=timedelta(seconds=s.queue_retention_s),
             snapshot_dir=s.snapshot_dir if s.snapshot_interval_s > 0 else None,
+            horizon=timedelta(seconds=s.horizon_s),
         )
         assert self._writer is not None
         return Retention(
             self._writer, self.redis, s.common.keys, policy,
-            checkpoint=lambda: self.projection.checkpoint, lock=self.lock, now=self.now,
+            checkpoint=lambda: self.projection.checkpoint, lock=self.lock, now=self.now, name=s.name,
         )  # fmt: skip
 
     def reconciler(self) -> Reconciler:
@@ -140,15 +154,11 @@ class ProjectorService:
             return
         reconciler = self.reconciler()
         head = await self._start_head()
-        while not self.stop_event.is_set() and streamids.after(head, self.projection.checkpoint):
-            await self._sleep(0.2)
-        if self.stop_event.is_set():
+        while not self.stopping.is_set() and streamids.after(head, self.projection.checkpoint):
+            await self.sleep(0.2)
+        if self.stopping.is_set():
             return
-        try:
-            await reconciler.run_once()
-        except Exception:
-            logger.exception("reconciliation at start failed")
-        await self._every(interval, reconciler.run_once)
+        await self.every(interval, reconciler.run_once, first=True)
 
     async def _start_head(self) -> str:
         """The log's head ID when Redis first answers (retrying while it does not)."""
@@ -159,7 +169,7 @@ class ProjectorService:
             entries: Any = await self.redis.xrevrange(self.settings.common.keys.events, count=1)
             head = streamids.ZERO if not entries else _text(entries[0][0])
 
-        await self._retrying("read the log head", read)
+        await self.retrying("read the log head", read)
         return head
 
     async def snapshot(self) -> snapshots.Snapshot:
@@ -167,7 +177,8 @@ class ProjectorService:
         return await asyncio.to_thread(snapshots.take, s.db_path, s.snapshot_dir, s.snapshot_keep)
 
     async def checkpoint(self) -> lag.Checkpoint:
-        measured = await lag.measure(self.redis, self.settings.common.keys.events, self.projection.checkpoint)
+        s = self.settings
+        measured = await lag.measure(self.redis, s.common.keys.events, self.projection.checkpoint, s.group)
         metrics().lag_entries.set(measured.lag)
         metrics().lag_seconds.set(measured.lag_seconds)
         return measured
@@ -186,41 +197,10 @@ class ProjectorService:
         consumer = Consumer(
             self.projection, self.redis, self._blocking, s.common.keys,
             consumer=s.consumer, batch_size=s.batch_size, batch_max=s.batch_max,
-            batch_wait_ms=s.batch_wait_ms, lock=self.lock,
+            batch_wait_ms=s.batch_wait_ms, lock=self.lock, group=s.group,
         )  # fmt: skip
-        await self._retrying("prepare the consumer group", consumer.prepare)
-        await consumer.run(self.stop_event)
-
-    async def _retrying(self, what: str, action: Callable[[], Awaitable[None]]) -> None:
-        delay = 0.1
-        while not self.stop_event.is_set():
-            try:
-                await action()
-                return
-            except Exception:
-                logger.exception("could not %s; retrying in %.1fs", what, delay)
-                await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _every(self, interval_s: float, job: Callable[[], Awaitable[object]]) -> None:
-        if interval_s <= 0:
-            return
-        while not self.stop_event.is_set():
-            await self._sleep(interval_s)
-            if self.stop_event.is_set():
-                return
-            try:
-                await job()
-            except Exception:
-                logger.exception("scheduled %s failed", getattr(job, "__name__", "job"))
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop_event.wait(), seconds)
-
-    def _spawn(self, name: str, coro: Awaitable[None]) -> None:
-        self._tasks.append(asyncio.ensure_future(coro))
-        self._tasks[-1].set_name(f"projector-{name}")
+        if await self.retrying("prepare the consumer group", consumer.prepare):
+            await consumer.run(self.stopping)
 
 
 def _text(value: bytes | str) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import CommonSettings, ConfigError, Env
+from shared.keys import DEFAULT_PROJECTOR, projector_group
 
 HISTORY_ACTIONS = ("archive", "delete")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,16 @@ class ProjectorSettings:
     queue_retention_s: float
     reconcile_interval_s: float = 30.0
     reconcile_grace_s: float = 60.0
+    name: str = DEFAULT_PROJECTOR
+    """This replica's name: its consumer group is ``projector:<name>`` (``shared.keys``)."""
+    publish_interval_s: float = 10.0
+    """How often this replica tells the others (in ``tt:projectors``) which log entries it needs."""
+    horizon_s: float = 86_400.0
+    """A replica silent for longer no longer holds back trimming of the log."""
+
+    @property
+    def group(self) -> str:
+        return projector_group(self.name)
 
     @property
     def lock_path(self) -> Path:
@@ -42,7 +55,12 @@ class ProjectorSettings:
     def from_env(cls, env: Env | None = None) -> ProjectorSettings:
         env = env or Env()
         common = CommonSettings.from_env(env)
+        name = env.text("PROJECTOR_NAME", DEFAULT_PROJECTOR)
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"TT_PROJECTOR_NAME must match {_NAME.pattern}, got {name!r}")
         home = common.state_dir / "projector"
+        if name != DEFAULT_PROJECTOR:  # two replicas on one host must not share a file
+            home = home / name
         action = env.text("HISTORY_ACTION", "archive")
         batch_size = env.integer("PROJECTOR_BATCH_SIZE", 1000, minimum=1)
         if action not in HISTORY_ACTIONS:
@@ -66,4 +84,7 @@ class ProjectorSettings:
             queue_retention_s=env.number("QUEUE_RETENTION_S", 3600.0, minimum=0.0),
             reconcile_interval_s=env.number("RECONCILE_INTERVAL_S", 30.0, minimum=0.0),
             reconcile_grace_s=env.number("RECONCILE_GRACE_S", 60.0, minimum=0.0),
+            name=name,
+            publish_interval_s=env.number("PROJECTOR_PUBLISH_INTERVAL_S", 10.0, minimum=0.1),
+            horizon_s=env.number("PROJECTOR_HORIZON_S", 86_400.0, minimum=1.0),
         )

@@ -15,7 +15,7 @@ from services.runner.metrics import RunnerMetrics
 from services.runner.queue import Job
 from shared.events import AnyEvent, RunCancelled, StepCompleted, StepProgress, StepStarted
 from shared.results import StepOutput, Usage
-from shared.store import EventStore, Refused
+from shared.store import EventStore, RefusalReason, Refused
 from shared.telemetry import current_traceparent
 
 StopReason = Literal["cancelled", "timeout", "step_timeout", "released", "lost", "ended"]
@@ -102,7 +102,7 @@ class FencedReporter:
         try:
             await self.store.append(event, fence=self.execution.fence, owner=self.execution.owner)
         except Refused as exc:
-            self.execution.stop("ended" if exc.reason == "ended" else "lost")
+            self.execution.stop("ended" if exc.reason is RefusalReason.ENDED else "lost")
             raise ExecutionStopped(str(exc)) from exc
 
     def close(self) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shared.problems import PROBLEM_JSON, problem_bytes
+
 logger = logging.getLogger(__name__)
 
 Status = Callable[[], dict[str, Any]]
@@ -102,8 +104,7 @@ class HealthServer:
 
 
 def _problem(status: int, title: str, detail: str) -> tuple[int, bytes, str]:
-    doc = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return status, json.dumps(doc).encode(), "application/problem+json"
+    return status, problem_bytes(status, detail, title=title), PROBLEM_JSON
 
 
 def _response(status: int, body: bytes, kind: str, *, include_body: bool = True) -> bytes:

@@ -26,6 +26,8 @@ class RunnerMetrics:
     deadletters: Counter
     cancel_latency: Histogram
     executing: Gauge
+    lease_pressure: Gauge
+    late_renewals: Counter
     llm_calls: Counter
     llm_tokens: Counter
     llm_cost: Counter
@@ -64,6 +66,13 @@ def metrics() -> RunnerMetrics:
             "tickertape_cancel_latency_seconds", "RunCancelled to confirmation", buckets=_LATENCY_BUCKETS
         ),
         executing=Gauge("tickertape_runs_executing", "Runs this process holds"),
+        lease_pressure=Gauge(
+            "tickertape_runner_lease_pressure_seconds",
+            "Event-loop lag plus lease-renewal round trip (new work waits above the limit)",
+        ),
+        late_renewals=Counter(
+            "tickertape_runner_late_renewals_total", "Own entries a claim found idle past the lease (kept)"
+        ),
         llm_calls=Counter("tickertape_llm_calls_total", "LLM calls", ["model"]),
         llm_tokens=Counter("tickertape_llm_tokens_total", "LLM tokens", ["model", "kind"]),
         llm_cost=Counter("tickertape_llm_cost_usd_total", "Estimated LLM cost", ["model"]),

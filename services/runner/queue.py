@@ -1,9 +1,13 @@
 """The work queue seen by one runner: read, lease, claim, release, ack and dead-letter entries.
 
 Facts this leans on (checked on Redis 6.2, handled for 7.x too):
-- ``XCLAIM … 0 id JUSTID`` by the owner resets the entry's idle time without raising its
-  delivery count: that is the lease renewal. A Lua script renews only entries still owned by
-  this consumer, so a runner whose lease lapsed cannot steal its run back.
+- ``XCLAIM … 0 id… JUSTID`` by the owner resets the entries' idle time without raising their
+  delivery count: that is the lease renewal, one script per queue per tick whatever the number
+  of runs (one XPENDING of this consumer's entries, one XCLAIM of those still ours), so a runner
+  whose lease lapsed cannot steal its run back and renewals cost the same at 1 or 1,000 runs.
+- ``XAUTOCLAIM`` hands over any entry idle past the lease, the claimer's own included: a claim
+  that returns an entry this runner is executing gives it back its delivery count and skips it
+  (a runner never takes over its own run).
 - ``XCLAIM … IDLE ms [RETRYCOUNT n] JUSTID`` hands an entry over early: it becomes claimable
   as soon as its idle time passes the lease.
 - On 6.2 an entry deleted while pending comes back from ``XAUTOCLAIM`` as nil and stays in the
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,16 +30,27 @@ from shared.store import ScriptCall, entry_run_id, evalsha_pipelined
 logger = logging.getLogger(__name__)
 
 _RENEW = """
+local mine = {}
+for _, row in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[3], ARGV[2])) do
+  mine[row[1]] = true
+end
 local held = {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    held[#held + 1] = ARGV[i]
-  end
+for i = 4, #ARGV do
+  if mine[ARGV[i]] then held[#held + 1] = ARGV[i] end
+end
+for first = 1, #held, 500 do
+  local call = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+  for j = first, math.min(first + 499, #held) do call[#call + 1] = held[j] end
+  call[#call + 1] = 'JUSTID'
+  redis.call(unpack(call))
 end
 return held
 """
+"""Renew the entries in ARGV[4..] that consumer ARGV[2] still owns; returns those. ARGV[3] bounds
+the XPENDING scan of its entries (held ones plus those waiting out a retry backoff). XCLAIM takes
+ids in chunks: Lua's unpack has a bounded stack."""
+
+_PEL_SLACK = 10_000
 
 _READ = """
 local out, left = {}, tonumber(ARGV[3])
@@ -58,10 +73,10 @@ end
 return out
 """
 """Up to ARGV[3] never-delivered entries from the queues in KEYS, in that (priority) order, and,
-with a run-stream key prefix in ARGV[4], each entry's run stream: one round trip for what used to
-take a read per queue and one per run. The count is exact across queues, which one XREADGROUP
-over several streams (COUNT applies per stream) is not. The run-stream keys are derived in the
-script (as the submit script derives meta keys): fine on one Redis, not on a cluster."""
+with a run-stream key prefix in ARGV[4], each entry's run stream, in one round trip. The count is
+exact across queues, which one XREADGROUP over several streams (COUNT applies per stream) is not.
+The run-stream keys are derived in the script (as the submit script derives meta keys): fine on
+one Redis, not on a cluster."""
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 
@@ -85,14 +100,28 @@ class ClaimBatch:
     cursor: str
     dropped: int
     """Entries deleted or trimmed while pending, acked (6.2) or dropped by Redis (7.x)."""
+    kept: int = 0
+    """Entries this runner is executing that the claim found idle past the lease (renewed late)."""
 
 
 class WorkQueue:
     """Queue operations of consumer ``consumer`` in group ``runners``."""
 
-    def __init__(self, redis: Redis, reader: Redis, keys: Keys, consumer: str, lease_ms: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        reader: Redis,
+        keys: Keys,
+        consumer: str,
+        lease_ms: int,
+        *,
+        renewer: Redis | None = None,
+    ) -> None:
+        """``renewer``: the client lease renewals go through; a client of their own keeps them
+        from waiting behind the runs' appends for a pooled connection."""
         self.redis = redis
         self.reader = reader
+        self.renewer = renewer or redis
         self.keys = keys
         self.group = RUNNERS_GROUP
         self.consumer = consumer
@@ -140,23 +169,57 @@ class WorkQueue:
         order = {q: i for i, q in enumerate(queues)}
         return sorted(jobs, key=lambda j: order.get(j.queue, 0))
 
-    async def claim_idle(self, queue: str, cursor: str, count: int, held: Iterable[str]) -> ClaimBatch:
-        """Take over entries idle longer than the lease (their runner died)."""
+    async def claim_idle(self, queue: str, cursor: str, count: int, held: Collection[str]) -> ClaimBatch:
+        """Take over entries idle longer than the lease (their runner died); ``held``: the
+        entries this runner executes, which are never taken over, only kept."""
         reply: Any = await self.redis.xautoclaim(
             queue, self.group, self.consumer, self.lease_ms, start_id=cursor, count=count
         )
         next_cursor, entries = _text(reply[0]), reply[1]
         dropped = len(reply[2]) if len(reply) > 2 and reply[2] else 0
         jobs: list[Job] = []
+        kept = 0
         for eid, fields in entries:
             if eid is None:
                 continue
             deliveries = await self.deliveries(queue, _text(eid))
+            if _text(eid) in held:
+                await self._keep(queue, _text(eid), deliveries)
+                kept += 1
+                continue
             run_id = entry_run_id(fields or {})
             jobs.append(Job(queue, _text(eid), run_id, deliveries, True, id_time(eid)))
         if any(eid is None for eid, _ in entries):
             dropped += await self._ack_vanished(queue, cursor, next_cursor, {j.entry_id for j in jobs}, held)
-        return ClaimBatch(jobs, next_cursor, dropped)
+        return ClaimBatch(jobs, next_cursor, dropped, kept)
+
+    async def inherited(self, queue: str, count: int, held: Collection[str]) -> list[Job]:
+        """Entries still pending under this consumer name from an earlier process that died.
+
+        Called once at start, before this process holds anything: a runner restarted with the
+        same ``TT_RUNNER_ID`` (as ``tickertape up`` and a StatefulSet do) resumes its runs at once
+        instead of waiting a lease for another runner to take them over.
+        """
+        rows = await self.redis.xpending_range(
+            queue, self.group, min="-", max="+", count=count, consumername=self.consumer
+        )
+        ids = [_text(row["message_id"]) for row in rows if _text(row["message_id"]) not in held]
+        if not ids:
+            return []
+        claimed: Any = await self.redis.xclaim(queue, self.group, self.consumer, 0, list[Any](ids))
+        jobs = []
+        for eid, fields in claimed:
+            if eid is None or fields is None:
+                continue
+            deliveries = await self.deliveries(queue, _text(eid))
+            jobs.append(Job(queue, _text(eid), entry_run_id(fields), deliveries, True, id_time(eid)))
+        return jobs
+
+    async def _keep(self, queue: str, entry_id: str, deliveries: int) -> None:
+        """Undo the delivery XAUTOCLAIM counted on an entry we were executing all along."""
+        await self.redis.xclaim(
+            queue, self.group, self.consumer, 0, [entry_id], retrycount=max(deliveries - 1, 1), justid=True
+        )
 
     async def _ack_vanished(
         self, queue: str, start: str, end: str, claimed: set[str], held: Iterable[str]
@@ -182,12 +245,23 @@ class WorkQueue:
         rows = await self.redis.xpending_range(queue, self.group, min=entry_id, max=entry_id, count=1)
         return int(rows[0]["times_delivered"]) if rows else 1
 
-    async def renew(self, queue: str, entry_ids: Sequence[str]) -> set[str]:
-        """Reset the idle time of entries we still own; returns those (the others were lost)."""
-        if not entry_ids:
-            return set()
-        held = await self._renew(keys=[queue], args=[self.group, self.consumer, *entry_ids])
-        return {_text(x) for x in held or ()}
+    async def renew(self, held: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
+        """Reset the idle time of the entries (by queue) we still own, all queues in one round
+        trip; returns per queue those kept (the others were lost to another runner)."""
+        queues = [queue for queue, ids in held.items() if ids]
+        calls = [
+            ScriptCall(
+                self._renew.sha, _RENEW, [q], [self.group, self.consumer, len(held[q]) + _PEL_SLACK, *held[q]]
+            )
+            for q in queues
+        ]
+        replies = await evalsha_pipelined(self.renewer, calls) if calls else []
+        kept: dict[str, set[str]] = {}
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            kept[queue] = {_text(x) for x in reply or ()}
+        return kept
 
     async def ack(self, queue: str, entry_id: str) -> None:
         await self.redis.xack(queue, self.group, entry_id)

@@ -8,15 +8,12 @@ runner lost its lease (another runner owns the run now and the fence refused us)
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -24,12 +21,18 @@ from services.runner.eta import EtaBook
 from services.runner.execution import (
     Execution,
     FencedReporter,
-    StopReason,
-    span_traceparent,
     traceparent_of,
     tracer,
 )
 from services.runner.metrics import RunnerMetrics
+from services.runner.outcome import (
+    STOP_WAIT_S,
+    Outcome,
+    backoff,
+    outcome_of,
+    timeout_event,
+    until_cancelled,
+)
 from services.runner.queue import Job, WorkQueue
 from services.runner.settings import RunnerSettings
 from services.runner.watcher import CancelWatcher
@@ -48,27 +51,14 @@ from shared.events import (
     utcnow,
 )
 from shared.reducer import RunState, fold
-from shared.results import RunResult, StepOutput, Usage
-from shared.store import Appends, Entry, EventStore, Refused, ScriptCall
+from shared.results import StepOutput, Usage
+from shared.store import Appends, Entry, EventStore, RefusalReason, Refused
 from shared.telemetry import context_from_traceparent, run_id_var
 
 if TYPE_CHECKING:
     from services.runner.pipeline.base import Runnable
 
 logger = logging.getLogger(__name__)
-
-OutcomeKind = Literal["completed", "failed", "retry"] | StopReason
-Noop = tuple[Execution, RunRequested, RunState]
-"""A held zero-step run ready to start and complete, with its request and folded state."""
-_STOP_WAIT_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    kind: OutcomeKind
-    result: RunResult | None = None
-    code: str = ""
-    message: str = ""
 
 
 class Executor:
@@ -102,82 +92,6 @@ class Executor:
         ex = self.running.get(run_id)
         if ex is not None and ex.stop("cancelled", event):
             logger.info("cancelling run %s", run_id, extra={"run_id": run_id})
-
-    async def with_events(
-        self, items: Sequence[tuple[Execution, list[Entry] | None]]
-    ) -> list[tuple[Execution, list[Entry]]]:
-        """Each held entry with its run's events; those not given (None) are read in one round
-        trip."""
-        unread = [ex.job.run_id for ex, entries in items if entries is None]
-        reads = iter(await self.store.read_many(unread) if unread else [])
-        return [(ex, next(reads) if entries is None else entries) for ex, entries in items]
-
-    def split(
-        self, items: Sequence[tuple[Execution, list[Entry]]]
-    ) -> tuple[list[Noop], list[tuple[Execution, list[Entry]]]]:
-        """The no-op runs that can simply start and complete (for ``finish_noops``), and the
-        rest (for ``handle``: poison, ended, over their attempts, cancelled, with steps)."""
-        noops: list[Noop] = []
-        rest: list[tuple[Execution, list[Entry]]] = []
-        for ex, entries in items:
-            request = _request_of(entries)
-            state = fold(ex.job.run_id, entries) if request is not None else None
-            if request is not None and state is not None and self._noop_ready(ex, request, state):
-                noops.append((ex, request, state))
-            else:
-                rest.append((ex, entries))
-        return noops, rest
-
-    def _noop_ready(self, ex: Execution, request: RunRequested, state: RunState) -> bool:
-        """A zero-step run that can simply start and complete (anything else takes ``handle``)."""
-        return (
-            not state.terminal
-            and state.started_at is None  # a resumed run's duration is measured on Redis's clock
-            and not state.cancel_requested
-            and ex.stop_reason is None
-            and ex.job.deliveries <= self.settings.max_attempts
-            and not plan_steps(request.analysts, request.options.pipeline)
-        )
-
-    async def finish_noops(self, noops: Sequence[Noop], then: Sequence[ScriptCall] = ()) -> list[Any]:
-        """Per run one script step: RunStarted, RunCompleted and the ack, under append's phase
-        and fence rules; all runs in one call, and ``then`` (e.g. the next read) in the same round
-        trip, whose replies are returned. A Redis error raises; the entries stay pending."""
-        expected = await self.eta.expected_many([request for _, request, _ in noops])
-        batch = [
-            self._noop_appends(ex, request, state, eta)
-            for (ex, request, state), eta in zip(noops, expected, strict=True)
-        ]
-        results, extra = await self.store.append_batch_then(batch, then)
-        for (ex, request, _), item, result in zip(noops, batch, results, strict=True):
-            if isinstance(result, Refused):  # acked by the script unless fenced
-                logger.debug("no-op run %s not completed: %s", ex.job.run_id, result.reason)
-                continue
-            completed = item.events[-1]
-            assert isinstance(completed, RunCompleted)
-            self.eta.note(request, completed.duration_s)
-            self._count("completed")
-            self.metrics.run_duration.observe(completed.duration_s)
-            logger.debug("run %s completed (no-op, attempt %d)", ex.job.run_id, ex.attempt)
-        return extra
-
-    def _noop_appends(
-        self, ex: Execution, request: RunRequested, state: RunState, expected: float | None
-    ) -> Appends:
-        started = self._started_event(ex, request, state, expected)
-        span = tracer().start_span(
-            "run",
-            context=context_from_traceparent(request.traceparent) if request.traceparent else None,
-            attributes={"run_id": ex.job.run_id},
-        )
-        try:  # a first start (resumed runs take the general path): the duration is this process's
-            completed = RunCompleted(
-                run_id=ex.job.run_id, result=None, usage=state.usage, traceparent=span_traceparent(span),
-                duration_s=round(max((utcnow() - started.at).total_seconds(), 0.0), 3),
-            )  # fmt: skip
-        finally:
-            span.end()
-        return Appends((started, completed), fence=ex.fence, owner=ex.owner, ack=self._entry(ex.job))
 
     def _entry(self, job: Job) -> tuple[str, str, str]:
         return job.queue, self.queue.group, job.entry_id
@@ -273,7 +187,7 @@ class Executor:
             ex.started_id = await self.store.append(event, fence=ex.fence)
         except Refused as exc:
             logger.info("run %s not started: %s", job.run_id, exc.reason)
-            if exc.reason != "fenced":
+            if exc.reason is not RefusalReason.FENCED:
                 await self.queue.ack(job.queue, job.entry_id)
             return False
         logger.debug("run %s started (attempt %d)", job.run_id, ex.attempt)
@@ -330,10 +244,7 @@ class Executor:
         deadline: float,
     ) -> Outcome:
         reporter = FencedReporter(self.store, ex, request.model_id, self.metrics)
-        if _takes_spent(pipeline):  # earlier attempts' spend counts to the run's budget
-            work = pipeline.run(request, done, reporter, spent=spent)  # type: ignore[call-arg]
-        else:
-            work = pipeline.run(request, done, reporter)
+        work = pipeline.run(request, done, reporter, spent=spent)
         ex.task = asyncio.create_task(work, name=f"pipeline-{ex.job.run_id}")
         if ex.stop_reason is not None:
             ex.task.cancel()
@@ -343,8 +254,8 @@ class Executor:
             reporter.close()
             if not ex.task.done():
                 ex.task.cancel()
-                await asyncio.wait({ex.task}, timeout=_STOP_WAIT_S)
-        return _outcome_of(ex)
+                await asyncio.wait({ex.task}, timeout=STOP_WAIT_S)
+        return outcome_of(ex)
 
     async def _until_done_or_late(self, ex: Execution, deadline: float) -> None:
         assert ex.task is not None
@@ -359,7 +270,7 @@ class Executor:
             await asyncio.wait(
                 {ex.task, ex.stopping}, timeout=wake - now, return_when=asyncio.FIRST_COMPLETED
             )
-        await _until_cancelled(ex)
+        await until_cancelled(ex)
 
     async def _finish(
         self, ex: Execution, request: RunRequested, state: RunState, outcome: Outcome, elapsed_s: float
@@ -379,7 +290,7 @@ class Executor:
                 await self._terminal(ex, event_f, "failed")
             case "timeout" | "step_timeout":
                 await self._terminal(
-                    ex, _timeout_event(ex, outcome.kind, self.settings.step_timeout_s), "timeout"
+                    ex, timeout_event(ex, outcome.kind, self.settings.step_timeout_s), "timeout"
                 )
             case "cancelled":
                 await self._confirm_cancel(ex)
@@ -432,10 +343,10 @@ class Executor:
             await self.store.append(_traced(event), fence=ex.fence, owner=ex.owner)
         except Refused as exc:
             logger.info("retry of run %s refused: %s", ex.job.run_id, exc.reason)
-            if exc.reason == "ended":
+            if exc.reason is RefusalReason.ENDED:
                 await self.queue.ack(ex.job.queue, ex.job.entry_id)
             return
-        delay = _backoff(self.settings.retry_backoff_s, ex.attempt)
+        delay = backoff(self.settings.retry_backoff_s, ex.attempt)
         await self.queue.retry_after(ex.job, delay)
         logger.warning(
             "run %s attempt %d failed (%s); retry in %.1fs", ex.job.run_id, ex.attempt, outcome.code, delay
@@ -446,23 +357,11 @@ class Executor:
         try:
             await self.store.append(_traced(event), fence=ex.fence, owner=ex.owner)
         except Refused as exc:
-            if exc.reason == "ended":
+            if exc.reason is RefusalReason.ENDED:
                 await self.queue.ack(ex.job.queue, ex.job.entry_id)
             return
         await self.queue.release(ex.job)
         logger.info("run %s released for another runner", ex.job.run_id)
-
-
-async def _until_cancelled(ex: Execution) -> None:
-    """Cancel the pipeline until it has ended: a library that swallows one cancellation
-    (it happens inside some client code) must not keep a cancelled run alive."""
-    task, deadline = ex.task, time.monotonic() + _STOP_WAIT_S
-    assert task is not None
-    while not task.done() and ex.stop_reason is not None and time.monotonic() < deadline:
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.05)
-    if not task.done() and ex.stop_reason is not None:
-        logger.error("pipeline of run %s ignores cancellation", ex.job.run_id)
 
 
 def _request_of(entries: list[Entry]) -> RunRequested | None:
@@ -475,51 +374,8 @@ def _done_steps(entries: list[Entry]) -> dict[str, StepOutput | None]:
     return {e.step: e.output for _, e in entries if isinstance(e, StepCompleted)}
 
 
-def _outcome_of(ex: Execution) -> Outcome:
-    task = ex.task
-    assert task is not None
-    if task.done() and not task.cancelled() and task.exception() is None:
-        result = task.result()
-        return Outcome("completed", result=result if isinstance(result, RunResult) else None)
-    if ex.stop_reason is not None:
-        return Outcome(ex.stop_reason)
-    exc = task.exception() if task.done() and not task.cancelled() else None
-    # imported here: a runner that only executes no-op runs never loads the analysis package
-    from services.runner.pipeline.base import PipelineError
-
-    if isinstance(exc, PipelineError):
-        return Outcome("retry" if exc.transient else "failed", code=exc.code, message=exc.message)
-    logger.error("pipeline of run %s crashed", ex.job.run_id, exc_info=exc)
-    return Outcome("retry", code="internal", message=f"{type(exc).__name__}: {exc}")
-
-
-def _timeout_event(ex: Execution, kind: str, step_timeout_s: float) -> RunFailed:
-    if kind == "step_timeout":
-        message = f"step {ex.step} ran longer than {step_timeout_s:g}s"
-        return RunFailed(
-            run_id=ex.job.run_id, code="step_timeout", message=message, attempt=ex.attempt, status="timeout"
-        )
-    message = "the run passed its deadline"
-    return RunFailed(
-        run_id=ex.job.run_id, code="timeout", message=message, attempt=ex.attempt, status="timeout"
-    )
-
-
-def _backoff(base_s: float, attempt: int) -> float:
-    """Exponential with full jitter around it: base · 2^(attempt-1) · [0.5, 1.5)."""
-    return float(base_s * 2 ** (attempt - 1) * (0.5 + random.random()))
-
-
 def _traced(event: AnyEvent) -> AnyEvent:
     return msgspec.structs.replace(event, traceparent=traceparent_of(None))
-
-
-def _takes_spent(pipeline: Any) -> bool:
-    """Whether the pipeline's ``run`` accepts ``spent=`` (the real Pipeline does)."""
-    try:
-        return "spent" in inspect.signature(pipeline.run).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _elapsed_before(entries: list[Entry], started_id: str) -> float:

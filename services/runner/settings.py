@@ -34,6 +34,8 @@ class RunnerSettings:
     retry_backoff_s: float
     read_block_s: float
     stats_interval_s: float
+    redis_connections: int
+    """Pooled Redis connections the runs share; beyond them a command waits for one."""
     port: int
     host: str
     pipeline: str
@@ -60,6 +62,7 @@ class RunnerSettings:
             retry_backoff_s=env.number("RETRY_BACKOFF_S", 1.0, minimum=0.0),
             read_block_s=env.number("READ_BLOCK_S", 2.0, minimum=0.01),
             stats_interval_s=env.number("QUEUE_STATS_INTERVAL_S", 5.0, minimum=0.1),
+            redis_connections=env.integer("RUNNER_REDIS_CONNECTIONS", 64, minimum=1),
             port=env.integer("RUNNER_PORT", 8002, minimum=0),
             host=env.text("RUNNER_HOST", "127.0.0.1"),
             pipeline=env.text("RUNNER_PIPELINE", DEFAULT_PIPELINE),

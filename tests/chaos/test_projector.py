@@ -34,7 +34,7 @@ async def test_repeated_sigkills_leave_a_read_model_identical_to_a_clean_rebuild
         await cluster.wait_terminal(run_ids)
         assert await cluster.assert_exactly_once(run_ids) == {"completed": 30}
         await cluster.assert_read_model_is_the_fold(run_ids)
-        cluster.projector.stop()  # uvicorn re-raises SIGTERM after a clean shutdown
+        cluster.projector.stop()  # SIGTERM: drains, closes the database, releases its lock
         incremental = cluster.checksum()
         rebuilt = await asyncio.to_thread(_rebuild_from_log, cluster)
         assert cluster.checksum() == incremental, rebuilt

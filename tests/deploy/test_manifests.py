@@ -198,7 +198,7 @@ def test_ports_match_the_configmap(manifests: list[Manifest]) -> None:
     assert settings["TT_GATEWAY_PORT"] == "8000"
     assert settings["TT_PROJECTOR_PORT"] == "8001"
     assert settings["TT_RUNNER_PORT"] == "8002"
-    assert settings["TT_PROJECTOR_URL"] == "http://tickertape-projector:8001"
+    assert settings["TT_PROJECTOR_URL"] == "http://tickertape-projector:8001"  # read by older gateways
     for host in ("TT_GATEWAY_HOST", "TT_PROJECTOR_HOST", "TT_RUNNER_HOST"):
         assert settings[host] == "0.0.0.0", "a pod must listen beyond loopback"
 
@@ -247,14 +247,30 @@ def test_redis_maxmemory_fits_its_limit(manifests: list[Manifest]) -> None:
     assert int(conf["maxmemory"][:-2]) <= 0.8 * int(limit[:-2]) * 1024
 
 
-def test_projector_is_one_replica_with_a_volume(manifests: list[Manifest]) -> None:
+def test_projector_replicas_each_have_a_volume_a_name_and_a_budget(manifests: list[Manifest]) -> None:
     projector = find(manifests, "StatefulSet", "tickertape-projector")
-    assert projector["spec"]["replicas"] == 1
+    assert projector["spec"]["replicas"] >= 2
     (container,) = containers(projector)
     claims = {claim["metadata"]["name"] for claim in projector["spec"]["volumeClaimTemplates"]}
     state = config(manifests)["TT_STATE_DIR"]
     assert {m["name"] for m in container["volumeMounts"] if m["mountPath"] == state} <= claims
     assert any(m["mountPath"] == state for m in container["volumeMounts"])
+    names = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}) for e in container["env"]}
+    assert names["TT_PROJECTOR_NAME"] == {"fieldPath": "metadata.name"}  # its group: projector:<pod>
+    pdb = find(manifests, "PodDisruptionBudget", "tickertape-projector")
+    assert pdb["spec"]["selector"]["matchLabels"] == projector["spec"]["selector"]["matchLabels"]
+    assert 1 <= pdb["spec"]["minAvailable"] < projector["spec"]["replicas"]
+
+
+def test_the_gateway_reads_every_projector_replica_by_its_stable_name(manifests: list[Manifest]) -> None:
+    projector = find(manifests, "StatefulSet", "tickertape-projector")
+    headless = find(manifests, "Service", projector["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == projector["spec"]["selector"]["matchLabels"]
+    port = headless["spec"]["ports"][0]["port"]
+    sts, service = projector["metadata"]["name"], headless["metadata"]["name"]
+    expected = [f"http://{sts}-{i}.{service}:{port}" for i in range(projector["spec"]["replicas"])]
+    assert config(manifests)["TT_PROJECTOR_URLS"].split(",") == expected
 
 
 def test_pdb_protects_the_gateway(manifests: list[Manifest]) -> None:
@@ -426,6 +442,8 @@ def test_services_accept_their_configuration(manifests: list[Manifest]) -> None:
     gw = gateway.GatewaySettings.from_env(Env(container_env(manifests, "Deployment", "tickertape-gateway")))
     assert gw.auth is True and gw.port == 8000 and gw.host == "0.0.0.0"
     assert gw.projector_url == "http://tickertape-projector:8001"
+    urls = getattr(gw, "projector_urls", None)  # the gateway's replica list, where it reads one
+    assert urls is None or len(urls) == 2
     run = runner.RunnerSettings.from_env(Env(container_env(manifests, "Deployment", "tickertape-runner")))
     assert run.port == 8002 and run.host == "0.0.0.0"
     assert run.common.redis_url.startswith("redis://:change-me")
@@ -433,5 +451,6 @@ def test_services_accept_their_configuration(manifests: list[Manifest]) -> None:
         Env(container_env(manifests, "StatefulSet", "tickertape-projector"))
     )
     assert proj.port == 8001 and proj.host == "0.0.0.0"
+    assert (proj.name, proj.group) == ("tickertape-projector-0", "projector:tickertape-projector-0")
     assert proj.db_path.is_relative_to("/var/lib/tickertape")
     assert proj.snapshot_dir.is_relative_to("/var/lib/tickertape")

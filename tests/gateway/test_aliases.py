@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from datetime import datetime
 from typing import Any
 
 import httpx
 
+from shared.events import StepStarted
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.support import BODY, Runner
 
@@ -18,13 +21,24 @@ async def test_polling_blueprint_shapes(client: httpx.AsyncClient, runner: Runne
     assert posted.status_code == 202
     run_id = posted.json()["runId"]
     pending = (await client.get(f"{API}/progress/{run_id}")).json()
-    assert set(pending) == {"runId", "status", "progress", "currentStep", "steps", "startedAt",
-                            "estimatedTimeRemaining"}  # fmt: skip
-    assert set(pending["steps"][0]) == {"name", "status", "progress"}
-    await runner.run_all(run_id)
+    assert set(pending) == {"runId", "status", "progress", "currentStep", "currentStepId", "steps",
+                            "startedAt", "estimatedTimeRemaining"}  # fmt: skip
+    assert pending["steps"][0] == {"id": "data_collection", "name": "Data Collection", "status": "pending",
+                                   "progress": 0.0}  # fmt: skip
+    assert pending["currentStep"] == "Waiting to start..." and pending["currentStepId"] is None
+    await runner.start(run_id)
+    await runner.step(run_id, "data_collection", 0)
+    await runner.store.append(StepStarted(run_id=run_id, step="analyst:risk", index=2), fence="f1")
+    running = (await client.get(f"{API}/progress/{run_id}")).json()
+    assert running["currentStep"] == "Running Risk Analyst..." and running["currentStepId"] == "analyst:risk"
+    await runner.run_all_steps(run_id)
+    await runner.complete(run_id)
     done = (await client.get(f"{API}/progress/{run_id}")).json()
     assert done["status"] == "completed" and done["progress"] == 100.0
-    assert done["result"]["decision"] == "BUY" and done["duration"] is not None and done["completedAt"]
+    assert done["result"]["decision"] == "BUY" and done["completedAt"]
+    took = datetime.fromisoformat(done["completedAt"]) - datetime.fromisoformat(done["startedAt"])
+    assert isinstance(done["duration"], int)
+    assert abs(done["duration"] - took.total_seconds() * 1000) <= 1  # milliseconds
     failed_id = (await client.post(f"{API}/run", json=BODY)).json()["runId"]
     await runner.start(failed_id)
     await runner.fail(failed_id)
@@ -33,6 +47,19 @@ async def test_polling_blueprint_shapes(client: httpx.AsyncClient, runner: Runne
     cancel_id = (await client.post(f"{API}/run", json=BODY)).json()["runId"]
     cancelled = await client.post(f"{API}/cancel/{cancel_id}")
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+
+
+async def test_progress_answers_304_to_its_etag_until_the_run_moves(
+    client: httpx.AsyncClient, runner: Runner
+) -> None:
+    run_id = (await client.post(f"{API}/run", json=BODY)).json()["runId"]
+    first = await client.get(f"{API}/progress/{run_id}")
+    etag = first.headers["etag"]
+    same = await client.get(f"{API}/progress/{run_id}", headers={"If-None-Match": etag})
+    assert same.status_code == 304 and same.headers["etag"] == etag and not same.content
+    await runner.start(run_id)
+    moved = await client.get(f"{API}/progress/{run_id}", headers={"If-None-Match": etag})
+    assert moved.status_code == 200 and moved.headers["etag"] != etag and moved.json()["status"] == "running"
 
 
 async def test_decision_runs_prefix_serves_the_same_routes(client: httpx.AsyncClient, runner: Runner) -> None:
@@ -72,9 +99,10 @@ async def test_catalog_health_and_metrics(client: httpx.AsyncClient) -> None:
     assert {"id", "label", "provider", "promptUsdPerM", "completionUsdPerM"} <= set(models[0])
     analysts = (await client.get(f"{API}/analysts")).json()["analysts"]
     assert [a["id"] for a in analysts][:2] == ["market", "fundamentals"]
-    assert (await client.get("/healthz")).json() == {"status": "ok"}
-    ready = await client.get("/readyz")  # no projector here
-    assert ready.status_code == 503 and ready.json()["checks"] == {"redis": True, "projector": False}
+    assert (await client.get("/healthz")).json() == {"status": "ok", "pid": os.getpid()}
+    ready = await client.get("/readyz")  # no projector here: reported, and ready all the same
+    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": True}
+    assert [p["healthy"] for p in ready.json()["projectors"]] == [False]
     await client.post(f"{API}/runs", json=BODY)
     text = (await client.get("/metrics")).text
     for name in ("tickertape_runs_submitted_total", "tickertape_http_requests_total",

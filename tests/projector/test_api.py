@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import httpx
@@ -107,3 +108,15 @@ async def test_health_readiness_and_metrics(redis: Redis, keys: Keys, make_proce
         "tickertape_projector_lag_seconds 0.0",
     ):
         assert name in text, name
+
+
+async def test_sigterm_stops_the_projector_cleanly_within_its_grace(
+    redis: Redis, keys: Keys, make_process: MakeProcess
+) -> None:
+    projector = make_process().start()
+    await write_runs(EventStore(redis, keys), ["completed"])
+    wait_caught_up(projector.url, await _last_log_id(redis, keys))
+    started = time.monotonic()
+    assert projector.stop() == 0
+    assert time.monotonic() - started < 6
+    assert "projector stopped" in projector.log_path.read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
-from services.projector.projection import open_db
+from services.projector.db import open_db
 from services.projector.queries import Queries
 from services.projector.rows import COLUMNS, row_of
 from services.projector.schema import CURRENT_VERSION, migrate

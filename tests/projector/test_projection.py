@@ -6,7 +6,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from services.projector.projection import Projection, open_db
+from services.projector.db import open_db
+from services.projector.projection import Projection
 from services.projector.schema import migrate
 from shared.keys import Keys
 from shared.store import EventStore

@@ -42,8 +42,9 @@ def completed_key(run_id: str, step: str) -> str:
 class CountingPipeline:
     """Each planned step sleeps ``step_s`` (in slices, with progress) and counts its runs.
 
-    Symbols steer failures: ``FAIL`` raises a transient error in every attempt, ``PERM`` a
-    permanent one; ``HANG`` steps sleep an hour (for timeouts and cancellation); ``LONG`` has a
+    Symbols steer failures: ``FAIL`` raises a transient error in every attempt, ``FLAKY`` (first step) in the
+    first two, ``PERM`` a permanent one; ``HANG`` steps sleep an hour (for timeouts and
+    cancellation); ``LONG`` has a
     first step of 2.5 s (longer than a test lease).
     """
 
@@ -52,7 +53,12 @@ class CountingPipeline:
         self.step_s = step_s
 
     async def run(
-        self, request: RunRequested, done: Mapping[str, StepOutput | None], reporter: StepReporter
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
     ) -> RunResult | None:
         for index, step in enumerate(plan_steps(request.analysts, request.options.pipeline)):
             if step not in done:
@@ -64,9 +70,9 @@ class CountingPipeline:
 
     async def _step(self, request: RunRequested, step: str, index: int, reporter: StepReporter) -> None:
         await reporter.started(step, index)
-        await self.redis.incr(started_key(request.run_id, step))
+        starts = await self.redis.incr(started_key(request.run_id, step))
         began = time.monotonic()
-        if request.symbol == "FAIL":
+        if request.symbol == "FAIL" or (request.symbol == "FLAKY" and index == 0 and starts <= 2):
             raise PipelineError("llm_unavailable", "the model answered 503", transient=True)
         if request.symbol == "PERM":
             raise PipelineError("bad_model", "unknown model id", transient=False)
@@ -99,7 +105,7 @@ async def running_worker(
 ) -> AsyncIterator[Worker]:
     """A Worker in this event loop, consuming until the block ends (then stopped gracefully)."""
     worker = Worker(runner_settings(redis_url, **overrides), pipeline)
-    task = asyncio.create_task(worker.start())
+    task = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(worker.ready.wait(), 10)
         yield worker

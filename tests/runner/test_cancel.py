@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from shared.events import RunCancellationConfirmed, RunCancelled, RunStarted, StepCompleted, StepStarted
 from shared.keys import RUNNERS_GROUP, Keys
-from shared.store import EventStore, Refused
+from shared.store import EventStore, RefusalReason, Refused
 from tests.runner.support import (
     CountingPipeline,
     completed_key,
@@ -83,7 +83,7 @@ async def test_cancelling_a_completed_run_changes_nothing(redis_url: str, redis:
     before = await events_of(store, run_id)
     with pytest.raises(Refused) as refused:
         await store.append(RunCancelled(run_id=run_id, user_id="local"))
-    assert refused.value.reason == "ended"
+    assert refused.value.reason is RefusalReason.ENDED
     assert await events_of(store, run_id) == before
     assert (await store.state(run_id)).status == "completed"  # type: ignore[union-attr]
     assert sum(isinstance(e, StepCompleted) for e in before) == 6

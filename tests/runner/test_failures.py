@@ -7,10 +7,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from shared import streamids
 from shared.events import RunFailed, RunStarted
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore
-from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_state
+from tests.runner.support import CountingPipeline, events_of, report, running_worker, submit, wait_state
 
 
 async def _deadletters(redis: Redis, keys: Keys) -> list[dict[str, str]]:
@@ -111,3 +112,23 @@ async def test_an_entry_deleted_while_pending_is_acked_when_claimed(
         assert worker.vanished == 1
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
     assert await redis.xlen(keys.deadletter) == 0
+
+
+async def test_retries_wait_out_a_backoff_that_doubles(redis_url: str, redis: Redis, keys: Keys) -> None:
+    """Attempt n+1 starts no sooner than base · 2^(n-1) · 0.5 (the jitter's low end) after attempt
+    n failed, on Redis's clock; the claim loop polls far more often, so a zero backoff fails."""
+    base_s = 0.5
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="FLAKY", analysts=())
+    settings = {"TT_RETRY_BACKOFF_S": str(base_s), "TT_LEASE_S": "4", "TT_CLAIM_INTERVAL_S": "0.05"}
+    async with running_worker(redis_url, CountingPipeline(redis), **settings):
+        state = await wait_state(store, run_id, timeout_s=30)
+    assert state.status == "completed"
+    entries = await store.read(run_id)
+    failed = [streamids.millis(i) for i, e in entries if isinstance(e, RunFailed) and e.will_retry]
+    started = [streamids.millis(i) for i, e in entries if isinstance(e, RunStarted)]
+    assert len(failed) == 2 and len(started) == 3
+    gaps = [(start - fail) / 1000 for fail, start in zip(failed, started[1:], strict=True)]
+    report(f"retry gaps {gaps} (base {base_s}s)")
+    for attempt, gap in enumerate(gaps, start=1):
+        assert gap >= base_s * 2 ** (attempt - 1) * 0.5, (attempt, gaps)

@@ -84,7 +84,7 @@ async def test_a_pipeline_that_cannot_be_built_stops_the_worker_and_leaves_the_r
     run_id = await submit(store)  # a run with steps: it needs the pipeline
     worker = Worker(runner_settings(redis_url, TT_RUNNER_PIPELINE="tests.runner.test_health:_broken"))
     with pytest.raises(RuntimeError, match="no model"):
-        await asyncio.wait_for(worker.start(), 20)
+        await asyncio.wait_for(worker.run(), 20)
     state = await store.state(run_id)
     assert state is not None and state.status == "pending"  # never started; its lease hands it on
     assert (await redis.xpending(keys.queue, "runners"))["pending"] == 1
@@ -93,7 +93,7 @@ async def test_a_pipeline_that_cannot_be_built_stops_the_worker_and_leaves_the_r
 async def test_a_pipeline_name_that_names_nothing_fails_at_start(redis_url: str) -> None:
     worker = Worker(runner_settings(redis_url, TT_RUNNER_PIPELINE="tests.runner.nowhere:build"))
     with pytest.raises(FactoryError, match="nowhere"):
-        await asyncio.wait_for(worker.start(), 20)
+        await asyncio.wait_for(worker.run(), 20)
 
 
 def _broken(redis: Redis, http: httpx.AsyncClient) -> object:
@@ -108,7 +108,7 @@ async def test_healthz_says_when_the_idle_worker_has_built_its_pipeline(redis_ur
         )
     )
     assert worker._status()["pipeline"] == "not built"
-    task = asyncio.create_task(worker.start())
+    task = asyncio.create_task(worker.run())
     seen: list[str] = []
     try:
         await asyncio.wait_for(worker.ready.wait(), 10)

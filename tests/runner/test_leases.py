@@ -43,18 +43,37 @@ async def test_a_runner_that_lost_its_lease_stops_without_writing(
         redis_url, CountingPipeline(redis), TT_RUNNER_ID="paused", TT_LEASE_S="0.6"
     ) as worker:
         await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
-        (entry_id,) = list(worker._held)
+        (entry_id,) = list(worker.leases.held)
         # what a runner that took the run over does: claim the entry, start with its own fence
         await redis.xclaim(keys.queue, RUNNERS_GROUP, "usurper", 0, [entry_id], justid=True)
         await store.append(
             RunStarted(run_id=run_id, runner_id="usurper", attempt=2, steps=()), fence="theirs"
         )
         for _ in range(100):
-            if not worker._held:
+            if not worker.leases.held:
                 break
             await asyncio.sleep(0.02)
-        assert not worker._held
+        assert not worker.leases.held
     events = await events_of(store, run_id)
     assert isinstance(events[-1], RunStarted) and events[-1].runner_id == "usurper"
     rows: Any = await redis.xpending_range(keys.queue, RUNNERS_GROUP, "-", "+", 10)
     assert [(r["consumer"], r["message_id"].decode()) for r in rows] == [(b"usurper", entry_id)]
+
+
+async def test_a_runner_never_takes_over_a_run_it_is_executing(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="HANG", analysts=())
+    settings = {"TT_RUNNER_ID": "holder", "TT_CLAIM_INTERVAL_S": "0.05"}
+    async with running_worker(redis_url, CountingPipeline(redis), **settings) as worker:
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        (entry_id,) = list(worker.leases.held)
+        # what a renewal that fell behind looks like to the claim loop: our entry idle past the lease
+        await redis.xclaim(keys.queue, RUNNERS_GROUP, "holder", 0, [entry_id], idle=60_000, justid=True)
+        await asyncio.sleep(0.5)  # ten claim rounds
+        rows: Any = await redis.xpending_range(keys.queue, RUNNERS_GROUP, "-", "+", 10)
+        started = [e for e in await events_of(store, run_id) if isinstance(e, RunStarted)]
+        assert list(worker.leases.held) == [entry_id]
+    assert [(e.runner_id, e.attempt) for e in started] == [("holder", 1)]
+    assert [(r["consumer"], r["times_delivered"]) for r in rows] == [(b"holder", 1)]

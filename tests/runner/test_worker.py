@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.runner.eta import EtaBook, config_of
-from services.runner.worker import Worker
+from services.runner.leases import Leases
 from shared.events import RunCancelled, RunCompleted, RunRequested, RunStarted, StepCompleted
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.redis_io import ensure_group
@@ -21,14 +21,14 @@ from tests.runner.support import CountingPipeline, events_of, running_worker, su
 def held(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many entries the worker held after each time it took some."""
     counts: list[int] = []
-    hold = Worker._hold
+    hold = Leases.hold
 
-    def counting_hold(self: Worker, batch: Any) -> Any:
+    def counting_hold(self: Leases, batch: Any) -> Any:
         items = hold(self, batch)
-        counts.append(len(self._held))
+        counts.append(len(self.held))
         return items
 
-    monkeypatch.setattr(Worker, "_hold", counting_hold)
+    monkeypatch.setattr(Leases, "hold", counting_hold)
     return counts
 
 
@@ -99,7 +99,7 @@ async def test_concurrency_bounds_how_many_runs_one_process_executes(
     ) as worker:
         peak = 0
         while not all([await _terminal(store, r) for r in runs]):
-            peak = max(peak, len(worker._held))
+            peak = max(peak, len(worker.leases.held))
             await asyncio.sleep(0.01)
     assert 1 <= peak <= 2
 

@@ -18,7 +18,7 @@ from shared.events import (
 )
 from shared.ids import new_run_id
 from shared.keys import Keys
-from shared.store import Capped, Duplicate, EventStore, Refused, Submitted
+from shared.store import Capped, Duplicate, EventStore, RefusalReason, Refused, Submitted
 
 
 def request(user: str = "alice", run_id: str | None = None) -> RunRequested:
@@ -53,7 +53,7 @@ async def test_nothing_is_appended_after_a_terminal_event(redis: Redis, keys: Ke
     await store.append(RunCompleted(run_id=req.run_id), fence="f1")
     with pytest.raises(Refused) as refused:
         await store.append(RunCompleted(run_id=req.run_id), fence="f1")
-    assert refused.value.reason == "ended"
+    assert refused.value.reason is RefusalReason.ENDED
     assert not await redis.sismember(keys.active("alice"), req.run_id)
     assert 0 < await redis.ttl(keys.run(req.run_id)) <= 48 * 3600
     assert len(await redis.xrange(keys.run(req.run_id))) == 3
@@ -67,7 +67,7 @@ async def test_a_stale_fence_cannot_append(redis: Redis, keys: Keys) -> None:
     await store.append(RunStarted(run_id=req.run_id, runner_id="r2", attempt=2, steps=()), fence="new")
     with pytest.raises(Refused) as refused:
         await store.append(StepStarted(run_id=req.run_id, step="x", index=0), fence="old")
-    assert refused.value.reason == "fenced"
+    assert refused.value.reason is RefusalReason.FENCED
     await store.append(StepStarted(run_id=req.run_id, step="x", index=0), fence="new")
 
 
@@ -103,7 +103,7 @@ async def test_another_user_cannot_cancel(redis: Redis, keys: Keys) -> None:
     await store.submit(req)
     with pytest.raises(Refused) as refused:
         await store.append(RunCancelled(run_id=req.run_id, user_id="mallory"))
-    assert refused.value.reason == "unknown"
+    assert refused.value.reason is RefusalReason.UNKNOWN
 
 
 async def test_released_run_can_be_cancelled_at_once(redis: Redis, keys: Keys) -> None:

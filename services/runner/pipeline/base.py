@@ -32,8 +32,17 @@ class PipelineError(Exception):
 
 
 class Runnable(Protocol):
-    """What the runner needs of a pipeline."""
+    """What the runner needs of a pipeline.
+
+    ``done``: outputs of the steps earlier attempts completed (skip them); ``spent``: what those
+    attempts cost, which counts to the run's budget.
+    """
 
     async def run(
-        self, request: RunRequested, done: Mapping[str, StepOutput | None], reporter: StepReporter
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
     ) -> RunResult | None: ...
