@@ -49,7 +49,9 @@ def connect(
     return Redis.from_pool(pool)
 
 
-def connect_sync(url: str | RedisTarget, *, blocking: bool = False, client_name: str | None = None) -> redis.Redis:
+def connect_sync(
+    url: str | RedisTarget, *, blocking: bool = False, client_name: str | None = None
+) -> redis.Redis:
     """The synchronous client (command-line tools) with the same options as ``connect``."""
     options = _options(blocking, client_name)
     options["retry"] = SyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
@@ -88,7 +90,9 @@ class _SentinelRedis(Redis):
             await pool.sentinel_manager.aclose()
 
 
-def _master_for(target: RedisTarget, options: dict[str, Any], max_connections: int | None, wait_s: float) -> Redis:
+def _master_for(
+    target: RedisTarget, options: dict[str, Any], max_connections: int | None, wait_s: float
+) -> Redis:
     """A client of the master the Sentinels name now. Its pool asks them again whenever a
     connection is made, and drops connections to a demoted master (``READONLY`` replies), so a
     command after a failover, retried by ``retry``, reaches the new master."""
@@ -100,7 +104,11 @@ def _master_for(target: RedisTarget, options: dict[str, Any], max_connections: i
         options = {**options, "max_connections": max_connections, "timeout": wait_s}
         pool_class = _BlockingSentinelPool
     client: Redis = sentinel.master_for(
-        spec.master, redis_class=_SentinelRedis, connection_pool_class=pool_class, **_url_options(target), **options
+        spec.master,
+        redis_class=_SentinelRedis,
+        connection_pool_class=pool_class,
+        **_url_options(target),
+        **options,
     )
     return client
 

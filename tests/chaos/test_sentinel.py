@@ -23,7 +23,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.redis_io import connect, connect_blocking_sync
+from shared.redis_io import connect, connect_sync
 from shared.store import EventStore
 from tests.chaos.harness import Cluster, record
 from tests.chaos.sentinels import SentinelSet, sentinel_command
@@ -167,10 +167,10 @@ async def test_every_kind_of_client_follows_the_master_through_a_failover(tmp_pa
     target = sentinels.target
     clients = [
         connect(target),
-        connect(target, max_connections=2, pool_wait_s=1.0),
+        connect(target, max_connections=2, wait_s=1.0),
         connect(target, blocking=True),
     ]
-    sync = connect_blocking_sync(target)
+    sync = connect_sync(target, blocking=True)
     try:
         for client in clients:
             assert await client.set("k", "before") and await client.wait(1, 1000) == 1
