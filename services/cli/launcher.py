@@ -28,6 +28,7 @@ from services.cli.processes import (
 )
 from services.cli.settings import LaunchSettings
 from services.cli.supervisor import CrashLoop, Supervisor
+from shared.config import DEFAULT_REDIS_URL, Env, sentinel_from_env
 from shared.redis_server import RedisLaunchError, RedisServer
 
 
@@ -139,6 +140,10 @@ class Launcher:
 
     def _redis_url(self) -> str:
         """REDIS_URL when set (nothing is started), else the redis-server this launcher owns."""
+        sentinel = sentinel_from_env(Env())  # the children inherit TT_REDIS_SENTINEL*
+        if sentinel is not None:
+            self.console.line("redis", f"using {sentinel}: no Redis of our own")
+            return self.settings.redis_url or DEFAULT_REDIS_URL
         if self.settings.redis_url:
             self.console.line("redis", f"using REDIS_URL {self.settings.redis_url}")
             return self.settings.redis_url

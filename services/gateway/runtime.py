@@ -20,6 +20,7 @@ from services.gateway.projectors import ProjectorPool
 from services.gateway.queries import RunReader
 from services.gateway.settings import GatewaySettings
 from shared.batcher import ScriptBatcher
+from shared.durability import ReplicaWait
 from shared.models import ModelSpec, load_registry
 from shared.redis_io import connect
 from shared.reducer import RunState
@@ -65,13 +66,16 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
     """Build every client, start the SSE reader; close all of it on exit."""
     common = settings.common
     name = f"tt-gateway:{settings.process_id}"
-    redis = connect(common.redis_url, max_connections=settings.redis_pool_size, client_name=name)
-    reader = connect(common.redis_url, blocking=True, client_name=f"{name}:sse")
+    redis = connect(common.redis, max_connections=settings.redis_pool_size, client_name=name)
+    reader = connect(common.redis, blocking=True, client_name=f"{name}:sse")
     projectors = ProjectorPool(
         settings.projectors, timeout_s=settings.projector_timeout_s, interval_s=settings.projector_probe_s
     )
     submits = ScriptBatcher(redis)  # concurrent submits share one round trip
-    store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s, submits=submits)
+    replicas = ReplicaWait(
+        redis, common.keys.replicated, replicas=common.submit_replicas, timeout_ms=common.submit_wait_ms
+    )
+    store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s, submits=submits, replicas=replicas)
     hub = Hub(
         reader,
         redis,

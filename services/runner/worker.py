@@ -128,7 +128,7 @@ class Worker(Service):
                 await client.aclose()
 
     def _open_clients(self) -> None:
-        s, url = self.settings, self.settings.common.redis_url
+        s, url = self.settings, self.settings.common.redis
         self.redis = connect(url, max_connections=s.redis_connections, wait_s=POOL_WAIT_S)
         self.reader = connect(url, blocking=True, max_connections=4, wait_s=POOL_WAIT_S)
         self.renewer = connect(url, max_connections=2, wait_s=POOL_WAIT_S)
