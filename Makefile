@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # compile ~300 modules where the environment sets PYTHONDONTWRITEBYTECODE.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: setup run test lint typecheck pytest soak bench system-deps clean
+.PHONY: setup run test lint typecheck pytest soak bench system-deps image clean
 
 setup: $(VENV)/.synced
 
@@ -25,6 +25,11 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 
 system-deps:
 	bash deploy/local/install-system-deps.sh
+
+# tickertape:latest, with docker where a Docker engine answers, else podman; from python:3.11-slim,
+# or a locally built Debian base where no registry is reachable (deploy/docker/build-image.sh).
+image: system-deps
+	bash deploy/docker/build-image.sh
 
 run: setup
 	$(BIN)/tickertape up

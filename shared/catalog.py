@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import msgspec
+
+DataProvider = Literal["synthetic", "csv", "yfinance"]
+"""Where a run's market data comes from (the runner's providers; a request may pick one)."""
+DATA_PROVIDERS: tuple[str, ...] = get_args(DataProvider)
 
 
 class Analyst(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -68,6 +68,62 @@ class Env:
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+SENTINELS_VAR = "TT_REDIS_SENTINELS"
+SENTINEL_MASTER_VAR = "TT_REDIS_SENTINEL_MASTER"
+SENTINEL_PASSWORD_VAR = "TT_REDIS_SENTINEL_PASSWORD"
+SENTINEL_VARS = (SENTINELS_VAR, SENTINEL_MASTER_VAR, SENTINEL_PASSWORD_VAR)
+"""What a launcher passes on to its children so they find the same Sentinels."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelSpec:
+    """Where the Sentinels are and which master they watch; replaces ``REDIS_URL`` when set."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    password: str | None = field(default=None, repr=False)
+    """The Sentinels' own password (``requirepass`` on the Sentinels); never shown or logged."""
+
+    def __str__(self) -> str:
+        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+        return f"sentinel master {self.master!r} via {hosts}"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """How to reach Redis: a URL, or Sentinels naming the current master (the URL's database,
+    credentials and TLS options still apply to the master's connections)."""
+
+    url: str
+    sentinel: SentinelSpec | None = None
+
+
+def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` → ((host, port), ...); a ConfigError naming the variable otherwise."""
+    nodes = []
+    for item in raw.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        host = host.strip().strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"{SENTINELS_VAR} must be 'host:port,host:port,...' (ports 1-65535), got {item.strip()!r}"
+            )
+        nodes.append((host, int(port)))
+    return tuple(nodes)
+
+
+def sentinel_from_env(env: Env) -> SentinelSpec | None:
+    """The Sentinel settings, or None when ``TT_REDIS_SENTINELS`` is unset; half a setting fails."""
+    raw = env.environ.get(SENTINELS_VAR) or None
+    master = env.environ.get(SENTINEL_MASTER_VAR) or None
+    password = env.environ.get(SENTINEL_PASSWORD_VAR) or None
+    if raw is None:
+        if master is not None or password is not None:
+            raise ConfigError(f"{SENTINEL_MASTER_VAR} and {SENTINEL_PASSWORD_VAR} need {SENTINELS_VAR}")
+        return None
+    if master is None or not master.strip():
+        raise ConfigError(f"{SENTINEL_MASTER_VAR} must name the master that {SENTINELS_VAR} watch")
+    return SentinelSpec(parse_sentinels(raw), master.strip(), password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +136,16 @@ class CommonSettings:
     run_ttl_s: int
     log_format: str
     log_level: str
+    sentinel: SentinelSpec | None = None
+    submit_replicas: int = 1
+    """A submit is acknowledged once this many replicas have it (fewer if fewer are connected)."""
+    submit_wait_ms: int = 500
+    """How long a submit waits for those replicas (``WAIT``) before answering 503."""
+
+    @property
+    def redis(self) -> RedisTarget:
+        """What ``shared.redis_io.connect`` takes: the URL, or the Sentinels when they are set."""
+        return RedisTarget(self.redis_url, self.sentinel)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> CommonSettings:
@@ -91,4 +157,7 @@ class CommonSettings:
             run_ttl_s=env.integer("RUN_STREAM_TTL_S", 48 * 3600, minimum=1),
             log_format=env.text("LOG_FORMAT", "json"),
             log_level=env.text("LOG_LEVEL", "INFO").upper(),
+            sentinel=sentinel_from_env(env),
+            submit_replicas=env.integer("SUBMIT_REPLICAS", 1, minimum=0),
+            submit_wait_ms=env.integer("SUBMIT_WAIT_MS", 500, minimum=1),
         )

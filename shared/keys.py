@@ -64,6 +64,11 @@ class Keys:
     def deadletter(self) -> str:
         return f"{self.prefix}deadletter"
 
+    @property
+    def replicated(self) -> str:
+        """A pub/sub channel no one listens on: a PUBLISH to it before ``WAIT`` (``shared.durability``)."""
+        return f"{self.prefix}replicated"
+
     def run(self, run_id: str) -> str:
         return f"{self.prefix}run:{run_id}"
 

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -58,6 +59,7 @@ class RedisServer:
         binary: Path | None = None,
         extra_args: tuple[str, ...] = (),
         own_session: bool = False,
+        pre_exec: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
@@ -67,6 +69,8 @@ class RedisServer:
         self.extra_args = extra_args
         self.own_session = own_session
         """Start in a session of its own, so a terminal's Ctrl-C reaches only whoever stops it."""
+        self.pre_exec = pre_exec
+        """Runs in the child before exec (`tickertape up` sets a parent-death signal here)."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,7 +96,9 @@ class RedisServer:
             "--logfile", str(self.data_dir / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=self.own_session)
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, start_new_session=self.own_session, preexec_fn=self.pre_exec
+        )
         self._wait_ready(timeout_s)
         logger.info("redis-server %s listening on %s", self.version(), self.url)
 

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from shared.durability import ReplicaWait
 from shared.events import (
     AnyEvent,
     EventCodec,
@@ -230,7 +231,17 @@ class Capped:
     cap: int
 
 
-SubmitOutcome = Submitted | Duplicate | Capped
+@dataclass(frozen=True, slots=True)
+class Unreplicated:
+    """On the primary, but no replica confirmed it within the bound (``WAIT``): not acknowledged.
+    ``run_id``: the run just written; None for a repeat of a key whose run is not confirmed yet.
+    A repeat with the same idempotency key answers this run once a replica has it."""
+
+    run_id: str | None
+    replicas: int
+
+
+SubmitOutcome = Submitted | Duplicate | Capped | Unreplicated
 
 
 class SubmitSender(Protocol):
@@ -261,11 +272,14 @@ class EventStore:
         run_ttl_s: int = 48 * 3600,
         codec: EventCodec | None = None,
         submits: SubmitSender | None = None,
+        replicas: ReplicaWait | None = None,
     ) -> None:
         """``submits``: what sends the submit script (a ``shared.batcher.ScriptBatcher`` pipelines
-        concurrent submits); by default each is its own EVALSHA."""
+        concurrent submits); by default each is its own EVALSHA. ``replicas``: while the primary
+        has replicas, a submit is sent with a ``WAIT`` instead (``shared.durability``)."""
         self.redis = redis
         self.submits = submits
+        self.replicas = replicas
         self.keys = keys
         self.codec = codec or EventCodec()
         self.run_ttl_s = run_ttl_s
@@ -309,15 +323,22 @@ class EventStore:
             idempotency_ttl_s,
             k.meta(""),
         ]
-        if self.submits is not None:
-            reply = await self.submits.call(ScriptCall(self._submit.sha, _SUBMIT, keys, argv))
+        wanted = await self.replicas.needed() if self.replicas is not None else 0
+        acked = wanted
+        call = ScriptCall(self._submit.sha, _SUBMIT, keys, argv)
+        if wanted and self.replicas is not None:
+            reply, acked = await self.replicas.call(call, wanted)
+        elif self.submits is not None:
+            reply = await self.submits.call(call)
         else:
             reply = await self._submit(keys=keys, args=argv)
         status, value = _pair(reply)
-        if status == "duplicate":
-            return Duplicate(value)
         if status == "capped":
             return Capped(int(value))
+        if acked < wanted:
+            return Unreplicated(event.run_id if status != "duplicate" else None, acked)
+        if status == "duplicate":
+            return Duplicate(value)
         return Submitted(event.run_id, value)
 
     async def append(self, event: AnyEvent, *, fence: str = "", owner: str | None = None) -> str:

@@ -8,13 +8,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from redis import Redis
-
 from services.cli.api import Api, ApiError, pick
 from services.cli.cursors import Cursors
 from services.cli.display import Display, duration, render_result, render_runs
 from services.cli.settings import ClientSettings
 from services.cli.watch import Detached, RedisWatcher, SignalGuard, SseWatcher
+from shared.config import DEFAULT_REDIS_URL, Env, RedisTarget, sentinel_from_env
+from shared.redis_io import connect_sync
 
 Json = dict[str, Any]
 Handler = Callable[[argparse.Namespace, ClientSettings], int]
@@ -80,9 +80,10 @@ def cmd_watch(ns: argparse.Namespace, settings: ClientSettings) -> int:
     if not ns.redis:
         with Api(settings) as api:
             return _follow_sse(api, settings, ns.run_id)
-    if not settings.redis_url:
-        raise ApiError("--redis needs REDIS_URL (the Redis the services use)")
-    redis = Redis.from_url(settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
+    target = RedisTarget(settings.redis_url or DEFAULT_REDIS_URL, sentinel_from_env(Env()))
+    if not settings.redis_url and target.sentinel is None:
+        raise ApiError("--redis needs REDIS_URL or TT_REDIS_SENTINELS (the Redis the services use)")
+    redis = connect_sync(target, blocking=True, client_name="tt-cli:watch")
     try:
         guard, display = SignalGuard(), Display()
         watcher = RedisWatcher(redis, settings.keys, Cursors(settings.cursor_dir), display, guard)

@@ -37,7 +37,7 @@ class ClientSettings:
 
 @dataclass(frozen=True, slots=True)
 class LaunchSettings:
-    """What `tickertape up` needs: ports of the three services, pacing, shutdown grace."""
+    """What `tickertape up` needs: ports of the three services, pacing, grace, restart policy."""
 
     state_dir: Path
     redis_url: str | None
@@ -48,6 +48,14 @@ class LaunchSettings:
     log_format: str
     grace_s: float
     health_timeout_s: float
+    restart_backoff_s: float
+    """First delay before a dead child is started again; doubles per restart up to the max."""
+    restart_backoff_max_s: float
+    restart_reset_s: float
+    """A child healthy this long starts over at the first delay."""
+    crash_loop_restarts: int
+    crash_loop_window_s: float
+    """This many restarts of one child within the window is a crash loop: everything stops."""
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> LaunchSettings:
@@ -62,4 +70,9 @@ class LaunchSettings:
             log_format=env.text("LOG_FORMAT", "text"),
             grace_s=env.number("STOP_GRACE_S", 25.0, minimum=0.0),
             health_timeout_s=env.number("HEALTH_TIMEOUT_S", 30.0, minimum=1.0),
+            restart_backoff_s=env.number("RESTART_BACKOFF_S", 0.5, minimum=0.0),
+            restart_backoff_max_s=env.number("RESTART_BACKOFF_MAX_S", 30.0, minimum=0.0),
+            restart_reset_s=env.number("RESTART_RESET_S", 60.0, minimum=0.0),
+            crash_loop_restarts=env.integer("CRASH_LOOP_RESTARTS", 5, minimum=1),
+            crash_loop_window_s=env.number("CRASH_LOOP_WINDOW_S", 60.0, minimum=1.0),
         )

@@ -24,6 +24,7 @@ from services.cli.display import Display, is_terminal
 from shared.events import AnyEvent, EventCodec, EventError
 from shared.keys import EVENT_FIELD, Keys
 from shared.reducer import RunState, apply, initial
+from shared.statedelta import merge
 
 Json = dict[str, Any]
 RECONNECT_GIVE_UP_S = 120.0
@@ -103,9 +104,11 @@ class SseWatcher:
         return is_terminal(self.state)
 
     def _apply(self, run_id: str, message: SseMessage) -> None:
-        state = message.data.get("state")
+        state, delta = message.data.get("state"), message.data.get("delta")
         if isinstance(state, dict):
             self.state = state
+        elif isinstance(delta, dict) and message.id is not None:
+            self.state = merge(self.state, delta, message.id)  # between full states, the changes
         if message.event == "reset" or message.id is None:
             self.display.snapshot(self.state, header=False)
             return

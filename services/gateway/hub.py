@@ -1,10 +1,12 @@
-"""The SSE multiplexer: one reader task per process, one blocking XREAD over every watched run.
+"""The SSE multiplexer: one reader per process, one blocking XREAD over every watched run.
 
 Each watched run keeps its fold and the frames already produced (a run is tens of events), so a
-listener joining late is served its replay from memory and every frame (event + state snapshot)
-is encoded once, however many clients watch. A listener has a bounded queue; one that cannot
-keep up is dropped (and counted) — it resumes from its last ID like any reconnecting client.
-A per-process wake-up stream is part of every XREAD, so a new run is read at once.
+listener joining late is served its replay from memory, and every frame is encoded once per
+event however many clients watch: the same bytes object goes into every client's queue. A frame
+carries the event and the changes to the run's state (``shared.statedelta``); a client's first
+event, the first and the terminal ones carry the full state instead (also encoded once, for all
+the clients that need it). A listener has a bounded queue; one that cannot keep up is dropped
+(and counted) — it resumes from its last ID like any reconnecting client.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ from services.gateway.schemas import event_view, state_view
 from shared import streamids
 from shared.events import AnyEvent
 from shared.keys import Keys
+from shared.multiplex import Entries, Multiplexer
 from shared.reducer import RunState, apply, initial
+from shared.statedelta import delta
 from shared.store import EventStore
 
 logger = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
-WAKE_MAXLEN = 100
-WAKE_TTL_S = 3600
-
+Json = dict[str, Any]
 
 parse_id = streamids.parse
 is_stream_id = streamids.is_valid
@@ -42,12 +44,12 @@ NO_ID = (1 << 62, 0)
 """The sort key of a frame without an ID (end, heartbeat): after every position, so always sent."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Frame:
     """One encoded SSE message, built once per event and shared by every client of the run.
 
-    ``chunk`` is the same bytes framed as one HTTP/1.1 chunk, for listeners that write straight
-    to their connection; ``key`` is the parsed ID. ``end``, heartbeat and cut frames carry no ID.
+    ``key`` is the parsed ID; ``end``, heartbeat and cut frames carry none. A frame whose data
+    is a delta keeps the event and state views it came from in ``source``, for ``opening()``.
     """
 
     id: str
@@ -55,16 +57,51 @@ class Frame:
     data: bytes
     final: bool = False
     key: tuple[int, int] = NO_ID
-    chunk: bytes = b""
+    source: tuple[Json, Json] | None = None
+    _opening: Frame | None = None
+
+    def opening(self) -> Frame:
+        """This frame as a client's first: with the full state (encoded on first need, once)."""
+        if self.source is None:
+            return self
+        if self._opening is None:
+            event, state = self.source
+            self._opening = frame_of(self.id, self.kind, {"event": event, "state": state})
+        return self._opening
 
 
 def make_frame(entry_id: str, kind: str, data: bytes, final: bool = False) -> Frame:
-    key = parse_id(entry_id) if entry_id else NO_ID
-    return Frame(entry_id, kind, data, final, key, b"%x\r\n%b\r\n" % (len(data), data))
+    return Frame(entry_id, kind, data, final, parse_id(entry_id) if entry_id else NO_ID)
 
 
 def frame_of(entry_id: str, kind: str, payload: Any) -> Frame:
     return make_frame(entry_id, kind, sse_frame(kind, payload, entry_id))
+
+
+STREAMED_WITHOUT = ("v", "runId", "at", "output", "result", "traceparent")
+"""Event fields a stream leaves out: what the stream or the state says already (the run, the
+time as ``updatedAt``, the result in the terminal frame's state), a step's output (the runner's,
+to resume after it; the step's ``message`` sums it up) and the trace context (the services')."""
+
+
+def stream_event(event: AnyEvent) -> Json:
+    """An event as a stream carries it."""
+    doc = event_view(event)
+    for name in STREAMED_WITHOUT:
+        doc.pop(name, None)
+    return doc
+
+
+def event_frame(entry_id: str, event: AnyEvent, before: Json | None, state: RunState) -> tuple[Frame, Json]:
+    """The frame of ``event`` and the state view after it: a delta from ``before`` when there is
+    one, the full state for a run's first event (no ``before``) and its terminal one."""
+    kind, event_doc, view = type(event).__name__, stream_event(event), state_view(state)
+    change = None if before is None or state.terminal else delta(before, view)
+    if change is None:
+        return frame_of(entry_id, kind, {"event": event_doc, "state": view}), view
+    frame = frame_of(entry_id, kind, {"event": event_doc, "delta": change})
+    frame.source = (event_doc, view)
+    return frame, view
 
 
 def sse_frame(kind: str, payload: Any, event_id: str = "") -> bytes:
@@ -77,12 +114,26 @@ def end_frame(state: RunState) -> Frame:
     return make_frame("", "end", sse_frame("end", body), final=True)
 
 
+class Batch(list[Frame]):
+    """Frames handed over together; ``joined()`` is them as one frame, built once."""
+
+    _joined: Frame | None = None
+
+    def joined(self) -> Frame:
+        if self._joined is None:
+            last = self[-1]
+            self._joined = Frame(last.id, "batch", b"".join(f.data for f in self), last.final, last.key)
+        return self._joined
+
+
 HEARTBEAT = make_frame("", "heartbeat", b": heartbeat\n\n")
 CUT = make_frame("", "cut", b": you fell behind; reconnect with Last-Event-ID to resume\n\n", final=True)
+HANGUP = make_frame("", "hangup", b"", final=True)
+"""Queued for a listener whose client went away: its reader wakes and ends."""
 
 
 class Sink(Protocol):
-    """What the hub fans frames out to: a queued listener, or one that writes to its socket."""
+    """What the hub fans frames out to."""
 
     run_id: str
     dropped: bool
@@ -90,8 +141,8 @@ class Sink(Protocol):
     def offer(self, frame: Frame) -> bool:
         """Take ``frame`` (or skip it if at or before the position); False when too far behind."""
 
-    def replay(self, frames: list[Frame]) -> bool:
-        """Take the run's frames so far, at once; False when too far behind."""
+    def replay(self, frames: Batch) -> bool:
+        """Take several frames at once (a replay, or frames read together); False when too far behind."""
 
     def cut(self) -> None:
         """Dropped for being too slow: end the stream (the client resumes from its last ID)."""
@@ -100,40 +151,64 @@ class Sink(Protocol):
 class Listener:
     """One client's view of a run: its position and a bounded queue of frames."""
 
+    # Slots: the hub touches a thousand of these per frame; no per-instance dict to fetch too.
+    __slots__ = ("after", "dropped", "primed", "queue", "run_id")
+
     def __init__(self, run_id: str, after: str, maxsize: int) -> None:
         self.run_id = run_id
         self.after = parse_id(after)
         self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize)
         self.dropped = False
+        self.primed = False
+        """Whether an event frame (so a full state) has been queued yet."""
 
     def offer(self, frame: Frame) -> bool:
         if self.dropped:
             return False
         if frame.key <= self.after:
             return True
+        if not self.primed and frame.key != NO_ID:
+            frame, self.primed = frame.opening(), True
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
             return False
         return True
 
-    def replay(self, frames: list[Frame]) -> bool:
-        return all(self.offer(frame) for frame in frames)
+    def replay(self, frames: Batch) -> bool:
+        """The frames after the position as one queued frame: a batch takes one place in the
+        queue (its bound is for frames the client has not read in time, not for a backlog)."""
+        if self.primed and frames and frames[0].key > self.after:
+            return self.offer(frames.joined())  # all of it is new: the bytes shared by all
+        fresh = [f for f in frames if f.key > self.after]
+        if not fresh:
+            return not self.dropped
+        if not self.primed and fresh[0].key != NO_ID:
+            fresh[0], self.primed = fresh[0].opening(), True
+        return self.offer(Batch(fresh).joined())
 
     def cut(self) -> None:
-        """Empty the queue and leave one final frame, so a reader waiting on it wakes and ends."""
+        """Dropped for being too slow: the queue ends with the cut notice instead."""
         self.dropped = True
+        self._end_with(CUT)
+
+    def hang_up(self) -> None:
+        """The client went away: whoever waits on the queue wakes and ends."""
+        self._end_with(HANGUP)
+
+    def _end_with(self, frame: Frame) -> None:
         while not self.queue.empty():
             self.queue.get_nowait()
-        self.queue.put_nowait(CUT)
+        self.queue.put_nowait(frame)
 
 
 @dataclass(slots=True, eq=False)
 class Watch:
     run_id: str
     key: str
-    cursor: str = "0-0"
     state: RunState | None = None
+    view: Json | None = None
+    """``state_view(state)``: what the next frame's delta is taken from."""
     frames: list[Frame] = field(default_factory=list)
     listeners: dict[Sink, None] = field(default_factory=dict)
     """In join order (a dict as an ordered set): frames go out first come, first served."""
@@ -157,25 +232,28 @@ class Hub:
         heartbeat_s: float = 15.0,
         on_drop: Callable[[], None] = lambda: None,
     ) -> None:
-        self.reader, self.commands, self.store, self.keys = reader, commands, store, keys
-        self.wake_key = keys.wakeup(process_id)
-        self.block_ms = block_ms
+        self.store, self.keys = store, keys
+        self.streams = Multiplexer(
+            reader, commands, keys.wakeup(process_id), self._on_entries, block_ms=block_ms
+        )
         self.heartbeat_s = heartbeat_s
         self.on_drop = on_drop
         self.dropped = 0
-        self.rounds = 0
         self._watches: dict[str, Watch] = {}
-        self._wake_cursor = "0-0"
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def listeners(self) -> int:
         return sum(len(w.listeners) for w in self._watches.values())
 
+    @property
+    def rounds(self) -> int:
+        return self.streams.rounds
+
     async def start(self) -> None:
         """Start the reader and the heartbeat; Redis need not be up yet (the wake-up stream is new)."""
         self._tasks = [
-            asyncio.create_task(self._loop(), name="sse-hub"),
+            asyncio.create_task(self.streams.run(), name="sse-hub"),
             asyncio.create_task(self._beat(), name="sse-heartbeat"),
         ]
 
@@ -187,7 +265,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         with contextlib.suppress(Exception):
-            await self.commands.delete(self.wake_key)
+            await self.streams.close()
 
     def owner(self, run_id: str) -> str:
         """The owner of a run this process follows from its first event ('' otherwise).
@@ -215,11 +293,12 @@ class Hub:
         fresh = watch is None
         if watch is None:
             watch = self._watches[run_id] = Watch(run_id, self.keys.run(run_id))
+            self.streams.add(watch.key, "0-0")
         watch.listeners[listener] = None
-        if not listener.replay([*watch.frames, *([watch.end] if watch.end else [])]):
+        if not listener.replay(Batch([*watch.frames, *([watch.end] if watch.end else [])])):
             self._drop(watch, listener)
         if fresh:
-            await self._wake("join")
+            await self.streams.wake("join")
 
     def leave(self, listener: Sink) -> None:
         watch = self._watches.get(listener.run_id)
@@ -228,19 +307,13 @@ class Hub:
         watch.listeners.pop(listener, None)
         if not watch.listeners:
             del self._watches[listener.run_id]
-
-    async def _wake(self, why: str) -> None:
-        async with self.commands.pipeline(transaction=False) as pipe:  # one round trip
-            pipe.xadd(self.wake_key, {"w": why}, maxlen=WAKE_MAXLEN, approximate=True)
-            pipe.expire(self.wake_key, WAKE_TTL_S)
-            await pipe.execute()
+            self.streams.discard(watch.key)
 
     async def _beat(self) -> None:
         """One timer for every client: a heartbeat comment to each run silent for a while.
 
         Checked four times a ``heartbeat_s``; a run with no frame for 3/4 of it gets one, so no
-        client goes longer than ``heartbeat_s`` without bytes, and a busy run's clients get none
-        (at 1000 clients a heartbeat costs the gateway as much as an event).
+        client goes longer than ``heartbeat_s`` without bytes, and a busy run's clients get none.
         """
         while True:
             await asyncio.sleep(self.heartbeat_s / 4)
@@ -249,57 +322,46 @@ class Hub:
                 if watch.sent_at <= quiet_since:
                     self._broadcast(watch, HEARTBEAT)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self._round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("SSE reader round failed; retrying")
-                await asyncio.sleep(0.5)
-
-    async def _round(self) -> None:
-        reading = {w.key: w for w in self._watches.values() if w.end is None}
-        streams: dict[Any, Any] = {self.wake_key: self._wake_cursor}
-        streams.update({key: w.cursor for key, w in reading.items()})
-        reply: Any = await self.reader.xread(streams, count=500, block=self.block_ms)
-        self.rounds += 1
-        for raw_key, entries in reply or ():
-            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-            if key == self.wake_key:
-                self._wake_cursor = _text(entries[-1][0]) if entries else self._wake_cursor
-                continue
-            watch = reading.get(key)
-            if watch is not None and self._watches.get(watch.run_id) is watch:
-                self._feed(watch, entries)
-
-    def _feed(self, watch: Watch, entries: list[Any]) -> None:
-        for raw_id, fields in entries:
-            entry_id = _text(raw_id)
-            watch.cursor = entry_id
+    def _on_entries(self, key: str, entries: Entries) -> None:
+        watch = self._watches.get(self.keys.run_id_of(key))
+        if watch is None or watch.key != key:
+            return
+        batch = Batch()
+        for entry_id, fields in entries:
             event = self.store.decode_fields(entry_id, fields)
             if event is not None:
-                self._dispatch(watch, entry_id, event)
+                batch.extend(self._fold(watch, entry_id, event))
             if watch.end is not None:
-                return
+                self.streams.discard(key)
+                break
+        if len(batch) == 1:
+            self._broadcast(watch, batch[0])
+        elif batch:
+            self._broadcast_batch(watch, batch)
 
-    def _dispatch(self, watch: Watch, entry_id: str, event: AnyEvent) -> None:
+    def _fold(self, watch: Watch, entry_id: str, event: AnyEvent) -> list[Frame]:
+        """The event's frame (and the end, after a terminal event), kept for later listeners."""
         watch.state = apply(watch.state or initial(watch.run_id), event, entry_id)
-        payload = {"event": event_view(event), "state": state_view(watch.state)}
-        frame = frame_of(entry_id, type(event).__name__, payload)
+        frame, watch.view = event_frame(entry_id, event, watch.view, watch.state)
         watch.frames.append(frame)
-        self._broadcast(watch, frame)
         # The fold decides, not the event type: RunCancelled ends a run that never started (the
         # append script marks it ended; no runner will confirm it), but not a running one.
-        if watch.state.terminal:
-            watch.end = end_frame(watch.state)
-            self._broadcast(watch, watch.end)
+        if not watch.state.terminal:
+            return [frame]
+        watch.end = end_frame(watch.state)
+        return [frame, watch.end]
 
     def _broadcast(self, watch: Watch, frame: Frame) -> None:
         watch.sent_at = time.monotonic()
         for listener in list(watch.listeners):
             if not listener.offer(frame):
+                self._drop(watch, listener)
+
+    def _broadcast_batch(self, watch: Watch, batch: Batch) -> None:
+        """Frames read together go to each listener as one queued frame (see ``Listener.replay``)."""
+        watch.sent_at = time.monotonic()
+        for listener in list(watch.listeners):
+            if not listener.replay(batch):
                 self._drop(watch, listener)
 
     def _drop(self, watch: Watch, listener: Sink) -> None:
@@ -308,7 +370,3 @@ class Hub:
         self.dropped += 1
         self.on_drop()
         logger.info("dropped a slow SSE client of run %s (it can resume)", watch.run_id)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,23 +1,22 @@
-"""Reading runs: the projector's read model when it is current, else a fold of the run stream."""
+"""Reading runs: a projector's read model when it is current, else a fold of the run stream."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
-import httpx
 import msgspec
 
-from services.gateway.hub import parse_id
+from services.gateway.projectors import ProjectorPool
+from services.gateway.projectors import ProjectorUnavailable as ProjectorUnavailable
+from shared import streamids
+from shared.ids import is_run_id
 from shared.reducer import RunState
 from shared.store import EventStore
 
 logger = logging.getLogger(__name__)
-
-
-class ProjectorUnavailable(Exception):
-    """The projector did not answer (down, slow or erroring)."""
 
 
 class BadCursor(Exception):
@@ -32,57 +31,64 @@ class RunPage(msgspec.Struct, kw_only=True):
 class RunReader:
     """Answers for one run or a page of runs, always scoped to the caller's user id."""
 
-    def __init__(self, store: EventStore, projector: httpx.AsyncClient) -> None:
+    def __init__(self, store: EventStore, projectors: ProjectorPool) -> None:
         self.store = store
-        self.projector = projector
+        self.projectors = projectors
         self._state = msgspec.json.Decoder(RunState)
         self._page = msgspec.json.Decoder(RunPage)
 
     async def get(self, run_id: str, user_id: str) -> RunState | None:
-        """The run as its owner sees it, or None (unknown, expired, or someone else's)."""
-        projected, last_id = await asyncio.gather(self._projected(run_id, user_id), self._last_id(run_id))
-        if projected is not None and (not last_id or parse_id(projected.last_event_id) >= parse_id(last_id)):
+        """The run as its owner sees it, or None (unknown, expired, or someone else's).
+
+        Raises ProjectorUnavailable only when the run stream is gone and no projector answered:
+        the run may have expired into history, so "not found" would be a guess.
+        """
+        (projected, answered), last_id = await asyncio.gather(
+            self._projected(run_id, user_id), self._last_id(run_id)
+        )
+        if projected is not None and (not last_id or not streamids.after(last_id, projected.last_event_id)):
             return projected
-        if not last_id:
+        if last_id:
+            folded = await self.store.state(run_id)
+            return folded if folded is not None and folded.user_id == user_id else None
+        if answered or self._younger_than_streams(run_id):
             return None
-        folded = await self.store.state(run_id)
-        if folded is None or folded.user_id != user_id:
-            return None
-        return folded
+        raise ProjectorUnavailable("its run stream has expired and no projector answered")
 
     async def list(self, user_id: str, params: dict[str, Any]) -> RunPage:
         query = {"user_id": user_id, **{k: v for k, v in params.items() if v is not None}}
-        try:
-            response = await self.projector.get("/internal/runs", params=query)
-        except httpx.HTTPError as exc:
-            raise ProjectorUnavailable(str(exc)) from exc
+        response = await self.projectors.get("/internal/runs", query)
         if response.status_code == 422:
             raise BadCursor(response.text[:200])
         if response.status_code != 200:
-            raise ProjectorUnavailable(f"projector answered {response.status_code}: {response.text[:200]}")
+            raise ProjectorUnavailable(f"a projector answered {response.status_code}")
         return self._page.decode(response.content)
 
-    async def ready(self) -> bool:
+    async def _projected(self, run_id: str, user_id: str) -> tuple[RunState | None, bool]:
+        """The projected run (None if absent or not the caller's), and whether a projector answered."""
         try:
-            response = await self.projector.get("/healthz")
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
-
-    async def _projected(self, run_id: str, user_id: str) -> RunState | None:
-        try:
-            response = await self.projector.get(f"/internal/runs/{run_id}", params={"user_id": user_id})
-        except httpx.HTTPError as exc:
-            logger.debug("projector unreachable for run %s: %s", run_id, exc)
-            return None
+            response = await self.projectors.get(f"/internal/runs/{run_id}", {"user_id": user_id})
+        except ProjectorUnavailable:
+            return None, False
         if response.status_code != 200:
-            return None
+            return None, True
         try:
             state = self._state.decode(response.content)
         except msgspec.DecodeError:
             logger.warning("projector sent an undecodable run %s", run_id)
-            return None
-        return state if state.user_id in ("", user_id) else None
+            return None, False
+        return (state if state.user_id in ("", user_id) else None), True
+
+    def _younger_than_streams(self, run_id: str) -> bool:
+        """Whether the run stream of ``run_id`` cannot have expired yet (ids start with creation ms).
+
+        A stream lives until ``run_ttl_s`` after the run's end, so a missing stream of a younger
+        id means the run never existed: a true 404 even with every projector down.
+        """
+        if not is_run_id(run_id):
+            return True
+        created_ms = int(run_id[:12], 16)
+        return time.time() * 1000 - created_ms < self.store.run_ttl_s * 1000
 
     async def _last_id(self, run_id: str) -> str:
         raw = await self.store.redis.xrevrange(self.store.keys.run(run_id), count=1)

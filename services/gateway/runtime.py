@@ -8,27 +8,23 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
 from fastapi import Request
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio import Redis
 
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.flight import SingleFlight
 from services.gateway.hub import Hub
 from services.gateway.limits import RateLimiter, StreamSlots
 from services.gateway.metrics import metrics
+from services.gateway.projectors import ProjectorPool
 from services.gateway.queries import RunReader
 from services.gateway.settings import GatewaySettings
 from shared.batcher import ScriptBatcher
+from shared.durability import ReplicaWait
 from shared.models import ModelSpec, load_registry
-from shared.redis_io import COMMAND_TIMEOUT_S, connect
+from shared.redis_io import connect
 from shared.reducer import RunState
 from shared.store import Entry, EventStore
-from shared.wire import fast_packing
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +36,7 @@ class Runtime:
     reader: Redis
     store: EventStore
     hub: Hub
-    projector: httpx.AsyncClient
+    projectors: ProjectorPool
     runs: RunReader
     auth: Authenticator
     limiter: RateLimiter
@@ -65,32 +61,21 @@ class Runtime:
         return await self.runs.get(run_id, user_id)
 
 
-def command_client(url: str, size: int, name: str) -> Redis:
-    """A command client whose pool never grows past ``size`` (callers wait for a connection)."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=size,
-        timeout=COMMAND_TIMEOUT_S,
-        socket_timeout=COMMAND_TIMEOUT_S,
-        socket_connect_timeout=COMMAND_TIMEOUT_S,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        client_name=name,
-    )
-    return fast_packing(Redis(connection_pool=pool))
-
-
 @contextlib.asynccontextmanager
 async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
     """Build every client, start the SSE reader; close all of it on exit."""
     common = settings.common
     name = f"tt-gateway:{settings.process_id}"
-    redis = command_client(common.redis_url, settings.redis_pool_size, name)
-    reader = connect(common.redis_url, blocking=True, client_name=f"{name}:sse")
-    projector = httpx.AsyncClient(base_url=settings.projector_url, timeout=settings.projector_timeout_s)
+    redis = connect(common.redis, max_connections=settings.redis_pool_size, client_name=name)
+    reader = connect(common.redis, blocking=True, client_name=f"{name}:sse")
+    projectors = ProjectorPool(
+        settings.projectors, timeout_s=settings.projector_timeout_s, interval_s=settings.projector_probe_s
+    )
     submits = ScriptBatcher(redis)  # concurrent submits share one round trip
-    store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s, submits=submits)
+    replicas = ReplicaWait(
+        redis, common.keys.replicated, replicas=common.submit_replicas, timeout_ms=common.submit_wait_ms
+    )
+    store = EventStore(redis, common.keys, run_ttl_s=common.run_ttl_s, submits=submits, replicas=replicas)
     hub = Hub(
         reader,
         redis,
@@ -107,20 +92,21 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
         reader=reader,
         store=store,
         hub=hub,
-        projector=projector,
-        runs=RunReader(store, projector),
+        projectors=projectors,
+        runs=RunReader(store, projectors),
         auth=Authenticator(settings),
         limiter=RateLimiter(redis, common.keys, *settings.submit_rate, calls=submits),
         models=load_registry(settings.models_path),
         streams=StreamSlots(settings.sse_max_per_user),
     )
     try:
+        await projectors.start()
         await hub.start()
         yield runtime
     finally:
         await hub.stop()
         await submits.aclose()
-        await projector.aclose()
+        await projectors.stop()
         await reader.aclose()
         await redis.aclose()
 

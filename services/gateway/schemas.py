@@ -17,14 +17,13 @@ from pydantic import (
     field_validator,
 )
 
-from shared.catalog import ANALYST_IDS, PIPELINES
+from shared.catalog import ANALYST_IDS, PIPELINES, DataProvider
 from shared.events import AnyEvent
 from shared.reducer import RunState
 
 SYMBOL_PATTERN = r"^[A-Za-z0-9^][A-Za-z0-9.\-^=]*$"
 """Tickers such as AAPL, BRK.B, ^GSPC, EURUSD=X, BTC-USD; never '.', '..' or a leading '-'/'='
 (a symbol names a CSV file for the csv provider: it must not be able to name a directory)."""
-DATA_PROVIDERS = ("synthetic", "csv", "yfinance")
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 """1-200 visible ASCII characters, no spaces: the key is part of a Redis key name."""
 
@@ -71,7 +70,7 @@ class RunRequest(BaseModel):
     max_tokens: Annotated[int, Field(ge=1, le=10_000_000), Integral] | None = Field(None, alias="maxTokens")
     max_cost_usd: float | None = Field(None, alias="maxCostUsd", gt=0, le=1000, allow_inf_nan=False)
     pipeline: Literal["full", "noop"] = "full"
-    data_provider: Literal["synthetic", "csv", "yfinance"] | None = Field(None, alias="dataProvider")
+    data_provider: DataProvider | None = Field(None, alias="dataProvider")
 
     @field_validator("analysts")
     @classmethod

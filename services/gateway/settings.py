@@ -48,6 +48,14 @@ def parse_rate(raw: str | None, default: tuple[int, int]) -> tuple[int, int]:
     return int(match.group(1)), _WINDOWS[match.group(2)]
 
 
+def parse_urls(raw: str, name: str) -> tuple[str, ...]:
+    """``http://a:8001,http://b:8001`` → ("http://a:8001", "http://b:8001")."""
+    urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
+    if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+        raise ConfigError(f"TT_{name} must be comma-separated http(s):// URLs, got {raw!r}")
+    return urls
+
+
 def _names(raw: str | None) -> frozenset[str]:
     return frozenset(x.strip() for x in (raw or "").split(",") if x.strip())
 
@@ -117,7 +125,10 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 8000
     projector_url: str = "http://127.0.0.1:8001"
-    projector_timeout_s: float = 2.0
+    projector_urls: tuple[str, ...] = ()
+    """Every projector replica; empty: ``projector_url`` alone."""
+    projector_timeout_s: float = 1.0
+    projector_probe_s: float = 0.5
     max_active_runs: int = 3
     idempotency_ttl_s: int = 24 * 3600
     auth: bool = False
@@ -150,16 +161,24 @@ class GatewaySettings:
     process_id: str = field(default_factory=default_process_id)
     static_dir: Path = STATIC_DIR
 
+    @property
+    def projectors(self) -> tuple[str, ...]:
+        """The projectors' base URLs: ``TT_PROJECTOR_URLS``, else the one ``TT_PROJECTOR_URL``."""
+        return self.projector_urls or (self.projector_url,)
+
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
         env = env or Env()
         auth, jwt = parse_auth(env)
+        urls = env.optional("PROJECTOR_URLS")
         return cls(
             common=CommonSettings.from_env(env),
             host=env.text("GATEWAY_HOST", "127.0.0.1"),
             port=env.integer("GATEWAY_PORT", 8000, minimum=0),
-            projector_url=env.text("PROJECTOR_URL", "http://127.0.0.1:8001").rstrip("/"),
-            projector_timeout_s=env.number("PROJECTOR_TIMEOUT_S", 2.0, minimum=0.05),
+            projector_url=parse_urls(env.text("PROJECTOR_URL", "http://127.0.0.1:8001"), "PROJECTOR_URL")[0],
+            projector_urls=parse_urls(urls, "PROJECTOR_URLS") if urls else (),
+            projector_timeout_s=env.number("PROJECTOR_TIMEOUT_S", 1.0, minimum=0.05),
+            projector_probe_s=env.number("PROJECTOR_PROBE_S", 0.5, minimum=0.05),
             max_active_runs=env.integer("MAX_ACTIVE_RUNS", 3, minimum=0),
             idempotency_ttl_s=env.integer("IDEMPOTENCY_TTL_S", 24 * 3600, minimum=1),
             auth=auth,

@@ -15,7 +15,7 @@ from services.gateway.schemas import RunRequest
 from shared.events import RunCancelled, RunOptions, RunRequested
 from shared.ids import is_run_id, new_run_id
 from shared.reducer import RunState
-from shared.store import Capped, Duplicate, RefusalReason, Refused, Submitted
+from shared.store import Capped, Duplicate, RefusalReason, Refused, Submitted, Unreplicated
 from shared.telemetry import current_traceparent
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,15 @@ async def submit_run(runtime: Runtime, caller: Caller, body: RunRequest, idem_ke
                 slug="too-many-active-runs",
                 headers={"Retry-After": str(CAP_RETRY_AFTER_S)},
                 extra={"limit": cap},
+            )
+        case Unreplicated(run_id=run_id):
+            raise Problem(
+                503,
+                "The run was recorded but no replica confirmed it in time, so it is not yet safe "
+                "from a failover. Retry with the same Idempotency-Key to get this run.",
+                slug="not-replicated",
+                headers={"Retry-After": "1"},
+                extra={"runId": run_id} if run_id else None,
             )
     raise AssertionError(outcome)  # pragma: no cover
 

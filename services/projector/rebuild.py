@@ -59,7 +59,7 @@ async def _build(settings: ProjectorSettings, staging: Path, *, from_log: bool) 
     if snapshot is not None:
         await asyncio.to_thread(snapshots.copy, snapshot.path, staging)
     await asyncio.to_thread(migrate, staging)
-    redis = connect(settings.common.redis_url)
+    redis = connect(settings.common.redis)
     db = await open_db(staging)
     try:
         projection = Projection(db)

@@ -193,6 +193,28 @@ class WorkQueue:
             dropped += await self._ack_vanished(queue, cursor, next_cursor, {j.entry_id for j in jobs}, held)
         return ClaimBatch(jobs, next_cursor, dropped, kept)
 
+    async def inherited(self, queue: str, count: int, held: Collection[str]) -> list[Job]:
+        """Entries still pending under this consumer name from an earlier process that died.
+
+        Called once at start, before this process holds anything: a runner restarted with the
+        same ``TT_RUNNER_ID`` (as ``tickertape up`` and a StatefulSet do) resumes its runs at once
+        instead of waiting a lease for another runner to take them over.
+        """
+        rows = await self.redis.xpending_range(
+            queue, self.group, min="-", max="+", count=count, consumername=self.consumer
+        )
+        ids = [_text(row["message_id"]) for row in rows if _text(row["message_id"]) not in held]
+        if not ids:
+            return []
+        claimed: Any = await self.redis.xclaim(queue, self.group, self.consumer, 0, list[Any](ids))
+        jobs = []
+        for eid, fields in claimed:
+            if eid is None or fields is None:
+                continue
+            deliveries = await self.deliveries(queue, _text(eid))
+            jobs.append(Job(queue, _text(eid), entry_run_id(fields), deliveries, True, id_time(eid)))
+        return jobs
+
     async def _keep(self, queue: str, entry_id: str, deliveries: int) -> None:
         """Undo the delivery XAUTOCLAIM counted on an entry we were executing all along."""
         await self.redis.xclaim(

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,7 @@ class Worker(Service):
         if not await self.retrying("reach Redis", self._ensure_groups):
             return
         self._build_components()
+        await self.retrying("resume the runs our previous process left", self._resume_inherited)
         self._spawn_loops()
         s = self.settings
         logger.info("runner %s consuming (concurrency %d)", s.runner_id, s.concurrency)
@@ -126,7 +128,7 @@ class Worker(Service):
                 await client.aclose()
 
     def _open_clients(self) -> None:
-        s, url = self.settings, self.settings.common.redis_url
+        s, url = self.settings, self.settings.common.redis
         self.redis = connect(url, max_connections=s.redis_connections, wait_s=POOL_WAIT_S)
         self.reader = connect(url, blocking=True, max_connections=4, wait_s=POOL_WAIT_S)
         self.renewer = connect(url, max_connections=2, wait_s=POOL_WAIT_S)
@@ -212,6 +214,7 @@ class Worker(Service):
     def _status(self) -> dict[str, Any]:
         return {
             "runner_id": self.settings.runner_id,
+            "pid": os.getpid(),  # `tickertape up` checks it started this process
             "executing": len(self.leases.held),
             "stopping": self.stopping.is_set(),
             "pipeline": self._pipeline_state(),
@@ -292,6 +295,19 @@ class Worker(Service):
     async def _claim_loop(self) -> None:
         cursors = dict.fromkeys(self.settings.common.keys.queues, "0-0")
         await self.every(self.settings.claim_interval_s, lambda: self._claim_once(cursors), first=True)
+
+    async def _resume_inherited(self) -> None:
+        """Resume at once the runs an earlier process with our consumer name left pending."""
+        for queue in self.settings.common.keys.queues:
+            if self.admission.allowance() <= 0:
+                return
+            with self.admission.asking(self.admission.allowance()) as count:
+                jobs = await self.queue.inherited(queue, count, self.leases.ids())
+            for job in jobs:
+                logger.info("resuming run %s left by our previous process", job.run_id)
+                metrics().reclaims.inc()
+            if jobs:
+                self._dispatch([(job, None) for job in jobs])
 
     async def _claim_once(self, cursors: dict[str, str]) -> None:
         """Take over runs whose runner died, as far as admission allows; never our own."""

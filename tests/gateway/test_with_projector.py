@@ -1,10 +1,12 @@
-"""The gateway with a real projector process: history, isolation in lists, reset after expiry."""
+"""The gateway with real projector processes (one, two, or none): history, isolation in lists, reset
+after expiry, everything but history with every projector down, and failover between projectors."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.gateway.settings import GatewaySettings
+from shared.config import ConfigError, Env
 from shared.keys import Keys
+from shared.redis_server import free_port
 from tests.gateway.conftest import GatewayFactory, RunningGateway
 from tests.gateway.support import BODY, RUNS, Runner, SseLog, read_sse, stream_ids
 from tests.support.processes import ServiceProcess
@@ -33,10 +38,34 @@ def projector(redis: Redis, redis_url: str, state_dir: Path) -> Iterator[Service
         yield process
 
 
+def start_projector(redis_url: str, home: Path, port: int | None = None) -> ServiceProcess:
+    """A projector with its own name (consumer group), consumer and state folder (SQLite file)."""
+    env = {"REDIS_URL": redis_url, "TT_STATE_DIR": str(home), "TT_PREFIX": "tt:",
+           "TT_PROJECTOR_BATCH_WAIT_MS": "50", "TT_PROJECTOR_NAME": home.name,
+           "TT_PROJECTOR_CONSUMER": home.name}  # fmt: skip
+    return ServiceProcess("projector", env, port=port, log_dir=home).start()
+
+
+@pytest.fixture
+def projectors(redis: Redis, redis_url: str, state_dir: Path) -> Iterator[list[ServiceProcess]]:
+    """Two projectors folding the same log into two SQLite files; stopped (whichever live) at the end."""
+    started = [start_projector(redis_url, state_dir / name) for name in ("pa", "pb")]
+    try:
+        yield started
+    finally:
+        for process in started:
+            process.stop()
+
+
+async def open_gateway(start_gateway: GatewayFactory, *urls: str) -> RunningGateway:
+    tokens = {hashlib.sha256(t.encode()).hexdigest(): u for u, t in TOKENS.items()}
+    urls = urls or (f"http://127.0.0.1:{free_port()}",)  # nothing listens there
+    return await start_gateway(auth=True, api_tokens=tokens, projector_urls=urls, max_active_runs=0)
+
+
 @pytest.fixture
 async def gateway(start_gateway: GatewayFactory, projector: ServiceProcess) -> RunningGateway:
-    tokens = {hashlib.sha256(t.encode()).hexdigest(): u for u, t in TOKENS.items()}
-    return await start_gateway(auth=True, api_tokens=tokens, projector_url=projector.url, max_active_runs=0)
+    return await open_gateway(start_gateway, projector.url)
 
 
 @pytest.fixture
@@ -124,3 +153,140 @@ async def test_every_client_of_a_trimmed_run_gets_a_reset_also_while_the_hub_fol
     retained = stream_ids(await redis.xrange(keys.run(run_id)))
     for log in logs:
         assert log.events[0] == "reset" and log.ids == retained
+
+
+async def test_with_every_projector_down_runs_work_from_their_streams_and_history_is_503(
+    start_gateway: GatewayFactory, runner: Runner
+) -> None:
+    gateway = await open_gateway(start_gateway)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and [p["healthy"] for p in ready.json()["projectors"]] == [False]
+        run_id = (await http.post(RUNS, json=BODY, headers=auth("alice"))).json()["runId"]
+        assert (await http.get(f"{RUNS}/{run_id}", headers=auth("alice"))).json()["status"] == "pending"
+        progress = await http.get(f"/api/trading/progress/{run_id}", headers=auth("alice"))
+        assert progress.status_code == 200, progress.text
+        for method, path in (("GET", f"{RUNS}/{run_id}"), ("GET", f"/api/trading/progress/{run_id}"),
+                             ("GET", f"{RUNS}/{run_id}/events"), ("DELETE", f"{RUNS}/{run_id}")):  # fmt: skip
+            assert (await http.request(method, path, headers=auth("bob"))).status_code == 404, path
+        log = SseLog()
+        async with http.stream("GET", f"{RUNS}/{run_id}/events", headers=auth("alice")) as response:
+            assert response.status_code == 200
+            await read_sse(response, log, stop_after=1)
+            await runner.run_all(run_id)
+            await read_sse(response, log)
+        assert log.events[-1] == "end" and log.messages[-1].data["status"] == "completed"
+        waited = await http.post(f"{RUNS}/{run_id}/wait", params={"timeout": 1}, headers=auth("alice"))
+        assert waited.status_code == 200 and waited.json()["status"] == "completed"
+        second = (await http.post(RUNS, json=BODY, headers=auth("alice"))).json()["runId"]
+        cancelled = await http.delete(f"{RUNS}/{second}", headers=auth("alice"))
+        assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+        await assert_history_unavailable(http)
+        assert 'tickertape_gateway_projector_up{url="http://127.0.0.1:' in (await http.get("/metrics")).text
+        expired = await http.get(f"{RUNS}/000000000001{'a' * 24}", headers=auth("alice"))  # stream long gone
+        assert expired.status_code == 503 and expired.headers["Retry-After"] == "2", expired.text
+        assert "retry" in expired.json()["detail"].lower()
+
+
+async def assert_history_unavailable(http: httpx.AsyncClient) -> None:
+    history = await http.get(RUNS, headers=auth("alice"))
+    assert history.status_code == 503 and history.headers["content-type"] == "application/problem+json"
+    assert int(history.headers["Retry-After"]) > 0 and "retry" in history.json()["detail"].lower()
+    assert history.json()["type"].endswith("/read-model-unavailable")
+
+
+async def list_statuses(http: httpx.AsyncClient, seconds: float) -> list[tuple[float, int, float]]:
+    """(when, status, latency) of back-to-back list calls for ``seconds``."""
+    seen: list[tuple[float, int, float]] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (began := loop.time()) < end:
+        status = (await http.get(RUNS, headers=auth("alice"))).status_code
+        seen.append((began, status, loop.time() - began))
+        await asyncio.sleep(0.02)
+    return seen
+
+
+async def test_list_fails_over_within_two_seconds_then_503_then_recovers(
+    start_gateway: GatewayFactory, projectors: list[ServiceProcess], redis_url: str, state_dir: Path
+) -> None:
+    gateway = await open_gateway(start_gateway, *(p.url for p in projectors))
+    pool = gateway.app.state.runtime.projectors
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        await listed(http, "alice", 0)
+        victim = next(p for p in projectors if p.url == pool.healthy[0].url)  # the one being read
+        survivor = next(p for p in projectors if p is not victim)
+        watch = asyncio.create_task(list_statuses(http, 3.0))
+        await asyncio.sleep(0.3)
+        killed_at = asyncio.get_running_loop().time()
+        victim.kill()
+        seen = await watch
+        assert {status for _, status, _ in seen} <= {200, 503}, seen
+        failing = [at for at, status, _ in seen if status != 200 and at >= killed_at]
+        outage = (max(failing) - killed_at) if failing else 0.0
+        print(f"failover: {len(failing)} failed lists, outage {outage:.3f}s")  # noqa: T201
+        after_kill = [s for s in seen if s[0] >= killed_at]
+        assert outage <= 2.0 and not failing and seen[-1][1] == 200, after_kill  # the next one, at once
+
+        survivor.kill()
+        async with asyncio.timeout(2):
+            while (await http.get(RUNS, headers=auth("alice"))).status_code != 503:
+                await asyncio.sleep(0.05)
+        await assert_history_unavailable(http)
+        assert (await http.get("/readyz")).status_code == 200
+
+        back = start_projector(redis_url, victim.log_path.parent, port=victim.port)  # its own file again
+        projectors.append(back)
+        began = asyncio.get_running_loop().time()
+        async with asyncio.timeout(2):
+            while (await http.get(RUNS, headers=auth("alice"))).status_code != 200:
+                await asyncio.sleep(0.05)
+        print(f"history back {asyncio.get_running_loop().time() - began:.3f}s after a projector")  # noqa: T201
+
+
+async def test_a_hung_projector_is_skipped_after_one_timeout(
+    start_gateway: GatewayFactory, projectors: list[ServiceProcess]
+) -> None:
+    gateway = await open_gateway(start_gateway, *(p.url for p in projectors))  # read timeout 0.5 s
+    pool = gateway.app.state.runtime.projectors
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        await listed(http, "alice", 0)
+        hung = next(p for p in projectors if p.url == pool.healthy[0].url)
+        hung.signal(signal.SIGSTOP)  # accepts connections (the kernel does), never answers
+        try:
+            seen = await list_statuses(http, 3.0)
+        finally:
+            hung.signal(signal.SIGCONT)
+    assert {status for _, status, _ in seen} == {200}, seen
+    slowest = max(latency for _, _, latency in seen)
+    # After two missed probes (~1 s) no request waits for the hung one's 0.5 s timeout any more.
+    settled = [latency for at, _, latency in seen if at - seen[0][0] > 1.5]
+    assert slowest < 1.5 and settled and max(settled) < 0.45, seen
+
+
+async def test_each_projector_folds_the_whole_log_into_its_own_file(
+    start_gateway: GatewayFactory, projectors: list[ServiceProcess], runner: Runner
+) -> None:
+    gateway = await open_gateway(start_gateway, *(p.url for p in projectors))
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        ids = {(await http.post(RUNS, json={**BODY, "symbol": s}, headers=auth("alice"))).json()["runId"]
+               for s in ("AAPL", "MSFT", "NVDA", "AMD")}  # fmt: skip
+        await runner.run_all(next(iter(ids)))
+    for projector in projectors:
+        async with httpx.AsyncClient(base_url=projector.url, timeout=10) as direct:
+            async with asyncio.timeout(10):
+                while True:
+                    page = (await direct.get("/internal/runs", params={"user_id": "alice"})).json()
+                    if {r["run_id"] for r in page["runs"]} == ids:
+                        break
+                    await asyncio.sleep(0.1)
+
+
+def test_projector_urls_setting_lists_replicas_and_keeps_the_single_url() -> None:
+    many = GatewaySettings.from_env(Env({"TT_PROJECTOR_URLS": "http://a:8001/, http://b:8001"}))
+    assert many.projectors == ("http://a:8001", "http://b:8001")
+    assert GatewaySettings.from_env(Env({"TT_PROJECTOR_URL": "http://one:8001"})).projectors == (
+        "http://one:8001",
+    )
+    with pytest.raises(ConfigError, match="TT_PROJECTOR_URLS"):
+        GatewaySettings.from_env(Env({"TT_PROJECTOR_URLS": "a:8001"}))

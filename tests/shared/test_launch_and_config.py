@@ -44,3 +44,19 @@ def test_redis_url_and_prefix_come_from_the_environment() -> None:
     settings = CommonSettings.from_env(Env({"REDIS_URL": "redis://h:1/2", "TT_PREFIX": "x:"}))
     assert settings.redis_url == "redis://h:1/2"
     assert settings.keys.run("r") == "x:run:r"
+
+
+def test_a_killed_server_started_again_keeps_its_port_and_its_appended_data(tmp_path: Path) -> None:
+    """What `tickertape up` relies on when it restarts its Redis: same URL, same AOF."""
+    server = RedisServer(tmp_path / "redis", appendonly=True, appendfsync="always")
+    with server:
+        client = redis.Redis.from_url(server.url)
+        client.set("kept", "yes")
+        client.close()
+        url = server.url
+        server.kill()
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        assert server.url == url
+        assert client.get("kept") == b"yes"
+        client.close()

@@ -1,50 +1,17 @@
-"""Commands packed by hiredis: the same bytes as redis-py's own packer, against a real Redis."""
+"""Clients from ``shared.redis_io``: values and pipelines round-trip, and a bounded pool waits."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-import pytest
-from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
-from redis.exceptions import DataError
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from shared.redis_io import connect
-from shared.wire import HiredisPacking, fast_packing
-
-_ARGS: list[tuple[Any, ...]] = [
-    ("SET", "k", "v"),
-    ("EVALSHA", "a" * 40, 2, "k1", "k2", b"\x00\xffbytes", 604800, 1.5, -3, "é ü", ""),
-    ("SET", 2**70, float("nan"), 1e20, 0.1),
-    ("CONFIG GET", "maxmemory"),
-    (b"CLIENT SETNAME", "x"),
-    ("XADD", "s", "*", "e", memoryview(b"view"), "b", bytearray(b"array"), "big", b"x" * 20_000),
-    ("XACK", "tt:events", "projector", b"1712-0", b"1712-1", "1713-7"),
-    ("XACK", "tt:événements", "projector", *(f"{n}-0".encode() for n in range(5000))),
-]
 
 
-@pytest.mark.parametrize("args", _ARGS)
-def test_packs_the_bytes_redis_py_packs(args: tuple[Any, ...]) -> None:
-    python = Connection()
-    fast = type("Fast", (HiredisPacking, Connection), {})()
-    assert b"".join(fast.pack_command(*args)) == b"".join(python.pack_command(*args))
-    assert b"".join(fast.pack_commands([args, args])) == b"".join(python.pack_commands([args, args]))
-
-
-def test_what_cannot_be_sent_is_a_data_error() -> None:
-    fast = type("Fast", (HiredisPacking, Connection), {})()
-    with pytest.raises(DataError):
-        fast.pack_command("SET", "k", None)
-    with pytest.raises(DataError):
-        fast.pack_command("SET", "k", True)
-    with pytest.raises(DataError):
-        fast.pack_command("SET", memoryview(b"k"), None)
-
-
-async def test_a_fast_packing_client_round_trips_values_and_pipelines(redis_url: str, redis: Redis) -> None:
-    client = fast_packing(connect(redis_url))
-    assert fast_packing(client) is client and issubclass(client.connection_pool.connection_class, Connection)
+async def test_a_client_round_trips_values_and_pipelines(redis_url: str, redis: Redis) -> None:
+    client = connect(redis_url, client_name="tt-test:wire")
     try:
         values: dict[str, bytes | str | int | float] = {
             "s": "é ü",
@@ -62,6 +29,20 @@ async def test_a_fast_packing_client_round_trips_values_and_pipelines(redis_url:
         assert got == {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in values.items()}
         entries: Any = await redis.xrange("tt:wire:s")
         assert entries[0][1] == {b"e": b"view"}
-        assert type(client.connection_pool._available_connections[0]).__name__ == "HiredisConnection"
+        assert await client.client_getname() == "tt-test:wire"
+    finally:
+        await client.aclose()
+
+
+async def test_a_bounded_client_never_opens_more_connections_than_its_bound(
+    redis_url: str, redis: Redis
+) -> None:
+    client = connect(redis_url, max_connections=2, client_name="tt-test:bounded")
+    try:
+        assert isinstance(client.connection_pool, BlockingConnectionPool)
+        replies = await asyncio.gather(*(client.blpop(["tt:wire:none"], timeout=0.05) for _ in range(6)))
+        assert len(replies) == 6  # the others waited for a connection instead of failing
+        named = [c for c in await redis.client_list() if c.get("name") == "tt-test:bounded"]
+        assert len(named) == 2
     finally:
         await client.aclose()

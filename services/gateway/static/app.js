@@ -1,6 +1,6 @@
 // The Tickertape page: wires the form, the live run view, history and the active strip to the client.
 import { TickertapeClient, isTerminal } from "./tickertape-client.js";
-import { $, h, renderRun, renderEta, renderResult, historyItem, activeChip, setConnection } from "./views.js";
+import { $, h, renderRun, renderEta, renderResult, historyItem, historyUnavailable, activeChip, setConnection } from "./views.js";
 
 const SYMBOL = /^[A-Z0-9.\-^=]{1,10}$/;
 const LAST_TICKER = "tickertape.lastTicker";
@@ -195,6 +195,7 @@ async function selectTicker(ticker, { skipActive = false } = {}) {
     const active = await client.findActive(ticker);
     if (active && page.ticker === ticker && !page.runId) await openRun(active.runId, active.lastEventId, active.state);
   } catch (err) {
+    if (err?.status === 503) return; // the history panel says the read model is away and retries
     explain(err, "looking for a running analysis");
   }
 }
@@ -212,18 +213,34 @@ function tickerFromHash() {
 
 // --- history ---
 
+// History comes from the read model, which can be away for a while (every projector restarting)
+// while runs themselves keep working: a 503 is waited out, retried with backoff from Retry-After.
+const HISTORY_RETRY_MAX_MS = 30000;
+const historyRetry = { timer: null, delayMs: 0 };
+
 async function loadHistory(more = false) {
   const list = $("#history");
   const symbol = page.scope === "ticker" ? page.ticker : undefined;
+  if (!more) clearTimeout(historyRetry.timer);
   try {
     const { runs, nextCursor } = await client.list({ symbol, limit: 10, cursor: more ? page.cursor : undefined });
+    historyRetry.delayMs = 0;
     page.cursor = nextCursor;
     const items = runs.map((run) => historyItem(run, openFromHistory));
     if (more) list.append(...items);
     else list.replaceChildren(...(items.length ? items : [h("li", { class: "empty" }, symbol ? `No analyses of ${symbol} yet.` : "No analyses yet.")]));
     $("#history-more").hidden = !nextCursor;
   } catch (err) {
-    if (!more) list.replaceChildren(h("li", { class: "empty" }, err?.friendly || "History is unavailable right now."));
+    if (more) return;
+    if (err?.status !== 503) {
+      list.replaceChildren(h("li", { class: "empty" }, err?.friendly || "History is unavailable right now."));
+      return;
+    }
+    list.replaceChildren(historyUnavailable());
+    $("#history-more").hidden = true;
+    const floor = Math.max(Number(err.retryAfter) || 1, 1) * 1000;
+    historyRetry.delayMs = Math.min(Math.max(historyRetry.delayMs * 2, floor), HISTORY_RETRY_MAX_MS);
+    historyRetry.timer = setTimeout(() => loadHistory(), historyRetry.delayMs * (0.8 + Math.random() * 0.4));
   }
 }
 

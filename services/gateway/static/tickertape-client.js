@@ -290,6 +290,7 @@ export class Attachment {
       this.received.push(e.lastEventId);
     }
     if (data.state) this.#setState(data.state);
+    else if (data.delta && this.state) this.#setState(mergeDelta(this.state, data.delta, e.lastEventId));
     if (this.ticker || this.state?.symbol) {
       this.client.remember({ ticker: this.ticker || this.state.symbol, runId: this.runId, lastEventId: this.lastEventId });
     }
@@ -374,6 +375,21 @@ export class Attachment {
     this.#setMode("ended");
     this.handlers.onEnd?.(this.state);
   }
+}
+
+/**
+ * A stream message's `delta` folded into the state before it (see docs/api.md, "Deltas"): the
+ * top-level fields it names replace the old ones, each step it names gets the fields it names,
+ * and `lastEventId` is the message's own id.
+ */
+export function mergeDelta(previous, delta, lastEventId) {
+  const { steps: changed, ...fields } = delta;
+  const merged = { ...previous, ...fields, lastEventId: lastEventId || previous.lastEventId };
+  if (Array.isArray(changed)) {
+    const byName = new Map(changed.map((s) => [s.name, s]));
+    merged.steps = (previous.steps || []).map((s) => (byName.has(s.name) ? { ...s, ...byName.get(s.name) } : s));
+  }
+  return merged;
 }
 
 /** The polling blueprint's `/progress` answer folded into the last full state we had. */

@@ -202,6 +202,10 @@ export function historyItem(run, onOpen) {
     h("span", { class: "status-pill", "data-status": run.status }, STATUS_WORDS[run.status] || run.status));
 }
 
+export function historyUnavailable() {
+  return h("li", { class: "empty", "data-state": "retrying", role: "status" }, "History is briefly unavailable — retrying…");
+}
+
 export function activeChip(run, current, onOpen) {
   const pct = Math.round(Number(run.progress) || 0);
   return h("li", {}, h("button", { type: "button", class: "chip", "data-run-id": run.runId, "aria-current": current ? "true" : "false", onclick: () => onOpen(run) },

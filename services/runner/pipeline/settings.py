@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.catalog import DATA_PROVIDERS
 from shared.config import ConfigError, Env
 from shared.keys import Keys
-
-DATA_PROVIDERS = ("synthetic", "csv", "yfinance")
 
 
 @dataclass(frozen=True, slots=True)
