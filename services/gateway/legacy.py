@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from services.gateway.problems import not_found
 from services.gateway.runs import CallerDep, IdemHeader, RuntimeDep, conditional, etag_of
+from services.gateway.runtime import reader_of
 from services.gateway.schemas import RunRequest, progress_view, state_view
 from services.gateway.settings import GatewaySettings
 from services.gateway.submit import cancel_run, submit_run
@@ -37,7 +38,9 @@ def build_router(settings: GatewaySettings) -> APIRouter:
 
     @router.get("/progress/{run_id}", summary="Polling blueprint: a run's progress (ETag)")
     async def progress(run_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep) -> Response:
-        state = await runtime.runs.get(run_id, caller.user_id) if is_run_id(run_id) else None
+        if not is_run_id(run_id):
+            raise not_found(run_id)
+        state = await runtime.runs.get(run_id, await reader_of(runtime, caller, run_id))
         if state is None:
             raise not_found(run_id)
         return conditional(request, etag_of(state), lambda: progress_view(state))

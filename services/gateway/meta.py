@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import os
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -76,19 +77,25 @@ def build_router() -> APIRouter:
 
 
 def _session_routes(router: APIRouter) -> None:
-    @router.post("/api/trading/session", tags=["auth"], summary="Exchange an API token for a session cookie")
+    @router.post(
+        "/api/trading/session", tags=["auth"], summary="Exchange an API token or a JWT for a session cookie"
+    )
     async def sign_in(body: SessionRequest, runtime: RuntimeDep) -> JSONResponse:
         auth = runtime.auth
         if not auth.enabled:
             return JSONResponse({"userId": "local", "authEnabled": False, "csrfToken": None})
-        user = auth.user_for_token(body.token)
-        if user is None:
-            raise Problem(401, "That token is not valid: ask an operator for an API token.", field="token")
-        session = auth.new_session(user)
+        session = await auth.sign_in(body.token)
         response = JSONResponse(
-            {"userId": user, "authEnabled": True, "csrfToken": session.csrf, "expiresAt": session.expires_at}
+            {
+                "userId": session.user_id,
+                "authEnabled": True,
+                "csrfToken": session.csrf,
+                "expiresAt": session.expires_at,
+                "roles": sorted(session.roles),
+            }
         )
-        secure, max_age = runtime.settings.cookie_secure, runtime.settings.session_ttl_s
+        # A session made from a JWT ends when the JWT does: the cookie is never the longer-lived.
+        secure, max_age = runtime.settings.cookie_secure, max(0, session.expires_at - int(time.time()))
         response.set_cookie(SESSION_COOKIE, session.cookie, max_age=max_age, httponly=True,
                             samesite="strict", secure=secure, path="/")  # fmt: skip
         response.set_cookie(CSRF_COOKIE, session.csrf, max_age=max_age, httponly=False,

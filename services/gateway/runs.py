@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.gateway.auth import Caller
-from services.gateway.problems import invalid, not_found
+from services.gateway.problems import Problem, invalid, not_found
 from services.gateway.queries import BadCursor
-from services.gateway.runtime import Runtime, caller_of, runtime_of
+from services.gateway.runtime import Runtime, caller_of, reader_of, runtime_of
 from services.gateway.schemas import IDEMPOTENCY_KEY_PATTERN, Accepted, RunRequest, state_view
 from services.gateway.sse import stream_events
 from services.gateway.submit import cancel_run, submit_run
@@ -99,14 +99,16 @@ def build_router(base: str) -> APIRouter:
         status: StatusFilter | None = None,
         limit: Annotated[int, Query(ge=1, description="capped at 100")] = 20,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
+        user: Annotated[str | None, Query(max_length=256, description="admins: another user's runs")] = None,
     ) -> Response:
         params: dict[str, Any] = {"symbol": symbol.upper() if symbol else None, "status": status}
         params |= {"limit": min(limit, MAX_LIMIT), "cursor": cursor}
+        whose = _listed_user(caller, user)
         try:
-            page = await runtime.runs.list(caller.user_id, params)
+            page = await runtime.runs.list(whose, params)
         except BadCursor as exc:
             raise invalid("cursor", "not a cursor this API handed out; start again without one") from exc
-        mine = [s for s in page.runs if s.user_id in ("", caller.user_id)]
+        mine = [s for s in page.runs if s.user_id in ("", whose)]
         return conditional(
             request,
             page_etag(mine, page.next_cursor),
@@ -158,10 +160,18 @@ def build_router(base: str) -> APIRouter:
     return router
 
 
+def _listed_user(caller: Caller, user: str | None) -> str:
+    if user is None or user == caller.user_id:
+        return caller.user_id
+    if not caller.admin:
+        raise Problem(403, "Only an admin may list another user's runs; leave out 'user'.", field="user")
+    return user
+
+
 async def _visible(runtime: Runtime, caller: Caller, run_id: str, wait_s: float) -> RunState:
     if not is_run_id(run_id):
         raise not_found(run_id)
-    state = await runtime.wait_terminal(run_id, caller.user_id, wait_s)
+    state = await runtime.wait_terminal(run_id, await reader_of(runtime, caller, run_id), wait_s)
     if state is None:
         raise not_found(run_id)
     return state

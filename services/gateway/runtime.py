@@ -123,4 +123,11 @@ async def runtime_of(request: Request) -> Runtime:
 async def caller_of(request: Request) -> Caller:
     """FastAPI dependency: the authenticated caller (401/403 problems otherwise)."""
     runtime: Runtime = request.app.state.runtime
-    return runtime.auth.caller(request)
+    return await runtime.auth.caller(request)
+
+
+async def reader_of(runtime: Runtime, caller: Caller, run_id: str) -> str:
+    """Whose view of ``run_id`` the caller reads: an admin reads any run as its owner does."""
+    if caller.admin:
+        return await runtime.store.owner(run_id) or caller.user_id
+    return caller.user_id

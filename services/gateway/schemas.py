@@ -92,7 +92,8 @@ assert set(PIPELINES) == {"full", "noop"}
 class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    token: str = Field(min_length=1, max_length=512)
+    # An API token, or a JWT: Supabase and OIDC access tokens run to a few kilobytes.
+    token: str = Field(min_length=1, max_length=8192)
 
 
 class Accepted(BaseModel):

@@ -60,6 +60,63 @@ def _names(raw: str | None) -> frozenset[str]:
     return frozenset(x.strip() for x in (raw or "").split(",") if x.strip())
 
 
+# --- JWT bearer tokens (TT_AUTH=jwt) -------------------------------------------------------------
+JWT_MAX_LEEWAY_S = 300.0
+JWT_MIN_SECRET_CHARS = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash (256 bits)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    """How ``TT_AUTH=jwt`` verifies tokens: exactly one of ``secret`` (HS256) or ``jwks_url``."""
+
+    secret: str | None = None
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_s: float = 30.0
+    user_claim: str = "sub"
+    role_claim: str = "role"
+    jwks_refresh_s: float = 60.0
+    """The least time between two JWKS fetches: an unknown ``kid`` refreshes at most this often."""
+    jwks_max_age_s: float = 3600.0
+    """Keys older than this are refetched (so a removed key stops working without a new ``kid``)."""
+    jwks_timeout_s: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Env) -> JwtSettings:
+        secret, jwks_url = env.optional("JWT_SECRET"), env.optional("JWT_JWKS_URL")
+        if (secret is None) == (jwks_url is None):
+            raise ConfigError("TT_AUTH=jwt needs exactly one of TT_JWT_SECRET (HS256) or TT_JWT_JWKS_URL")
+        if secret is not None and len(secret) < JWT_MIN_SECRET_CHARS:
+            raise ConfigError(f"TT_JWT_SECRET must be at least {JWT_MIN_SECRET_CHARS} characters")
+        leeway = env.number("JWT_LEEWAY_S", 30.0, minimum=0.0)
+        if leeway > JWT_MAX_LEEWAY_S:
+            raise ConfigError(f"TT_JWT_LEEWAY_S must be at most {JWT_MAX_LEEWAY_S:g}, got {leeway:g}")
+        return cls(
+            secret=secret,
+            jwks_url=jwks_url,
+            issuer=env.optional("JWT_ISSUER"),
+            audience=env.optional("JWT_AUDIENCE"),
+            leeway_s=leeway,
+            user_claim=env.text("JWT_USER_CLAIM", "sub"),
+            role_claim=env.text("JWT_ROLE_CLAIM", "role"),
+            jwks_refresh_s=env.number("JWT_JWKS_REFRESH_S", 60.0, minimum=0.0),
+            jwks_max_age_s=env.number("JWT_JWKS_MAX_AGE_S", 3600.0, minimum=1.0),
+            jwks_timeout_s=env.number("JWT_JWKS_TIMEOUT_S", 2.0, minimum=0.1),
+        )
+
+
+def parse_auth(env: Env) -> tuple[bool, JwtSettings | None]:
+    """``TT_AUTH``: off (default), ``tokens`` (or true) for API tokens, ``jwt`` for JWTs."""
+    raw = (env.optional("AUTH") or "").strip().lower()
+    if raw == "jwt":
+        return True, JwtSettings.from_env(env)
+    return (True, None) if raw == "tokens" else (env.flag("AUTH", False), None)
+
+
+# --- end JWT --------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything the gateway reads from ``TT_*`` / ``REDIS_URL``."""
@@ -75,6 +132,8 @@ class GatewaySettings:
     max_active_runs: int = 3
     idempotency_ttl_s: int = 24 * 3600
     auth: bool = False
+    jwt: JwtSettings | None = None
+    """Set when ``TT_AUTH=jwt``: bearer JWTs instead of ``TT_API_TOKENS``."""
     api_tokens: Mapping[str, str] = field(default_factory=dict)
     session_secret: str = ""
     session_ttl_s: int = 7 * 24 * 3600
@@ -110,7 +169,7 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
         env = env or Env()
-        auth = env.flag("AUTH", False)
+        auth, jwt = parse_auth(env)
         urls = env.optional("PROJECTOR_URLS")
         return cls(
             common=CommonSettings.from_env(env),
@@ -123,6 +182,7 @@ class GatewaySettings:
             max_active_runs=env.integer("MAX_ACTIVE_RUNS", 3, minimum=0),
             idempotency_ttl_s=env.integer("IDEMPOTENCY_TTL_S", 24 * 3600, minimum=1),
             auth=auth,
+            jwt=jwt,
             api_tokens=parse_tokens(env.optional("API_TOKENS")),
             session_secret=env.optional("SESSION_SECRET") or secrets.token_hex(32),
             session_ttl_s=env.integer("SESSION_TTL_S", 7 * 24 * 3600, minimum=60),

@@ -45,7 +45,7 @@ async def stream_events(
         raise not_found(run_id)
     known = runtime.hub.owner(run_id)  # followed here already: no Redis round trip per client
     if known:
-        if known != caller.user_id:
+        if not caller.may_read(known):
             raise not_found(run_id)
         return EventStream(Follow(runtime, run_id, cursor, None, known))
     first = await runtime.lookups.run(run_id, lambda: runtime.store.read(run_id, count=1))
@@ -60,10 +60,10 @@ async def stream_events(
         whole = isinstance(first_event, RunRequested)
         owner = first_event.user_id if isinstance(first_event, RunRequested) else ""
         owner = owner or await runtime.store.owner(run_id)
-        if owner != caller.user_id:
+        if not caller.may_read(owner):
             raise not_found(run_id)
         if not whole and parse_id(cursor) < parse_id(first_id):  # a full replay (0) included
-            reset = await runtime.runs.get(run_id, caller.user_id)  # trimmed: say so, never a gap
+            reset = await runtime.runs.get(run_id, owner)  # trimmed: say so, never a gap
         return EventStream(Follow(runtime, run_id, cursor, reset, owner))
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 

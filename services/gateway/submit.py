@@ -40,7 +40,7 @@ def _check(runtime: Runtime, caller: Caller, body: RunRequest) -> None:
             f"unknown model {body.model_id!r}; valid ids: {valid}",
             validModelIds=sorted(runtime.models),
         )
-    if body.priority == "high" and caller.user_id not in runtime.settings.high_priority_users:
+    if body.priority == "high" and not caller.high_priority:
         raise Problem(403, "You may not submit high-priority runs; use priority 'normal'.", field="priority")
 
 

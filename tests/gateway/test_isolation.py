@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import httpx
 import pytest
 
+from services.gateway.settings import JwtSettings
 from tests.gateway.conftest import GatewayFactory, RunningGateway
 from tests.gateway.support import BODY, RUNS, Runner
+from tests.support.jwts import SUPABASE_SECRET, supabase_token
 
-ALICE, BOB = "alice-token-1", "bob-token-2"
+# Each credential is a Supabase-style JWT, so one string serves both parametrizations: as an
+# opaque API token (its hash in TT_API_TOKENS) and as a JWT whose ``sub`` is the user.
+ALICE, BOB = (supabase_token(user, ttl_s=24 * 3600) for user in ("alice", "bob"))
 
 
 def tokens() -> dict[str, str]:
@@ -21,9 +26,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture
-async def secured(start_gateway: GatewayFactory) -> RunningGateway:
-    return await start_gateway(auth=True, api_tokens=tokens(), high_priority_users=frozenset())
+@pytest.fixture(params=["tokens", "jwt"])
+async def secured(request: pytest.FixtureRequest, start_gateway: GatewayFactory) -> RunningGateway:
+    """Every test runs with API-token users and with JWT users."""
+    users: dict[str, Any] = {"api_tokens": tokens()}
+    if request.param == "jwt":
+        users = {"jwt": JwtSettings(secret=SUPABASE_SECRET, audience="authenticated")}
+    return await start_gateway(auth=True, high_priority_users=frozenset(), **users)
 
 
 async def test_requests_without_valid_credentials_are_401(secured: RunningGateway) -> None:

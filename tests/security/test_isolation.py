@@ -11,16 +11,26 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from shared.ids import new_run_id
-from tests.security.conftest import ALICE, BOB, Secured, bearer
+from tests.security.conftest import ALICE, BOB, Secured, bearer, secured_cluster
 
 API = "/api/trading"
 BODY = {"symbol": "AAPL", "analysts": ["market"]}
+
+
+@pytest.fixture(scope="module", params=["tokens", "jwt"])
+def secured(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Secured]:
+    """Every test here runs against API-token users and against JWT users."""
+    with secured_cluster(redis_url, tmp_path_factory, request.param) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -286,7 +286,29 @@ function renderStrip() {
 
 // --- signing in (only when the server has auth on) ---
 
+/** A host app may hand its user's JWT over as ?token=…: taken out of the address bar (and so out
+ * of history, bookmarks and Referer) before anything else, then traded for the session cookie. */
+function takeHandOffToken() {
+  const url = new URL(location.href);
+  const token = url.searchParams.get("token");
+  if (token === null) return null;
+  url.searchParams.delete("token");
+  history.replaceState(history.state, "", url);
+  return token.trim() || null;
+}
+
 async function ensureSignedIn() {
+  const handOff = takeHandOffToken();
+  if (handOff) {
+    try {
+      await client.signIn(handOff);
+      return;
+    } catch (err) {
+      if (err.kind !== "unauthorized") return;
+      $("#sign-in-error").textContent = `The sign-in link was refused: ${err.detail || "sign in again"}`;
+      $("#sign-in-error").hidden = false;
+    }
+  }
   try {
     await client.request("GET", "/session");
     return;
@@ -305,7 +327,7 @@ async function ensureSignedIn() {
         dialog.close();
         resolve();
       } catch (err) {
-        error.textContent = err.kind === "unauthorized" ? "That token is not valid." : err.friendly;
+        error.textContent = err.kind === "unauthorized" ? err.detail || "That token is not valid." : err.friendly;
         error.hidden = false;
       }
     });
