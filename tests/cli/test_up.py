@@ -203,8 +203,16 @@ def test_a_crash_loop_stops_everything_naming_the_service_and_its_last_lines(tmp
         up.wait_for("Tickertape is up")
         processes = children_of(up.process.pid)
         port = int(env["TT_PROJECTOR_PORT"])
-        os.kill(up.pid_of("projector"), signal.SIGKILL)
-        with _listening(port):  # its port taken: every restart of the projector fails at once
+        # `up` is frozen while the projector dies and its port is taken, so no restart can win
+        # the port first: from then on every restart of the projector fails at once.
+        projector = up.pid_of("projector")
+        os.kill(up.process.pid, signal.SIGSTOP)
+        try:
+            os.kill(projector, signal.SIGKILL)
+            held = _listening(port)
+        finally:
+            os.kill(up.process.pid, signal.SIGCONT)
+        with held:
             assert up.process.wait(60) == 1, up.log()
         log = up.log()
         assert "projector is crash-looping (2 restarts within 60 s): stopping everything" in log
@@ -220,6 +228,8 @@ class _listening:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # The port's closed health-check connections linger in TIME_WAIT; like uvicorn, reuse it.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         deadline = time.monotonic() + 5
         while True:
             try:
