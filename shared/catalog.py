@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -108,10 +109,10 @@ def parse_pipelines(spec: str) -> dict[str, str]:
     return found
 
 
-def pipelines(spec: str) -> tuple[PipelineInfo, ...]:
-    """Every pipeline a run may name, the built-in one first."""
+def pipelines(registered: Mapping[str, str]) -> tuple[PipelineInfo, ...]:
+    """Every pipeline a run may name, the built-in one first (with every analyst's steps)."""
     builtin = PipelineInfo(name=TRADING, target="builtin", steps=plan_steps(ANALYST_IDS))
-    return (builtin, *(PipelineInfo(name=n, target=t) for n, t in parse_pipelines(spec).items()))
+    return (builtin, *(PipelineInfo(name=n, target=t) for n, t in registered.items()))
 
 
 def planned_steps(request: RunRequested) -> tuple[str, ...]:

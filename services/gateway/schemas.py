@@ -49,7 +49,12 @@ class RunRequest(BaseModel):
     debate_rounds: int = Field(1, alias="debateRounds", ge=0, le=5)
     max_tokens: int | None = Field(None, alias="maxTokens", ge=1, le=10_000_000)
     max_cost_usd: float | None = Field(None, alias="maxCostUsd", gt=0, le=1000)
-    pipeline: Literal["full", "noop"] = "full"
+    pipeline: str = Field(
+        "full",
+        min_length=1,
+        max_length=64,
+        description="'full' or 'noop' (the built-in analysis), or a pipeline GET /pipelines lists",
+    )
     data_provider: Literal["synthetic", "csv", "yfinance"] | None = Field(None, alias="dataProvider")
 
     @field_validator("analysts")
