@@ -90,7 +90,7 @@ def camel(name: str) -> str:
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
-_OPAQUE = frozenset({"evidence"})
+_OPAQUE = frozenset({"evidence", "output", "value"})
 """Maps whose keys are data, not field names: left as they are."""
 
 
