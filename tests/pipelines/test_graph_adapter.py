@@ -25,6 +25,7 @@ class Recorder:
         self.steps: list[str] = []
         self.progressed: list[tuple[str, float, str]] = []
         self.done: dict[str, StepOutput | None] = {}
+        self.usage: dict[str, Usage] = {}
 
     async def started(self, step: str, index: int) -> None:
         self.steps.append(step)
@@ -34,6 +35,7 @@ class Recorder:
 
     async def completed(self, step: str, output: StepOutput | None, duration_s: float, usage: Usage) -> None:
         self.done[step] = output
+        self.usage[step] = usage
 
 
 @pytest.fixture(autouse=True)
