@@ -91,7 +91,7 @@ def _ask(state: AgentState, role: str, prompt: str) -> str:
 
 def _analyst(role: str, key: str, tools: list[Any]) -> Any:
     def analyst(state: AgentState) -> dict[str, Any]:
-        history: list[AnyMessage] = list(state.get(f"{key}_messages", []))  # type: ignore[misc]
+        history: list[AnyMessage] = list(state.get(f"{key}_messages", []))  # type: ignore[call-overload]
         opening: list[AnyMessage] = [
             SystemMessage(f"[{role}] You are the {role}. Use the tools, then write a report."),
             HumanMessage(f"Analyse {state.get('symbol', 'AAPL')}."),

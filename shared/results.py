@@ -120,6 +120,8 @@ class JsonOutput(msgspec.Struct, frozen=True, kw_only=True, tag="json"):
     """A step output of a pipeline that is not the built-in one: any JSON value, shown as is."""
 
     value: Any = None
+    task: str | None = None
+    """The LangGraph task that produced it: a resumed graph run tells acknowledged nodes by it."""
 
 
 StepOutput = MarketData | AnalystReport | Debate | TradeProposal | Assessment | JsonOutput

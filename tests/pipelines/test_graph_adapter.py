@@ -60,7 +60,9 @@ async def test_each_node_execution_is_a_step_and_the_final_state_is_the_result(r
     result = await pipeline(redis, graphs.loop_graph()).run(request(), {}, recorder, spent=Usage())
     steps = ["analyst", "debate", "debate#2", "debate#3", "decide"]
     assert recorder.steps == steps and list(recorder.done) == steps
-    assert recorder.done["debate#2"] == JsonOutput(value={"log": ["debate:AAPL"], "rounds": 2})
+    second_round = recorder.done["debate#2"]
+    assert isinstance(second_round, JsonOutput) and second_round.task
+    assert second_round.value == {"log": ["debate:AAPL"], "rounds": 2}
     assert ("analyst", 0.5, "analyst halfway") in recorder.progressed
     assert isinstance(result, JsonOutput)
     assert result.value["rounds"] == 3 and result.value["symbol"] == "AAPL"
@@ -78,6 +80,46 @@ async def test_a_resumed_run_never_reruns_a_completed_node(redis: Redis) -> None
     assert second.steps == ["decide"]  # the node in flight runs again, nothing before it
     assert graphs.RUNS == {"analyst": 1, "debate": 3, "decide": 2}
     assert isinstance(result, JsonOutput) and result.value["log"][-1] == "decide:AAPL"
+
+
+class CrashAt(Recorder):
+    """Dies as the runner would if killed after a node's writes were saved, before its StepCompleted."""
+
+    def __init__(self, step: str, *, acknowledged: bool = False) -> None:
+        super().__init__()
+        self.crash_at, self.acknowledged = step, acknowledged
+
+    async def completed(self, step: str, output: StepOutput | None, duration_s: float, usage: Usage) -> None:
+        if step == self.crash_at and self.acknowledged:
+            await super().completed(step, output, duration_s, usage)
+        if step == self.crash_at:
+            raise ConnectionError("killed")
+        await super().completed(step, output, duration_s, usage)
+
+
+async def test_a_node_saved_but_not_acknowledged_before_a_crash_completes_on_resume(redis: Redis) -> None:
+    first = CrashAt("debate#2")
+    with pytest.raises(ConnectionError):
+        await pipeline(redis, graphs.loop_graph()).run(request(), {}, first, spent=Usage())
+    second = Recorder()
+    await pipeline(redis, graphs.loop_graph()).run(request(), first.done, second, spent=Usage())
+    assert second.steps == ["debate#2", "debate#3", "decide"]  # debate#2 is acknowledged, not rerun
+    assert graphs.RUNS == {"analyst": 1, "debate": 3, "decide": 1}
+    acknowledged = second.done["debate#2"]
+    assert isinstance(acknowledged, JsonOutput) and acknowledged.value == {
+        "log": ["debate:AAPL"],
+        "rounds": 2,
+    }
+
+
+async def test_a_node_acknowledged_just_before_a_crash_is_not_reported_twice(redis: Redis) -> None:
+    first = CrashAt("debate#2", acknowledged=True)  # StepCompleted appended, the step's checkpoint not
+    with pytest.raises(ConnectionError):
+        await pipeline(redis, graphs.loop_graph()).run(request(), {}, first, spent=Usage())
+    second = Recorder()
+    await pipeline(redis, graphs.loop_graph()).run(request(), first.done, second, spent=Usage())
+    assert second.steps == ["debate#3", "decide"]
+    assert graphs.RUNS == {"analyst": 1, "debate": 3, "decide": 1}
 
 
 async def test_cancel_stops_a_blocked_synchronous_node_within_a_second(redis: Redis) -> None:

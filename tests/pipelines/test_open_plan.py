@@ -35,3 +35,13 @@ def test_a_resumed_attempt_keeps_the_steps_earlier_attempts_reported() -> None:
     resumed = [*_events(), RunStarted(run_id="g", runner_id="b", attempt=2, steps=())]
     state = fold("g", _entries(resumed))
     assert [(s.name, s.status) for s in state.steps] == [("analyst", "completed"), ("debate", "completed")]
+
+
+def test_a_registered_pipeline_is_timed_apart_from_the_built_in_one() -> None:
+    from services.runner.eta import config_of
+
+    trading = RunRequested(run_id="a", user_id="u", symbol="X", model_id="m", analysts=("market",))
+    graph = RunRequested(
+        run_id="b", user_id="u", symbol="X", model_id="m", analysts=("market",), pipeline="g"
+    )
+    assert config_of(trading) == "full|m|market|1" and config_of(graph) == "g:full|m|market|1"

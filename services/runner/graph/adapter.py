@@ -92,6 +92,8 @@ class GraphPipeline:
         run = _Attempt(self, request, reporter, meter, StepNames(done), len(done))
         self.saver.listen(thread)
         try:
+            if resumed:
+                await run.restore(config, done)
             await run.stream(None if resumed else self.input_of(request), config)
         finally:
             self.saver.forget(thread)
@@ -116,6 +118,18 @@ class _Attempt:
         self.running: dict[str, tuple[str, float]] = {}
         """task id → (step name, monotonic start)."""
         self.latest: str | None = None
+        self.acked: set[str] = set()
+        """Tasks whose StepCompleted an earlier attempt appended."""
+        self.saved: dict[str, Any] = {}
+        """Tasks whose writes were saved before this attempt, with their updates."""
+
+    async def restore(self, config: RunnableConfig, done: Mapping[str, StepOutput | None]) -> None:
+        """Before a resumed stream: LangGraph replays the task events of nodes whose writes it
+        saved (it does not run them again). Those this run acknowledged are skipped; the others
+        (saved, then a crash before their StepCompleted) complete now under their own name."""
+        self.acked = {o.task for o in done.values() if isinstance(o, JsonOutput) and o.task}
+        snapshot = await self.pipeline.graph.aget_state(config)
+        self.saved = {t.id: t.result for t in snapshot.tasks if t.result is not None and t.error is None}
 
     async def stream(self, inputs: dict[str, Any] | None, config: RunnableConfig) -> None:
         stream = self.pipeline.graph.astream(
@@ -129,28 +143,33 @@ class _Attempt:
 
     async def _task(self, event: dict[str, Any]) -> None:
         task_id, node = str(event["id"]), str(event["name"])
-        if node.startswith("__"):
+        if node.startswith("__") or task_id in self.acked:
             return
         if "result" not in event and "error" not in event:
             step = self.names.next(node)
             self.running[task_id], self.latest = (step, time.monotonic()), task_id
             await self.reporter.started(step, self.index)
             self.index += 1
+            if task_id in self.saved:  # LangGraph replays its start only: it completes now
+                await self._report(task_id, self.saved.pop(task_id), Usage())
             return
         if event.get("error") is not None or task_id not in self.running:
             return  # the exception itself ends the stream
         await self._completed(task_id, event.get("result") or [])
 
     async def _completed(self, task_id: str, writes: list[tuple[str, Any]]) -> None:
-        step, began = self.running.pop(task_id)
         if writes:  # durable before acknowledged: a resume must not run this node again
             try:
                 written = self.pipeline.saver.written(self.request.run_id, task_id)
                 await asyncio.wait_for(written.wait(), DURABLE_WAIT_S)
             except TimeoutError as exc:
+                step = self.running[task_id][0]
                 raise PipelineError("checkpoint", f"{step}: writes not saved", transient=True) from exc
-        usage = self.meter.take(task_id)
-        output = JsonOutput(value=jsonable(dict(writes)))
+        await self._report(task_id, dict(writes), self.meter.take(task_id))
+
+    async def _report(self, task_id: str, update: Any, usage: Usage) -> None:
+        step, began = self.running.pop(task_id)
+        output = JsonOutput(value=jsonable(update), task=task_id)
         await self.reporter.completed(step, output, round(time.monotonic() - began, 3), usage)
 
     async def _custom(self, payload: Any) -> None:
