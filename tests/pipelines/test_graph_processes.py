@@ -114,6 +114,8 @@ async def test_a_graph_run_killed_mid_debate_resumes_without_rerunning_a_complet
     extra = calls - llm_steps
     assert sum(extra.values()) <= 1 and set(extra) <= in_flight, (extra, in_flight)
     assert not llm_steps - calls  # and none ran fewer times than it completed
-    assert state.usage.calls == llm_steps.total() and state.usage.prompt_tokens > 0
+    # a node saved just before the kill but not yet acknowledged completes on resume without its
+    # usage (that attempt's count died with it): at most one call short
+    assert llm_steps.total() - 1 <= state.usage.calls <= llm_steps.total() and state.usage.prompt_tokens > 0
     assert isinstance(state.output, dict) and state.output["final_decision"]
     assert len(state.output["debate"]) == 4 and len(state.output["risk_debate"]) == 6
