@@ -8,21 +8,28 @@ from redis.asyncio import Redis
 from services.runner.settings import RunnerSettings
 from shared.catalog import PipelineSpecError, parse_pipelines
 from shared.config import ConfigError, Env
-from shared.events import RunRequested, StepProgress
+from shared.events import (
+    RunCancellationConfirmed,
+    RunCancelled,
+    RunOptions,
+    RunRequested,
+    StepProgress,
+    StepStarted,
+)
 from shared.ids import new_run_id
 from shared.keys import Keys
 from shared.results import JsonOutput, Usage
 from shared.store import EventStore, Submitted
-from tests.runner.support import events_of, running_worker, wait_state
+from tests.runner.support import events_of, report, running_worker, wait_event, wait_state
 
 NATIVE = "orchestrator=examples.orchestrator_pipeline:pipeline"
 
 
-async def _submit(store: EventStore, pipeline: str) -> str:
+async def _submit(store: EventStore, pipeline: str, **options: float) -> str:
     run_id = new_run_id()
     request = RunRequested(
         run_id=run_id, user_id="local", symbol="MSFT", model_id="offline", analysts=("market", "risk"),
-        pipeline=pipeline,
+        pipeline=pipeline, options=RunOptions(**options),
     )  # fmt: skip
     assert isinstance(await store.submit(request), Submitted)
     return run_id
@@ -80,3 +87,30 @@ def test_a_malformed_tt_pipelines_fails_at_start_naming_the_entry() -> None:
         with pytest.raises(PipelineSpecError):
             parse_pipelines(bad)
     assert parse_pipelines(" a=m.n:g , b-2=x:y ") == {"a": "m.n:g", "b-2": "x:y"}
+
+
+SLEEPY = "sleepy=tests.pipelines.graphs:sleepy_graph"
+
+
+async def test_cancel_and_deadline_stop_a_graph_blocked_in_a_synchronous_node_within_a_second(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    from tests.pipelines import graphs
+
+    store = EventStore(redis, keys)
+    graphs.RELEASE.clear()
+    try:
+        async with running_worker(redis_url, TT_PIPELINES=SLEEPY):
+            cancelled = await _submit(store, "sleepy")
+            await wait_event(store, cancelled, lambda e: isinstance(e, StepStarted))
+            await store.append(RunCancelled(run_id=cancelled, user_id="local"))
+            state = await wait_state(store, cancelled)
+            timed = await _submit(store, "sleepy", deadline_s=0.5)
+            late = await wait_state(store, timed)
+    finally:
+        graphs.RELEASE.set()  # the abandoned threads end now
+    confirmed = [e for e in await events_of(store, cancelled) if isinstance(e, RunCancellationConfirmed)]
+    assert state.status == "cancelled" and confirmed[0].latency_ms is not None
+    report(f"graph blocked in a sync node: cancel confirmed after {confirmed[0].latency_ms:.0f} ms")
+    assert confirmed[0].latency_ms < 1000
+    assert late.status == "timeout" and late.duration_s is not None and late.duration_s < 1.5
