@@ -25,11 +25,11 @@ from tests.runner.support import events_of, report, running_worker, wait_event, 
 NATIVE = "orchestrator=examples.orchestrator_pipeline:pipeline"
 
 
-async def _submit(store: EventStore, pipeline: str, **options: float) -> str:
+async def _submit(store: EventStore, pipeline: str, deadline_s: float | None = None) -> str:
     run_id = new_run_id()
     request = RunRequested(
         run_id=run_id, user_id="local", symbol="MSFT", model_id="offline", analysts=("market", "risk"),
-        pipeline=pipeline, options=RunOptions(**options),
+        pipeline=pipeline, options=RunOptions(deadline_s=deadline_s),
     )  # fmt: skip
     assert isinstance(await store.submit(request), Submitted)
     return run_id
