@@ -19,7 +19,7 @@ $(UV):
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --python $(PY)
+	$(UV) sync --frozen --extra langgraph --python $(PY)
 	$(BIN)/python -m compileall -q -j 0 shared services bench >/dev/null
 	touch $@
 

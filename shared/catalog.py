@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal, get_args
 
 import msgspec
+
+if TYPE_CHECKING:
+    from shared.events import RunRequested
 
 DataProvider = Literal["synthetic", "csv", "yfinance"]
 """Where a run's market data comes from (the runner's providers; a request may pick one)."""
@@ -72,6 +77,58 @@ def plan_steps(analysts: tuple[str, ...], pipeline: str = PIPELINE_FULL) -> tupl
     if pipeline == PIPELINE_NOOP:
         return ()
     return (DATA_STEP, *(analyst_step(a) for a in analysts), DEBATE_STEP, TRADER_STEP, FINAL_STEP)
+
+
+TRADING = "trading"
+"""The built-in pipeline's name; runs that name no pipeline run it."""
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class PipelineSpecError(ValueError):
+    """``TT_PIPELINES`` is malformed; the message names the entry."""
+
+
+class PipelineInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A pipeline a run may name: the built-in one or one registered with ``TT_PIPELINES``."""
+
+    name: str
+    target: str
+    """``module:attribute`` it is loaded from (the built-in one: ``builtin``)."""
+    steps: tuple[str, ...] | None = None
+    """The steps when known before a run starts; None when they appear as it runs (graphs)."""
+
+
+def parse_pipelines(spec: str) -> dict[str, str]:
+    """``name=module:attribute[,…]`` → {name: "module:attribute"}; fails naming the bad entry."""
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, target = item.partition("=")
+        name, target = name.strip(), target.strip()
+        module, _, attr = target.partition(":")
+        if not _NAME.match(name) or not module or not attr or name == TRADING or name in found:
+            raise PipelineSpecError(
+                f"TT_PIPELINES entry {item!r}: want name=module:attribute, a new lower-case name"
+            )
+        found[name] = target
+    return found
+
+
+def pipelines(registered: Mapping[str, str]) -> tuple[PipelineInfo, ...]:
+    """Every pipeline a run may name, the built-in one first (with every analyst's steps)."""
+    builtin = PipelineInfo(name=TRADING, target="builtin", steps=plan_steps(ANALYST_IDS))
+    return (builtin, *(PipelineInfo(name=n, target=t) for n, t in registered.items()))
+
+
+def planned_steps(request: RunRequested) -> tuple[str, ...]:
+    """The steps a run is known to take before it starts (a graph's appear as it runs)."""
+    if request.pipeline != TRADING:
+        return ()
+    return plan_steps(request.analysts, request.options.pipeline)
+
+
+def has_steps(request: RunRequested) -> bool:
+    """Whether the run does any work at all (a no-op trading run does not)."""
+    return request.pipeline != TRADING or bool(plan_steps(request.analysts, request.options.pipeline))
 
 
 def step_label(step: str) -> str:

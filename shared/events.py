@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typing
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -46,6 +46,8 @@ class RunRequested(Event, tag=True, frozen=True, kw_only=True):
     options: RunOptions = RunOptions()
     priority: Priority = "normal"
     idempotency_key: str | None = None
+    pipeline: str = "trading"
+    """Which registered pipeline runs it (``TT_PIPELINES``); ``trading`` is the built-in one."""
 
 
 class RunCancelled(Event, tag=True, frozen=True, kw_only=True):
@@ -90,6 +92,8 @@ class RunRetrying(Event, tag=True, frozen=True, kw_only=True):
 
 class RunCompleted(Event, tag=True, frozen=True, kw_only=True):
     result: RunResult | None = None
+    output: Any = None
+    """The final value of a pipeline that is not the built-in one (e.g. a graph's state), as JSON."""
     duration_s: float = 0.0
     usage: Usage = Usage()
 

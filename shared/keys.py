@@ -99,3 +99,12 @@ class Keys:
 
     def eta(self, config: str) -> str:
         return f"{self.prefix}eta:{config}"
+
+    def graph(self, thread_id: str) -> str:
+        """Prefix of a LangGraph thread's checkpoint keys (``…:cps``, ``…:writes``); thread = run."""
+        return f"{self.prefix}graph:{thread_id}"
+
+    @property
+    def graph_threads(self) -> str:
+        """A sorted set: thread id → Redis ms its keys expire at (listing across threads)."""
+        return f"{self.prefix}graph-threads"

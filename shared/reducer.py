@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from shared.catalog import plan_steps, step_label
+from shared.catalog import TRADING, planned_steps, step_label
 from shared.events import (
     AnyEvent,
     Event,
@@ -33,6 +33,7 @@ from shared.results import (
     AnalystReport,
     Assessment,
     Debate,
+    JsonOutput,
     MarketData,
     RunResult,
     StepOutput,
@@ -74,6 +75,7 @@ class RunState(msgspec.Struct, kw_only=True):
     analysts: tuple[str, ...] = ()
     options: RunOptions = RunOptions()
     priority: str = "normal"
+    pipeline: str = TRADING
     status: Status = "pending"
     attempt: int = 0
     runner_id: str | None = None
@@ -85,6 +87,8 @@ class RunState(msgspec.Struct, kw_only=True):
     eta_s: float | None = None
     expected_s: float | None = None
     result: RunResult | None = None
+    output: Any = None
+    """The final JSON value of a pipeline other than the built-in one."""
     error: ErrorInfo | None = None
     cancel_requested: bool = False
     requested_at: datetime | None = None
@@ -179,7 +183,7 @@ def _failed(s: RunState, e: RunFailed) -> None:
 
 def _completed(s: RunState, e: RunCompleted) -> None:
     _finish(s, e, "completed")
-    s.result = e.result
+    s.result, s.output = e.result, e.output
     s.usage = e.usage if e.usage.calls else s.usage
 
 
@@ -191,8 +195,8 @@ def _confirmed(s: RunState, e: RunCancellationConfirmed) -> None:
 def _requested(s: RunState, e: RunRequested) -> None:
     s.user_id, s.symbol, s.model_id = e.user_id, e.symbol, e.model_id
     s.analysts, s.options, s.priority = e.analysts, e.options, e.priority
-    s.requested_at = e.at
-    s.steps = [StepState(name=n, label=_label(n)) for n in plan_steps(e.analysts, e.options.pipeline)]
+    s.requested_at, s.pipeline = e.at, e.pipeline
+    s.steps = [StepState(name=n, label=_label(n)) for n in planned_steps(e)]
 
 
 def _started(s: RunState, e: RunStarted) -> None:
@@ -201,7 +205,9 @@ def _started(s: RunState, e: RunStarted) -> None:
     s.queue_wait_s = s.queue_wait_s if s.queue_wait_s is not None else e.queue_wait_s
     s.expected_s = e.expected_s
     known = {st.name: st for st in s.steps}
-    s.steps = [known.get(n) or StepState(name=n, label=_label(n)) for n in e.steps]
+    planned = [known.get(n) or StepState(name=n, label=_label(n)) for n in e.steps]
+    # a graph's steps appear as it runs: those an earlier attempt reported stay
+    s.steps = planned + [st for st in s.steps if st.name not in e.steps]
     s.message = "started" if e.attempt == 1 else f"resumed (attempt {e.attempt})"
 
 
@@ -267,7 +273,8 @@ def _derive_progress(s: RunState, now: datetime) -> None:
             done += st.progress
         elif step_status == "completed":
             done += 1
-    fraction = done / len(steps)
+    # a graph's next step is not known yet: count one more, so it never shows 100 % early
+    fraction = done / (len(steps) + (s.pipeline != TRADING))
     s.progress = round(100.0 * fraction, 1)
     if status != "running" or s.started_at is None:
         return  # "running" is neither terminal nor pending
@@ -326,4 +333,7 @@ def _describe(output: StepOutput | None) -> str:
             return f"{action} at {entry:.2f}"
         case Assessment(decision=decision, rating=rating, confidence=confidence):
             return f"{decision} ({rating}, confidence {confidence:.0%})"
+        case JsonOutput(value=value):
+            text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+            return text if len(text) <= 200 else text[:199] + "…"
     return ""

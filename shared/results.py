@@ -5,7 +5,7 @@ Schemas only grow: new fields get defaults, nothing is renamed (see tests/shared
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -116,7 +116,15 @@ class Assessment(msgspec.Struct, frozen=True, kw_only=True, tag="assessment"):
     key_risks: list[str]
 
 
-StepOutput = MarketData | AnalystReport | Debate | TradeProposal | Assessment
+class JsonOutput(msgspec.Struct, frozen=True, kw_only=True, tag="json"):
+    """A step output of a pipeline that is not the built-in one: any JSON value, shown as is."""
+
+    value: Any = None
+    task: str | None = None
+    """The LangGraph task that produced it: a resumed graph run tells acknowledged nodes by it."""
+
+
+StepOutput = MarketData | AnalystReport | Debate | TradeProposal | Assessment | JsonOutput
 
 
 class ChartData(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import textwrap
@@ -131,6 +132,8 @@ def render_result(state: Json) -> str:
     result = pick(state, "result")
     if status == "completed" and result:
         lines.extend(_result_lines(result))
+    elif status == "completed" and pick(state, "output") is not None:  # a pipeline other than the built-in
+        lines.append(textwrap.indent(json.dumps(pick(state, "output"), indent=2, ensure_ascii=False), "  "))
     if pick(state, "duration_s") is not None:
         lines.append(f"  took {duration(pick(state, 'duration_s'))}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from services.gateway.limits import BodyLimit
 from services.gateway.metrics import RequestMetrics
 from services.gateway.runtime import Runtime, open_runtime
 from services.gateway.settings import GatewaySettings
+from services.gateway.submit import valid_pipelines
 
 API = "/api/trading"
 DECISION = "/api/trading/decision"
@@ -33,18 +34,19 @@ def is_event_stream(scope: MutableMapping[str, Any]) -> bool:
 
 
 def registry_in_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """``app.openapi`` with ``modelId`` limited to the ids this gateway's registry holds.
+    """``app.openapi`` with ``modelId`` and ``pipeline`` limited to what this gateway accepts.
 
-    The registry is configuration (``TT_MODELS``), read when the app starts, so the request model
-    cannot name it; ``submit`` enforces it and the published schema states it.
+    Both are configuration (``TT_MODELS``, ``TT_PIPELINES``), read when the app starts, so the
+    request model cannot name them; ``submit`` enforces them and the published schema states them.
     """
 
     def openapi() -> dict[str, Any]:
         schema = FastAPI.openapi(app)
         runtime: Runtime | None = getattr(app.state, "runtime", None)
         if runtime is not None:
-            model_id = schema["components"]["schemas"]["RunRequest"]["properties"]["modelId"]
-            model_id["enum"] = sorted(runtime.models)
+            properties = schema["components"]["schemas"]["RunRequest"]["properties"]
+            properties["modelId"]["enum"] = sorted(runtime.models)
+            properties["pipeline"]["enum"] = valid_pipelines(runtime)
         return schema
 
     return openapi

@@ -16,7 +16,7 @@ from services.gateway.auth import CSRF_COOKIE, SESSION_COOKIE, Caller
 from services.gateway.problems import Problem
 from services.gateway.runtime import Runtime, caller_of, runtime_of
 from services.gateway.schemas import SessionRequest
-from shared.catalog import ANALYSTS
+from shared.catalog import ANALYSTS, pipelines
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,14 @@ def build_router() -> APIRouter:
     @router.get("/api/trading/analysts", tags=["catalog"], summary="Analysts a run may select")
     async def analysts() -> dict[str, Any]:
         return {"analysts": [{"id": a.id, "name": a.name, "description": a.description} for a in ANALYSTS]}
+
+    @router.get("/api/trading/pipelines", tags=["catalog"], summary="Pipelines a run may name")
+    async def pipeline_list(runtime: RuntimeDep) -> dict[str, Any]:
+        # registered pipelines' steps appear as they run: the gateway never imports their modules
+        found = pipelines(runtime.settings.pipelines)
+        return {
+            "pipelines": [{"name": p.name, "steps": p.steps, "builtin": p.target == "builtin"} for p in found]
+        }
 
     _session_routes(router)
     _page_routes(router)

@@ -69,7 +69,12 @@ class RunRequest(BaseModel):
     debate_rounds: Annotated[int, Field(ge=0, le=5), Integral] = Field(1, alias="debateRounds")
     max_tokens: Annotated[int, Field(ge=1, le=10_000_000), Integral] | None = Field(None, alias="maxTokens")
     max_cost_usd: float | None = Field(None, alias="maxCostUsd", gt=0, le=1000, allow_inf_nan=False)
-    pipeline: Literal["full", "noop"] = "full"
+    pipeline: str = Field(
+        "full",
+        min_length=1,
+        max_length=64,
+        description="'full' or 'noop' (the built-in analysis), or a pipeline GET /pipelines lists",
+    )
     data_provider: DataProvider | None = Field(None, alias="dataProvider")
 
     @field_validator("analysts")
@@ -106,7 +111,7 @@ def camel(name: str) -> str:
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
-_OPAQUE = frozenset({"evidence"})
+_OPAQUE = frozenset({"evidence", "output", "value"})
 """Maps whose keys are data, not field names: left as they are."""
 
 

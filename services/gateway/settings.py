@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.catalog import PipelineSpecError, parse_pipelines
 from shared.config import CommonSettings, ConfigError, Env
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -160,6 +161,9 @@ class GatewaySettings:
     redis_pool_size: int = 10
     process_id: str = field(default_factory=default_process_id)
     static_dir: Path = STATIC_DIR
+    pipelines: Mapping[str, str] = field(default_factory=dict)
+    """Registered pipelines (``TT_PIPELINES``): only their names are used here, the gateway never
+    imports a user's module (docs/pipeline.md)."""
 
     @property
     def projectors(self) -> tuple[str, ...]:
@@ -203,4 +207,12 @@ class GatewaySettings:
             sse_block_ms=env.integer("SSE_BLOCK_MS", 5000, minimum=10),
             redis_pool_size=env.integer("GATEWAY_REDIS_POOL", 10, minimum=2),
             process_id=env.text("GATEWAY_PROCESS_ID", default_process_id()),
+            pipelines=_pipelines(env),
         )
+
+
+def _pipelines(env: Env) -> dict[str, str]:
+    try:
+        return parse_pipelines(env.text("PIPELINES", ""))
+    except PipelineSpecError as exc:
+        raise ConfigError(str(exc)) from exc

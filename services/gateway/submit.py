@@ -12,6 +12,7 @@ from services.gateway.metrics import metrics
 from services.gateway.problems import Problem, invalid, not_found
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import RunRequest
+from shared.catalog import PIPELINE_FULL, PIPELINES, TRADING
 from shared.events import RunCancelled, RunOptions, RunRequested
 from shared.ids import is_run_id, new_run_id
 from shared.reducer import RunState
@@ -42,14 +43,39 @@ def _check(runtime: Runtime, caller: Caller, body: RunRequest) -> None:
         )
     if body.priority == "high" and not caller.high_priority:
         raise Problem(403, "You may not submit high-priority runs; use priority 'normal'.", field="priority")
+    _check_pipeline(runtime, body.pipeline)
+
+
+# -- pipelines registered with TT_PIPELINES ---------------------------------------------------------
+
+
+def valid_pipelines(runtime: Runtime) -> list[str]:
+    """What ``pipeline`` may name: the built-in analysis's variants and those TT_PIPELINES registers."""
+    return [*PIPELINES, TRADING, *runtime.settings.pipelines]
+
+
+def _check_pipeline(runtime: Runtime, name: str) -> None:
+    valid = valid_pipelines(runtime)
+    if name not in valid:
+        raise invalid(
+            "pipeline", f"unknown pipeline {name!r}; valid: {', '.join(valid)}", validPipelines=valid
+        )
+
+
+def _pipeline_of(body: RunRequest) -> tuple[str, str]:
+    """(the pipeline that runs it, the built-in one's variant): 'full'/'noop' are the built-in's."""
+    if body.pipeline in PIPELINES:
+        return TRADING, body.pipeline
+    return body.pipeline, PIPELINE_FULL
 
 
 def _event(caller: Caller, body: RunRequest, idem_key: str | None) -> RunRequested:
+    pipeline, variant = _pipeline_of(body)
     options = RunOptions(
         debate_rounds=body.debate_rounds,
         max_tokens=body.max_tokens,
         max_cost_usd=body.max_cost_usd,
-        pipeline=body.pipeline,
+        pipeline=variant,
         data_provider=body.data_provider,
     )
     return RunRequested(
@@ -62,6 +88,7 @@ def _event(caller: Caller, body: RunRequest, idem_key: str | None) -> RunRequest
         priority=body.priority,
         idempotency_key=idem_key,
         traceparent=current_traceparent(),
+        pipeline=pipeline,
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
+from shared.catalog import TRADING
 from shared.events import RunRequested
 from shared.keys import Keys
 
@@ -20,7 +21,9 @@ MAX_AGE_S = 5.0
 def config_of(request: RunRequested) -> str:
     """Runs with the same config take about as long: pipeline, model, analysts, debate rounds."""
     analysts = ",".join(sorted(request.analysts))
-    return f"{request.options.pipeline}|{request.model_id}|{analysts}|{request.options.debate_rounds}"
+    config = f"{request.options.pipeline}|{request.model_id}|{analysts}|{request.options.debate_rounds}"
+    # a registered pipeline's runs are timed apart from the built-in one's (whose keys stay as they were)
+    return config if request.pipeline == TRADING else f"{request.pipeline}:{config}"
 
 
 class EtaBook:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, cast
+
+from shared.config import CommonSettings
 
 if TYPE_CHECKING:
     import httpx
@@ -26,8 +28,26 @@ def build_pipeline(redis: Redis, http: httpx.AsyncClient) -> Runnable:
     return Pipeline(PipelineSettings.from_env(), redis, http)
 
 
-def load_factory(path: str) -> PipelineFactory:
-    """Import ``module:callable``; fails at start with the name when it is wrong."""
+def load_factory(
+    path: str, registered: Mapping[str, str] | None = None, common: CommonSettings | None = None
+) -> PipelineFactory:
+    """Import ``module:callable``; fails at start with the name when it is wrong.
+
+    With ``registered`` (``TT_PIPELINES``), the pipeline it builds also runs the requests that
+    name a registered pipeline; those are imported on their first run."""
+    factory = _import_factory(path)
+    if not registered:
+        return factory
+
+    def build(redis: Redis, http: httpx.AsyncClient) -> Runnable:
+        from services.runner.registry import Pipelines
+
+        return Pipelines(factory(redis, http), registered, redis, common or CommonSettings.from_env())
+
+    return build
+
+
+def _import_factory(path: str) -> PipelineFactory:
     module_name, _, attr = path.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)

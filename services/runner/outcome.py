@@ -7,11 +7,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from services.runner.execution import Execution, StopReason
 from shared.events import RunFailed
-from shared.results import RunResult
+from shared.pipeline_sdk import PipelineError
+from shared.results import JsonOutput, RunResult
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ STOP_WAIT_S = 5.0
 class Outcome:
     kind: OutcomeKind
     result: RunResult | None = None
+    output: Any = None
+    """A non-trading pipeline's final JSON value (RunCompleted.output)."""
     code: str = ""
     message: str = ""
 
@@ -46,13 +49,12 @@ def outcome_of(ex: Execution) -> Outcome:
     assert task is not None
     if task.done() and not task.cancelled() and task.exception() is None:
         result = task.result()
+        if isinstance(result, JsonOutput):
+            return Outcome("completed", output=result.value)
         return Outcome("completed", result=result if isinstance(result, RunResult) else None)
     if ex.stop_reason is not None:
         return Outcome(ex.stop_reason)
     exc = task.exception() if task.done() and not task.cancelled() else None
-    # imported here: a runner that only executes no-op runs never loads the analysis package
-    from services.runner.pipeline.base import PipelineError
-
     if isinstance(exc, PipelineError):
         return Outcome("retry" if exc.transient else "failed", code=exc.code, message=exc.message)
     logger.error("pipeline of run %s crashed", ex.job.run_id, exc_info=exc)

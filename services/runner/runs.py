@@ -37,7 +37,7 @@ from services.runner.queue import Job, WorkQueue
 from services.runner.settings import RunnerSettings
 from services.runner.watcher import CancelWatcher
 from shared import streamids
-from shared.catalog import plan_steps
+from shared.catalog import has_steps, planned_steps
 from shared.events import (
     AnyEvent,
     RunCancellationConfirmed,
@@ -128,9 +128,7 @@ class Executor:
         elif job.deliveries > self.settings.max_attempts:
             await self._give_up(job, state)
         else:
-            pipeline = (
-                await self.pipeline() if plan_steps(request.analysts, request.options.pipeline) else None
-            )
+            pipeline = await self.pipeline() if has_steps(request) else None
             if await self._start(ex, request, state):
                 ctx = context_from_traceparent(request.traceparent)
                 with tracer().start_as_current_span("run", context=ctx, attributes={"run_id": job.run_id}):
@@ -174,7 +172,7 @@ class Executor:
             run_id=job.run_id,
             runner_id=settings.runner_id,
             attempt=ex.attempt,
-            steps=plan_steps(request.analysts, request.options.pipeline),
+            steps=planned_steps(request),
             queue_wait_s=round(max(time.time() - job.enqueued_at, 0.0), 3) if first else 0.0,
             expected_s=expected,
             traceparent=request.traceparent,
@@ -280,7 +278,13 @@ class Executor:
         match outcome.kind:
             case "completed":
                 usage = state.usage + ex.usage
-                event = RunCompleted(run_id=run_id, result=outcome.result, duration_s=duration, usage=usage)
+                event = RunCompleted(
+                    run_id=run_id,
+                    result=outcome.result,
+                    output=outcome.output,
+                    duration_s=duration,
+                    usage=usage,
+                )
                 if await self._terminal(ex, event, "completed", record=(request, duration)):
                     self.metrics.run_duration.observe(duration)
             case "failed":

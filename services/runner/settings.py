@@ -7,6 +7,7 @@ import secrets
 import socket
 from dataclasses import dataclass
 
+from shared.catalog import PipelineSpecError, parse_pipelines
 from shared.config import CommonSettings, ConfigError, Env
 
 DEFAULT_PIPELINE = "services.runner.factory:build_pipeline"
@@ -40,6 +41,8 @@ class RunnerSettings:
     host: str
     pipeline: str
     """``module:callable`` building the pipeline from (redis, http); tests point it at their own."""
+    pipelines: dict[str, str]
+    """Pipelines registered with ``TT_PIPELINES=name=module:attribute,…`` (docs/pipeline.md)."""
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> RunnerSettings:
@@ -66,8 +69,17 @@ class RunnerSettings:
             port=env.integer("RUNNER_PORT", 8002, minimum=0),
             host=env.text("RUNNER_HOST", "127.0.0.1"),
             pipeline=env.text("RUNNER_PIPELINE", DEFAULT_PIPELINE),
+            pipelines=registered_pipelines(env),
         )
 
     @property
     def lease_ms(self) -> int:
         return max(1, int(self.lease_s * 1000))
+
+
+def registered_pipelines(env: Env) -> dict[str, str]:
+    """``TT_PIPELINES`` parsed; a malformed value fails at start with its name."""
+    try:
+        return parse_pipelines(env.text("PIPELINES", ""))
+    except PipelineSpecError as exc:
+        raise ConfigError(str(exc)) from exc

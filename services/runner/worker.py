@@ -87,7 +87,8 @@ class Worker(Service):
     async def start(self) -> None:
         """Serve /healthz at once; wait for Redis (alive, not ready); then consume."""
         self._serve_health()
-        self._factory = load_factory(self.settings.pipeline)  # a wrong name fails at start
+        s = self.settings  # a wrong name fails at start; registered pipelines load on first use
+        self._factory = load_factory(s.pipeline, s.pipelines, s.common)
         self._open_clients()
         if not await self.retrying("reach Redis", self._ensure_groups):
             return

@@ -96,6 +96,10 @@ function stepItem(step, state) {
 export function renderResult(state) {
   const card = $("#result");
   const r = state?.result;
+  if (state?.status === "completed" && !r && state.output != null) {
+    renderOutput(card, state);  // a pipeline other than the built-in one: its final value as JSON
+    return;
+  }
   if (!state || state.status !== "completed" || !r) {
     card.hidden = true;
     card.replaceChildren();
@@ -123,6 +127,15 @@ export function renderResult(state) {
     h("h3", {}, "Analyst reports"),
     (r.reports || []).map(reportBlock),
   ].flat(2).filter(Boolean));
+}
+
+function renderOutput(card, state) {
+  card.hidden = false;
+  card.dataset.runId = state.runId;
+  const text = typeof state.output === "string" ? state.output : JSON.stringify(state.output, null, 2);
+  card.replaceChildren(
+    h("h2", {}, `${state.pipeline || "pipeline"} — result`),
+    h("pre", { class: "output", id: "output" }, text));
 }
 
 function fact(label, value) {

@@ -74,6 +74,18 @@ def sensible(body: dict[str, Any]) -> str:
     return "Model summary line citing the numbers.\nMore reasoning."
 
 
+def tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """With ``tools`` offered, call the next one not yet answered (one per request, in order,
+    as an analyst gathering data does); None once each has answered."""
+    tools = body.get("tools") or []
+    answered = sum(1 for m in body["messages"] if m["role"] == "tool")
+    if answered >= len(tools):
+        return None
+    name = tools[answered]["function"]["name"]
+    call = {"id": f"call_{answered}", "type": "function", "function": {"name": name, "arguments": "{}"}}
+    return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+
 class ChatServer:
     def __init__(self, prompt_tokens: int = 100, completion_tokens: int = 20) -> None:
         self.script: list[Behaviour] = []
@@ -83,6 +95,8 @@ class ChatServer:
         self.disconnected = threading.Event()
         self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
         self.port = 0
+        self.delay_s = 0.0
+        """Each answer waits this long (a test's kill can then land while a call is in flight)."""
 
     @property
     def base_url(self) -> str:
@@ -95,6 +109,11 @@ class ChatServer:
         self.requests.append(body)
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
         self.received.set()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if not self.script and (call := tool_call(body)) is not None:
+            await self._send(send, 200, {"choices": [{"message": call}], "usage": self.usage})
+            return
         behaviour = self.script.pop(0) if self.script else Reply(sensible(body))
         match behaviour:
             case Status(code, headers):
