@@ -200,6 +200,20 @@ async function copyLink() {
   }
 }
 
+/** The run as the API has it, saved as a file (the CLI's `show RUN --format md` gives Markdown). */
+async function exportJson() {
+  if (!page.runId) return;
+  try {
+    const state = await client.get(page.runId);
+    const link = h("a", { href: URL.createObjectURL(new Blob([JSON.stringify(state, null, 2)], { type: "application/json" })),
+      download: `tickertape-${state.symbol}-${state.runId}.json` });
+    link.click();
+    URL.revokeObjectURL(link.href);
+  } catch (err) {
+    sayNear("#run-notice", err?.friendly || "Could not export the run. Try again.");
+  }
+}
+
 // --- tickers ---
 
 /** Switch to a ticker: re-attach to its active run (from where this browser left it), show its history. */
@@ -390,6 +404,7 @@ function bind() {
   $("#ticker").addEventListener("change", () => navigate(tickerInput()));
   $("#cancel").addEventListener("click", askCancel);
   $("#copy-link").addEventListener("click", copyLink);
+  $("#export-json").addEventListener("click", exportJson);
   $("#confirm-cancel").addEventListener("close", confirmedCancel);
   $("#history-ticker").addEventListener("click", () => setScope("ticker"));
   $("#history-all").addEventListener("click", () => setScope("all"));
