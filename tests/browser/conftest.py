@@ -107,6 +107,7 @@ def shoot(request: pytest.FixtureRequest) -> Shoot:
                 page.screenshot(path=str(SCREENSHOTS / f"{test}--{state}--{name}.png"), full_page=True)
             page.set_viewport_size(original)
         if readme and os.environ.get("TT_README_SHOTS") == "1":
+            page.evaluate("window.scrollTo(0, 0)")  # the README shows the page as it opens
             page.screenshot(path=str(README_IMAGES / f"{readme}.png"))
         return path
 
