@@ -77,6 +77,35 @@ def test_a_finished_run_has_its_own_url_leads_with_the_decision_and_back_works(
     expect(page.locator(f"#run[data-run-id='{first}'][data-status='completed']")).to_be_visible()
 
 
+def test_two_runs_side_by_side_with_what_differs_highlighted(
+    context: BrowserContext, stack: Stack, shoot: Shoot
+) -> None:
+    first = stack.submit("CSCO", ("market",))
+    second = stack.submit("CSCO", ("market", "risk"))
+    for run_id in (first, second):
+        stack.wait_status(run_id, {"completed"})
+    page = open_page(context, stack, "CSCO")
+    page.set_viewport_size(PHONE)
+
+    for run_id in (first, second):
+        page.locator(f"#history li[data-run-id='{run_id}'] input.pick").check()
+    expect(page).to_have_url(f"{stack.url}/#CSCO")  # ticking is not opening
+    page.click("#compare-picked")
+
+    table = page.locator("#compare table.compare")
+    expect(table).to_be_in_viewport()
+    expect(page).to_have_url(f"{stack.url}/#/compare/{first},{second}")
+    expect(table.locator("thead th")).to_have_count(3)
+    analysts = table.locator("tbody tr", has=page.locator("th", has_text="Analysts"))
+    expect(analysts).to_have_attribute("data-differs", "true")
+    model = table.locator("tbody tr", has=page.locator("th", has_text="Model"))
+    expect(model).not_to_have_attribute("data-differs", "true")
+    shoot(page, "compare")
+
+    page.reload()  # the comparison has its own address too
+    expect(page.locator("#compare table.compare thead th")).to_have_count(3)
+
+
 def test_history_and_running_now_agree_with_the_run_view_while_it_runs(
     context: BrowserContext, stack: Stack
 ) -> None:

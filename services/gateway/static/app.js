@@ -2,6 +2,8 @@
 import { TickertapeClient, isTerminal } from "./tickertape-client.js";
 import { $, h, renderRun, renderEta, renderResult, historyItem, historyUnavailable, activeChip, setConnection } from "./views.js";
 import { runHash, runIdFromHash, steady, sayNear, acceptedNote } from "./page-state.js";
+import { ensureSignedIn } from "./signin.js";
+import { compareHash, compareIdsFromHash, renderCompare } from "./compare.js";
 
 const SYMBOL = /^[A-Z0-9.\-^=]{1,10}$/;
 const LAST_TICKER = "tickertape.lastTicker";
@@ -10,6 +12,7 @@ const page = {
   ticker: null, runId: null, attachment: null, state: null, key: newKey(),
   scope: "ticker", cursor: null, active: [],
   live: new Map(), // runId → the newest state any attachment of this page has folded
+  picked: new Set(), // runIds ticked in history for comparing
 };
 window.tickertape = { client, page }; // for debugging and the browser tests
 
@@ -279,7 +282,7 @@ async function loadHistory(more = false) {
     const { runs, nextCursor } = await client.list({ symbol, limit: 10, cursor: more ? page.cursor : undefined });
     historyRetry.delayMs = 0;
     page.cursor = nextCursor;
-    const items = runs.map((run) => historyItem(steady(page.live.get(run.runId), run), openFromHistory));
+    const items = runs.map((run) => historyItem(steady(page.live.get(run.runId), run), openFromHistory, picker));
     if (more) list.append(...items);
     else list.replaceChildren(...(items.length ? items : [h("li", { class: "empty" }, symbol ? `No analyses of ${symbol} yet.` : "No analyses yet.")]));
     $("#history-more").hidden = !nextCursor;
@@ -300,8 +303,42 @@ async function loadHistory(more = false) {
 /** A history row shows the same numbers as the run view: the newest state this page has seen. */
 function overlayHistory(state) {
   const row = document.querySelector(`#history li[data-run-id="${CSS.escape(state.runId)}"]`);
-  if (row) row.replaceWith(historyItem(state, openFromHistory));
+  if (row) row.replaceWith(historyItem(state, openFromHistory, picker));
   if (page.active.some((r) => r.runId === state.runId)) renderStrip();
+}
+
+// --- compare ---
+
+const picker = {
+  picked: page.picked,
+  onPick(run, on) {
+    if (on) page.picked.add(run.runId);
+    else page.picked.delete(run.runId);
+    const button = $("#compare-picked");
+    button.hidden = page.picked.size < 2;
+    button.textContent = `Compare ${page.picked.size} runs`;
+  },
+};
+
+async function openCompare(runIds) {
+  try {
+    const runs = await Promise.all(runIds.map((id) => client.get(id)));
+    renderCompare(runs, closeCompare);
+    $("#compare").scrollIntoView({ behavior: "smooth", block: "start" });
+  } catch (err) {
+    explain(err, "comparing the runs");
+  }
+}
+
+function closeCompare() {
+  renderCompare(null);
+  if (compareIdsFromHash(location.hash)) history.pushState(null, "", page.runId ? runHash(page.runId) : `#${page.ticker}`);
+}
+
+function comparePicked() {
+  const ids = [...page.picked];
+  history.pushState(null, "", compareHash(ids));
+  openCompare(ids);
 }
 
 function openFromHistory(run) {
@@ -345,56 +382,6 @@ function renderStrip() {
   })));
 }
 
-// --- signing in (only when the server has auth on) ---
-
-/** A host app may hand its user's JWT over as ?token=…: taken out of the address bar (and so out
- * of history, bookmarks and Referer) before anything else, then traded for the session cookie. */
-function takeHandOffToken() {
-  const url = new URL(location.href);
-  const token = url.searchParams.get("token");
-  if (token === null) return null;
-  url.searchParams.delete("token");
-  history.replaceState(history.state, "", url);
-  return token.trim() || null;
-}
-
-async function ensureSignedIn() {
-  const handOff = takeHandOffToken();
-  if (handOff) {
-    try {
-      await client.signIn(handOff);
-      return;
-    } catch (err) {
-      if (err.kind !== "unauthorized") return;
-      $("#sign-in-error").textContent = `The sign-in link was refused: ${err.detail || "sign in again"}`;
-      $("#sign-in-error").hidden = false;
-    }
-  }
-  try {
-    await client.request("GET", "/session");
-    return;
-  } catch (err) {
-    if (err.kind !== "unauthorized") return; // unreachable servers are reported by what follows
-  }
-  const dialog = $("#sign-in");
-  dialog.addEventListener("cancel", (event) => event.preventDefault()); // nothing works until signed in
-  dialog.showModal();
-  await new Promise((resolve) => {
-    $("#sign-in-form").addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const error = $("#sign-in-error");
-      try {
-        await client.signIn($("#sign-in-token").value.trim());
-        dialog.close();
-        resolve();
-      } catch (err) {
-        error.textContent = err.kind === "unauthorized" ? err.detail || "That token is not valid." : err.friendly;
-        error.hidden = false;
-      }
-    });
-  });
-}
-
 // --- start ---
 
 function bind() {
@@ -409,8 +396,12 @@ function bind() {
   $("#history-ticker").addEventListener("click", () => setScope("ticker"));
   $("#history-all").addEventListener("click", () => setScope("all"));
   $("#history-more").addEventListener("click", () => loadHistory(true));
+  $("#compare-picked").addEventListener("click", comparePicked);
   $(".notice-close").addEventListener("click", clearNotice);
   const followUrl = () => {
+    const compared = compareIdsFromHash(location.hash);
+    if (compared) return openCompare(compared);
+    renderCompare(null);
     const runId = runIdFromHash(location.hash);
     if (runId) return openRunFromUrl(runId);
     const ticker = tickerFromHash();
@@ -424,11 +415,13 @@ function bind() {
 
 async function start() {
   bind();
-  await ensureSignedIn();
+  await ensureSignedIn(client);
   await loadCatalogue();
   const runId = runIdFromHash(location.hash);
+  const compared = compareIdsFromHash(location.hash);
+  if (compared) await openCompare(compared);
   if (runId) await openRunFromUrl(runId);
-  else await selectTicker(tickerFromHash() || localStorage.getItem(LAST_TICKER) || "AAPL");
+  else await selectTicker(tickerFromHash() || localStorage.getItem(LAST_TICKER) || "AAPL", { url: !compared });
   refreshActive();
 }
 

@@ -222,10 +222,13 @@ function inline(text) {
 
 // --- history and the active strip ---
 
-export function historyItem(run, onOpen) {
+export function historyItem(run, onOpen, pick = null) {
   const decision = run.result?.decision;
+  const box = pick && h("input", { type: "checkbox", class: "pick", "aria-label": `Compare ${run.symbol} ${shortId(run.runId)}`,
+    checked: pick.picked.has(run.runId), onclick: (e) => e.stopPropagation(), onchange: (e) => pick.onPick(run, e.target.checked) });
   return h("li", { "data-run-id": run.runId, "data-status": run.status, tabindex: "0", onclick: () => onOpen(run),
-    onkeydown: (e) => { if (e.key === "Enter") onOpen(run); } },
+    onkeydown: (e) => { if (e.key === "Enter" && e.target === e.currentTarget) onOpen(run); } },
+    box || h("span", {}),
     h("span", { class: "sym" }, run.symbol),
     h("span", { class: "mini-badge", "data-decision": decision || "" }, decision || (isTerminal(run) ? "—" : `${Math.round(run.progress || 0)}%`)),
     h("a", { class: "when", href: runHash(run.runId), onclick: (e) => e.preventDefault() }, when(run.createdAt || run.requestedAt),
