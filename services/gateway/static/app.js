@@ -411,6 +411,11 @@ function bind() {
   window.addEventListener("popstate", followUrl);
   setInterval(() => { if (page.state) { renderEta(page.state); renderStrip(); } }, 1000);
   setInterval(refreshActive, 3000);
+  // The chart is drawn for the width it opened at (chart.js): redraw when a phone turns or a
+  // window crosses the phone width, so its labels stay readable.
+  matchMedia("(max-width: 599px)").addEventListener("change", () => {
+    if (page.state && isTerminal(page.state) && !$("#result").hidden) renderResult(page.state);
+  });
 }
 
 async function start() {
