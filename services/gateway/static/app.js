@@ -3,6 +3,7 @@ import { TickertapeClient, isTerminal } from "./tickertape-client.js";
 import { $, h, renderRun, renderEta, renderResult, historyItem, historyUnavailable, activeChip, setConnection } from "./views.js";
 import { runHash, runIdFromHash, steady, sayNear, acceptedNote } from "./page-state.js";
 import { ensureSignedIn } from "./signin.js";
+import { copyLink, exportJson } from "./run-actions.js";
 import { compareHash, compareIdsFromHash, renderCompare } from "./compare.js";
 
 const SYMBOL = /^[A-Z0-9.\-^=]{1,10}$/;
@@ -192,31 +193,6 @@ async function confirmedCancel() {
   }
 }
 
-async function copyLink() {
-  if (!page.runId) return;
-  const url = new URL(runHash(page.runId), location.href).href;
-  try {
-    await navigator.clipboard.writeText(url);
-    sayNear("#run-notice", "Link copied.", "info");
-  } catch {
-    sayNear("#run-notice", url, "info"); // no clipboard (plain http): show it to copy by hand
-  }
-}
-
-/** The run as the API has it, saved as a file (the CLI's `show RUN --format md` gives Markdown). */
-async function exportJson() {
-  if (!page.runId) return;
-  try {
-    const state = await client.get(page.runId);
-    const link = h("a", { href: URL.createObjectURL(new Blob([JSON.stringify(state, null, 2)], { type: "application/json" })),
-      download: `tickertape-${state.symbol}-${state.runId}.json` });
-    link.click();
-    URL.revokeObjectURL(link.href);
-  } catch (err) {
-    sayNear("#run-notice", err?.friendly || "Could not export the run. Try again.");
-  }
-}
-
 // --- tickers ---
 
 /** Switch to a ticker: re-attach to its active run (from where this browser left it), show its history. */
@@ -390,8 +366,8 @@ function bind() {
   $("#ticker").addEventListener("input", tickerInput);
   $("#ticker").addEventListener("change", () => navigate(tickerInput()));
   $("#cancel").addEventListener("click", askCancel);
-  $("#copy-link").addEventListener("click", copyLink);
-  $("#export-json").addEventListener("click", exportJson);
+  $("#copy-link").addEventListener("click", () => copyLink(page.runId));
+  $("#export-json").addEventListener("click", () => exportJson(client, page.runId));
   $("#confirm-cancel").addEventListener("close", confirmedCancel);
   $("#history-ticker").addEventListener("click", () => setScope("ticker"));
   $("#history-all").addEventListener("click", () => setScope("all"));
