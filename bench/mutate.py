@@ -93,9 +93,9 @@ _ENDED = "if phase == 'ended' then"
 
 LUA: tuple[LuaMutant, ...] = (
     LuaMutant("drop the ended guard", r"if phase == 'ended' then return \{'refused', 'ended'\} end", ""),
-    LuaMutant("abandon after the end", _ENDED, _ENDED.replace(" then", " and t ~= 'abandon' then")),
-    LuaMutant("start after the end", _ENDED, _ENDED.replace(" then", " and t ~= 'start' then")),
-    LuaMutant("cancel after the end", _ENDED, _ENDED.replace(" then", " and t ~= 'cancel' then")),
+    LuaMutant("abandon after the end", _ENDED, _ENDED.replace(" then", " and ARGV[3] ~= 'abandon' then")),
+    LuaMutant("start after the end", _ENDED, _ENDED.replace(" then", " and ARGV[3] ~= 'start' then")),
+    LuaMutant("cancel after the end", _ENDED, _ENDED.replace(" then", " and ARGV[3] ~= 'cancel' then")),
     LuaMutant(
         "skip the fence check",
         r"  if redis.call\('HGET', KEYS\[3\], 'fence'\) ~= fence then return \{'refused', 'fenced'\} end\n",
@@ -122,6 +122,12 @@ LUA: tuple[LuaMutant, ...] = (
         r"\(t == 'cancel' and phase == 'queued'\)",
         "t == 'cancel'",
         ("tests/runner/test_cancel.py",),
+    ),
+    LuaMutant(
+        "cancel while queued leaves it queued",
+        r" or \(t == 'cancel' and phase == 'queued'\)",
+        "",
+        ("tests/gateway/test_sse_resume.py",),
     ),
     LuaMutant(
         "don't set expiry at terminal",
@@ -155,6 +161,10 @@ LUA: tuple[LuaMutant, ...] = (
         "",
     ),
 )
+
+
+SCRIPT_ERRORS = ("nonexistent global", "Error compiling script", "Error running script")
+"""Signs in the test output that a mutated script does not run at all (a bad mutant, not a kill)."""
 
 
 def copy_tree(dest: Path) -> None:
@@ -236,6 +246,8 @@ def run_lua() -> tuple[int, int, list[str]]:
         began = time.monotonic()
         proc = subprocess.run(args, cwd=tree, env=env_for(tree), capture_output=True, text=True)
         verdict = "killed" if proc.returncode == 1 else ("SURVIVED" if proc.returncode == 0 else "error")
+        if any(sign in proc.stdout for sign in SCRIPT_ERRORS):
+            verdict = "error"  # the mutant broke the script itself: killed for the wrong reason
         print(f"  lua: {m.name:<40} {verdict:<8} {time.monotonic() - began:5.1f}s", flush=True)
         if verdict == "killed":
             killed += 1
