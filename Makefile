@@ -49,7 +49,7 @@ bench: setup
 
 # Mutation testing of the guarantee modules and the append scripts (not in make test: ~1 h on
 # 2 cores). MUTATE=lua,reducer picks parts; see bench/mutate.py and docs/reliability.md.
-mutate: setup system-deps
+mutate: setup
 	$(BIN)/python -m bench.mutate $(if $(MUTATE),--only $(MUTATE))
 
 clean:
