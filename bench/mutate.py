@@ -64,7 +64,11 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "retention": (
         ("services/projector/retention.py", "services/projector/clock.py"),
-        ("tests/projector/test_retention.py", "tests/projector/test_clock_skew.py"),
+        (
+            "tests/projector/test_retention.py",
+            "tests/projector/test_clock_skew.py",
+            "tests/projector/test_retention_clock.py",
+        ),
     ),
     "runner": (
         ("services/runner/runs.py", "services/runner/leases.py", "services/runner/execution.py"),
@@ -213,6 +217,20 @@ def mutmut_config(modules: tuple[str, ...], tests: tuple[str, ...]) -> str:
     )
 
 
+def finish(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait for mutmut; once it printed its final rate, give it 30 s to exit, then end it: a thread
+    a test left behind in its stats run can keep it alive after every verdict is on disk."""
+    while proc.poll() is None:
+        if "mutations/second" in log.read_text(errors="replace"):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
+            return
+        time.sleep(2)
+
+
 def run_python(group: str, children: int) -> tuple[int, int, list[str]]:
     """mutmut over one module group: (killed, total, survivors)."""
     modules, tests = MODULES[group]
@@ -223,7 +241,8 @@ def run_python(group: str, children: int) -> tuple[int, int, list[str]]:
     mutmut = str(PY / "mutmut")
     log = tree / "mutmut.log"
     with log.open("w") as out:
-        subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=tree, stdout=out, stderr=out)
+        proc = subprocess.Popen([mutmut, "run", "--max-children", str(children)], cwd=tree, stdout=out, stderr=out)
+        finish(proc, log)
     listing = subprocess.run(
         [mutmut, "results", "--all", "true"], cwd=tree, capture_output=True, text=True
     ).stdout
