@@ -241,7 +241,8 @@ def run_python(group: str, children: int) -> tuple[int, int, list[str]]:
     mutmut = str(PY / "mutmut")
     log = tree / "mutmut.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([mutmut, "run", "--max-children", str(children)], cwd=tree, stdout=out, stderr=out)
+        command = [mutmut, "run", "--max-children", str(children)]
+        proc = subprocess.Popen(command, cwd=tree, stdout=out, stderr=out)
         finish(proc, log)
     listing = subprocess.run(
         [mutmut, "results", "--all", "true"], cwd=tree, capture_output=True, text=True
