@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from redis.asyncio import Redis
 
+from services.projector.clock import redis_now
+from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
 from shared.keys import Keys
 from shared.store import EventStore
-from tests.projector.support import db_states, log_head, wait_caught_up, write_runs
+from tests.projector.conftest import Clock
+from tests.projector.support import db_states, log_head, until_caught_up, wait_caught_up, write_runs
 from tests.support.processes import ROOT, ServiceProcess
 
 MONTH_S = 31 * 86400
@@ -54,3 +58,19 @@ async def test_a_projector_a_month_ahead_archives_no_fresh_run(
     assert set(db_states(db_path)) == set(run_ids)
     assert db_states(db_path, "runs_archive") == {}
     assert [await redis.exists(keys.run(r)) for r in run_ids] == [1, 1]
+
+
+async def test_expiring_a_run_stream_removes_its_meta_hash_too(
+    redis: Redis, keys: Keys, service: ProjectorService, clock: Clock
+) -> None:
+    """Kills: ``expire_run_streams`` unlinking only the stream (its meta hash, the run's phase for
+    the append script, would outlive it)."""
+    store = EventStore(redis, keys)
+    clock.at = await redis_now(redis)
+    run_ids = await write_runs(store, ["completed"] * 3)
+    await redis.persist(keys.run(run_ids[0]))  # EXPIRE at the end is the first line; this is the backstop
+    await until_caught_up(service, redis, keys.events)
+    clock.at += timedelta(hours=48, minutes=30)
+    assert (await service.retention().run_once())["run_streams_expired"] == 3
+    for run_id in run_ids:
+        assert (await redis.exists(keys.run(run_id)), await redis.exists(keys.meta(run_id))) == (0, 0)
