@@ -248,8 +248,9 @@ def run_python(group: str, children: int) -> tuple[int, int, list[str]]:
         [mutmut, "results", "--all", "true"], cwd=tree, capture_output=True, text=True
     ).stdout
     verdicts = dict(line.strip().rsplit(": ", 1) for line in listing.splitlines() if ": " in line)
-    if not verdicts:
-        sys.exit(f"mutmut produced no results for {group}: see {log}")
+    if not verdicts or all(v == "not checked" for v in verdicts.values()):
+        print(f"{group}: mutmut ran no mutant (its clean run of the tests failed): see {log}", flush=True)
+        return 0, 0, [f"{group}: NOT RUN (see {log})"]
     killed = sum(v in ("killed", "timeout") for v in verdicts.values())
     survivors = sorted(f"{name} ({v})" for name, v in verdicts.items() if v not in ("killed", "timeout"))
     return killed, len(verdicts), survivors
@@ -310,11 +311,11 @@ def main() -> None:
         survivors += missed
     print(f"\n{'module':<12} {'killed':>7} {'total':>6} {'ratio':>7}")
     for group, killed, total in rows:
-        print(f"{group:<12} {killed:>7} {total:>6} {killed / total:>7.1%}")
+        print(f"{group:<12} {killed:>7} {total:>6} {killed / max(total, 1):>7.1%}")
     py = [(k, t) for g, k, t in rows if g != "lua"]
     if py:
         k, t = sum(x for x, _ in py), sum(y for _, y in py)
-        print(f"{'python':<12} {k:>7} {t:>6} {k / t:>7.1%}")
+        print(f"{'python':<12} {k:>7} {t:>6} {k / max(t, 1):>7.1%}")
     print("\nsurvivors:" if survivors else "\nno survivors")
     for name in survivors:
         print(f"  {name}")
