@@ -58,8 +58,6 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/projector/test_db.py",
             "tests/projector/test_exactly_once.py",
             "tests/projector/test_consumer.py",
-            "tests/projector/test_clock_skew.py",
-            "tests/projector/test_reconcile.py",
         ),
     ),
     "retention": (
