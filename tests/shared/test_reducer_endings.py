@@ -18,9 +18,11 @@ from shared.events import (
     StepStarted,
 )
 from shared.reducer import ErrorInfo, RunState, fold
+from shared.results import RunResult, Usage
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STEPS = ("data_collection", "analyst:market", "final_assessment")
+STEP_USAGE = Usage(calls=1, prompt_tokens=10)
 
 
 def at(seconds: float) -> datetime:
@@ -33,7 +35,7 @@ def _fold(*tail: AnyEvent) -> RunState:
         RunRequested(run_id="r", at=at(0), user_id="u", symbol="AAPL", model_id="m", analysts=("market",)),
         RunStarted(run_id="r", at=at(10), runner_id="w1", attempt=1, steps=STEPS),
         StepStarted(run_id="r", at=at(11), step=STEPS[0], index=0),
-        StepCompleted(run_id="r", at=at(12), step=STEPS[0], duration_s=1.0),
+        StepCompleted(run_id="r", at=at(12), step=STEPS[0], duration_s=1.0, usage=STEP_USAGE),
         StepStarted(run_id="r", at=at(13), step=STEPS[1], index=1),
     ]
     return fold("r", [(f"{i + 1}-0", e) for i, e in enumerate([*head, *tail])])
@@ -69,10 +71,20 @@ def test_a_confirmed_cancel_ends_the_run_and_cancels_its_running_step() -> None:
     assert state.error == ErrorInfo(code="cancelled", message="changed my mind")
 
 
-def test_a_completion_completes_the_running_step() -> None:
-    state = _fold(RunCompleted(run_id="r", at=at(16), duration_s=6.0))
+def test_a_completion_completes_the_running_step_and_keeps_the_result() -> None:
+    """Kills ``_completed`` mutants: the result, and the usage the runner reports at the end."""
+    result = RunResult(
+        symbol="AAPL", decision="BUY", rating="Buy", confidence=0.7, horizon="1 week",
+        rationale="r", key_risks=[], reports=[],
+    )  # fmt: skip
+    usage = Usage(calls=4, prompt_tokens=40)
+    state = _fold(RunCompleted(run_id="r", at=at(16), duration_s=6.0, result=result, usage=usage))
     _ended(state, "completed", 16)
     assert _statuses(state) == ["completed", "completed", "pending"] and state.progress == 100.0
+    assert (state.result, state.usage) == (result, usage)
+    assert (state.requested_at, state.steps[0].duration_s) == (at(0), 1.0)
+    kept = _fold(RunCompleted(run_id="r", at=at(16), duration_s=6.0))  # no usage reported: the steps' sum
+    assert kept.usage == STEP_USAGE and kept.result is None
 
 
 def test_a_cancel_before_the_start_ends_the_run_at_once() -> None:
