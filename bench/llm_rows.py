@@ -36,7 +36,7 @@ def count(name: str, default: int, quick_default: int) -> int:
 
 
 def _at_goal(n: int) -> bool:
-    return n == GOAL_SIZE or (quick() and n == max(sizes("BENCH_INFLIGHT", "", "10,50")))
+    return n == GOAL_SIZE or (quick() and n == max(sizes("BENCH_INFLIGHT", "", "5,20")))
 
 
 def inflight_rows(n: int, out: Outcome) -> list[Row]:
@@ -58,6 +58,8 @@ def inflight_rows(n: int, out: Outcome) -> list[Row]:
             f"peak {out.runner_rss_peak_mb:.0f} MB, idle {out.runner_rss_idle_mb:.0f} MB"),
         Row(row, f"{label}: runner CPU per run", "ms", [1000 * out.runner_cpu_s / max(n, 1)],
             note=f"{CALLS_PER_RUN} calls a run"),
+        Row(row, f"{label}: Redis CPU per run", "ms", [1000 * out.redis_cpu_s / max(n, 1)],
+            note=f"{out.redis_calls / max(n, 1):.0f} commands a run, runner + gateway + 1 watcher"),
         Row(row, f"{label}: overhead (run time beyond model time)", "%", [100 * out.overhead_share],
             f"<= {100 * OVERHEAD_GOAL:.0f} %" if gated else "",
             out.overhead_share <= OVERHEAD_GOAL if gated else None),
@@ -71,10 +73,10 @@ def safe(n: int, out: Outcome) -> bool:
 
 
 def measure_inflight(redis_url: str, workdir: Path) -> list[Row]:
-    watched_cap = count("BENCH_INFLIGHT_WATCHED", 1000, 50)
+    watched_cap = count("BENCH_INFLIGHT_WATCHED", 1000, 20)
     rows: list[Row] = []
     largest_safe = 0
-    for n in sizes("BENCH_INFLIGHT", "10,100,1000,5000", "10,50"):
+    for n in sizes("BENCH_INFLIGHT", "10,100,1000,5000", "5,20"):
         try:
             out = asyncio.run(measure(redis_url, workdir / f"inflight-{n}", Shape(n, 1, min(n, watched_cap))))
         except Exception as exc:
@@ -113,8 +115,8 @@ def watcher_rows(label: str, out: Outcome, gated: bool) -> list[Row]:
 
 
 def measure_watchers(redis_url: str, workdir: Path) -> list[Row]:
-    runs, per_run = count("BENCH_WATCH_RUNS", 1000, 20), count("BENCH_WATCHERS_PER_RUN", 10, 2)
-    one = count("BENCH_WATCH_ONE", 1000, 50)
+    runs, per_run = count("BENCH_WATCH_RUNS", 1000, 10), count("BENCH_WATCHERS_PER_RUN", 10, 2)
+    one = count("BENCH_WATCH_ONE", 1000, 20)
     rows: list[Row] = []
     for label, shape, gated in (
         (f"{runs * per_run:,} watchers on {runs:,} runs", Shape(runs, per_run, runs), True),

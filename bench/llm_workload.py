@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 
-from bench.common import ROOT, cpu_seconds, rss_mb
+from bench.common import ROOT, cpu_seconds, quick, rss_mb
 from bench.sse_fanout import gateway_connections
 from shared import streamids
 from shared.events import RunCompleted, RunRequested, RunStarted, is_terminal
@@ -45,6 +45,8 @@ SIM_ENV = {
     "TT_LLMSIM_SEED": "20",
 }
 """A call takes 0.3-0.8 s to its first token, then 100-200 tokens at 80-160/s: ~1-3 s, mean ~1.8 s."""
+QUICK_SIM_ENV = {**SIM_ENV, "TT_LLMSIM_TTFT_S": "uniform:0.05,0.1", "TT_LLMSIM_TOKENS_PER_S": "fixed:1000"}
+"""BENCH_QUICK: calls of ~0.15-0.3 s, so a smoke run of the section takes seconds."""
 WATCHERS_PER_PROC = 2500
 MAX_WATCHER_PROCS = 4
 GATEWAY_ID = "bench-llm"
@@ -71,6 +73,9 @@ class Outcome:
     gateway_rss_before_mb: float = 0.0
     gateway_rss_peak_mb: float = 0.0
     gateway_connections: list[int] = field(default_factory=list)
+    redis_cpu_s: float = 0.0
+    """Redis's whole CPU (commands and network) from the submits to the last run's end."""
+    redis_calls: int = 0
 
     @property
     def overhead_share(self) -> float:
@@ -105,12 +110,16 @@ def models_file(workdir: Path, sim_url: str) -> Path:
     return path
 
 
+def sim_env() -> dict[str, str]:
+    return QUICK_SIM_ENV if quick() else SIM_ENV
+
+
 @contextmanager
 def stack(redis_url: str, workdir: Path, concurrency: int) -> Iterator[tuple[ServiceProcess, ...]]:
     """The simulator, an idle runner and a gateway, stopped in reverse on the way out."""
     logs = workdir / "logs"
     with ExitStack() as stop:
-        sim = stop.enter_context(ServiceProcess("llmsim", SIM_ENV, port_var="TT_LLMSIM_PORT", log_dir=logs))
+        sim = stop.enter_context(ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=logs))
         common = {
             "REDIS_URL": redis_url,
             "TT_MODELS": str(models_file(workdir, sim.url)),
@@ -234,7 +243,8 @@ async def _drive(
     out.gateway_connections.append(await gateway_connections(store, GATEWAY_ID))
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample(runner_pid, gateway_pid, store, out, stop))
-    began = time.monotonic()
+    began, redis_cpu = time.monotonic(), await _redis_cpu(store.redis)
+    await store.redis.config_resetstat()
     try:
         runs = await submit_all(store, shape.runs)
         paths = shape.paths(runs)
@@ -243,6 +253,9 @@ async def _drive(
         await wait_ended(store.redis, keys, timeout_s=180 + shape.runs * 0.1)
         out.wall_s = time.monotonic() - began
         out.runner_cpu_s = cpu_seconds(runner_pid) - cpu0
+        out.redis_cpu_s = await _redis_cpu(store.redis) - redis_cpu
+        stats = await store.redis.info("commandstats")
+        out.redis_calls = sum(int(v["calls"]) for v in stats.values())
         await collect_watchers(watchers, out)
     finally:
         stop.set()
@@ -251,6 +264,11 @@ async def _drive(
     async with httpx.AsyncClient() as http:
         stats = (await http.get(f"{sim.url}/stats")).json()
     out.simulated_s, out.sim_statuses = stats["simulated_s"], stats["statuses"]
+
+
+async def _redis_cpu(redis: Redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def _pid(process: ServiceProcess) -> int:

@@ -17,9 +17,9 @@ DEFAULT_CONCURRENCY = 500
 slots are cheap; half the largest size the LLM-bound sweep held every goal at on 2 cores
 (docs/benchmarks.md, row 7), leaving room for pipelines heavier in CPU than the built-in one."""
 RUNS_PER_REDIS_CONNECTION = 100
-"""In-flight runs one pooled Redis connection serves: a run appends a few events a second,
-each a sub-millisecond round trip, so a connection shared by more waits long enough to delay
-lease renewals behind the runs' appends."""
+"""In-flight runs one pooled Redis connection serves: a run appends a few events a second, each
+a sub-millisecond round trip; shared by more, its appends queue for a connection, delaying every
+run's progress events (and failing a step once a wait passes the pool's 30 s)."""
 SPARE_FILES = 64
 """File descriptors the process needs beyond its sockets to Redis and to the models."""
 
@@ -100,8 +100,8 @@ class RunnerSettings:
         if self.redis_connections < needed:
             raise ConfigError(
                 f"TT_RUNNER_CONCURRENCY={self.concurrency} needs TT_RUNNER_REDIS_CONNECTIONS >= {needed} "
-                f"(one per {RUNS_PER_REDIS_CONNECTION} runs in flight, or their appends delay the lease "
-                f"renewals); got {self.redis_connections}. Raise it or lower the concurrency."
+                f"(one per {RUNS_PER_REDIS_CONNECTION} runs in flight, or their appends queue for a "
+                f"connection); got {self.redis_connections}. Raise it or lower the concurrency."
             )
         files = min(self.http_connections, self.concurrency) + self.redis_connections + SPARE_FILES
         if files > open_files:
