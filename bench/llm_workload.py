@@ -12,6 +12,7 @@ RSS and CPU), then every run is submitted at once (a burst of users), then the w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import sys
@@ -167,6 +168,13 @@ async def open_watchers(port: int, paths: list[str], workdir: Path) -> list[asyn
 
 
 async def collect_watchers(procs: list[asyncio.subprocess.Process], out: Outcome) -> None:
+    """Each process's report, once the last frames had a moment to arrive (a run that never
+    ended must not keep its watchers waiting)."""
+    await asyncio.sleep(2.0)
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
     for proc in procs:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 120)

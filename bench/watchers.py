@@ -2,10 +2,11 @@
 
 ``python -m bench.watchers PORT PATHS_FILE`` opens one connection per line of PATHS_FILE (a run's
 events path; a path may repeat), prints ``opened`` once every watcher has had its replay, and
-at the end one JSON line: the append→client latency of every live frame (ms), the watchers that
-saw the end, and this process's CPU seconds. Latency is the arrival stamp (``time.time()``) minus
-the frame's stream ID, which is Redis's clock at the append on the same machine (1 ms grain);
-frames older than a watcher's first bytes are its replay, not live, and are left out.
+at the end (every watcher saw its run end, or SIGTERM) one JSON line: the append→client
+latency of every live frame (ms), the watchers that saw the end, and this process's CPU seconds.
+Latency is the arrival stamp (``time.time()``) minus the frame's stream ID, which is Redis's
+clock at the append on the same machine (1 ms grain); frames older than a watcher's first bytes
+are its replay, not live, and are left out.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import functools
 import gc
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,6 +49,7 @@ async def watch(port: int, paths: list[str]) -> None:
         transport, _ = await loop.create_connection(functools.partial(_Protocol, client), "127.0.0.1", port)
         transports.append(transport)
     await signals["opened"].wait()
+    loop.add_signal_handler(signal.SIGTERM, signals["ended"].set)  # the bench is done waiting
     print("opened", flush=True)
     cpu = time.process_time()
     try:
