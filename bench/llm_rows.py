@@ -46,6 +46,9 @@ def inflight_rows(n: int, out: Outcome) -> list[Row]:
     gated = _at_goal(n)
     calls = sum(out.sim_statuses.values())
     frames = f"{len(out.latencies_ms):,} frames, {out.watchers:,} watchers"
+    top = ", ".join(
+        f"{name} {calls / max(n, 1):.0f}x {us / max(n, 1) / 1000:.1f} ms" for name, calls, us in out.redis_top
+    )
     return [
         Row(row, f"{label}: completed", "%", [100 * out.completed / max(n, 1)], "100 %",
             out.completed == n, f"{out.wall_s:.0f} s wall, {calls:,} model calls"),
@@ -59,7 +62,7 @@ def inflight_rows(n: int, out: Outcome) -> list[Row]:
         Row(row, f"{label}: runner CPU per run", "ms", [1000 * out.runner_cpu_s / max(n, 1)],
             note=f"{CALLS_PER_RUN} calls a run"),
         Row(row, f"{label}: Redis CPU per run", "ms", [1000 * out.redis_cpu_s / max(n, 1)],
-            note=f"{out.redis_calls / max(n, 1):.0f} commands a run, runner + gateway + 1 watcher"),
+            note=f"{out.redis_calls / max(n, 1):.0f} commands a run (all processes); top: {top}"),
         Row(row, f"{label}: overhead (run time beyond model time)", "%", [100 * out.overhead_share],
             f"<= {100 * OVERHEAD_GOAL:.0f} %" if gated else "",
             out.overhead_share <= OVERHEAD_GOAL if gated else None),

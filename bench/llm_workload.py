@@ -77,6 +77,8 @@ class Outcome:
     redis_cpu_s: float = 0.0
     """Redis's whole CPU (commands and network) from the submits to the last run's end."""
     redis_calls: int = 0
+    redis_top: list[tuple[str, int, float]] = field(default_factory=list)
+    """The commands that took Redis longest: (name, calls, µs inside them)."""
 
     @property
     def overhead_share(self) -> float:
@@ -264,6 +266,10 @@ async def _drive(
         out.redis_cpu_s = await _redis_cpu(store.redis) - redis_cpu
         stats = await store.redis.info("commandstats")
         out.redis_calls = sum(int(v["calls"]) for v in stats.values())
+        ranked = sorted(stats.items(), key=lambda kv: -float(kv[1]["usec"]))
+        out.redis_top = [
+            (k.removeprefix("cmdstat_"), int(v["calls"]), float(v["usec"])) for k, v in ranked[:4]
+        ]
         await collect_watchers(watchers, out)
     finally:
         stop.set()

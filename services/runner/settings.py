@@ -12,10 +12,12 @@ from shared.catalog import PipelineSpecError, parse_pipelines
 from shared.config import CommonSettings, ConfigError, Env
 
 DEFAULT_PIPELINE = "services.runner.factory:build_pipeline"
-DEFAULT_CONCURRENCY = 500
-"""Runs one process executes at a time. A run spends nearly all its life waiting on a model, so
-slots are cheap; half the largest size the LLM-bound sweep held every goal at on 2 cores
-(docs/benchmarks.md, row 7), leaving room for pipelines heavier in CPU than the built-in one."""
+DEFAULT_CONCURRENCY = 100
+"""Runs one process executes at a time. A run mostly waits on a model, so a slot costs little
+memory, but each LLM-bound run of the built-in pipeline costs the process 60-130 ms of CPU; at
+100 in flight every run completed with no takeover even on a 2-core machine loaded 4x over,
+where 1,000 did not (docs/benchmarks.md, row 7; docs/capacity.md). More in flight is CPU-bound:
+add runner processes."""
 RUNS_PER_REDIS_CONNECTION = 100
 """In-flight runs one pooled Redis connection serves: a run appends a few events a second, each
 a sub-millisecond round trip; shared by more, its appends queue for a connection, delaying every

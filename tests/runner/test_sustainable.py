@@ -18,7 +18,7 @@ def settings(**env: str) -> RunnerSettings:
     return RunnerSettings.from_env(Env({"TT_RUNNER_PORT": "0", **env}))
 
 
-def test_the_default_takes_hundreds_of_llm_bound_runs_with_a_model_connection_each() -> None:
+def test_the_default_takes_a_hundred_llm_bound_runs_with_a_model_connection_each() -> None:
     found = settings()
     assert found.concurrency == DEFAULT_CONCURRENCY >= 100
     assert found.http_connections == DEFAULT_CONCURRENCY
