@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import Row, not_measured, percentile, quick
-from bench.llm_workload import CALLS_PER_RUN, Outcome, Shape, measure
+from bench.llm_workload import CALLS_PER_RUN, Outcome, Shape, measure, pipeline
 
 P99_GOAL_MS = 100.0
 RSS_PER_RUN_GOAL_KB = 100.0
@@ -55,7 +55,7 @@ def inflight_rows(n: int, out: Outcome) -> list[Row]:
     )
     return [
         Row(row, f"{label}: completed", "%", [100 * out.completed / max(n, 1)], "100 %",
-            out.completed == n, f"{out.wall_s:.0f} s wall, {calls:,} model calls"),
+            out.completed == n, f"{pipeline()} pipeline, {out.wall_s:.0f} s wall, {calls:,} model calls"),
         Row(row, f"{label}: lease takeovers", "", [float(out.takeovers)], "0", out.takeovers == 0),
         Row(row, f"{label}: append → SSE client p99", "ms", [p99], P99_TEXT if gated else "",
             p99 <= P99_GOAL_MS if gated else None, frames),

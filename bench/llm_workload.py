@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -113,6 +114,12 @@ def models_file(workdir: Path, sim_url: str) -> Path:
     return path
 
 
+def pipeline() -> str:
+    """BENCH_LLM_PIPELINE: ``trading`` (the built-in pipeline, default) or ``calls`` (ten bare
+    model calls: Tickertape's own cost without the analysis, bench/calls_pipeline.py)."""
+    return os.environ.get("BENCH_LLM_PIPELINE", "trading")
+
+
 def sim_env() -> dict[str, str]:
     return QUICK_SIM_ENV if quick() else SIM_ENV
 
@@ -129,6 +136,8 @@ def stack(redis_url: str, workdir: Path, concurrency: int) -> Iterator[tuple[Ser
             "TT_LOG_LEVEL": "WARNING",
         }
         runner_env = {**common, "TT_RUNNER_CONCURRENCY": str(concurrency), "TT_RUNNER_ID": "bench-llm"}
+        if pipeline() == "calls":
+            runner_env["TT_RUNNER_PIPELINE"] = "bench.calls_pipeline:build"
         runner = stop.enter_context(ServiceProcess("runner", runner_env, log_dir=logs))
         gateway_env = {
             **common, "TT_STATE_DIR": str(workdir / "gateway"), "TT_GATEWAY_PROCESS_ID": GATEWAY_ID,
