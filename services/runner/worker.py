@@ -93,6 +93,7 @@ class Worker(Service):
         if not await self.retrying("reach Redis", self._ensure_groups):
             return
         self._build_components()
+        await self.retrying("find the end of the cancels stream", self.watcher.open)
         await self.retrying("resume the runs our previous process left", self._resume_inherited)
         self._spawn_loops()
         s = self.settings
