@@ -32,7 +32,11 @@ IdemHeader = Annotated[
 ]
 MAX_LIMIT = 100
 SUBMITTED: dict[int | str, dict[str, Any]] = {
-    200: {"model": Accepted, "description": "A repeat of an Idempotency-Key: the run it made"},
+    200: {
+        "model": Accepted,
+        "description": "A repeat of an Idempotency-Key: the run it made; or (joined: true) your "
+        "identical run that is pending or running",
+    },
     429: {"description": "Active-run cap or submission rate reached (Retry-After)"},
 }
 
@@ -69,12 +73,15 @@ def run_response(request: Request, state: RunState) -> Response:
     return conditional(request, etag_of(state), lambda: state_view(state))
 
 
-def accepted(location: str, run_id: str, status: str, created: bool) -> JSONResponse:
-    return JSONResponse(
-        {"runId": run_id, "status": status},
-        status_code=202 if created else 200,
-        headers={"Location": location},
-    )
+def accepted(
+    location: str, run_id: str, status: str, created: bool, *, joined: bool = False, secret: str | None = None
+) -> JSONResponse:
+    doc: dict[str, Any] = {"runId": run_id, "status": status}
+    if joined:
+        doc["joined"] = True
+    if secret is not None:
+        doc["webhookSecret"] = secret  # once: it is kept beside the run, never shown again
+    return JSONResponse(doc, status_code=202 if created else 200, headers={"Location": location})
 
 
 def build_router(base: str) -> APIRouter:
@@ -88,7 +95,15 @@ def build_router(base: str) -> APIRouter:
         body: RunRequest, caller: CallerDep, runtime: RuntimeDep, idem: IdemHeader = None
     ) -> JSONResponse:
         outcome = await submit_run(runtime, caller, body, idem)
-        return accepted(f"{base}/runs/{outcome.run_id}", outcome.run_id, outcome.status, outcome.created)
+        location = f"{base}/runs/{outcome.run_id}"
+        return accepted(
+            location,
+            outcome.run_id,
+            outcome.status,
+            outcome.created,
+            joined=outcome.joined,
+            secret=outcome.webhook_secret,
+        )
 
     @router.get("/runs", summary="List your runs, newest first")
     async def list_runs(
