@@ -81,6 +81,19 @@ class DeliveryPolicy:
     lease_s: float = 60.0
 
 
+def _entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    """One stream's entries from RESP2 ``[[stream, entries]]`` or a RESP3 map; fields as a dict."""
+    if not reply:
+        return []
+    raw = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    out: list[tuple[Any, dict[Any, Any]]] = []
+    for entry_id, fields in raw:
+        if isinstance(fields, list):
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        out.append((entry_id, fields or {}))
+    return out
+
+
 def payload(state: RunState, kind: WebhookEventType) -> bytes:
     """The body: Standard Webhooks' ``type``/``timestamp``/``data``; the same bytes every attempt."""
     result = state.result
@@ -132,13 +145,13 @@ class WebhookDeliverer:
     async def derive(self, block_ms: int = 1000, count: int = 200) -> int:
         """Record the deliveries the next log entries call for (own pending ones first); ack them."""
         streams: Any = {self.keys.events: "0"}
-        reply: Any = await self.redis.xreadgroup(WEBHOOKS_GROUP, self.consumer, streams, count=count)
-        if not reply or not reply[0][1]:
+        entries = _entries(await self.redis.xreadgroup(WEBHOOKS_GROUP, self.consumer, streams, count=count))
+        if not entries:
             streams = {self.keys.events: ">"}
             reply = await self.redis.xreadgroup(
                 WEBHOOKS_GROUP, self.consumer, streams, count=count, block=block_ms
             )
-        entries = reply[0][1] if reply else []
+            entries = _entries(reply)
         runs = {entry_run_id(fields) for entry_id, fields in entries if self._may_end(entry_id, fields)}
         for run_id in runs:
             await self._schedule(run_id)
@@ -148,6 +161,8 @@ class WebhookDeliverer:
 
     def _may_end(self, entry_id: Any, fields: dict[Any, Any]) -> bool:
         """Whether the entry holds an event after which its run may have ended."""
+        if not fields:  # trimmed while pending (Redis 6.2 answers it with no fields): just ack it
+            return False
         event = self.store.decode_fields(str(entry_id), fields)
         return isinstance(event, _ENDING) and not (isinstance(event, RunFailed) and event.will_retry)
 
