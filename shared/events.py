@@ -147,7 +147,23 @@ class WebhookAttempted(Event, tag=True, frozen=True, kw_only=True):
     next_attempt_at: datetime | None = None
 
 
-AFTER_END: tuple[type[Event], ...] = (WebhookAttempted,)
+class ShareCreated(Event, tag=True, frozen=True, kw_only=True):
+    """The owner made a read-only link to the run; only a hash of the link's secret is kept."""
+
+    share_id: str
+    user_id: str
+    token_sha256: str
+    expires_at: datetime | None = None
+
+
+class ShareRevoked(Event, tag=True, frozen=True, kw_only=True):
+    share_id: str
+    user_id: str
+
+
+ANY_PHASE: tuple[type[Event], ...] = (ShareCreated, ShareRevoked)
+"""Event types the owner may append whatever the run's phase (before, during or after its end)."""
+AFTER_END: tuple[type[Event], ...] = (WebhookAttempted, *ANY_PHASE)
 """Event types appended after a run's terminal event (bookkeeping that the reducer still folds)."""
 
 AnyEvent = (
@@ -162,6 +178,8 @@ AnyEvent = (
     | RunFailed
     | RunCancellationConfirmed
     | WebhookAttempted
+    | ShareCreated
+    | ShareRevoked
 )
 EVENT_TYPES: frozenset[str] = frozenset(t.__name__ for t in typing.get_args(AnyEvent))
 

@@ -26,6 +26,8 @@ from shared.events import (
     RunRequested,
     RunRetrying,
     RunStarted,
+    ShareCreated,
+    ShareRevoked,
     StepCompleted,
     StepProgress,
     StepStarted,
@@ -81,6 +83,14 @@ class DeliveryState(msgspec.Struct, kw_only=True):
     next_attempt_at: datetime | None = None
 
 
+class ShareState(msgspec.Struct, kw_only=True):
+    share_id: str
+    token_sha256: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
 class RunState(msgspec.Struct, kw_only=True):
     """Everything known about one run after folding its events."""
 
@@ -118,6 +128,7 @@ class RunState(msgspec.Struct, kw_only=True):
     event_count: int = 0
     webhook: WebhookSpec | None = None
     deliveries: list[DeliveryState] = []
+    shares: list[ShareState] = []
 
     @property
     def terminal(self) -> bool:
@@ -233,6 +244,20 @@ def _webhook_attempted(s: RunState, e: WebhookAttempted) -> None:
     found.error, found.last_attempt_at, found.next_attempt_at = e.error, e.at, e.next_attempt_at
 
 
+def _share_created(s: RunState, e: ShareCreated) -> None:
+    share = ShareState(
+        share_id=e.share_id, token_sha256=e.token_sha256, created_at=e.at, expires_at=e.expires_at
+    )
+    s.shares = [*s.shares, share]
+
+
+def _share_revoked(s: RunState, e: ShareRevoked) -> None:
+    s.shares = [
+        msgspec.structs.replace(sh, revoked_at=sh.revoked_at or e.at) if sh.share_id == e.share_id else sh
+        for sh in s.shares
+    ]
+
+
 def _started(s: RunState, e: RunStarted) -> None:
     s.status, s.attempt, s.runner_id = "running", e.attempt, e.runner_id
     s.started_at = s.started_at or e.at
@@ -340,6 +365,8 @@ _HANDLERS: dict[type, Callable[[RunState, Any], None]] = {
     RunCancelled: _cancelled,
     RunCancellationConfirmed: _confirmed,
     WebhookAttempted: _webhook_attempted,
+    ShareCreated: _share_created,
+    ShareRevoked: _share_revoked,
 }
 """What each event type does to a state (the order is the one a subclass is matched in)."""
 

@@ -32,6 +32,8 @@ from shared.events import (
     RunRequested,
     RunRetrying,
     RunStarted,
+    ShareCreated,
+    ShareRevoked,
     UnknownEvent,
     WebhookAttempted,
     is_terminal,
@@ -42,7 +44,7 @@ from shared.reducer import RunState, fold
 logger = logging.getLogger(__name__)
 
 Entry = tuple[str, AnyEvent]
-Transition = Literal["start", "event", "retry", "terminal", "cancel", "abandon", "after"]
+Transition = Literal["start", "event", "retry", "terminal", "cancel", "abandon", "after", "note"]
 
 _APPEND = """
 local phase = redis.call('HGET', KEYS[3], 'phase')
@@ -50,8 +52,10 @@ if not phase then return {'refused', 'unknown'} end
 local seen = 'a:' .. string.sub(redis.sha1hex(ARGV[1]), 1, 16)
 local before = redis.call('HGET', KEYS[3], seen)
 if before then return {'ok', before} end
-if ARGV[3] == 'after' then
-  if phase ~= 'ended' then return {'refused', phase} end
+if ARGV[3] == 'after' or ARGV[3] == 'note' then
+  local owner = redis.call('HGET', KEYS[3], 'user')
+  if ARGV[3] == 'note' and owner ~= ARGV[6] then return {'refused', 'unknown'} end
+  if ARGV[3] == 'after' and phase ~= 'ended' then return {'refused', phase} end
   local after = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
   redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', after)
   redis.call('HSET', KEYS[3], seen, after)
@@ -296,6 +300,8 @@ def transition_of(event: AnyEvent) -> Transition:
             return "retry"
         case WebhookAttempted():
             return "after"
+        case ShareCreated() | ShareRevoked():
+            return "note"
     return "terminal" if is_terminal(event) else "event"
 
 
@@ -402,7 +408,7 @@ class EventStore:
         """
         k, run_id = self.keys, event.run_id
         transition = transition_of(event)
-        user_id = event.user_id if isinstance(event, RunCancelled) else ""
+        user_id = event.user_id if isinstance(event, RunCancelled | ShareCreated | ShareRevoked) else ""
         if not user_id and transition == "terminal":
             user_id = owner if owner is not None else await self.owner(run_id)
         keys = [k.run(run_id), k.events, k.meta(run_id), k.active(user_id or "-")]
@@ -459,7 +465,7 @@ class EventStore:
         args += [group, entry_id, run_id, self.run_ttl_s, item.fence, len(item.events)]
         for event in item.events:
             transition = transition_of(event)
-            user_id = event.user_id if isinstance(event, RunCancelled) else ""
+            user_id = event.user_id if isinstance(event, RunCancelled | ShareCreated | ShareRevoked) else ""
             if not user_id and transition == "terminal":
                 user_id = owner or ""
             args += [self.codec.encode(event), transition, user_id]

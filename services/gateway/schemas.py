@@ -170,6 +170,8 @@ def state_view(state: RunState) -> dict[str, Any]:
     """The JSON a client sees for a run (camelCase; ``createdAt`` is when it was requested)."""
     doc: dict[str, Any] = camelize(msgspec.to_builtins(state))
     doc.pop("userId", None)
+    for share in doc.get("shares", ()):
+        share.pop("tokenSha256", None)
     doc["createdAt"] = doc.pop("requestedAt", None)
     doc["terminal"] = state.terminal
     return doc
