@@ -69,6 +69,10 @@ class RunRequested(Event, tag=True, frozen=True, kw_only=True):
     pipeline: str = "trading"
     """Which registered pipeline runs it (``TT_PIPELINES``); ``trading`` is the built-in one."""
     webhook: WebhookSpec | None = None
+    parent_run_id: str | None = None
+    """A fork's source run: the run's stream then carries the source's StepCompleted events
+    before ``from_step`` (right after this event), which the runner skips as already done."""
+    from_step: str | None = None
 
 
 class RunCancelled(Event, tag=True, frozen=True, kw_only=True):

@@ -129,6 +129,8 @@ class RunState(msgspec.Struct, kw_only=True):
     webhook: WebhookSpec | None = None
     deliveries: list[DeliveryState] = []
     shares: list[ShareState] = []
+    parent_run_id: str | None = None
+    from_step: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -231,7 +233,7 @@ def _requested(s: RunState, e: RunRequested) -> None:
     s.user_id, s.symbol, s.model_id = e.user_id, e.symbol, e.model_id
     s.analysts, s.options, s.priority = e.analysts, e.options, e.priority
     s.requested_at, s.pipeline = e.at, e.pipeline
-    s.webhook = e.webhook
+    s.webhook, s.parent_run_id, s.from_step = e.webhook, e.parent_run_id, e.from_step
     s.steps = [StepState(name=n, label=_label(n)) for n in planned_steps(e)]
 
 

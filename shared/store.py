@@ -151,6 +151,10 @@ redis.call('HSET', KEYS[3], 'phase', 'queued', 'user', ARGV[3], 'fence', '')
 redis.call('SADD', KEYS[4], ARGV[2])
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
+for i = 11, #ARGV do
+  local carried = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[i], 'r', ARGV[2], 's', carried)
+end
 redis.call('XADD', KEYS[5], '*', 'r', ARGV[2])
 redis.call('HSET', KEYS[3], 'requested', id)
 if ARGV[5] ~= '' then redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6]) end
@@ -163,7 +167,8 @@ return {'ok', id}
 """
 """KEYS: run stream, log, meta, active set, queue, idempotency key, join key, webhook secret key.
 ARGV: event, run id, user, cap, idempotency value, its TTL, meta prefix, join ('1' join a live run
-with this fingerprint, '0' only record this run under it, '' neither), webhook secret (''), run TTL.
+with this fingerprint, '0' only record this run under it, '' neither), webhook secret (''), run TTL,
+then events appended right after the request (a fork's carried StepCompleted events).
 A join answers before the cap: joining adds no active run."""
 
 
@@ -342,6 +347,7 @@ class EventStore:
         idempotency_ttl_s: int = 24 * 3600,
         join: tuple[str, bool] | None = None,
         webhook_secret: str = "",
+        carried: Sequence[AnyEvent] = (),
     ) -> SubmitOutcome:
         """Record a request and queue it, unless the key was seen or the user is at the cap.
 
@@ -352,6 +358,7 @@ class EventStore:
                 user recorded under the fingerprint is answered (``Joined``) instead; either
                 way a new run is recorded under it until it ends.
             webhook_secret: stored beside the run (its TTL), never in its events.
+            carried: events of this run appended right after its request, in the same step.
         """
         k = self.keys
         queue = k.queue_high if event.priority == "high" else k.queue
@@ -377,6 +384,7 @@ class EventStore:
             ("1" if join[1] else "0") if join else "",
             webhook_secret,
             self.run_ttl_s,
+            *(self.codec.encode(e) for e in carried),
         ]
         wanted = await self.replicas.needed() if self.replicas is not None else 0
         acked = wanted
