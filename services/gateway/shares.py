@@ -8,8 +8,10 @@ nothing else: no other run, no cancel, no webhook or share details.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import json
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -18,6 +20,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Message, Receive, Scope, Send
 
 from services.gateway.auth import Caller
 from services.gateway.problems import not_found
@@ -77,6 +80,42 @@ def shared_view(state: RunState) -> RunState:
     return msgspec.structs.replace(state, webhook=None, deliveries=[], shares=[])
 
 
+class _Revoked(Exception):
+    pass
+
+
+class Revocable(Response):
+    """A shared run's event stream that ends when its share is revoked: the frame of the
+    ``ShareRevoked`` event naming this share is followed by a ``revoked`` event and the end."""
+
+    def __init__(self, inner: Response, share_id: str) -> None:
+        self.inner, self.share_id = inner, share_id
+        self.status_code, self.background = inner.status_code, None
+        self.raw_headers = inner.raw_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def watched(message: Message) -> None:
+            await send(message)
+            body = message.get("body", b"")
+            if message.get("more_body") and b"event: ShareRevoked" in body and self._revokes(body):
+                end = b'event: revoked\ndata: {"reason": "the share link was revoked"}\n\n'
+                await send({"type": "http.response.body", "body": end, "more_body": False})
+                raise _Revoked
+
+        with contextlib.suppress(_Revoked):
+            await self.inner(scope, receive, watched)
+
+    def _revokes(self, body: bytes) -> bool:
+        """Whether a frame in ``body`` is the ShareRevoked event of this share (the event's own
+        ``shareId``, not one in the state snapshot beside it)."""
+        for frame in body.split(b"\n\n"):
+            lines = dict(line.split(b": ", 1) for line in frame.split(b"\n") if b": " in line)
+            if lines.get(b"event") == b"ShareRevoked" and b"data" in lines:
+                if json.loads(lines[b"data"]).get("event", {}).get("shareId") == self.share_id:
+                    return True
+        return False
+
+
 def build_router(base: str) -> APIRouter:
     router = APIRouter(tags=["shares"])
 
@@ -131,6 +170,7 @@ def build_router(base: str) -> APIRouter:
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=41)] = None,
     ) -> Response:
         owner, state = await shared_state(runtime, token)
-        return await stream_events(runtime, Caller(owner, "anonymous"), state.run_id, after, last_event_id)
+        inner = await stream_events(runtime, Caller(owner, "anonymous"), state.run_id, after, last_event_id)
+        return Revocable(inner, token.split(".")[1])
 
     return router

@@ -3,6 +3,7 @@ else; an expired or revoked link, a forged secret and another user's attempt are
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import httpx
@@ -50,3 +51,17 @@ async def test_an_expiry_out_of_bounds_is_422(client: httpx.AsyncClient) -> None
     run_id = (await client.post(RUNS, json=BODY)).json()["runId"]
     response = await client.post(f"{RUNS}/{run_id}/shares", json={"expiresInS": 1})
     assert response.status_code == 422 and response.json()["field"] == "expiresInS"
+
+
+async def test_revoking_ends_an_open_shared_stream(client: httpx.AsyncClient, store: EventStore) -> None:
+    run_id = (await client.post(RUNS, json=BODY)).json()["runId"]
+    await store.append(RunStarted(run_id=run_id, runner_id="r", attempt=1, steps=()), fence="f")
+    other = (await client.post(f"{RUNS}/{run_id}/shares")).json()
+    made = (await client.post(f"{RUNS}/{run_id}/shares")).json()
+    async with client.stream("GET", f"{made['url']}/events") as response:
+        log = await read_sse(response, SseLog(), stop_after=4)  # requested, started, two shares
+        assert (await client.delete(f"{RUNS}/{run_id}/shares/{other['shareId']}")).status_code == 204
+        assert (await client.delete(f"{RUNS}/{run_id}/shares/{made['shareId']}")).status_code == 204
+        async with asyncio.timeout(10):
+            await read_sse(response, log, stop_on_end=False)  # until the server closes it
+    assert log.events[-3:] == ["ShareRevoked", "ShareRevoked", "revoked"]
