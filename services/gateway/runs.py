@@ -13,7 +13,7 @@ from services.gateway.auth import Caller
 from services.gateway.problems import Problem, invalid, not_found
 from services.gateway.queries import BadCursor
 from services.gateway.runtime import Runtime, caller_of, reader_of, runtime_of
-from services.gateway.schemas import IDEMPOTENCY_KEY_PATTERN, Accepted, RunRequest, state_view
+from services.gateway.schemas import IDEMPOTENCY_KEY_PATTERN, Accepted, RunRequest, owner_view, state_view
 from services.gateway.sse import stream_events
 from services.gateway.submit import cancel_run, submit_run
 from shared.ids import is_run_id
@@ -70,7 +70,7 @@ def conditional(request: Request, etag: str, view: Callable[[], Any]) -> Respons
 
 
 def run_response(request: Request, state: RunState) -> Response:
-    return conditional(request, etag_of(state), lambda: state_view(state))
+    return conditional(request, etag_of(state), lambda: owner_view(state))
 
 
 def accepted(

@@ -170,10 +170,26 @@ def state_view(state: RunState) -> dict[str, Any]:
     """The JSON a client sees for a run (camelCase; ``createdAt`` is when it was requested)."""
     doc: dict[str, Any] = camelize(msgspec.to_builtins(state))
     doc.pop("userId", None)
-    for share in doc.get("shares", ()):
-        share.pop("tokenSha256", None)
+    for name in OWNER_ONLY:
+        doc.pop(name, None)
     doc["createdAt"] = doc.pop("requestedAt", None)
     doc["terminal"] = state.terminal
+    return doc
+
+
+OWNER_ONLY = ("webhook", "deliveries", "shares")
+"""Left out of ``state_view``, which SSE frames (also a share link's) and lists carry: a webhook
+URL may hold a receiver's token. ``owner_view`` (``GET /runs/{id}``) adds them."""
+
+
+def owner_view(state: RunState) -> dict[str, Any]:
+    doc = state_view(state)
+    doc["webhook"] = camelize(msgspec.to_builtins(state.webhook))
+    doc["deliveries"] = camelize(msgspec.to_builtins(state.deliveries))
+    doc["shares"] = [
+        {k: v for k, v in share.items() if k != "tokenSha256"}
+        for share in camelize(msgspec.to_builtins(state.shares))
+    ]
     return doc
 
 

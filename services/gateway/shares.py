@@ -16,7 +16,6 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import msgspec
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,8 +23,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.gateway.auth import Caller
 from services.gateway.problems import not_found
-from services.gateway.runs import run_response
+from services.gateway.runs import conditional, etag_of
 from services.gateway.runtime import Runtime, caller_of, runtime_of
+from services.gateway.schemas import state_view
 from services.gateway.sse import stream_events
 from shared.events import ShareCreated, ShareRevoked
 from shared.ids import is_run_id
@@ -73,11 +73,6 @@ async def shared_state(runtime: Runtime, token: str) -> tuple[str, RunState]:
             if state is not None and _live(share, now):
                 return owner, state
     raise not_found("shared")
-
-
-def shared_view(state: RunState) -> RunState:
-    """What a link holder sees: the run, without its webhook, deliveries or shares."""
-    return msgspec.structs.replace(state, webhook=None, deliveries=[], shares=[])
 
 
 class _Revoked(Exception):
@@ -155,7 +150,7 @@ def build_router(base: str) -> APIRouter:
     @router.get("/shared/{token}", summary="A shared run, read-only (no credentials needed)")
     async def get_shared(token: str, request: Request, runtime: RuntimeDep) -> Response:
         _, state = await shared_state(runtime, token)
-        return run_response(request, shared_view(state))
+        return conditional(request, etag_of(state), lambda: state_view(state))
 
     @router.get(
         "/shared/{token}/events",
