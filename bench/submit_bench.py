@@ -34,7 +34,8 @@ from shared.redis_server import RedisServer
 from tests.support.processes import ServiceProcess
 
 PATH = "/api/trading/runs"
-BODY = json.dumps({"symbol": "AAPL", "analysts": ["market"], "pipeline": "noop"}).encode()
+BODY = json.dumps({"symbol": "AAPL", "analysts": ["market"], "pipeline": "noop", "join": False}).encode()
+"""``join: false``: every submit records a run (identical submits would otherwise join the first)."""
 GOAL_RATIO = 0.8
 
 

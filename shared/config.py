@@ -140,6 +140,9 @@ class CommonSettings:
     submit_replicas: int = 1
     """A submit is acknowledged once this many replicas have it (fewer if fewer are connected)."""
     submit_wait_ms: int = 500
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    """``TT_WEBHOOK_ALLOWED_HOSTS``: hosts or CIDRs a webhook may target although they are
+    loopback, private or link-local (and over plain http); empty: public https targets only."""
     """How long a submit waits for those replicas (``WAIT``) before answering 503."""
 
     @property
@@ -160,4 +163,7 @@ class CommonSettings:
             sentinel=sentinel_from_env(env),
             submit_replicas=env.integer("SUBMIT_REPLICAS", 1, minimum=0),
             submit_wait_ms=env.integer("SUBMIT_WAIT_MS", 500, minimum=1),
+            webhook_allowed_hosts=tuple(
+                h.strip() for h in env.text("WEBHOOK_ALLOWED_HOSTS", "").split(",") if h.strip()
+            ),
         )

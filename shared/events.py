@@ -31,6 +31,26 @@ class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
     deadline_s: float | None = None
 
 
+WebhookEventType = Literal["run.completed", "run.failed", "run.cancelled", "run.timed_out"]
+WEBHOOK_EVENT_TYPES: tuple[WebhookEventType, ...] = (
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
+    "run.timed_out",
+)
+DeliveryOutcome = Literal["retrying", "delivered", "dead", "disabled", "refused"]
+"""``retrying``: another attempt is scheduled; the rest end the delivery (``disabled``: the
+receiver answered 410; ``refused``: the URL's resolved address is not allowed — SSRF)."""
+
+
+class WebhookSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a run's terminal event is delivered. The signing secret is not here: it is kept
+    beside the run in Redis (``Keys.webhook_secret``), never in an event."""
+
+    url: str
+    events: tuple[WebhookEventType, ...] = WEBHOOK_EVENT_TYPES
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     v: int = SCHEMA_VERSION
     run_id: str
@@ -48,6 +68,11 @@ class RunRequested(Event, tag=True, frozen=True, kw_only=True):
     idempotency_key: str | None = None
     pipeline: str = "trading"
     """Which registered pipeline runs it (``TT_PIPELINES``); ``trading`` is the built-in one."""
+    webhook: WebhookSpec | None = None
+    parent_run_id: str | None = None
+    """A fork's source run: the run's stream then carries the source's StepCompleted events
+    before ``from_step`` (right after this event), which the runner skips as already done."""
+    from_step: str | None = None
 
 
 class RunCancelled(Event, tag=True, frozen=True, kw_only=True):
@@ -113,6 +138,38 @@ class RunCancellationConfirmed(Event, tag=True, frozen=True, kw_only=True):
     """Time from the RunCancelled event to this one, where the runner saw both."""
 
 
+class WebhookAttempted(Event, tag=True, frozen=True, kw_only=True):
+    """One delivery attempt of the run's webhook, appended after its terminal event."""
+
+    webhook_id: str
+    """The Standard Webhooks ``webhook-id``: the same on every attempt, so receivers deduplicate."""
+    event_type: WebhookEventType
+    attempt: int
+    outcome: DeliveryOutcome
+    status_code: int | None = None
+    error: str = ""
+    next_attempt_at: datetime | None = None
+
+
+class ShareCreated(Event, tag=True, frozen=True, kw_only=True):
+    """The owner made a read-only link to the run; only a hash of the link's secret is kept."""
+
+    share_id: str
+    user_id: str
+    token_sha256: str
+    expires_at: datetime | None = None
+
+
+class ShareRevoked(Event, tag=True, frozen=True, kw_only=True):
+    share_id: str
+    user_id: str
+
+
+ANY_PHASE: tuple[type[Event], ...] = (ShareCreated, ShareRevoked)
+"""Event types the owner may append whatever the run's phase (before, during or after its end)."""
+AFTER_END: tuple[type[Event], ...] = (WebhookAttempted, *ANY_PHASE)
+"""Event types appended after a run's terminal event (bookkeeping that the reducer still folds)."""
+
 AnyEvent = (
     RunRequested
     | RunCancelled
@@ -124,6 +181,9 @@ AnyEvent = (
     | RunCompleted
     | RunFailed
     | RunCancellationConfirmed
+    | WebhookAttempted
+    | ShareCreated
+    | ShareRevoked
 )
 EVENT_TYPES: frozenset[str] = frozenset(t.__name__ for t in typing.get_args(AnyEvent))
 

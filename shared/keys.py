@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RUNNERS_GROUP = "runners"
+WEBHOOKS_GROUP = "webhooks"
+"""The consumer group that derives webhook deliveries from terminal events (the outbox is the log)."""
 PROJECTOR_GROUP = "projector"
 """The consumer group of the default projector: the one name it had before projectors were
 replicas, kept so that an existing deployment neither replays nor skips anything on upgrade."""
@@ -88,6 +90,24 @@ class Keys:
 
     def idem(self, user_id: str, key: str) -> str:
         return f"{self.prefix}idem:{user_id}:{key}"
+
+    def join(self, user_id: str, fingerprint: str) -> str:
+        """A string: the run id of the user's newest run with this request fingerprint; cleared
+        when that run ends (a submit joins it only while its meta hash says it is not ended)."""
+        return f"{self.prefix}join:{user_id}:{fingerprint}"
+
+    def webhook_secret(self, run_id: str) -> str:
+        """A string with the run's TTL: the run's webhook signing secret (never in an event)."""
+        return f"{self.prefix}whsecret:{run_id}"
+
+    @property
+    def webhooks_due(self) -> str:
+        """A sorted set: webhook delivery id → Redis ms of its next attempt (the retry schedule)."""
+        return f"{self.prefix}webhooks:due"
+
+    def webhook_delivery(self, delivery_id: str) -> str:
+        """A hash: one delivery's run, URL, signed body and attempt count."""
+        return f"{self.prefix}webhook:{delivery_id}"
 
     def active(self, user_id: str) -> str:
         return f"{self.prefix}active:{user_id}"

@@ -15,6 +15,7 @@ import msgspec
 
 from shared.catalog import TRADING, planned_steps, step_label
 from shared.events import (
+    AFTER_END,
     AnyEvent,
     Event,
     RunCancellationConfirmed,
@@ -25,9 +26,13 @@ from shared.events import (
     RunRequested,
     RunRetrying,
     RunStarted,
+    ShareCreated,
+    ShareRevoked,
     StepCompleted,
     StepProgress,
     StepStarted,
+    WebhookAttempted,
+    WebhookSpec,
 )
 from shared.results import (
     AnalystReport,
@@ -65,6 +70,27 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
+class DeliveryState(msgspec.Struct, kw_only=True):
+    """A webhook delivery as its attempts tell it (``status`` is the last attempt's outcome)."""
+
+    webhook_id: str
+    event_type: str
+    status: str = "retrying"
+    attempts: int = 0
+    status_code: int | None = None
+    error: str = ""
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+
+class ShareState(msgspec.Struct, kw_only=True):
+    share_id: str
+    token_sha256: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
 class RunState(msgspec.Struct, kw_only=True):
     """Everything known about one run after folding its events."""
 
@@ -100,6 +126,11 @@ class RunState(msgspec.Struct, kw_only=True):
     usage: Usage = Usage()
     last_event_id: str = ""
     event_count: int = 0
+    webhook: WebhookSpec | None = None
+    deliveries: list[DeliveryState] = []
+    shares: list[ShareState] = []
+    parent_run_id: str | None = None
+    from_step: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -124,12 +155,16 @@ def fold(run_id: str, entries: Iterable[tuple[str, AnyEvent]]) -> RunState:
 
 def apply(state: RunState, event: AnyEvent, event_id: str) -> RunState:
     """The state after one event; the input is left untouched."""
-    new = msgspec.structs.replace(state, steps=[_copy(s) for s in state.steps])
+    new = msgspec.structs.replace(
+        state, steps=[_copy(s) for s in state.steps], deliveries=_copy_deliveries(state)
+    )
     new.last_event_id = event_id
     new.event_count += 1
     new.updated_at = event.at
     if state.terminal:
-        return new  # nothing changes a finished run; later entries are bookkeeping only
+        if isinstance(event, AFTER_END):
+            _mutate(new, event)  # deliveries of its webhook, folded beside the finished run
+        return new  # nothing else changes a finished run; later entries are bookkeeping only
     _mutate(new, event)
     _derive_progress(new, event.at)
     return new
@@ -145,7 +180,9 @@ def apply_mut(state: RunState, event: AnyEvent, event_id: str) -> None:
     state.event_count += 1
     state.updated_at = at = event.at
     if state.status in TERMINAL:
-        return  # nothing changes a finished run; later entries are bookkeeping only
+        if isinstance(event, AFTER_END):
+            _mutate(state, event)  # deliveries of its webhook, folded beside the finished run
+        return  # nothing else changes a finished run; later entries are bookkeeping only
     handler = _HANDLERS.get(type(event))  # _mutate, one call less on the projector's hot path
     if handler is None:
         _mutate(state, event)
@@ -196,7 +233,31 @@ def _requested(s: RunState, e: RunRequested) -> None:
     s.user_id, s.symbol, s.model_id = e.user_id, e.symbol, e.model_id
     s.analysts, s.options, s.priority = e.analysts, e.options, e.priority
     s.requested_at, s.pipeline = e.at, e.pipeline
+    s.webhook, s.parent_run_id, s.from_step = e.webhook, e.parent_run_id, e.from_step
     s.steps = [StepState(name=n, label=_label(n)) for n in planned_steps(e)]
+
+
+def _webhook_attempted(s: RunState, e: WebhookAttempted) -> None:
+    found = next((d for d in s.deliveries if d.webhook_id == e.webhook_id), None)
+    if found is None:
+        found = DeliveryState(webhook_id=e.webhook_id, event_type=e.event_type)
+        s.deliveries = [*s.deliveries, found]
+    found.status, found.attempts, found.status_code = e.outcome, max(found.attempts, e.attempt), e.status_code
+    found.error, found.last_attempt_at, found.next_attempt_at = e.error, e.at, e.next_attempt_at
+
+
+def _share_created(s: RunState, e: ShareCreated) -> None:
+    share = ShareState(
+        share_id=e.share_id, token_sha256=e.token_sha256, created_at=e.at, expires_at=e.expires_at
+    )
+    s.shares = [*s.shares, share]
+
+
+def _share_revoked(s: RunState, e: ShareRevoked) -> None:
+    s.shares = [
+        msgspec.structs.replace(sh, revoked_at=sh.revoked_at or e.at) if sh.share_id == e.share_id else sh
+        for sh in s.shares
+    ]
 
 
 def _started(s: RunState, e: RunStarted) -> None:
@@ -306,12 +367,19 @@ _HANDLERS: dict[type, Callable[[RunState, Any], None]] = {
     RunCompleted: _completed,
     RunCancelled: _cancelled,
     RunCancellationConfirmed: _confirmed,
+    WebhookAttempted: _webhook_attempted,
+    ShareCreated: _share_created,
+    ShareRevoked: _share_revoked,
 }
 """What each event type does to a state (the order is the one a subclass is matched in)."""
 
 
 def _copy(st: StepState) -> StepState:
     return msgspec.structs.replace(st)
+
+
+def _copy_deliveries(state: RunState) -> list[DeliveryState]:
+    return [msgspec.structs.replace(d) for d in state.deliveries]
 
 
 _label = functools.lru_cache(maxsize=1024)(step_label)

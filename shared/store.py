@@ -32,7 +32,10 @@ from shared.events import (
     RunRequested,
     RunRetrying,
     RunStarted,
+    ShareCreated,
+    ShareRevoked,
     UnknownEvent,
+    WebhookAttempted,
     is_terminal,
 )
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, Keys
@@ -41,7 +44,7 @@ from shared.reducer import RunState, fold
 logger = logging.getLogger(__name__)
 
 Entry = tuple[str, AnyEvent]
-Transition = Literal["start", "event", "retry", "terminal", "cancel", "abandon"]
+Transition = Literal["start", "event", "retry", "terminal", "cancel", "abandon", "after", "note"]
 
 _APPEND = """
 local phase = redis.call('HGET', KEYS[3], 'phase')
@@ -49,6 +52,15 @@ if not phase then return {'refused', 'unknown'} end
 local seen = 'a:' .. string.sub(redis.sha1hex(ARGV[1]), 1, 16)
 local before = redis.call('HGET', KEYS[3], seen)
 if before then return {'ok', before} end
+if ARGV[3] == 'after' or ARGV[3] == 'note' then
+  local owner = redis.call('HGET', KEYS[3], 'user')
+  if ARGV[3] == 'note' and owner ~= ARGV[6] then return {'refused', 'unknown'} end
+  if ARGV[3] == 'after' and phase ~= 'ended' then return {'refused', phase} end
+  local after = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', after)
+  redis.call('HSET', KEYS[3], seen, after)
+  return {'ok', after}
+end
 if phase == 'ended' then return {'refused', 'ended'} end
 local t, fence = ARGV[3], ARGV[5]
 if t == 'cancel' then
@@ -72,6 +84,8 @@ if t == 'terminal' or t == 'abandon' or (t == 'cancel' and phase == 'queued') th
   redis.call('SREM', KEYS[4], ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[4])
+  local joinkey = redis.call('HGET', KEYS[3], 'join')
+  if joinkey and redis.call('GET', joinkey) == ARGV[2] then redis.call('DEL', joinkey) end
 elseif t == 'start' then
   redis.call('HSET', KEYS[3], 'phase', 'running', 'fence', fence)
 elseif t == 'retry' then
@@ -118,6 +132,16 @@ if ARGV[5] ~= '' then
   local prev = redis.call('GET', KEYS[6])
   if prev then return {'duplicate', prev} end
 end
+if ARGV[8] == '1' then
+  local joined = redis.call('GET', KEYS[7])
+  local joined_phase = joined and redis.call('HGET', ARGV[7] .. joined, 'phase')
+  if joined_phase and joined_phase ~= 'ended' then
+    if ARGV[5] ~= '' then
+      redis.call('SET', KEYS[6], joined .. string.sub(ARGV[5], #ARGV[2] + 1), 'EX', ARGV[6])
+    end
+    return {'joined', joined}
+  end
+end
 local cap = tonumber(ARGV[4])
 if cap > 0 then
   for _, member in ipairs(redis.call('SMEMBERS', KEYS[4])) do
@@ -130,11 +154,25 @@ redis.call('HSET', KEYS[3], 'phase', 'queued', 'user', ARGV[3], 'fence', '')
 redis.call('SADD', KEYS[4], ARGV[2])
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
+for i = 11, #ARGV do
+  local carried = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[i], 'r', ARGV[2], 's', carried)
+end
 redis.call('XADD', KEYS[5], '*', 'r', ARGV[2])
 redis.call('HSET', KEYS[3], 'requested', id)
 if ARGV[5] ~= '' then redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6]) end
+if ARGV[8] ~= '' then
+  redis.call('SET', KEYS[7], ARGV[2], 'EX', ARGV[10])
+  redis.call('HSET', KEYS[3], 'join', KEYS[7])
+end
+if ARGV[9] ~= '' then redis.call('SET', KEYS[8], ARGV[9], 'EX', ARGV[10]) end
 return {'ok', id}
 """
+"""KEYS: run stream, log, meta, active set, queue, idempotency key, join key, webhook secret key.
+ARGV: event, run id, user, cap, idempotency value, its TTL, meta prefix, join ('1' join a live run
+with this fingerprint, '0' only record this run under it, '' neither), webhook secret (''), run TTL,
+then events appended right after the request (a fork's carried StepCompleted events).
+A join answers before the cap: joining adds no active run."""
 
 
 _END_LOST = """
@@ -230,6 +268,13 @@ class Duplicate:
 
 
 @dataclass(frozen=True, slots=True)
+class Joined:
+    """An identical request of the same user is pending or running: ``run_id`` is that run."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Capped:
     cap: int
 
@@ -244,7 +289,7 @@ class Unreplicated:
     replicas: int
 
 
-SubmitOutcome = Submitted | Duplicate | Capped | Unreplicated
+SubmitOutcome = Submitted | Duplicate | Joined | Capped | Unreplicated
 
 
 class SubmitSender(Protocol):
@@ -261,6 +306,10 @@ def transition_of(event: AnyEvent) -> Transition:
             return "cancel"
         case RunRetrying() | RunFailed(will_retry=True):
             return "retry"
+        case WebhookAttempted():
+            return "after"
+        case ShareCreated() | ShareRevoked():
+            return "note"
     return "terminal" if is_terminal(event) else "event"
 
 
@@ -299,12 +348,20 @@ class EventStore:
         cap: int = 0,
         idempotency: tuple[str, str] | None = None,
         idempotency_ttl_s: int = 24 * 3600,
+        join: tuple[str, bool] | None = None,
+        webhook_secret: str = "",
+        carried: Sequence[AnyEvent] = (),
     ) -> SubmitOutcome:
         """Record a request and queue it, unless the key was seen or the user is at the cap.
 
         Args:
             idempotency: (key, value) — ``value`` is stored under the key and returned to a
                 later duplicate (the gateway stores the run id and a hash of the body).
+            join: (fingerprint, whether to join) — with True, a pending or running run of the
+                user recorded under the fingerprint is answered (``Joined``) instead; either
+                way a new run is recorded under it until it ends.
+            webhook_secret: stored beside the run (its TTL), never in its events.
+            carried: events of this run appended right after its request, in the same step.
         """
         k = self.keys
         queue = k.queue_high if event.priority == "high" else k.queue
@@ -316,6 +373,8 @@ class EventStore:
             k.active(event.user_id),
             queue,
             k.idem(event.user_id, idem_key) if idem_key else k.idem(event.user_id, "-"),
+            k.join(event.user_id, join[0] if join else "-"),
+            k.webhook_secret(event.run_id),
         ]
         argv: list[bytes | str | int] = [
             self.codec.encode(event),
@@ -325,6 +384,10 @@ class EventStore:
             idem_value,
             idempotency_ttl_s,
             k.meta(""),
+            ("1" if join[1] else "0") if join else "",
+            webhook_secret,
+            self.run_ttl_s,
+            *(self.codec.encode(e) for e in carried),
         ]
         wanted = await self.replicas.needed() if self.replicas is not None else 0
         acked = wanted
@@ -339,9 +402,11 @@ class EventStore:
         if status == "capped":
             return Capped(int(value))
         if acked < wanted:
-            return Unreplicated(event.run_id if status != "duplicate" else None, acked)
+            return Unreplicated(event.run_id if status == "ok" else None, acked)
         if status == "duplicate":
             return Duplicate(value)
+        if status == "joined":
+            return Joined(value)
         return Submitted(event.run_id, value)
 
     async def append(self, event: AnyEvent, *, fence: str = "", owner: str | None = None) -> str:
@@ -354,7 +419,7 @@ class EventStore:
         """
         k, run_id = self.keys, event.run_id
         transition = transition_of(event)
-        user_id = event.user_id if isinstance(event, RunCancelled) else ""
+        user_id = event.user_id if isinstance(event, RunCancelled | ShareCreated | ShareRevoked) else ""
         if not user_id and transition == "terminal":
             user_id = owner if owner is not None else await self.owner(run_id)
         keys = [k.run(run_id), k.events, k.meta(run_id), k.active(user_id or "-"), k.cancels]
@@ -411,7 +476,7 @@ class EventStore:
         args += [group, entry_id, run_id, self.run_ttl_s, item.fence, len(item.events)]
         for event in item.events:
             transition = transition_of(event)
-            user_id = event.user_id if isinstance(event, RunCancelled) else ""
+            user_id = event.user_id if isinstance(event, RunCancelled | ShareCreated | ShareRevoked) else ""
             if not user_id and transition == "terminal":
                 user_id = owner or ""
             args += [self.codec.encode(event), transition, user_id]

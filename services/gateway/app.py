@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from services.gateway import admin, legacy, meta, problems, runs
+from services.gateway import admin, compare, forks, legacy, meta, problems, runs, shares
 from services.gateway.limits import BodyLimit
 from services.gateway.metrics import RequestMetrics
 from services.gateway.runtime import Runtime, open_runtime
@@ -78,6 +78,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(
         runs.build_router(DECISION), prefix=DECISION, generate_unique_id_function=_ids("decision_")
     )
+    app.include_router(shares.build_router(API), prefix=API, generate_unique_id_function=_ids("shares_"))
+    app.include_router(compare.build_router(), prefix=API, generate_unique_id_function=_ids("compare_"))
+    app.include_router(forks.build_router(API), prefix=API, generate_unique_id_function=_ids("forks_"))
     app.include_router(legacy.build_router(settings))
     app.include_router(meta.build_router())
     app.include_router(admin.build_router())

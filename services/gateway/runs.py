@@ -13,7 +13,7 @@ from services.gateway.auth import Caller
 from services.gateway.problems import Problem, invalid, not_found
 from services.gateway.queries import BadCursor
 from services.gateway.runtime import Runtime, caller_of, reader_of, runtime_of
-from services.gateway.schemas import IDEMPOTENCY_KEY_PATTERN, Accepted, RunRequest, state_view
+from services.gateway.schemas import IDEMPOTENCY_KEY_PATTERN, Accepted, RunRequest, owner_view, state_view
 from services.gateway.sse import stream_events
 from services.gateway.submit import cancel_run, submit_run
 from shared.ids import is_run_id
@@ -32,7 +32,11 @@ IdemHeader = Annotated[
 ]
 MAX_LIMIT = 100
 SUBMITTED: dict[int | str, dict[str, Any]] = {
-    200: {"model": Accepted, "description": "A repeat of an Idempotency-Key: the run it made"},
+    200: {
+        "model": Accepted,
+        "description": "A repeat of an Idempotency-Key: the run it made; or (joined: true) your "
+        "identical run that is pending or running",
+    },
     429: {"description": "Active-run cap or submission rate reached (Retry-After)"},
 }
 
@@ -66,15 +70,18 @@ def conditional(request: Request, etag: str, view: Callable[[], Any]) -> Respons
 
 
 def run_response(request: Request, state: RunState) -> Response:
-    return conditional(request, etag_of(state), lambda: state_view(state))
+    return conditional(request, etag_of(state), lambda: owner_view(state))
 
 
-def accepted(location: str, run_id: str, status: str, created: bool) -> JSONResponse:
-    return JSONResponse(
-        {"runId": run_id, "status": status},
-        status_code=202 if created else 200,
-        headers={"Location": location},
-    )
+def accepted(
+    location: str, run_id: str, status: str, created: bool, *, joined: bool = False, secret: str | None = None
+) -> JSONResponse:
+    doc: dict[str, Any] = {"runId": run_id, "status": status}
+    if joined:
+        doc["joined"] = True
+    if secret is not None:
+        doc["webhookSecret"] = secret  # once: it is kept beside the run, never shown again
+    return JSONResponse(doc, status_code=202 if created else 200, headers={"Location": location})
 
 
 def build_router(base: str) -> APIRouter:
@@ -88,7 +95,15 @@ def build_router(base: str) -> APIRouter:
         body: RunRequest, caller: CallerDep, runtime: RuntimeDep, idem: IdemHeader = None
     ) -> JSONResponse:
         outcome = await submit_run(runtime, caller, body, idem)
-        return accepted(f"{base}/runs/{outcome.run_id}", outcome.run_id, outcome.status, outcome.created)
+        location = f"{base}/runs/{outcome.run_id}"
+        return accepted(
+            location,
+            outcome.run_id,
+            outcome.status,
+            outcome.created,
+            joined=outcome.joined,
+            secret=outcome.webhook_secret,
+        )
 
     @router.get("/runs", summary="List your runs, newest first")
     async def list_runs(

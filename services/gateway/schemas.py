@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from shared.catalog import ANALYST_IDS, PIPELINES, DataProvider
-from shared.events import AnyEvent
+from shared.events import WEBHOOK_EVENT_TYPES, AnyEvent, WebhookEventType
 from shared.reducer import RunState
 
 SYMBOL_PATTERN = r"^[A-Za-z0-9^][A-Za-z0-9.\-^=]*$"
@@ -26,6 +26,9 @@ SYMBOL_PATTERN = r"^[A-Za-z0-9^][A-Za-z0-9.\-^=]*$"
 (a symbol names a CSV file for the csv provider: it must not be able to name a directory)."""
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 """1-200 visible ASCII characters, no spaces: the key is part of a Redis key name."""
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+WEBHOOK_URL_PATTERN = rf"^https?://[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?(?::{_PORT})?(?:/[!-~]*)?$"
+"""http(s), a host name or IPv4 address, a port, a path: what ``shared.webhooks.split_url`` parses."""
 
 
 def _known_analyst(value: str) -> str:
@@ -52,6 +55,29 @@ Symbol = Annotated[
 ]
 
 
+class WebhookRequest(BaseModel):
+    """Where to deliver the run's terminal event (Standard Webhooks 1.0; docs/webhooks.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    url: str = Field(
+        max_length=2000,
+        pattern=WEBHOOK_URL_PATTERN,
+        description="https URL; http, and private or loopback addresses, only for TT_WEBHOOK_ALLOWED_HOSTS "
+        "(checked on the resolved address at delivery)",
+    )
+    events: list[WebhookEventType] = Field(
+        default_factory=lambda: list(WEBHOOK_EVENT_TYPES),
+        min_length=1,
+        json_schema_extra={"uniqueItems": True},
+    )
+    secret: str | None = Field(
+        None,
+        pattern=r"^whsec_(?:[A-Za-z0-9+/]{4}){8,16}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        description="whsec_ + base64 of 24-64 bytes; without it one is generated and answered once",
+    )
+
+
 class RunRequest(BaseModel):
     """What a client may ask for; anything else in the body is refused."""
 
@@ -76,6 +102,12 @@ class RunRequest(BaseModel):
         description="'full' or 'noop' (the built-in analysis), or a pipeline GET /pipelines lists",
     )
     data_provider: DataProvider | None = Field(None, alias="dataProvider")
+    join: bool = Field(
+        True,
+        description="an identical request of yours that is pending or running answers that run "
+        "(200, joined: true); false always starts a new run",
+    )
+    webhook: WebhookRequest | None = None
 
     @field_validator("analysts")
     @classmethod
@@ -86,9 +118,18 @@ class RunRequest(BaseModel):
         return value
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical (validated, normalised) request: what idempotency compares."""
-        canonical = json.dumps(self.model_dump(by_alias=True), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical (validated, normalised) request: what idempotency compares.
+        A webhook's secret is left out: no hash of a secret is stored."""
+        dump = self.model_dump(by_alias=True)
+        if dump.get("webhook"):
+            dump["webhook"].pop("secret", None)
+        canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def join_fingerprint(self) -> str:
+        """What makes two requests "the same run" for joining: everything but ``join`` itself
+        (analysts are a set here: their order does not change the analysis's result)."""
+        return self.model_copy(update={"join": True, "analysts": sorted(self.analysts)}).fingerprint()
 
 
 assert set(PIPELINES) == {"full", "noop"}
@@ -104,6 +145,8 @@ class SessionRequest(BaseModel):
 class Accepted(BaseModel):
     runId: str
     status: str
+    joined: bool = Field(False, description="true: an identical run of yours was running; this is it")
+    webhookSecret: str | None = Field(None, description="the generated webhook secret, answered only once")
 
 
 def camel(name: str) -> str:
@@ -127,8 +170,26 @@ def state_view(state: RunState) -> dict[str, Any]:
     """The JSON a client sees for a run (camelCase; ``createdAt`` is when it was requested)."""
     doc: dict[str, Any] = camelize(msgspec.to_builtins(state))
     doc.pop("userId", None)
+    for name in OWNER_ONLY:
+        doc.pop(name, None)
     doc["createdAt"] = doc.pop("requestedAt", None)
     doc["terminal"] = state.terminal
+    return doc
+
+
+OWNER_ONLY = ("webhook", "deliveries", "shares")
+"""Left out of ``state_view``, which SSE frames (also a share link's) and lists carry: a webhook
+URL may hold a receiver's token. ``owner_view`` (``GET /runs/{id}``) adds them."""
+
+
+def owner_view(state: RunState) -> dict[str, Any]:
+    doc = state_view(state)
+    doc["webhook"] = camelize(msgspec.to_builtins(state.webhook))
+    doc["deliveries"] = camelize(msgspec.to_builtins(state.deliveries))
+    doc["shares"] = [
+        {k: v for k, v in share.items() if k != "tokenSha256"}
+        for share in camelize(msgspec.to_builtins(state.shares))
+    ]
     return doc
 
 

@@ -13,11 +13,12 @@ from services.gateway.problems import Problem, invalid, not_found
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import RunRequest
 from shared.catalog import PIPELINE_FULL, PIPELINES, TRADING
-from shared.events import RunCancelled, RunOptions, RunRequested
+from shared.events import RunCancelled, RunOptions, RunRequested, WebhookSpec
 from shared.ids import is_run_id, new_run_id
 from shared.reducer import RunState
-from shared.store import Capped, Duplicate, RefusalReason, Refused, Submitted, Unreplicated
+from shared.store import Capped, Duplicate, Joined, RefusalReason, Refused, Submitted, Unreplicated
 from shared.telemetry import current_traceparent
+from shared.webhooks import new_secret
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ class Outcome:
     run_id: str
     status: str
     created: bool
+    joined: bool = False
+    webhook_secret: str | None = None
+    """A secret the gateway generated: answered once, in the response that created the run."""
 
 
 def _check(runtime: Runtime, caller: Caller, body: RunRequest) -> None:
@@ -89,6 +93,9 @@ def _event(caller: Caller, body: RunRequest, idem_key: str | None) -> RunRequest
         idempotency_key=idem_key,
         traceparent=current_traceparent(),
         pipeline=pipeline,
+        webhook=None
+        if body.webhook is None
+        else WebhookSpec(url=body.webhook.url, events=tuple(dict.fromkeys(body.webhook.events))),
     )
 
 
@@ -99,11 +106,14 @@ async def submit_run(runtime: Runtime, caller: Caller, body: RunRequest, idem_ke
     event = _event(caller, body, idem_key)  # its traceparent is the request's server span
     trace.get_current_span().set_attribute("tickertape.run_id", event.run_id)
     fingerprint = body.fingerprint() if idem_key else ""
+    secret = "" if body.webhook is None else (body.webhook.secret or new_secret())
     outcome = await runtime.store.submit(
         event,
         cap=runtime.settings.max_active_runs,
         idempotency=(idem_key, f"{event.run_id}|{fingerprint}") if idem_key else None,
         idempotency_ttl_s=runtime.settings.idempotency_ttl_s,
+        join=(body.join_fingerprint(), body.join),
+        webhook_secret=secret,
     )
     match outcome:
         case Submitted(run_id=run_id):
@@ -111,7 +121,11 @@ async def submit_run(runtime: Runtime, caller: Caller, body: RunRequest, idem_ke
             # DEBUG: the RunRequested event already records every submission (user, symbol,
             # traceparent); an INFO line per request would repeat it at the busiest route's rate.
             logger.debug("run submitted", extra={"run_id": run_id, "symbol": body.symbol})
-            return Outcome(run_id, "pending", True)
+            generated = secret if body.webhook is not None and body.webhook.secret is None else None
+            return Outcome(run_id, "pending", True, webhook_secret=generated)
+        case Joined(run_id=run_id):
+            state = await runtime.runs.get(run_id, caller.user_id)
+            return Outcome(run_id, state.status if state else "pending", False, joined=True)
         case Duplicate(value=value):
             return await _repeat(runtime, caller, value, fingerprint)
         case Capped(cap=cap):

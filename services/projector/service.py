@@ -26,9 +26,12 @@ from services.projector.reconcile import Reconciler
 from services.projector.retention import Policy, Retention
 from services.projector.schema import migrate
 from services.projector.settings import ProjectorSettings
+from services.projector.webhooks import DeliveryPolicy, WebhookDeliverer
 from shared import streamids
 from shared.lifecycle import Service
 from shared.redis_io import connect
+from shared.store import EventStore
+from shared.webhooks import AllowList
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +106,8 @@ class ProjectorService(Service):
         self.spawn(self.every(s.publish_interval_s, retention.publish, first=True), "publish")
         self.spawn(self.every(s.retention_interval_s, retention.run_once), "retention")
         self.spawn(self._reconcile(), "reconciler")
+        if s.webhook_interval_s > 0:
+            self.spawn(self._webhooks(), "webhooks")
         if self.http:
             config = uvicorn.Config(
                 create_app(self), host=s.host, port=s.port, log_config=None, lifespan="off",
@@ -121,6 +126,26 @@ class ProjectorService(Service):
             if client is not None:
                 await client.aclose()
         self._exit.close()
+
+    async def _webhooks(self) -> None:
+        """Derive deliveries from the log and send those due (services/projector/webhooks.py)."""
+        s = self.settings
+        assert self._blocking is not None
+        store = EventStore(self._blocking, s.common.keys, run_ttl_s=s.common.run_ttl_s)
+        policy = DeliveryPolicy(
+            AllowList.parse(s.common.webhook_allowed_hosts), base_backoff_s=s.webhook_backoff_s
+        )
+        deliverer = WebhookDeliverer(self._blocking, store, policy, consumer=s.consumer)
+        try:
+            if not await self.retrying("create the webhooks group", deliverer.ensure_group):
+                return
+            block_ms = max(int(s.webhook_interval_s * 1000), 1)
+            self.spawn(
+                self.every(s.webhook_interval_s, deliverer.deliver_due, first=True), "webhook-delivery"
+            )
+            await self.every(0.001, lambda: deliverer.derive(block_ms), first=True)
+        finally:
+            await deliverer.close()
 
     def retention(self) -> Retention:
         s = self.settings

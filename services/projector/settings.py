@@ -42,6 +42,10 @@ class ProjectorSettings:
     """How often this replica tells the others (in ``tt:projectors``) which log entries it needs."""
     horizon_s: float = 86_400.0
     """A replica silent for longer no longer holds back trimming of the log."""
+    webhook_interval_s: float = 0.5
+    """How often due webhook deliveries are looked for (``TT_WEBHOOK_INTERVAL_S``; 0: no deliveries)."""
+    webhook_backoff_s: float = 5.0
+    """The first retry's backoff ceiling; it doubles per attempt, capped at an hour (full jitter)."""
 
     @property
     def group(self) -> str:
@@ -87,4 +91,6 @@ class ProjectorSettings:
             name=name,
             publish_interval_s=env.number("PROJECTOR_PUBLISH_INTERVAL_S", 10.0, minimum=0.1),
             horizon_s=env.number("PROJECTOR_HORIZON_S", 86_400.0, minimum=1.0),
+            webhook_interval_s=env.number("WEBHOOK_INTERVAL_S", 0.5, minimum=0.0),
+            webhook_backoff_s=env.number("WEBHOOK_BACKOFF_S", 5.0, minimum=0.01),
         )

@@ -72,7 +72,7 @@ class Stack:
     def submit(
         self, symbol: str = "AAPL", analysts: tuple[str, ...] = ("market", "risk"), **extra: Any
     ) -> str:
-        body = {"symbol": symbol, "analysts": list(analysts), **extra}
+        body = {"symbol": symbol, "analysts": list(analysts), "join": False, **extra}  # a new run each call
         response = httpx.post(f"{self.api}/runs", json=body, timeout=10.0)
         assert response.status_code == 202, response.text
         run_id: str = response.json()["runId"]

@@ -25,7 +25,8 @@ from shared.store import EventStore
 
 RUNS = "/api/trading/runs"
 ANALYSTS = ("market", "risk")
-BODY = {"symbol": "AAPL", "analysts": ["market", "risk"]}
+BODY = {"symbol": "AAPL", "analysts": ["market", "risk"], "join": False}
+"""Most tests submit it repeatedly and mean a new run each time (tests/gateway/test_join.py joins)."""
 
 
 def result(symbol: str = "AAPL") -> RunResult:

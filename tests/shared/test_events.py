@@ -11,7 +11,7 @@ from shared.events import EVENT_TYPES, EventCodec, MalformedEvent, RunRequested,
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ADDED_SINCE_V1: dict[str, dict[str, object]] = {
-    "RunRequested": {"pipeline": "trading"},
+    "RunRequested": {"pipeline": "trading", "webhook": None, "parent_run_id": None, "from_step": None},
     "RunCompleted": {"output": None},
 }
 """Fields added after the samples were written: a re-encoded old event carries their defaults."""
