@@ -5,7 +5,7 @@ edited, so an interrupted run leaves nothing behind):
 - Python: mutmut over the modules that carry guarantees, one module group at a time, each group
   against only the tests mapped to it (``MODULES``); mutmut then runs, per mutant, only those of
   them that call the mutated function.
-- Lua: a named list of breaks of the scripts in ``shared/store.py`` (``LUA``), each a regex on the
+- Lua: a named list of breaks of the scripts in ``shared/scripts.py`` (``LUA``), each a regex on the
   script text applied alone and run against its tests. A pattern that no longer matches fails the
   run: a refactor of the scripts must update the list, not silently shrink it.
 
@@ -255,26 +255,26 @@ def run_python(group: str, children: int) -> tuple[int, int, list[str]]:
 
 
 def lua_mutants(source: str) -> list[tuple[LuaMutant, str]]:
-    """Each mutant's mutated store.py; a pattern that does not match exactly once stops the run."""
+    """Each mutant's mutated scripts.py; a pattern that does not match exactly once stops the run."""
     out = []
     for m in LUA:
         found = len(re.findall(m.pattern, source))
         if found != 1:
-            sys.exit(f"Lua mutant {m.name!r}: pattern matches {found} times in shared/store.py; update LUA")
+            sys.exit(f"Lua mutant {m.name!r}: pattern matches {found} times in shared/scripts.py; update LUA")
         out.append((m, re.sub(m.pattern, m.replacement, source)))
     return out
 
 
 def run_lua() -> tuple[int, int, list[str]]:
     """Each named Lua break alone against its tests: (killed, total, survivors)."""
-    original = (ROOT / "shared" / "store.py").read_text()
+    original = (ROOT / "shared" / "scripts.py").read_text()
     mutants = lua_mutants(original)
     tree = SCRATCH / "lua"
     copy_tree(tree)
-    store = tree / "shared" / "store.py"
+    scripts = tree / "shared" / "scripts.py"
     killed, survivors = 0, []
     for m, text in mutants:
-        store.write_text(text)
+        scripts.write_text(text)
         args = [str(PY / "pytest"), "-x", "-q", "-p", "no:cacheprovider", *STORE_TESTS, *m.tests]
         began = time.monotonic()
         proc = subprocess.run(args, cwd=tree, env=env_for(tree), capture_output=True, text=True)
@@ -288,7 +288,7 @@ def run_lua() -> tuple[int, int, list[str]]:
             survivors.append(f"lua: {m.name} ({verdict})")
             if verdict == "error":
                 print(proc.stdout[-2000:], proc.stderr[-2000:])
-    store.write_text(original)
+    scripts.write_text(original)
     return killed, len(mutants), survivors
 
 

@@ -1,0 +1,155 @@
+"""The Lua of the append primitive (``shared.store``): the rules of a run, kept inside Redis.
+
+What each script guarantees is written in ``shared.store``'s module docstring; ``make mutate``
+(``bench/mutate.py``) breaks these texts one named rule at a time and checks a test notices.
+"""
+
+from __future__ import annotations
+
+APPEND = """
+local phase = redis.call('HGET', KEYS[3], 'phase')
+if not phase then return {'refused', 'unknown'} end
+local seen = 'a:' .. string.sub(redis.sha1hex(ARGV[1]), 1, 16)
+local before = redis.call('HGET', KEYS[3], seen)
+if before then return {'ok', before} end
+if ARGV[3] == 'after' or ARGV[3] == 'note' then
+  local owner = redis.call('HGET', KEYS[3], 'user')
+  if ARGV[3] == 'note' and owner ~= ARGV[6] then return {'refused', 'unknown'} end
+  if ARGV[3] == 'after' and phase ~= 'ended' then return {'refused', phase} end
+  local after = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', after)
+  redis.call('HSET', KEYS[3], seen, after)
+  return {'ok', after}
+end
+if phase == 'ended' then return {'refused', 'ended'} end
+local t, fence = ARGV[3], ARGV[5]
+if t == 'cancel' then
+  if redis.call('HGET', KEYS[3], 'user') ~= ARGV[6] then return {'refused', 'unknown'} end
+elseif t == 'start' then
+  if phase == 'running' and redis.call('HGET', KEYS[3], 'fence') == fence then
+    return {'refused', 'fenced'}
+  end
+elseif t ~= 'abandon' then
+  if phase ~= 'running' then return {'refused', phase} end
+  if redis.call('HGET', KEYS[3], 'fence') ~= fence then return {'refused', 'fenced'} end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
+redis.call('HSET', KEYS[3], seen, id)
+if t == 'cancel' and phase == 'running' and KEYS[5] then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
+end
+if t == 'terminal' or t == 'abandon' or (t == 'cancel' and phase == 'queued') then
+  redis.call('HSET', KEYS[3], 'phase', 'ended')
+  redis.call('SREM', KEYS[4], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  local joinkey = redis.call('HGET', KEYS[3], 'join')
+  if joinkey and redis.call('GET', joinkey) == ARGV[2] then redis.call('DEL', joinkey) end
+elseif t == 'start' then
+  redis.call('HSET', KEYS[3], 'phase', 'running', 'fence', fence)
+elseif t == 'retry' then
+  redis.call('HSET', KEYS[3], 'phase', 'queued', 'fence', '')
+end
+return {'ok', id}
+"""
+
+APPEND_ALL = (
+    "local function append_one(KEYS, ARGV)\n"
+    + APPEND
+    + """end
+local out, a = {}, 1
+for r = 0, #KEYS / 5 - 1 do
+  local keys = {KEYS[5 * r + 1], KEYS[5 * r + 2], KEYS[5 * r + 3], KEYS[5 * r + 4]}
+  local group, entry, run, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local fence, n = ARGV[a + 4], tonumber(ARGV[a + 5])
+  a = a + 6
+  local ids, refused = {}, nil
+  for i = 1, n do
+    if not refused then
+      local res = append_one(keys, {ARGV[a], run, ARGV[a + 1], ttl, fence, ARGV[a + 2]})
+      if res[1] == 'ok' then ids[#ids + 1] = res[2] else refused = res[2] end
+    end
+    a = a + 3
+  end
+  if entry ~= '' and refused ~= 'fenced' then redis.call('XACK', KEYS[5 * r + 5], group, entry) end
+  out[#out + 1] = {refused and 'refused' or 'ok', refused or '', ids}
+end
+return out
+"""
+)
+"""Several runs' events, each run's in order under exactly the rules of ``APPEND`` (its text is
+the body of ``append_one``, KEYS and ARGV its parameters); a run's appends stop at its first
+refused event. Per run 5 KEYS (run stream, log, meta, active set, queue) and ARGV (group, queue
+entry ID or '', run id, ttl, fence, event count, then per event: encoded, transition, user). The
+queue entry is acked in the same step unless a refusal says the run is another runner's
+(``fenced``): a terminal event and its ack can no longer be separated by a crash."""
+
+SUBMIT = """
+local before = redis.call('HGET', KEYS[3], 'requested')
+if before then return {'ok', before} end
+if ARGV[5] ~= '' then
+  local prev = redis.call('GET', KEYS[6])
+  if prev then return {'duplicate', prev} end
+end
+if ARGV[8] == '1' then
+  local joined = redis.call('GET', KEYS[7])
+  local joined_phase = joined and redis.call('HGET', ARGV[7] .. joined, 'phase')
+  if joined_phase and joined_phase ~= 'ended' then
+    if ARGV[5] ~= '' then
+      redis.call('SET', KEYS[6], joined .. string.sub(ARGV[5], #ARGV[2] + 1), 'EX', ARGV[6])
+    end
+    return {'joined', joined}
+  end
+end
+local cap = tonumber(ARGV[4])
+if cap > 0 then
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    local phase = redis.call('HGET', ARGV[7] .. member, 'phase')
+    if (not phase) or phase == 'ended' then redis.call('SREM', KEYS[4], member) end
+  end
+  if redis.call('SCARD', KEYS[4]) >= cap then return {'capped', tostring(cap)} end
+end
+redis.call('HSET', KEYS[3], 'phase', 'queued', 'user', ARGV[3], 'fence', '')
+redis.call('SADD', KEYS[4], ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
+for i = 11, #ARGV do
+  local carried = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[i], 'r', ARGV[2], 's', carried)
+end
+redis.call('XADD', KEYS[5], '*', 'r', ARGV[2])
+redis.call('HSET', KEYS[3], 'requested', id)
+if ARGV[5] ~= '' then redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6]) end
+if ARGV[8] ~= '' then
+  redis.call('SET', KEYS[7], ARGV[2], 'EX', ARGV[10])
+  redis.call('HSET', KEYS[3], 'join', KEYS[7])
+end
+if ARGV[9] ~= '' then redis.call('SET', KEYS[8], ARGV[9], 'EX', ARGV[10]) end
+return {'ok', id}
+"""
+"""KEYS: run stream, log, meta, active set, queue, idempotency key, join key, webhook secret key.
+ARGV: event, run id, user, cap, idempotency value, its TTL, meta prefix, join ('1' join a live run
+with this fingerprint, '0' only record this run under it, '' neither), webhook secret (''), run TTL,
+then events appended right after the request (a fork's carried StepCompleted events).
+A join answers before the cap: joining adds no active run."""
+
+
+END_LOST = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'refused', 'known'} end
+local first, id = '', ''
+for i = 5, #ARGV do
+  id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[i], 'r', ARGV[1], 's', id)
+  if first == '' then first = id end
+end
+redis.call('HSET', KEYS[3], 'phase', 'ended', 'user', ARGV[2], 'fence', '')
+if ARGV[4] == '1' then redis.call('HSET', KEYS[3], 'requested', first) end
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return {'ok', id}
+"""
+"""End a run Redis no longer knows (its meta hash is gone: lost in a failover): its events (the
+rebuilt request, if any, then the terminal event) go to a new run stream and the global log, and
+an ``ended`` meta hash is written, all in one step; refused when the meta hash exists."""
