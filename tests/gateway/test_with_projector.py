@@ -115,6 +115,27 @@ async def test_history_is_per_user_newest_first_with_stable_cursor(
     assert ready.status_code == 200
 
 
+async def test_the_run_list_answers_304_to_its_etag_until_a_run_moves(
+    http: httpx.AsyncClient, runner: Runner
+) -> None:
+    """A history poller costs almost nothing while nothing changed (ETag / If-None-Match)."""
+    run_id = (await http.post(RUNS, json=BODY, headers=auth("alice"))).json()["runId"]
+    await listed(http, "alice", 1)
+    first = await http.get(RUNS, headers=auth("alice"))
+    etag = first.headers["etag"]
+    same = await http.get(RUNS, headers={**auth("alice"), "If-None-Match": etag})
+    assert same.status_code == 304 and same.headers["etag"] == etag and not same.content
+    other = await http.get(RUNS, headers={**auth("bob"), "If-None-Match": etag})
+    assert other.status_code == 200  # another user's list is another list
+    await runner.run_all(run_id)
+    async with asyncio.timeout(10):
+        while (
+            moved := await http.get(RUNS, headers={**auth("alice"), "If-None-Match": etag})
+        ).status_code == 304:
+            await asyncio.sleep(0.05)
+    assert moved.status_code == 200 and moved.headers["etag"] != etag
+
+
 async def test_expired_run_stream_gives_reset_from_the_read_model(
     http: httpx.AsyncClient, runner: Runner, redis: Redis, keys: Keys
 ) -> None:
