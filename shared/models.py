@@ -7,11 +7,13 @@ NAME of the environment variable holding an API key is ever stored, never the ke
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -92,3 +94,38 @@ def model_ids(extra_path: str | Path | None = None) -> tuple[str, ...]:
     """Every valid ``model_id``, the default first."""
     ids = sorted(load_registry(extra_path))
     return tuple(sorted(ids, key=lambda m: m != DEFAULT_MODEL_ID))
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PROBE_TIMEOUT_S = 0.3
+
+
+def missing_key(spec: ModelSpec, environ: Mapping[str, str] | None = None) -> str | None:
+    """Why ``spec`` cannot run with this environment's keys (None when it can): names the variable."""
+    if spec.provider == "openai" and spec.api_key_env and spec.api_key(environ) is None:
+        return f"needs the environment variable {spec.api_key_env}"
+    return None
+
+
+async def _listening(url: str) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def unavailable(spec: ModelSpec, environ: Mapping[str, str] | None = None) -> str | None:
+    """Why a run naming ``spec`` would fail here, or None. A missing key is read from the
+    environment; a keyless endpoint on this machine (Ollama, vLLM) gets a short TCP probe, since a
+    local server that is not running is the usual reason such a model fails. Remote endpoints are
+    not probed: reaching them is the run's business, and /models must stay fast."""
+    reason = missing_key(spec, environ)
+    if reason or spec.provider != "openai" or spec.api_key_env:
+        return reason
+    if urlsplit(spec.base_url).hostname in LOOPBACK and not await _listening(spec.base_url):
+        return f"nothing is listening at {spec.base_url}"
+    return None

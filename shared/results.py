@@ -70,6 +70,8 @@ class MarketData(msgspec.Struct, frozen=True, kw_only=True, tag="data"):
     provider: str
     demo: bool
     prices: PriceSeries
+    listed: bool = True
+    """False when demo data was made up for a symbol with no real market behind it."""
     fundamentals: Fundamentals | None = None
     headlines: list[Headline] = []
     benchmark: PriceSeries | None = None
@@ -151,3 +153,16 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     demo: bool = True
     last_close: float | None = None
     chart: ChartData | None = None
+    data_note: str | None = None
+    """What the data is, said to the reader when it is not real market data (None when it is)."""
+
+
+NO_MARKET = "no real market: illustration only"
+
+
+def data_note(provider: str, demo: bool, listed: bool = True) -> str | None:
+    """The label every demo run carries, in the result, the page and the CLI."""
+    if not demo:
+        return None
+    note = f"Demo data: {provider} prices generated for illustration, not real market data"
+    return f"{note}; {NO_MARKET}." if not listed else f"{note}."

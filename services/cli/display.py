@@ -146,7 +146,8 @@ def _result_lines(result: Json) -> list[str]:
         f"confidence {confidence:.0%}, horizon {pick(result, 'horizon')}",
     ]
     if pick(result, "demo"):
-        lines.append(f"  Data: {pick(result, 'provider')} (DEMO DATA, not real market prices)")
+        note = pick(result, "data_note") or "not real market prices"
+        lines.append(f"  Data: {pick(result, 'provider')} (DEMO DATA) {note}")
     lines.extend(_wrapped("Rationale", str(pick(result, "rationale", ""))))
     for risk in pick(result, "key_risks", []) or []:
         lines.extend(_wrapped("Risk", str(risk)))

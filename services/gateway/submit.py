@@ -15,6 +15,7 @@ from services.gateway.schemas import RunRequest
 from shared.catalog import PIPELINE_FULL, PIPELINES, TRADING
 from shared.events import RunCancelled, RunOptions, RunRequested
 from shared.ids import is_run_id, new_run_id
+from shared.models import unavailable
 from shared.reducer import RunState
 from shared.store import Capped, Duplicate, RefusalReason, Refused, Submitted, Unreplicated
 from shared.telemetry import current_traceparent
@@ -44,6 +45,13 @@ def _check(runtime: Runtime, caller: Caller, body: RunRequest) -> None:
     if body.priority == "high" and not caller.high_priority:
         raise Problem(403, "You may not submit high-priority runs; use priority 'normal'.", field="priority")
     _check_pipeline(runtime, body.pipeline)
+
+
+async def _check_available(runtime: Runtime, model_id: str) -> None:
+    """A run naming a model that cannot run here is refused now, not accepted and then failed."""
+    reason = await unavailable(runtime.models[model_id])
+    if reason is not None:
+        raise invalid("modelId", f"model {model_id!r} is not available here: {reason}", reason=reason)
 
 
 # -- pipelines registered with TT_PIPELINES ---------------------------------------------------------
@@ -95,6 +103,7 @@ def _event(caller: Caller, body: RunRequest, idem_key: str | None) -> RunRequest
 async def submit_run(runtime: Runtime, caller: Caller, body: RunRequest, idem_key: str | None) -> Outcome:
     """Check what configuration decides, rate-limit, then append RunRequested (once per key)."""
     _check(runtime, caller, body)
+    await _check_available(runtime, body.model_id)
     await runtime.limiter.hit(caller.user_id)
     event = _event(caller, body, idem_key)  # its traceparent is the request's server span
     trace.get_current_span().set_attribute("tickertape.run_id", event.run_id)

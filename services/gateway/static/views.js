@@ -118,7 +118,7 @@ export function renderResult(state) {
         fact("Horizon", r.horizon),
         r.lastClose ? fact("Last close", r.lastClose.toFixed(2)) : null,
         fact("Took", seconds(state.durationS)))),
-    r.demo ? h("p", { class: "demo", id: "demo-label" }, `Demo data: ${r.provider || "synthetic"} prices generated for illustration, not real market data.`) : null,
+    r.demo ? h("p", { class: "demo", id: "demo-label" }, r.dataNote || `Demo data: ${r.provider || "synthetic"} prices generated for illustration, not real market data.`) : null,
     chartBlock(r),
     h("h3", {}, "Why"), formatted(r.rationale),
     r.keyRisks?.length ? [h("h3", {}, "Key risks"), h("ul", { class: "risks" }, r.keyRisks.map((k) => h("li", {}, k)))] : null,

@@ -41,6 +41,7 @@ from shared.results import (
     StepOutput,
     TradeProposal,
     Usage,
+    data_note,
 )
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,11 @@ class Pipeline:
         run.outputs[DATA_STEP] = data
         bars = len(data.prices.dates)
         await ticker.tick(0.6, f"{bars} daily bars {data.prices.dates[0]} … {data.prices.dates[-1]}")
-        await ticker.tick(0.9, f"{len(data.headlines)} headlines" + (" (demo data)" if data.demo else ""))
+        await ticker.tick(
+            0.9,
+            f"{len(data.headlines)} headlines"
+            + (f" ({data_note(data.provider, data.demo, data.listed)})" if data.demo else ""),
+        )
         return data
 
     async def _analyse(self, run: RunContext, step: str, ticker: Ticker) -> AnalystReport:
@@ -286,6 +291,7 @@ class Pipeline:
             demo=data.demo,
             last_close=data.prices.close[-1],
             chart=ChartData(dates=data.prices.dates, close=data.prices.close),
+            data_note=data_note(data.provider, data.demo, data.listed),
         )
 
 
