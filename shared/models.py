@@ -7,8 +7,8 @@ NAME of the environment variable holding an API key is ever stored, never the ke
 
 from __future__ import annotations
 
-import asyncio
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -107,25 +107,30 @@ def missing_key(spec: ModelSpec, environ: Mapping[str, str] | None = None) -> st
     return None
 
 
-async def _listening(url: str) -> bool:
+def _listening(url: str) -> bool:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), PROBE_TIMEOUT_S)
-    except (OSError, TimeoutError):
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), PROBE_TIMEOUT_S):
+            return True
+    except OSError:
         return False
-    writer.close()
-    return True
 
 
-async def unavailable(spec: ModelSpec, environ: Mapping[str, str] | None = None) -> str | None:
+def unavailable(spec: ModelSpec, environ: Mapping[str, str] | None = None) -> str | None:
     """Why a run naming ``spec`` would fail here, or None. A missing key is read from the
-    environment; a keyless endpoint on this machine (Ollama, vLLM) gets a short TCP probe, since a
-    local server that is not running is the usual reason such a model fails. Remote endpoints are
-    not probed: reaching them is the run's business, and /models must stay fast."""
+    environment; a keyless endpoint on this machine (Ollama, vLLM) gets a TCP connect, since a
+    local server that is not running is the usual reason such a model fails (on loopback a refusal
+    is immediate, so the check is synchronous). Remote endpoints are not probed: reaching them is
+    the run's business, and /models must stay fast."""
     reason = missing_key(spec, environ)
     if reason or spec.provider != "openai" or spec.api_key_env:
         return reason
-    if urlsplit(spec.base_url).hostname in LOOPBACK and not await _listening(spec.base_url):
+    if urlsplit(spec.base_url).hostname in LOOPBACK and not _listening(spec.base_url):
         return f"nothing is listening at {spec.base_url}"
     return None
+
+
+def available_ids(models: Mapping[str, ModelSpec]) -> list[str]:
+    """The ids a run may name here now, sorted."""
+    return sorted(m for m, spec in models.items() if unavailable(spec) is None)

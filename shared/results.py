@@ -100,6 +100,26 @@ class Debate(msgspec.Struct, frozen=True, kw_only=True, tag="debate"):
     lean: Signal
 
 
+Stance = Literal["aggressive", "conservative", "neutral"]
+
+
+class RiskTurn(msgspec.Struct, frozen=True, kw_only=True):
+    stance: Stance
+    round: int
+    argument: str
+    position_pct: float | None = None
+    """The size this voice argues for (percent of the portfolio)."""
+
+
+class RiskDebate(msgspec.Struct, frozen=True, kw_only=True, tag="risk"):
+    """The risk team's debate over the trader's proposal, and the size it settles on."""
+
+    turns: list[RiskTurn]
+    summary: str
+    prevailing: Stance = "neutral"
+    position_pct: float | None = None
+
+
 class TradeProposal(msgspec.Struct, frozen=True, kw_only=True, tag="trader"):
     action: Decision
     entry: float
@@ -116,6 +136,11 @@ class Assessment(msgspec.Struct, frozen=True, kw_only=True, tag="assessment"):
     horizon: str
     rationale: str
     key_risks: list[str]
+    price_target: float | None = None
+    horizon_days: int | None = None
+    """Calendar days the call is for (what an outcome is measured over)."""
+    position_pct: float | None = None
+    """The portfolio manager's final size, after the risk debate."""
 
 
 class JsonOutput(msgspec.Struct, frozen=True, kw_only=True, tag="json"):
@@ -126,7 +151,7 @@ class JsonOutput(msgspec.Struct, frozen=True, kw_only=True, tag="json"):
     """The LangGraph task that produced it: a resumed graph run tells acknowledged nodes by it."""
 
 
-StepOutput = MarketData | AnalystReport | Debate | TradeProposal | Assessment | JsonOutput
+StepOutput = MarketData | AnalystReport | Debate | TradeProposal | RiskDebate | Assessment | JsonOutput
 
 
 class ChartData(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +178,10 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     demo: bool = True
     last_close: float | None = None
     chart: ChartData | None = None
+    risk_debate: RiskDebate | None = None
+    price_target: float | None = None
+    horizon_days: int | None = None
+    position_pct: float | None = None
     data_note: str | None = None
     """What the data is, said to the reader when it is not real market data (None when it is)."""
 

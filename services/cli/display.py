@@ -148,6 +148,11 @@ def _result_lines(result: Json) -> list[str]:
     if pick(result, "demo"):
         note = pick(result, "data_note") or "not real market prices"
         lines.append(f"  Data: {pick(result, 'provider')} (DEMO DATA) {note}")
+    if pick(result, "price_target") is not None:
+        lines.append(
+            f"  Price target: {pick(result, 'price_target')} within {pick(result, 'horizon_days')} days, "
+            f"position {pick(result, 'position_pct')}% of the portfolio"
+        )
     lines.extend(_wrapped("Rationale", str(pick(result, "rationale", ""))))
     for risk in pick(result, "key_risks", []) or []:
         lines.extend(_wrapped("Risk", str(risk)))
@@ -156,6 +161,13 @@ def _result_lines(result: Json) -> list[str]:
         lines.append(
             f"  Trade: {trade.get('action')} at {trade.get('entry')}, stop {trade.get('stop')}, "
             f"target {trade.get('target')}, position {pick(trade, 'position_pct')}%"
+        )
+    debate, risk = pick(result, "debate"), pick(result, "risk_debate")
+    if debate:
+        lines.extend(_wrapped(f"Debate (leans {debate.get('lean')})", str(debate.get("summary", ""))))
+    if risk:
+        lines.extend(
+            _wrapped(f"Risk debate ({risk.get('prevailing')} prevails)", str(risk.get("summary", "")))
         )
     for report in pick(result, "reports", []) or []:
         lines.append(f"  [{report.get('signal', '?'):>7}] {report.get('title')}: {report.get('summary')}")

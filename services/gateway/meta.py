@@ -68,7 +68,7 @@ def build_router() -> APIRouter:
                 "reason": reason,
             }
             for m in runtime.models.values()
-            for reason in [await unavailable(m)]
+            for reason in [unavailable(m)]
         ]
         return {"models": sorted(items, key=lambda m: (not m["default"], m["id"]))}
 

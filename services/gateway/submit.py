@@ -47,9 +47,9 @@ def _check(runtime: Runtime, caller: Caller, body: RunRequest) -> None:
     _check_pipeline(runtime, body.pipeline)
 
 
-async def _check_available(runtime: Runtime, model_id: str) -> None:
+def _check_available(runtime: Runtime, model_id: str) -> None:
     """A run naming a model that cannot run here is refused now, not accepted and then failed."""
-    reason = await unavailable(runtime.models[model_id])
+    reason = unavailable(runtime.models[model_id])
     if reason is not None:
         raise invalid("modelId", f"model {model_id!r} is not available here: {reason}", reason=reason)
 
@@ -81,6 +81,7 @@ def _event(caller: Caller, body: RunRequest, idem_key: str | None) -> RunRequest
     pipeline, variant = _pipeline_of(body)
     options = RunOptions(
         debate_rounds=body.debate_rounds,
+        risk_rounds=body.risk_rounds,
         max_tokens=body.max_tokens,
         max_cost_usd=body.max_cost_usd,
         pipeline=variant,
@@ -103,7 +104,7 @@ def _event(caller: Caller, body: RunRequest, idem_key: str | None) -> RunRequest
 async def submit_run(runtime: Runtime, caller: Caller, body: RunRequest, idem_key: str | None) -> Outcome:
     """Check what configuration decides, rate-limit, then append RunRequested (once per key)."""
     _check(runtime, caller, body)
-    await _check_available(runtime, body.model_id)
+    _check_available(runtime, body.model_id)
     await runtime.limiter.hit(caller.user_id)
     event = _event(caller, body, idem_key)  # its traceparent is the request's server span
     trace.get_current_span().set_attribute("tickertape.run_id", event.run_id)

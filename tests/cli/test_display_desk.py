@@ -18,9 +18,21 @@ RESULT: dict[str, Any] = {
     "provider": "synthetic",
     "demo": True,
     "dataNote": "Demo data: synthetic prices; no real market: illustration only.",
+    "priceTarget": 101.5,
+    "horizonDays": 91,
+    "positionPct": 4.5,
+    "debate": {"turns": [], "summary": "The bull findings add up.", "lean": "neutral"},
+    "riskDebate": {"turns": [], "summary": "The conservative voice prevails.", "prevailing": "conservative"},
 }
 
 
 def test_a_demo_run_prints_its_data_label() -> None:
     text = render_result({"runId": "r1", "symbol": "ZZZZ9", "status": "completed", "result": RESULT})
     assert "DEMO DATA" in text and "no real market: illustration only" in text
+
+
+def test_the_desk_sections_are_printed() -> None:
+    text = render_result({"runId": "r1", "symbol": "ZZZZ9", "status": "completed", "result": RESULT})
+    assert "Price target: 101.5 within 91 days, position 4.5%" in text
+    assert "Debate (leans neutral): The bull findings add up." in text
+    assert "Risk debate (conservative prevails): The conservative voice prevails." in text

@@ -116,6 +116,8 @@ export function renderResult(state) {
         h("div", {}, h("dt", {}, "Confidence"), h("dd", {}, `${Math.round((r.confidence || 0) * 100)}%`),
           h("span", { class: "meter" }, h("i", { style: `width:${Math.round((r.confidence || 0) * 100)}%` }))),
         fact("Horizon", r.horizon),
+        r.priceTarget != null ? fact("Price target", num(r.priceTarget)) : null,
+        r.positionPct != null ? fact("Position", `${num(r.positionPct, 1)}%`) : null,
         r.lastClose ? fact("Last close", r.lastClose.toFixed(2)) : null,
         fact("Took", seconds(state.durationS)))),
     r.demo ? h("p", { class: "demo", id: "demo-label" }, r.dataNote || `Demo data: ${r.provider || "synthetic"} prices generated for illustration, not real market data.`) : null,
@@ -124,6 +126,7 @@ export function renderResult(state) {
     r.keyRisks?.length ? [h("h3", {}, "Key risks"), h("ul", { class: "risks" }, r.keyRisks.map((k) => h("li", {}, k)))] : null,
     r.trade ? tradeBlock(r.trade) : null,
     r.debate ? debateBlock(r.debate) : null,
+    r.riskDebate ? riskBlock(r.riskDebate) : null,
     h("h3", {}, "Analyst reports"),
     (r.reports || []).map(reportBlock),
   ].flat(2).filter(Boolean));
@@ -175,11 +178,17 @@ function debateBlock(d) {
     h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.side === "bull" ? "Bull" : "Bear"} (round ${t.round}): `), t.argument))));
 }
 
+function riskBlock(d) {
+  return h("details", { class: "report", id: "risk-debate" },
+    h("summary", {}, h("strong", {}, "Risk debate"), h("span", { class: "signal", "data-signal": "neutral" }, d.prevailing), h("span", { class: "muted" }, d.summary)),
+    h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.stance[0].toUpperCase()}${t.stance.slice(1)} (round ${t.round}): `), t.argument))));
+}
+
 function reportBlock(rep) {
   return h("details", { class: "report", "data-analyst": rep.analyst },
     h("summary", {}, h("strong", {}, rep.title), h("span", { class: "signal", "data-signal": rep.signal }, rep.signal),
       h("span", { class: "muted" }, rep.summary)),
-    h("div", { class: "body" }, formatted(rep.report)));
+    h("div", { class: "body" }, formatted(rep.summary && rep.report?.startsWith(rep.summary) ? rep.report.slice(rep.summary.length) : rep.report)));
 }
 
 function num(v, digits = 2) {

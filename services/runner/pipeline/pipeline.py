@@ -7,13 +7,16 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
+import msgspec
 from redis.asyncio import Redis
 
-from services.runner.pipeline import decide, prompts
+from services.runner.pipeline import decide, desk, prompts
 from services.runner.pipeline.base import PipelineError, StepReporter
 from services.runner.pipeline.data import MarketDataService
+from services.runner.pipeline.desk import Point
 from services.runner.pipeline.evidence import ANALYSES
 from services.runner.pipeline.llm import ChatModel, OpenAIChat, RetryPolicy
 from services.runner.pipeline.metering import Budget, MeteredModel, capped
@@ -24,6 +27,7 @@ from shared.catalog import (
     DATA_STEP,
     DEBATE_STEP,
     FINAL_STEP,
+    RISK_STEP,
     TRADER_STEP,
     plan_steps,
     step_label,
@@ -37,6 +41,8 @@ from shared.results import (
     Debate,
     DebateTurn,
     MarketData,
+    RiskDebate,
+    RiskTurn,
     RunResult,
     StepOutput,
     TradeProposal,
@@ -47,6 +53,7 @@ from shared.results import (
 logger = logging.getLogger(__name__)
 
 MAX_DEBATE_ROUNDS = 5
+MAX_RISK_ROUNDS = 5
 TICKS = 3
 """Progress reports a step makes; the pacing delay is spread over them."""
 
@@ -186,6 +193,8 @@ class Pipeline:
             return await self._debate(run, ticker)
         if step == TRADER_STEP:
             return await self._trade(run, ticker)
+        if step == RISK_STEP:
+            return await self._risk(run, ticker)
         if step == FINAL_STEP:
             return await self._assess(run, ticker)
         raise PipelineError("invalid_request", f"unknown step {step!r}")
@@ -231,18 +240,22 @@ class Pipeline:
             evidence=dict(evidence.numbers),
         )
 
+    def _sides(self, run: RunContext, data: MarketData) -> tuple[list[Point], list[Point]]:
+        analysts = [r.analyst for r in run.reports()]
+        return desk.side_points(data, analysts, True), desk.side_points(data, analysts, False)
+
     async def _debate(self, run: RunContext, ticker: Ticker) -> Debate:
         data, reports = await self._market(run), run.reports()
+        sides = self._sides(run, data)
         rounds = max(0, min(run.request.options.debate_rounds, MAX_DEBATE_ROUNDS))
         turns: list[DebateTurn] = []
         for round_ in range(1, rounds + 1):
             for side in ("bull", "bear"):
-                rebut = turns[-1].argument if turns else ""
-                request = prompts.debate_turn(side, round_, run.symbol, reports, rebut, data.demo)
+                request = prompts.debate_turn(side, round_, run.symbol, sides, turns, data.demo)
                 turns.append(DebateTurn(side=side, round=round_, argument=await run.model.text(request)))
             await ticker.tick(0.8 * round_ / max(rounds, 1), f"round {round_} of {rounds}")
         score, lean = decide.composite(reports), decide.lean(reports)
-        summary = await run.model.text(prompts.manager(run.symbol, turns, score, lean, reports, data.demo))
+        summary = await run.model.text(prompts.manager(run.symbol, turns, score, lean, sides, data.demo))
         await ticker.tick(0.95, f"research manager leans {lean}")
         return Debate(turns=turns, summary=summary, lean=lean)
 
@@ -258,15 +271,45 @@ class Pipeline:
         await ticker.tick(0.9, f"{proposal.action} {proposal.position_pct:.1f}% stop {proposal.stop:.2f}")
         return proposal
 
+    async def _risk(self, run: RunContext, ticker: Ticker) -> RiskDebate:
+        data = await self._market(run)
+        trade = run.output(TRADER_STEP, TradeProposal)
+        if not isinstance(trade, TradeProposal):
+            trade = decide.trade(data, run.reports())
+        debate = run.output(DEBATE_STEP, Debate)
+        numbers, sizes = desk.risk_numbers(data), desk.sizes(trade)
+        await ticker.tick(0.05, f"debating the {trade.action} at {trade.position_pct:.1f}% of the portfolio")
+        context = prompts.RiskContext(
+            symbol=run.symbol,
+            trade=trade,
+            risk=numbers,
+            sides=self._sides(run, data),
+            sizes={str(k): v for k, v in sizes.items()},
+            summary=debate.summary if isinstance(debate, Debate) else "(none)",
+            demo=data.demo,
+        )
+        rounds = max(1, min(run.request.options.risk_rounds, MAX_RISK_ROUNDS))
+        turns: list[RiskTurn] = []
+        for round_ in range(1, rounds + 1):
+            for stance in desk.STANCES:
+                text = await run.model.text(prompts.risk_turn(context, stance, round_, turns))
+                turns.append(RiskTurn(stance=stance, round=round_, argument=text, position_pct=sizes[stance]))
+            await ticker.tick(0.9 * round_ / rounds, f"risk round {round_} of {rounds}")
+        return desk.risk_verdict(trade, numbers, sizes, turns, rounds)
+
     async def _assess(self, run: RunContext, ticker: Ticker) -> Assessment:
         data, reports = await self._market(run), run.reports()
-        reference = decide.assessment(data, reports)
-        await ticker.tick(0.2, f"reference: {reference.rating} ({reference.decision})")
-        trade = run.output(TRADER_STEP, TradeProposal)
-        request = prompts.final(
-            run.symbol, reference, reports, trade if isinstance(trade, TradeProposal) else None, data.demo
+        view = prompts.DeskView(
+            reports=reports,
+            debate=_as(run.output(DEBATE_STEP, Debate), Debate),
+            trade=_as(run.output(TRADER_STEP, TradeProposal), TradeProposal),
+            risk=_as(run.output(RISK_STEP, RiskDebate), RiskDebate),
         )
+        reference = desk.assessment(data, reports, view.debate, view.trade, view.risk)
+        await ticker.tick(0.2, f"reference: {reference.rating} ({reference.decision})")
+        request = prompts.final(run.symbol, reference, view, data.demo)
         result = await run.model.structured(request, Assessment, prompts.check_assessment)
+        result = _filled(result, reference)
         await ticker.tick(0.9, f"{result.decision} ({result.rating}, confidence {result.confidence:.2f})")
         return result
 
@@ -277,6 +320,10 @@ class Pipeline:
             raise PipelineError("missing_output", "the final assessment step left no output")
         debate, trade = run.output(DEBATE_STEP, Debate), run.output(TRADER_STEP, TradeProposal)
         return RunResult(
+            risk_debate=_as(run.output(RISK_STEP, RiskDebate), RiskDebate),
+            price_target=final.price_target,
+            horizon_days=final.horizon_days,
+            position_pct=final.position_pct,
             symbol=run.symbol,
             decision=final.decision,
             rating=final.rating,
@@ -293,6 +340,23 @@ class Pipeline:
             chart=ChartData(dates=data.prices.dates, close=data.prices.close),
             data_note=data_note(data.provider, data.demo, data.listed),
         )
+
+
+T = TypeVar("T")
+
+
+def _as(value: object, kind: type[T]) -> T | None:
+    return value if isinstance(value, kind) else None
+
+
+def _filled(result: Assessment, reference: Assessment) -> Assessment:
+    """A model's call keeps its own words; what it left out comes from the reference."""
+    return msgspec.structs.replace(
+        result,
+        price_target=result.price_target if result.price_target is not None else reference.price_target,
+        horizon_days=result.horizon_days or reference.horizon_days,
+        position_pct=result.position_pct if result.position_pct is not None else reference.position_pct,
+    )
 
 
 def _first_line(text: str, limit: int = 280) -> str:

@@ -86,9 +86,9 @@ async def test_whole_pipeline_runs_through_the_server(
     assert result is not None
     assert result.decision == ASSESSMENT["decision"] and result.rating == ASSESSMENT["rating"]
     assert result.reports[0].summary == "Model summary line citing the numbers."
-    assert reporter.usage.calls == len(chat.requests) == 11
-    assert reporter.usage.prompt_tokens == 1100 and reporter.usage.completion_tokens == 220
-    assert reporter.usage.cost_usd == pytest.approx(11 * (100 * 1.0 + 20 * 2.0) / 1e6)
+    assert reporter.usage.calls == len(chat.requests) == 14
+    assert reporter.usage.prompt_tokens == 1400 and reporter.usage.completion_tokens == 280
+    assert reporter.usage.cost_usd == pytest.approx(14 * (100 * 1.0 + 20 * 2.0) / 1e6)
     assert {h["authorization"] for h in chat.headers} == {"Bearer sk-test-secret"}
     assert {r["model"] for r in chat.requests} == {"test-model"}
     assert sum(1 for r in chat.requests if "response_format" in r) == 2
