@@ -39,6 +39,8 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     completion_usd_per_m: float = 0.0
     max_tokens: int = 1024
     json_mode: bool = True
+    tools: bool = True
+    """The endpoint takes OpenAI-style tools; false gives the analysts the evidence in the prompt."""
     timeout_s: float | None = None
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:

@@ -77,6 +77,14 @@ class MarketData(msgspec.Struct, frozen=True, kw_only=True, tag="data"):
     benchmark: PriceSeries | None = None
 
 
+class ToolUse(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool call an analyst made with a real model, and what it returned (kept as evidence)."""
+
+    name: str
+    arguments: str
+    result: str
+
+
 class AnalystReport(msgspec.Struct, frozen=True, kw_only=True, tag="analyst"):
     analyst: str
     title: str
@@ -86,6 +94,7 @@ class AnalystReport(msgspec.Struct, frozen=True, kw_only=True, tag="analyst"):
     summary: str
     report: str
     evidence: dict[str, float | str | None] = {}
+    tool_calls: list[ToolUse] = []
 
 
 class DebateTurn(msgspec.Struct, frozen=True, kw_only=True):

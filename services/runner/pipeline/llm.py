@@ -25,8 +25,15 @@ TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class Message(msgspec.Struct, frozen=True):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    """An assistant message's calls, as the server sent them (answered by ``tool`` messages)."""
+    tool_call_id: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The message as the chat-completions API takes it (absent fields left out, not null)."""
+        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
 
 
 class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,12 +44,15 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     facts: dict[str, Any] = {}
     max_tokens: int = 600
     json: bool = False
+    tools: list[dict[str, Any]] = []
+    """OpenAI-style function tools the model may call (real models only)."""
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: list[dict[str, Any]] = []
 
 
 class ChatModel(Protocol):
@@ -61,6 +71,7 @@ class _Usage(msgspec.Struct):
 
 class _ChoiceMessage(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -149,12 +160,14 @@ class OpenAIChat:
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.spec.model,
-            "messages": [msgspec.structs.asdict(m) for m in request.messages],
+            "messages": [m.wire() for m in request.messages],
             "max_tokens": min(request.max_tokens, self.spec.max_tokens),
             "temperature": 0.2,
         }
         if request.json and self.spec.json_mode:
             body["response_format"] = {"type": "json_object"}
+        if request.tools:
+            body["tools"] = request.tools
         return body
 
     async def _post(self, body: dict[str, Any]) -> Completion:
@@ -188,11 +201,14 @@ class OpenAIChat:
             raise _Transient(f"unreadable response: {exc}") from exc
         if not parsed.choices:
             raise _Transient("response without choices")
-        text = parsed.choices[0].message.content or ""
+        message = parsed.choices[0].message
+        text = message.content or ""
         usage = parsed.usage
         prompt = usage.prompt_tokens if usage and usage.prompt_tokens else _prompt_estimate(body)
         completion = usage.completion_tokens if usage and usage.completion_tokens else estimate_tokens(text)
-        return Completion(text=text, prompt_tokens=prompt, completion_tokens=completion)
+        return Completion(
+            text=text, prompt_tokens=prompt, completion_tokens=completion, tool_calls=message.tool_calls or []
+        )
 
 
 def _prompt_estimate(body: dict[str, Any]) -> int:

@@ -11,7 +11,7 @@ import msgspec
 from opentelemetry import trace
 
 from services.runner.pipeline.base import PipelineError
-from services.runner.pipeline.llm import ChatModel, ChatRequest, Message, estimate_tokens
+from services.runner.pipeline.llm import ChatModel, ChatRequest, Completion, Message, estimate_tokens
 from shared.models import ModelSpec
 from shared.results import Usage
 
@@ -71,6 +71,10 @@ class MeteredModel:
 
     async def text(self, request: ChatRequest) -> str:
         """The model's answer as text."""
+        return (await self.complete(request)).text.strip()
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """One metered call, tool calls and all."""
         max_tokens = min(request.max_tokens, self.spec.max_tokens)
         prompt = sum(estimate_tokens(m.content) for m in request.messages)
         self.budget.check(prompt, max_tokens)
@@ -90,7 +94,7 @@ class MeteredModel:
                 cost_usd=round(cost, 6),
             )
         )
-        return completion.text.strip()
+        return completion
 
     async def structured(self, request: ChatRequest, kind: type[T], check: Check[T] | None = None) -> T:
         """The model's JSON answer validated into ``kind``; a malformed answer is re-asked once.

@@ -13,11 +13,11 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from services.runner.pipeline import decide, desk, prompts
+from services.runner.pipeline import decide, desk, prompts, tools
 from services.runner.pipeline.base import PipelineError, StepReporter
 from services.runner.pipeline.data import MarketDataService
 from services.runner.pipeline.desk import Point
-from services.runner.pipeline.evidence import ANALYSES
+from services.runner.pipeline.evidence import ANALYSES, Evidence
 from services.runner.pipeline.llm import ChatModel, OpenAIChat, RetryPolicy
 from services.runner.pipeline.metering import Budget, MeteredModel, capped
 from services.runner.pipeline.offline import OfflineModel
@@ -45,6 +45,7 @@ from shared.results import (
     RiskTurn,
     RunResult,
     StepOutput,
+    ToolUse,
     TradeProposal,
     Usage,
     data_note,
@@ -228,8 +229,8 @@ class Pipeline:
         evidence = ANALYSES[analyst](data)
         await ticker.tick(0.4, f"evidence score {evidence.score:+.2f} ({evidence.signal}); writing report")
         name = step_label(step)
-        text = await run.model.text(prompts.analyst(name, run.symbol, evidence, data.demo))
-        await ticker.tick(0.9, "report written")
+        text, uses = await self._write_report(run, analyst, name, evidence, data)
+        await ticker.tick(0.9, f"report written ({len(uses)} tool calls)" if uses else "report written")
         return AnalystReport(
             analyst=analyst,
             title=f"{name}: {evidence.signal}",
@@ -238,7 +239,22 @@ class Pipeline:
             summary=_first_line(text),
             report=text,
             evidence=dict(evidence.numbers),
+            tool_calls=uses,
         )
+
+    async def _write_report(
+        self, run: RunContext, analyst: str, name: str, evidence: Evidence, data: MarketData
+    ) -> tuple[str, list[ToolUse]]:
+        """With a real model that takes tools the analyst gathers its own numbers; otherwise (and
+        when the server rejects tools) the computed evidence is put in the prompt."""
+        spec, limit = run.model.spec, self.settings.max_tool_calls
+        if spec.provider == "openai" and spec.tools and limit > 0:
+            rules = prompts.analyst(name, run.symbol, evidence, data.demo).messages[0]
+            ask = tools.request(name, run.symbol, analyst, limit, rules)
+            written = await tools.analyse(run.model, ask, data, limit)
+            if written is not None:
+                return written
+        return await run.model.text(prompts.analyst(name, run.symbol, evidence, data.demo)), []
 
     def _sides(self, run: RunContext, data: MarketData) -> tuple[list[Point], list[Point]]:
         analysts = [r.analyst for r in run.reports()]
