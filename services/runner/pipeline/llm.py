@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 import msgspec
@@ -57,6 +58,17 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
 
 class ChatModel(Protocol):
     async def complete(self, request: ChatRequest) -> Completion: ...
+
+
+TextSink = Callable[[str], Awaitable[None]]
+"""Receives the text written so far while a streamed answer arrives."""
+STREAM_EVERY_S = 0.25
+"""At most four partial-text reports a second: live enough to watch, few enough events."""
+
+
+@runtime_checkable
+class StreamingChat(Protocol):
+    async def stream(self, request: ChatRequest, sink: TextSink) -> Completion: ...
 
 
 def estimate_tokens(text: str) -> int:
@@ -157,6 +169,49 @@ class OpenAIChat:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
+    async def stream(self, request: ChatRequest, sink: TextSink) -> Completion:
+        """The answer streamed as server-sent chunks, the text so far passed to ``sink`` a few
+        times a second. Not retried once text has arrived: a retry would rewrite what was shown."""
+        body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        parts: list[str] = []
+        usage = _Usage()
+        last = 0.0
+        try:
+            async with self.http.stream(
+                "POST", self.url, json=body, headers=self._headers, timeout=self.timeout_s
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    return await self._fallback(request, response)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    await response.aread()  # a server that ignores "stream": one whole answer
+                    return self._completion(response, body)
+                async for chunk in _chunks(response.aiter_lines()):
+                    usage = chunk.usage or usage
+                    parts.extend(c.delta.content for c in chunk.choices if c.delta.content)
+                    if parts and time.monotonic() - last >= STREAM_EVERY_S:
+                        last = time.monotonic()
+                        await sink("".join(parts))
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            if parts:
+                raise PipelineError("llm_unavailable", f"stream broke: {exc}", transient=True) from exc
+            return await self.complete(request)
+        text = "".join(parts)
+        await sink(text)
+        prompt = usage.prompt_tokens or _prompt_estimate(body)
+        return Completion(
+            text=text,
+            prompt_tokens=prompt,
+            completion_tokens=usage.completion_tokens or estimate_tokens(text),
+        )
+
+    async def _fallback(self, request: ChatRequest, response: httpx.Response) -> Completion:
+        """A refused stream: transient statuses go through the retrying path, others raise."""
+        if response.status_code in TRANSIENT_STATUS:
+            return await self.complete(request)
+        self._raise_permanent(response)
+        raise AssertionError("unreachable")
+
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.spec.model,
@@ -209,6 +264,34 @@ class OpenAIChat:
         return Completion(
             text=text, prompt_tokens=prompt, completion_tokens=completion, tool_calls=message.tool_calls or []
         )
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _StreamChoice(msgspec.Struct):
+    delta: _Delta = msgspec.field(default_factory=_Delta)
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_StreamChoice] = []
+    usage: _Usage | None = None
+
+
+async def _chunks(lines: AsyncIterator[str]) -> AsyncIterator[_Chunk]:
+    """The ``data:`` lines of a chat-completions stream, decoded, until ``[DONE]``."""
+    decoder = msgspec.json.Decoder(_Chunk)
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            continue  # a keep-alive or vendor extra: not text
 
 
 def _prompt_estimate(body: dict[str, Any]) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -18,9 +17,10 @@ from services.runner.pipeline.base import PipelineError, StepReporter
 from services.runner.pipeline.data import MarketDataService
 from services.runner.pipeline.desk import Point
 from services.runner.pipeline.evidence import ANALYSES, Evidence
-from services.runner.pipeline.llm import ChatModel, OpenAIChat, RetryPolicy
+from services.runner.pipeline.llm import ChatModel, OpenAIChat, RetryPolicy, TextSink
 from services.runner.pipeline.metering import Budget, MeteredModel, capped
 from services.runner.pipeline.offline import OfflineModel
+from services.runner.pipeline.progress import Ticker, usage_between
 from services.runner.pipeline.settings import PipelineSettings
 from shared.catalog import (
     ANALYST_STEP_PREFIX,
@@ -56,38 +56,9 @@ logger = logging.getLogger(__name__)
 MAX_DEBATE_ROUNDS = 5
 MAX_RISK_ROUNDS = 5
 TICKS = 3
+LIVE_CHARS = 160
+"""How much of a streaming answer a progress message carries (its newest words)."""
 """Progress reports a step makes; the pacing delay is spread over them."""
-
-
-def usage_between(before: Usage, after: Usage) -> Usage:
-    return Usage(
-        calls=after.calls - before.calls,
-        prompt_tokens=after.prompt_tokens - before.prompt_tokens,
-        completion_tokens=after.completion_tokens - before.completion_tokens,
-        cost_usd=round(after.cost_usd - before.cost_usd, 6),
-    )
-
-
-@dataclass
-class Ticker:
-    """A step's progress reports, with the pacing delay spread over them."""
-
-    reporter: StepReporter
-    step: str
-    delay_s: float
-    ticks: int = 0
-
-    async def tick(self, fraction: float, message: str) -> None:
-        await self.reporter.progress(self.step, fraction, message)
-        self.ticks += 1
-        if self.delay_s > 0 and self.ticks <= TICKS:
-            await asyncio.sleep(self.delay_s / TICKS)
-
-    async def finish(self) -> None:
-        """Sleep what is left of the step's pacing, so every step takes about the same time."""
-        left = TICKS - self.ticks
-        if self.delay_s > 0 and left > 0:
-            await asyncio.sleep(self.delay_s * left / TICKS)
 
 
 @dataclass
@@ -229,7 +200,8 @@ class Pipeline:
         evidence = ANALYSES[analyst](data)
         await ticker.tick(0.4, f"evidence score {evidence.score:+.2f} ({evidence.signal}); writing report")
         name = step_label(step)
-        text, uses = await self._write_report(run, analyst, name, evidence, data)
+        sink = ticker.writing(0.5, name)
+        text, uses = await self._write_report(run, analyst, name, evidence, data, sink)
         await ticker.tick(0.9, f"report written ({len(uses)} tool calls)" if uses else "report written")
         return AnalystReport(
             analyst=analyst,
@@ -243,7 +215,13 @@ class Pipeline:
         )
 
     async def _write_report(
-        self, run: RunContext, analyst: str, name: str, evidence: Evidence, data: MarketData
+        self,
+        run: RunContext,
+        analyst: str,
+        name: str,
+        evidence: Evidence,
+        data: MarketData,
+        sink: TextSink,
     ) -> tuple[str, list[ToolUse]]:
         """With a real model that takes tools the analyst gathers its own numbers; otherwise (and
         when the server rejects tools) the computed evidence is put in the prompt."""
@@ -254,7 +232,7 @@ class Pipeline:
             written = await tools.analyse(run.model, ask, data, limit)
             if written is not None:
                 return written
-        return await run.model.text(prompts.analyst(name, run.symbol, evidence, data.demo)), []
+        return await run.model.text(prompts.analyst(name, run.symbol, evidence, data.demo), sink), []
 
     def _sides(self, run: RunContext, data: MarketData) -> tuple[list[Point], list[Point]]:
         analysts = [r.analyst for r in run.reports()]
@@ -268,7 +246,9 @@ class Pipeline:
         for round_ in range(1, rounds + 1):
             for side in ("bull", "bear"):
                 request = prompts.debate_turn(side, round_, run.symbol, sides, turns, data.demo)
-                turns.append(DebateTurn(side=side, round=round_, argument=await run.model.text(request)))
+                sink = ticker.writing(0.05 + 0.8 * (round_ - 1) / rounds, f"{side} (round {round_})")
+                argument = await run.model.text(request, sink)
+                turns.append(DebateTurn(side=side, round=round_, argument=argument))
             await ticker.tick(0.8 * round_ / max(rounds, 1), f"round {round_} of {rounds}")
         score, lean = decide.composite(reports), decide.lean(reports)
         summary = await run.model.text(prompts.manager(run.symbol, turns, score, lean, sides, data.demo))
@@ -308,7 +288,8 @@ class Pipeline:
         turns: list[RiskTurn] = []
         for round_ in range(1, rounds + 1):
             for stance in desk.STANCES:
-                text = await run.model.text(prompts.risk_turn(context, stance, round_, turns))
+                sink = ticker.writing(0.05 + 0.9 * (round_ - 1) / rounds, f"{stance} (round {round_})")
+                text = await run.model.text(prompts.risk_turn(context, stance, round_, turns), sink)
                 turns.append(RiskTurn(stance=stance, round=round_, argument=text, position_pct=sizes[stance]))
             await ticker.tick(0.9 * round_ / rounds, f"risk round {round_} of {rounds}")
         return desk.risk_verdict(trade, numbers, sizes, turns, rounds)

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from services.runner.pipeline import Pipeline, PipelineSettings
 from shared.results import RunResult
-from tests.runner.pipeline.chat_server import ChatServer, Status, serve
+from tests.runner.pipeline.chat_server import ChatServer, Reply, Status, serve
 from tests.runner.pipeline.support import RecordingReporter, request
 
 pytestmark = pytest.mark.timeout(30)
@@ -90,3 +90,20 @@ async def test_a_server_rejecting_tools_falls_back_to_the_prompt(
     assert result.reports[0].tool_calls == [] and result.reports[0].report
     asked = analyst_requests(chat)
     assert "tools" in asked[0] and "tools" not in asked[1] and "rsi14" in asked[1]["messages"][-1]["content"]
+
+
+async def test_a_streamed_answer_shows_in_progress_as_it_is_written(
+    chat: ChatServer, redis: Redis, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    words = " ".join(f"word{i}" for i in range(12))
+    chat.script = [Reply(f"Market summary. {words}")]
+    chat.chunk_delay_s = 0.1
+    reporter = RecordingReporter()
+    s = settings(chat, tmp_path, tools=False)
+    result = await Pipeline(s, redis, http).run(request("AAPL", ("market",), model_id="local"), {}, reporter)
+    assert result is not None and result.reports[0].report == f"Market summary. {words}"
+    assert chat.requests[0]["stream"] is True and chat.requests[0]["stream_options"]["include_usage"]
+    live = [m for step, _, m in reporter.ticks if step == "analyst:market" and "writing:" in m]
+    assert 3 <= len(live) <= 8, live  # a few times a second over ~1.3 s, not once per chunk
+    assert live[0] != live[-1] and live[-1].endswith("word11")
+    assert reporter.finished[1].usage.prompt_tokens == 100  # the stream's usage chunk is counted
