@@ -150,6 +150,26 @@ class Assessment(msgspec.Struct, frozen=True, kw_only=True, tag="assessment"):
     """Calendar days the call is for (what an outcome is measured over)."""
     position_pct: float | None = None
     """The portfolio manager's final size, after the risk debate."""
+    memory: list[PastCall] = []
+    """The earlier calls on the symbol the portfolio manager was shown, with their outcomes."""
+
+
+class PastCall(msgspec.Struct, frozen=True, kw_only=True):
+    """An earlier decision on the same symbol and what the price did since (the desk's memory)."""
+
+    run_id: str
+    date: str
+    decision: Decision
+    rating: Rating
+    price: float
+    price_target: float | None = None
+    horizon_days: int = 91
+    realised_return: float | None = None
+    """Close at the horizon's end (or the latest close before it) over the decision's close."""
+    horizon_ended: bool = False
+    hit: bool | None = None
+    """Whether the price went the call's way; None while there is no later close."""
+    demo: bool = False
 
 
 class JsonOutput(msgspec.Struct, frozen=True, kw_only=True, tag="json"):
@@ -191,6 +211,7 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     price_target: float | None = None
     horizon_days: int | None = None
     position_pct: float | None = None
+    memory: list[PastCall] = []
     data_note: str | None = None
     """What the data is, said to the reader when it is not real market data (None when it is)."""
 

@@ -169,9 +169,22 @@ def _result_lines(result: Json) -> list[str]:
         lines.extend(
             _wrapped(f"Risk debate ({risk.get('prevailing')} prevails)", str(risk.get("summary", "")))
         )
+    for call in pick(result, "memory", []) or []:
+        lines.append(f"  Earlier: {_past(call)}")
     for report in pick(result, "reports", []) or []:
         lines.append(f"  [{report.get('signal', '?'):>7}] {report.get('title')}: {report.get('summary')}")
     return lines
+
+
+def _past(call: Json) -> str:
+    """An earlier call on the symbol and its outcome, ✓/✗ and the return."""
+    realised = pick(call, "realised_return")
+    head = f"{call.get('decision')} on {call.get('date')} at {call.get('price')}"
+    if realised is None:
+        return f"{head}: no later close yet"
+    mark = "✓" if call.get("hit") else "✗"
+    demo = " (demo data)" if call.get("demo") else ""
+    return f"{head}: {float(realised) * 100:+.1f}% {mark}{demo}"
 
 
 def _wrapped(label: str, text: str) -> list[str]:

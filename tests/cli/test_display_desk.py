@@ -23,6 +23,17 @@ RESULT: dict[str, Any] = {
     "positionPct": 4.5,
     "debate": {"turns": [], "summary": "The bull findings add up.", "lean": "neutral"},
     "riskDebate": {"turns": [], "summary": "The conservative voice prevails.", "prevailing": "conservative"},
+    "memory": [
+        {
+            "runId": "a",
+            "date": "2026-07-01",
+            "decision": "BUY",
+            "price": 100.0,
+            "realisedReturn": 0.042,
+            "hit": True,
+            "demo": True,
+        },
+    ],
 }
 
 
@@ -36,3 +47,8 @@ def test_the_desk_sections_are_printed() -> None:
     assert "Price target: 101.5 within 91 days, position 4.5%" in text
     assert "Debate (leans neutral): The bull findings add up." in text
     assert "Risk debate (conservative prevails): The conservative voice prevails." in text
+
+
+def test_earlier_calls_show_their_outcome() -> None:
+    text = render_result({"runId": "r1", "symbol": "ZZZZ9", "status": "completed", "result": RESULT})
+    assert "Earlier: BUY on 2026-07-01 at 100.0: +4.2% ✓ (demo data)" in text

@@ -15,7 +15,12 @@ ADDED_SINCE_V1: dict[str, dict[str, object]] = {
     "RunCompleted": {"output": None},
 }
 """Fields added after the samples were written: a re-encoded old event carries their defaults."""
-_ASSESSED: dict[str, object] = {"price_target": None, "horizon_days": None, "position_pct": None}
+_ASSESSED: dict[str, object] = {
+    "price_target": None,
+    "horizon_days": None,
+    "position_pct": None,
+    "memory": [],
+}
 ADDED_INSIDE: dict[tuple[str, str, str | None], dict[str, object]] = {
     ("RunRequested", "options", None): {"risk_rounds": 1},
     ("StepCompleted", "output", "data"): {"listed": True},

@@ -127,6 +127,7 @@ export function renderResult(state) {
     r.trade ? tradeBlock(r.trade) : null,
     r.debate ? debateBlock(r.debate) : null,
     r.riskDebate ? riskBlock(r.riskDebate) : null,
+    r.memory?.length ? [h("h3", {}, "Earlier calls on this symbol"), h("ul", { class: "memory", id: "memory" }, r.memory.map(pastCall))] : null,
     h("h3", {}, "Analyst reports"),
     (r.reports || []).map(reportBlock),
   ].flat(2).filter(Boolean));
@@ -176,6 +177,12 @@ function debateBlock(d) {
   return h("details", { class: "report" },
     h("summary", {}, h("strong", {}, "Bull vs bear debate"), h("span", { class: "signal", "data-signal": d.lean }, d.lean), h("span", { class: "muted" }, d.summary)),
     h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.side === "bull" ? "Bull" : "Bear"} (round ${t.round}): `), t.argument))));
+}
+
+function pastCall(c) {
+  const outcome = c.realisedReturn == null ? "no later close yet"
+    : `${c.realisedReturn >= 0 ? "+" : ""}${(c.realisedReturn * 100).toFixed(1)}% ${c.horizonEnded ? "over its horizon" : "so far"} ${c.hit ? "✓" : "✗"}`;
+  return h("li", {}, `${c.decision} on ${c.date} at ${num(c.price)}: ${outcome}${c.demo ? " (demo data)" : ""}`);
 }
 
 function riskBlock(d) {

@@ -17,6 +17,7 @@ from shared.results import (
     Assessment,
     Debate,
     MarketData,
+    PastCall,
     RiskDebate,
     RiskTurn,
     Signal,
@@ -153,6 +154,32 @@ def _position_sentence(trade: TradeProposal | None, size: float | None, last: fl
     )
 
 
+def _memory_sentences(symbol: str, past: Sequence[PastCall]) -> tuple[str, float]:
+    """How the desk used its earlier calls on the symbol, and the confidence change that follows."""
+    if not past:
+        return f"There are no earlier calls on {symbol} to learn from.", 0.0
+    told = []
+    for call in past:
+        if call.realised_return is None:
+            told.append(f"{call.decision} on {call.date} at {call.price:.2f} (no later close yet)")
+            continue
+        mark = "✓" if call.hit else "✗"
+        state = "over its horizon" if call.horizon_ended else "so far"
+        told.append(
+            f"{call.decision} on {call.date} at {call.price:.2f}, "
+            f"{call.realised_return * 100:+.1f}% {state} {mark}"
+        )
+    scored = [c for c in past if c.hit is not None]
+    hits = sum(1 for c in scored if c.hit)
+    demo = " (demo data)" if any(c.demo for c in past) else ""
+    record = f"Earlier calls on {symbol}{demo}: {'; '.join(told)}."
+    if len(scored) >= 2 and hits * 2 < len(scored):
+        return f"{record} With {hits} of {len(scored)} right, confidence is cut by 0.10.", -0.10
+    if scored:
+        return f"{record} With {hits} of {len(scored)} right, the record does not change the confidence.", 0.0
+    return f"{record} None can be scored yet, so the confidence stands.", 0.0
+
+
 def key_risks(data: MarketData, reports: Sequence[AnalystReport], limit: int = 4) -> list[str]:
     """What argues against the call, in the bear's findings, then the measured price risk."""
     worst = side_points(data, [r.analyst for r in reports], bullish=False)[: limit - 1]
@@ -172,6 +199,7 @@ def assessment(
     debate: Debate | None,
     trade: TradeProposal | None,
     risk_debate: RiskDebate | None,
+    past: Sequence[PastCall] = (),
 ) -> Assessment:
     """The portfolio manager's reference call, with everything before it in view."""
     score = decide.composite(reports)
@@ -179,6 +207,7 @@ def assessment(
     decision = decide.decision_of(rating)
     last = data.prices.close[-1]
     size = final_size(trade, risk_debate)
+    remembered, adjust = _memory_sentences(data.symbol, past)
     bulls = [r.analyst for r in reports if r.signal == "bullish"] or ["none"]
     bears = [r.analyst for r in reports if r.signal == "bearish"] or ["none"]
     rationale = " ".join(
@@ -188,17 +217,19 @@ def assessment(
             f"Bullish analysts: {', '.join(bulls)}; bearish: {', '.join(bears)}.",
             _debate_sentence(debate, decision, score, rating),
             _position_sentence(trade, size, last),
+            remembered,
         )
     )
     target = trade.target if trade is not None and trade.target is not None and decision != "HOLD" else last
     return Assessment(
         decision=decision,
         rating=rating,
-        confidence=decide.confidence(score, reports, decision),
+        confidence=round(max(0.3, decide.confidence(score, reports, decision) + adjust), 2),
         horizon=HORIZON,
         rationale=rationale,
         key_risks=key_risks(data, reports),
         price_target=round(target, 2),
         horizon_days=HORIZON_DAYS,
         position_pct=size,
+        memory=list(past),
     )

@@ -12,7 +12,7 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from services.runner.pipeline import decide, desk, prompts, tools
+from services.runner.pipeline import decide, desk, memory, prompts, tools
 from services.runner.pipeline.base import PipelineError, StepReporter
 from services.runner.pipeline.data import MarketDataService
 from services.runner.pipeline.desk import Point
@@ -93,7 +93,7 @@ class Pipeline:
         *,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        self.settings, self.http, self.environ = settings, http, environ
+        self.settings, self.http, self.environ, self.redis = settings, http, environ, redis
         self.registry: dict[str, ModelSpec] = load_registry(settings.models_path)
         self.data = MarketDataService(settings, redis)
 
@@ -301,12 +301,15 @@ class Pipeline:
             debate=_as(run.output(DEBATE_STEP, Debate), Debate),
             trade=_as(run.output(TRADER_STEP, TradeProposal), TradeProposal),
             risk=_as(run.output(RISK_STEP, RiskDebate), RiskDebate),
+            past=await memory.recall(
+                self.redis, self.settings.keys, data, run.request.run_id, run.request.at
+            ),
         )
-        reference = desk.assessment(data, reports, view.debate, view.trade, view.risk)
+        reference = desk.assessment(data, reports, view.debate, view.trade, view.risk, view.past)
         await ticker.tick(0.2, f"reference: {reference.rating} ({reference.decision})")
         request = prompts.final(run.symbol, reference, view, data.demo)
         result = await run.model.structured(request, Assessment, prompts.check_assessment)
-        result = _filled(result, reference)
+        result = msgspec.structs.replace(_filled(result, reference), memory=reference.memory)
         await ticker.tick(0.9, f"{result.decision} ({result.rating}, confidence {result.confidence:.2f})")
         return result
 
@@ -316,7 +319,9 @@ class Pipeline:
         if not isinstance(final, Assessment):
             raise PipelineError("missing_output", "the final assessment step left no output")
         debate, trade = run.output(DEBATE_STEP, Debate), run.output(TRADER_STEP, TradeProposal)
+        await memory.remember(self.redis, self.settings.keys, data, run.request.run_id, run.request.at, final)
         return RunResult(
+            memory=final.memory,
             risk_debate=_as(run.output(RISK_STEP, RiskDebate), RiskDebate),
             price_target=final.price_target,
             horizon_days=final.horizon_days,

@@ -16,6 +16,7 @@ from shared.results import (
     Assessment,
     Debate,
     DebateTurn,
+    PastCall,
     RiskDebate,
     RiskTurn,
     TradeProposal,
@@ -229,6 +230,8 @@ def final(symbol: str, reference: Assessment, view: DeskView, demo: bool) -> Cha
         f"Analysts: {_json(summaries)}. Research debate: {debate}. "
         f"Trader: {_json(view.trade) if view.trade else '(none)'}. "
         f"Risk debate: {risk or '(none)'} Risk verdict: {view.risk.summary if view.risk else '(none)'}. "
+        f"Your earlier calls on {symbol} and their outcomes: {_json(view.past) if view.past else '(none)'}; "
+        "say in the rationale how they changed your view. "
         f"Quantitative reference from the evidence: {_json(reference)}."
     )
     return ChatRequest(
@@ -247,6 +250,7 @@ class DeskView(msgspec.Struct, frozen=True, kw_only=True):
     debate: Debate | None
     trade: TradeProposal | None
     risk: RiskDebate | None
+    past: list[PastCall] = []
 
 
 def check_trade(proposal: TradeProposal) -> str | None:

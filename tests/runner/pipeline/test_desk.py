@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import httpx
 import msgspec
 import pytest
+from msgspec.structs import replace
 from redis.asyncio import Redis
 
 from services.runner.pipeline import Pipeline, PipelineSettings, desk
@@ -113,3 +115,27 @@ async def test_the_desk_runs_every_step_in_its_planned_order(redis: Redis, http:
     assert result.price_target is not None and result.horizon_days == 91
     assert result.position_pct == result.risk_debate.position_pct
     assert result.rating in ("Buy", "Overweight", "Hold", "Underweight", "Sell")
+
+
+async def test_the_next_run_on_a_symbol_learns_from_the_last_calls_and_their_outcomes(
+    redis: Redis, http: httpx.AsyncClient
+) -> None:
+    pipeline = Pipeline(PipelineSettings(), redis, http)
+    earlier = replace(request("AAPL", ("market",)), run_id="run-earlier", at=AS_OF - timedelta(days=120))
+    first = await pipeline.run(earlier, {}, RecordingReporter())
+    assert first is not None and first.memory == []
+    assert "no earlier calls on AAPL" in first.rationale
+    now = await pipeline.run(request("AAPL", ("market",)), {}, RecordingReporter())
+    assert now is not None and [c.run_id for c in now.memory] == ["run-earlier"]
+    past = now.memory[0]
+    assert past.decision == first.decision and past.price == first.last_close
+    assert past.horizon_ended and past.demo and past.realised_return is not None
+    data = await pipeline.data.get("synthetic", "AAPL", AS_OF.date())
+    ends = (earlier.at.date() + timedelta(days=91)).isoformat()
+    close = [c for d, c in zip(data.prices.dates, data.prices.close, strict=True) if d <= ends][-1]
+    assert past.realised_return == round(close / past.price - 1, 4)
+    assert "Earlier calls on AAPL (demo data)" in now.rationale and (
+        "✓" in now.rationale or "✗" in now.rationale
+    )
+    again = await pipeline.run(replace(earlier, run_id="run-before"), {}, RecordingReporter())
+    assert again is not None and again.memory == []  # a call made later is not a memory of an earlier date
