@@ -10,7 +10,7 @@ from typing import Any
 
 from services.cli.api import Api, ApiError, pick
 from services.cli.cursors import Cursors
-from services.cli.display import Display, duration, render_result, render_runs
+from services.cli.display import Display, duration, render_models, render_result, render_runs
 from services.cli.settings import ClientSettings
 from services.cli.watch import Detached, RedisWatcher, SignalGuard, SseWatcher
 from shared.config import DEFAULT_REDIS_URL, Env, RedisTarget, sentinel_from_env
@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit.add_argument("--analysts", default="market,risk", help="comma-separated analyst ids")
     submit.add_argument("--model", default=None, help="model id (default: the gateway's, `offline`)")
     submit.add_argument("--debate-rounds", type=int, default=None)
+    submit.add_argument("--risk-rounds", type=int, default=None, help="risk debate rounds, 1-5")
     submit.add_argument("--follow", "-f", action="store_true", help="show live progress until it ends")
     submit.set_defaults(func=_client(cmd_submit))
     watch = sub.add_parser("watch", help="follow a run live, resuming where the last watch stopped")
@@ -46,6 +47,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = sub.add_parser("cancel", help="cancel a queued or running run")
     cancel.add_argument("run_id")
     cancel.set_defaults(func=_client(cmd_cancel))
+    models = sub.add_parser("models", help="the models a run may name, and which can run here")
+    models.set_defaults(func=_client(cmd_models))
 
 
 def _client(handler: Handler) -> Callable[[argparse.Namespace], int]:
@@ -66,6 +69,8 @@ def cmd_submit(ns: argparse.Namespace, settings: ClientSettings) -> int:
         body["modelId"] = ns.model
     if ns.debate_rounds is not None:
         body["debateRounds"] = ns.debate_rounds
+    if ns.risk_rounds is not None:
+        body["riskRounds"] = ns.risk_rounds
     with Api(settings) as api:
         accepted = api.submit(body)
         run_id = str(pick(accepted, "run_id"))
@@ -74,6 +79,12 @@ def cmd_submit(ns: argparse.Namespace, settings: ClientSettings) -> int:
             print(f"follow it with: tickertape watch {run_id}")
             return 0
         return _follow_sse(api, settings, run_id)
+
+
+def cmd_models(ns: argparse.Namespace, settings: ClientSettings) -> int:
+    with Api(settings) as api:
+        print(render_models(api.models().get("models", [])))
+    return 0
 
 
 def cmd_watch(ns: argparse.Namespace, settings: ClientSettings) -> int:

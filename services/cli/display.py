@@ -202,3 +202,14 @@ def render_runs(runs: list[Json]) -> str:
             f"{pick(result, 'decision', '') or '':<8} {percent(run):>7.1f}%  {created}"
         )
     return "\n".join(rows)
+
+
+def render_models(models: list[Json]) -> str:
+    """The model registry as the gateway reports it; an unavailable model says why."""
+    rows = []
+    for model in models:
+        mark = "  " if pick(model, "available", True) else "✗ "
+        why = "" if pick(model, "available", True) else f"  (unavailable: {pick(model, 'reason')})"
+        default = " [default]" if pick(model, "default") else ""
+        rows.append(f"{mark}{pick(model, 'id', '')}: {pick(model, 'label', '')}{default}{why}")
+    return "\n".join(rows)

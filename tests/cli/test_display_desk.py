@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.cli.display import render_result
+from services.cli.display import render_models, render_result
 
 RESULT: dict[str, Any] = {
     "symbol": "ZZZZ9",
@@ -52,3 +52,16 @@ def test_the_desk_sections_are_printed() -> None:
 def test_earlier_calls_show_their_outcome() -> None:
     text = render_result({"runId": "r1", "symbol": "ZZZZ9", "status": "completed", "result": RESULT})
     assert "Earlier: BUY on 2026-07-01 at 100.0: +4.2% ✓ (demo data)" in text
+
+
+def test_unavailable_models_are_marked_with_the_reason() -> None:
+    text = render_models(
+        [
+            {"id": "offline", "label": "Offline", "default": True, "available": True, "reason": None},
+            {"id": "gpt", "label": "GPT", "available": False, "reason": "needs the environment variable X"},
+        ]
+    )
+    assert text.splitlines() == [
+        "  offline: Offline [default]",
+        "✗ gpt: GPT  (unavailable: needs the environment variable X)",
+    ]
