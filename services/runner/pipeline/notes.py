@@ -86,23 +86,22 @@ def manager(facts: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.1f}%"
-
-
 def _claims(facts: dict[str, Any]) -> dict[str, list[str]]:
     """What each voice may lead with, rotated by round so each round brings a new number."""
     r = facts["risk"]
-    measured = [
-        f"an annualised volatility of {_pct(r.get('annualised_volatility'))}",
-        f"a worst drawdown of {_pct(r.get('max_drawdown'))} over the year",
-        f"a one-day 95% VaR of {_pct(r.get('var95_1d'))}",
-        *([f"a beta of {r['beta']:.2f}"] if r.get("beta") is not None else []),
-    ]
+    templates = (
+        ("annualised_volatility", "an annualised volatility of {:.1f}%", 100),
+        ("max_drawdown", "a worst drawdown of {:.1f}% over the year", 100),
+        ("var95_1d", "a one-day 95% VaR of {:.1f}%", 100),
+        ("beta", "a beta of {:.2f}", 1),
+    )
+    # a measure too short a series could not give is left out, never written as "n/a"
+    measured = [text.format(r[key] * scale) for key, text, scale in templates if r.get(key) is not None]
+    fallback = ["the size of the stop against the entry"]
     return {
         "aggressive": [_cite(p) for p in facts["bull"]] or ["the trader's own reward-to-risk"],
-        "conservative": measured + [_cite(p) for p in facts["bear"]],
-        "neutral": measured[::-1],
+        "conservative": measured + [_cite(p) for p in facts["bear"]] or fallback,
+        "neutral": measured[::-1] or fallback,
     }
 
 

@@ -19,7 +19,10 @@ def _analyst(facts: dict[str, Any]) -> str:
     ranked = sorted(findings, key=lambda f: abs(f[1]), reverse=True)
     name, signal = facts["name"], facts["signal"]
     lead = f"{signal.capitalize()} on {facts['symbol']} (score {facts['score']:+.2f})"
-    lead += f", led by {ranked[0][0]}." if ranked and ranked[0][1] else "."
+    if ranked and ranked[0][1]:
+        lead += f", led by {ranked[0][0]}."
+    else:  # nothing leans either way: say what was (not) found, so no two analysts open alike
+        lead += f": {ranked[0][0]}." if ranked else f": the {name.lower()} found nothing to weigh."
     count = len(findings)
     lines = [lead, "", f"The {name.lower()} weighed {count} finding{'' if count == 1 else 's'}:"]
     lines += [

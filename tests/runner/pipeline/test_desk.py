@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -139,3 +140,13 @@ async def test_the_next_run_on_a_symbol_learns_from_the_last_calls_and_their_out
     )
     again = await pipeline.run(replace(earlier, run_id="run-before"), {}, RecordingReporter())
     assert again is not None and again.memory == []  # a call made later is not a memory of an earlier date
+
+
+async def test_a_csv_run_without_fundamentals_or_headlines_also_reads_cleanly(
+    redis: Redis, http: httpx.AsyncClient, market_dir: Path
+) -> None:
+    settings = PipelineSettings(data_provider="csv", csv_dir=market_dir)
+    run = request("ACME", ALL_ANALYSTS, debate_rounds=3, risk_rounds=3)
+    result = await Pipeline(settings, redis, http).run(run, {}, RecordingReporter())
+    assert result is not None and not result.demo and result.data_note is None
+    assert problems(result) == []
