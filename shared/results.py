@@ -95,6 +95,8 @@ class AnalystReport(msgspec.Struct, frozen=True, kw_only=True, tag="analyst"):
     report: str
     evidence: dict[str, float | str | None] = {}
     tool_calls: list[ToolUse] = []
+    unsourced: list[str] = []
+    """Numbers a tool-using report cites that no tool result holds (shown, not trusted)."""
 
 
 class DebateTurn(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,7 +25,7 @@ ADDED_INSIDE: dict[tuple[str, str, str | None], dict[str, object]] = {
     ("RunRequested", "options", None): {"risk_rounds": 1},
     ("StepCompleted", "output", "data"): {"listed": True},
     ("StepCompleted", "output", "assessment"): _ASSESSED,
-    ("StepCompleted", "output", "analyst"): {"tool_calls": []},
+    ("StepCompleted", "output", "analyst"): {"tool_calls": [], "unsourced": []},
     ("RunCompleted", "result", None): {**_ASSESSED, "risk_debate": None, "data_note": None},
 }
 """The same, one level down (in options, a step's output by its tag, a run's result)."""
@@ -39,7 +39,7 @@ def with_added(old: dict[str, object]) -> dict[str, object]:
             new[name] = inner | added
     result = new.get("result")
     if isinstance(result, dict) and isinstance(result.get("reports"), list):
-        result["reports"] = [r | {"tool_calls": []} for r in result["reports"]]
+        result["reports"] = [r | {"tool_calls": [], "unsourced": []} for r in result["reports"]]
     return new
 
 

@@ -196,7 +196,8 @@ function reportBlock(rep) {
     h("summary", {}, h("strong", {}, rep.title), h("span", { class: "signal", "data-signal": rep.signal }, rep.signal),
       h("span", { class: "muted" }, rep.summary)),
     h("div", { class: "body" }, formatted(rep.summary && rep.report?.startsWith(rep.summary) ? rep.report.slice(rep.summary.length) : rep.report),
-      rep.toolCalls?.length ? h("p", { class: "muted tools" }, `Tools called: ${rep.toolCalls.map((t) => t.name).join(", ")}`) : null));
+      rep.toolCalls?.length ? h("p", { class: "muted tools" }, `Tools called: ${rep.toolCalls.map((t) => t.name).join(", ")}`) : null,
+      rep.unsourced?.length ? h("p", { class: "muted unsourced" }, `Numbers no tool returned: ${rep.unsourced.join(", ")}`) : null));
 }
 
 function num(v, digits = 2) {

@@ -212,6 +212,7 @@ class Pipeline:
             report=text,
             evidence=dict(evidence.numbers),
             tool_calls=uses,
+            unsourced=tools.unsourced(text, uses) if uses else [],
         )
 
     async def _write_report(

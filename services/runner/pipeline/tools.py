@@ -8,6 +8,7 @@ or a server that rejects them) gets today's evidence-in-prompt request instead.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -116,3 +117,26 @@ def _answer(tool_call: dict[str, Any], data: MarketData, uses: list[ToolUse], li
         uses.append(ToolUse(name=name, arguments=arguments, result=msgspec.json.encode(result).decode()))
     content = msgspec.json.encode(result).decode()
     return Message("tool", content, tool_call_id=str(tool_call.get("id", "")))
+
+
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def _forms(value: float) -> set[str]:
+    """How a tool's number may be written: as is, or as a percentage, at 0-2 decimals."""
+    out = set()
+    for scaled in (value, value * 100):
+        for digits in (0, 1, 2):
+            out.add(f"{abs(scaled):.{digits}f}")
+    return out
+
+
+def unsourced(text: str, uses: list[ToolUse]) -> list[str]:
+    """Numbers in ``text`` that no tool result holds (small counts like "3 calls" aside): the
+    report is kept, and these are shown beside it rather than trusted."""
+    known: set[str] = set()
+    for use in uses:
+        for token in NUMBER.findall(use.result):
+            known |= _forms(float(token))
+    found = [t for t in NUMBER.findall(text) if "." in t or abs(float(t)) > 31]
+    return [t for t in dict.fromkeys(found) if t.lstrip("+-") not in known]

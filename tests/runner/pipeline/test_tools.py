@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.runner.pipeline import Pipeline, PipelineSettings
+from services.runner.pipeline.tools import unsourced
 from shared.results import RunResult
 from tests.runner.pipeline.chat_server import ChatServer, Reply, Status, serve
 from tests.runner.pipeline.support import RecordingReporter, request
@@ -107,3 +108,17 @@ async def test_a_streamed_answer_shows_in_progress_as_it_is_written(
     assert 3 <= len(live) <= 8, live  # a few times a second over ~1.3 s, not once per chunk
     assert live[0] != live[-1] and live[-1].endswith("word11")
     assert reporter.finished[1].usage.prompt_tokens == 100  # the stream's usage chunk is counted
+
+
+async def test_numbers_no_tool_returned_are_flagged_on_the_report(
+    chat: ChatServer, redis: Redis, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    first = await run(chat, redis, http, settings(chat, tmp_path))
+    uses = first.reports[0].tool_calls
+    assert first.reports[0].unsourced == []  # the scripted report cites no number
+    numbers = msgspec.json.decode(uses[0].result)["numbers"]
+    text = (
+        f"RSI(14) at {numbers['rsi14']:.1f}, three-month return {numbers['return_3m'] * 100:+.1f}%, "
+        "and a made-up target of 987.65 over 3 months."
+    )
+    assert unsourced(text, uses) == ["987.65"]  # the RSI and the return came from the tool
