@@ -16,7 +16,9 @@ def _side(weight: float) -> str:
 
 def _analyst(facts: dict[str, Any]) -> str:
     findings: list[list[Any]] = facts["findings"]
-    ranked = sorted(findings, key=lambda f: abs(f[1]), reverse=True)
+    # the lead is the strongest finding pointing the signal's way, never one against it
+    sign = {"bullish": 1, "bearish": -1}.get(facts["signal"], 0)
+    ranked = sorted(findings, key=lambda f: f[1] * sign if sign else abs(f[1]), reverse=True)
     name, signal = facts["name"], facts["signal"]
     lead = f"{signal.capitalize()} on {facts['symbol']} (score {facts['score']:+.2f})"
     if ranked and ranked[0][1]:
