@@ -12,7 +12,8 @@ import pytest
 from msgspec.structs import replace
 from redis.asyncio import Redis
 
-from services.runner.pipeline import Pipeline, PipelineSettings, desk
+from services.runner.pipeline import Pipeline, PipelineSettings, desk, offline
+from services.runner.pipeline.llm import ChatRequest
 from services.runner.pipeline.notes import sentences
 from shared.catalog import FINAL_STEP, RISK_STEP, TRADER_STEP, plan_steps
 from shared.results import NO_MARKET, RunResult
@@ -165,3 +166,16 @@ async def test_an_analyst_report_leads_with_a_finding_pointing_its_way(
                 line = next(ln for ln in report.report.splitlines() if ln.startswith("- ") and lead[1:] in ln)
                 pointing = "supports" if report.signal == "bullish" else "weighs against"
                 assert pointing in line, (symbol, report.analyst, report.summary, line)
+
+
+def test_a_bearish_report_is_not_led_by_its_strongest_bullish_finding() -> None:
+    facts = {
+        "name": "Market analyst",
+        "symbol": "ZZZZ9",
+        "signal": "bearish",
+        "score": -0.42,
+        "demo": True,
+        "findings": [["close 18.05 is above the 50-day average 17.96", 0.3], ["MACD below", -0.2]],
+    }
+    text = offline.write(ChatRequest(task="analyst:market", messages=[], facts=facts))
+    assert text.splitlines()[0] == "Bearish on ZZZZ9 (score -0.42), led by MACD below."
