@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 from services.runner.pipeline import Pipeline, PipelineSettings, desk, offline
 from services.runner.pipeline.llm import ChatRequest
 from services.runner.pipeline.notes import sentences
-from shared.catalog import FINAL_STEP, RISK_STEP, TRADER_STEP, plan_steps
+from shared.catalog import DATA_STEP, FINAL_STEP, RISK_STEP, TRADER_STEP, plan_steps
+from shared.reducer import _describe as describe
 from shared.results import NO_MARKET, RunResult
 from tests.runner.pipeline.support import ALL_ANALYSTS, AS_OF, RecordingReporter, request
 
@@ -164,3 +165,15 @@ def test_a_bearish_report_is_not_led_by_its_strongest_bullish_finding() -> None:
     }
     text = offline.write(ChatRequest(task="analyst:market", messages=[], facts=facts))
     assert text.splitlines()[0] == "Bearish on ZZZZ9 (score -0.42), led by MACD below."
+
+
+async def test_the_step_list_describes_the_risk_debate_and_a_made_up_ticker(
+    redis: Redis, http: httpx.AsyncClient
+) -> None:
+    reporter = RecordingReporter()
+    await Pipeline(PipelineSettings(), redis, http).run(request("ZZZZ9", ("risk",)), {}, reporter)
+    outputs = reporter.outputs()
+    assert describe(outputs[DATA_STEP]).endswith("(demo data, no real market)")
+    assert describe(outputs[RISK_STEP]).startswith("the ") and "voice prevails" in describe(
+        outputs[RISK_STEP]
+    )
