@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
+
 from services.runner.pipeline import decide
 from services.runner.pipeline.evidence import ANALYSES, risk
 from shared.results import (
@@ -106,6 +108,18 @@ def final_size(trade: TradeProposal | None, risk_debate: RiskDebate | None) -> f
 
 def lean_agrees(lean: Signal, decision: str) -> bool:
     return LEANS.get(decision) == lean
+
+
+def explained(call: Assessment, debate: Debate | None) -> Assessment:
+    """A real model's call that departs from the research debate's lean without naming the debate
+    gets a sentence saying so: the reader sees the departure, never a silent contradiction."""
+    if debate is None or lean_agrees(debate.lean, call.decision) or "debate" in call.rationale.lower():
+        return call
+    note = (
+        f"The research debate leaned {debate.lean}; this {call.decision} departs from it on the "
+        "portfolio manager's judgement, which gave no reason."
+    )
+    return msgspec.structs.replace(call, rationale=f"{call.rationale.rstrip()} {note}")
 
 
 def _band(rating: str) -> str:

@@ -311,6 +311,7 @@ class Pipeline:
         request = prompts.final(run.symbol, reference, view, data.demo)
         result = await run.model.structured(request, Assessment, prompts.check_assessment)
         result = msgspec.structs.replace(_filled(result, reference), memory=reference.memory)
+        result = desk.explained(result, view.debate)
         await ticker.tick(0.9, f"{result.decision} ({result.rating}, confidence {result.confidence:.2f})")
         return result
 

@@ -17,7 +17,7 @@ from services.runner.pipeline.llm import ChatRequest
 from services.runner.pipeline.notes import sentences
 from shared.catalog import DATA_STEP, FINAL_STEP, RISK_STEP, TRADER_STEP, plan_steps
 from shared.reducer import _describe as describe
-from shared.results import NO_MARKET, RunResult
+from shared.results import NO_MARKET, Assessment, Debate, RunResult
 from tests.runner.pipeline.support import ALL_ANALYSTS, AS_OF, RecordingReporter, request
 
 pytestmark = pytest.mark.timeout(60)
@@ -176,4 +176,20 @@ async def test_the_step_list_describes_the_risk_debate_and_a_made_up_ticker(
     assert describe(outputs[DATA_STEP]).endswith("(demo data, no real market)")
     assert describe(outputs[RISK_STEP]).startswith("the ") and "voice prevails" in describe(
         outputs[RISK_STEP]
+    )
+
+
+def test_a_real_models_unexplained_departure_from_the_lean_is_said() -> None:
+    debate = Debate(turns=[], summary="s", lean="bullish")
+    call = Assessment(
+        decision="SELL", rating="Underweight", confidence=0.6, horizon="3 months",
+        rationale="Valuation is stretched.", key_risks=[],
+    )  # fmt: skip
+    said = desk.explained(call, debate)
+    assert said.rationale.startswith("Valuation is stretched. The research debate leaned bullish;")
+    reasoned = msgspec.structs.replace(call, rationale="Despite the bullish debate, valuation is stretched.")
+    assert desk.explained(reasoned, debate) == reasoned
+    assert (
+        desk.explained(msgspec.structs.replace(call, decision="BUY", rating="Buy"), debate).rationale
+        == call.rationale
     )
