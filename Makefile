@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # compile ~300 modules where the environment sets PYTHONDONTWRITEBYTECODE.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: setup run test lint typecheck pytest soak bench system-deps image clean
+.PHONY: setup run test lint typecheck pytest soak bench mutate system-deps image clean
 
 setup: $(VENV)/.synced
 
@@ -51,6 +51,11 @@ soak: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# Mutation testing of the guarantee modules and the append scripts (not in make test: ~1 h on
+# 2 cores). MUTATE=lua,reducer picks parts; see bench/mutate.py and docs/reliability.md.
+mutate: setup
+	$(BIN)/python -m bench.mutate $(if $(MUTATE),--only $(MUTATE))
 
 clean:
 	rm -rf $(VENV) .tools .state .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,10 @@ Starts its own redis-servers (no persistence): one for Tickertape, one for the p
     BENCH_QUICK=1 .venv/bin/python -m bench      # tiny sizes, 1 repetition: a smoke run
     .venv/bin/python -m bench --only submit,e2e  # some sections
 Env: BENCH_REPS (default 3), BENCH_N (runs and peer jobs per repetition, default 1000),
-BENCH_PEERS (comma-separated peer variants).
+BENCH_PEERS (comma-separated peer variants). The LLM-bound sections (issue 20; bench/llm_rows.py):
+BENCH_INFLIGHT (runs in flight per size, default 10,100,1000,5000), BENCH_INFLIGHT_WATCHED,
+BENCH_WATCH_RUNS, BENCH_WATCHERS_PER_RUN, BENCH_WATCH_ONE; e.g. a reduced sweep:
+    BENCH_INFLIGHT=10,100 BENCH_WATCH_RUNS=100 .venv/bin/python -m bench --only llm,watchers
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import external, scaling, submit_bench
+from bench import external, llm_rows, scaling, submit_bench
 from bench.common import ROOT, Row, not_measured, quick, reps
 from bench.report import text_table, write
 from shared.redis_server import RedisServer
 
 logger = logging.getLogger("bench")
 
-SECTIONS = ("submit", "e2e", "sse", "projector", "runner", "scaling")
+SECTIONS = ("submit", "e2e", "sse", "projector", "runner", "scaling", "llm", "watchers", "llm-peers")
 
 
 class Context:
@@ -63,6 +66,9 @@ RUNS: dict[str, Callable[[Context], list[Row]]] = {
     "projector": _projector,
     "runner": lambda ctx: external.measure_runner(_db(ctx.redis_url, 2), ctx.workdir),
     "scaling": _scaling,
+    "llm": lambda ctx: llm_rows.measure_inflight(_db(ctx.redis_url, 3), ctx.workdir),
+    "watchers": lambda ctx: llm_rows.measure_watchers(_db(ctx.redis_url, 3), ctx.workdir),
+    "llm-peers": lambda ctx: llm_rows.measure_peers(ctx.peers_redis_url, ctx.workdir),
 }
 
 

@@ -61,6 +61,11 @@ class Keys:
         return f"{self.prefix}projectors"
 
     @property
+    def cancels(self) -> str:
+        """A stream of every cancel of a running run: what runners watch, instead of every run stream."""
+        return f"{self.prefix}cancels"
+
+    @property
     def deadletter(self) -> str:
         return f"{self.prefix}deadletter"
 

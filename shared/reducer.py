@@ -207,8 +207,9 @@ def _started(s: RunState, e: RunStarted) -> None:
     s.expected_s = e.expected_s
     known = {st.name: st for st in s.steps}
     planned = [known.get(n) or StepState(name=n, label=_label(n)) for n in e.steps]
-    # a graph's steps appear as it runs: those an earlier attempt reported stay
-    s.steps = planned + [st for st in s.steps if st.name not in e.steps]
+    # The runner's plan replaces the request's; a graph's steps appear as it runs, so those an
+    # earlier attempt reported (not merely planned) stay.
+    s.steps = planned + [st for st in s.steps if st.name not in e.steps and st.status != "pending"]
     s.message = "started" if e.attempt == 1 else f"resumed (attempt {e.attempt})"
 
 

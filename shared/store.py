@@ -64,6 +64,9 @@ end
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
 redis.call('HSET', KEYS[3], seen, id)
+if t == 'cancel' and phase == 'running' and KEYS[5] then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'e', ARGV[1], 'r', ARGV[2], 's', id)
+end
 if t == 'terminal' or t == 'abandon' or (t == 'cancel' and phase == 'queued') then
   redis.call('HSET', KEYS[3], 'phase', 'ended')
   redis.call('SREM', KEYS[4], ARGV[2])
@@ -354,7 +357,7 @@ class EventStore:
         user_id = event.user_id if isinstance(event, RunCancelled) else ""
         if not user_id and transition == "terminal":
             user_id = owner if owner is not None else await self.owner(run_id)
-        keys = [k.run(run_id), k.events, k.meta(run_id), k.active(user_id or "-")]
+        keys = [k.run(run_id), k.events, k.meta(run_id), k.active(user_id or "-"), k.cancels]
         argv: list[bytes | str | int] = [
             self.codec.encode(event),
             run_id,

@@ -68,8 +68,12 @@ class Api:
     def run(self, run_id: str) -> Json:
         return self._json("GET", f"{BASE}/runs/{run_id}")
 
-    def runs(self, symbol: str | None = None, status: str | None = None, limit: int = 20) -> Json:
+    def runs(
+        self, symbol: str | None = None, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> Json:
         params: dict[str, str | int] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
         if symbol:
             params["symbol"] = symbol
         if status:

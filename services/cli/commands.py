@@ -8,9 +8,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from services.cli.api import Api, ApiError, pick
+from services.cli.api import Api, ApiError, GatewayDown, pick
 from services.cli.cursors import Cursors
 from services.cli.display import Display, duration, render_models, render_result, render_runs
+from services.cli.present import markdown, resolve, run_url, self_command, usage_line
 from services.cli.settings import ClientSettings
 from services.cli.watch import Detached, RedisWatcher, SignalGuard, SseWatcher
 from shared.config import DEFAULT_REDIS_URL, Env, RedisTarget, sentinel_from_env
@@ -18,14 +19,31 @@ from shared.redis_io import connect_sync
 
 Json = dict[str, Any]
 Handler = Callable[[argparse.Namespace, ClientSettings], int]
+# The exit codes, the same for every command (docs/cli.md lists them):
+EXIT_OK = 0
+EXIT_RUN_NOT_COMPLETED = 1
+"""A followed run ended failed, timed out or cancelled."""
+EXIT_USAGE = 2
+"""Bad arguments or configuration (argparse uses 2 as well)."""
+EXIT_REFUSED = 3
+"""The gateway refused: bad input, no such run, an ambiguous prefix, nothing left to cancel."""
+EXIT_UNREACHABLE = 4
+"""Nothing answers at the API URL."""
 EXIT_DETACHED = 130
+DEFAULT_ANALYSTS = "market,fundamentals,risk"
+"""The page's preset too (services/gateway/static/app.js): one default set everywhere."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the client commands to the parser."""
     submit = sub.add_parser("submit", help="start a run (and follow it with --follow)")
     submit.add_argument("symbol", help="ticker symbol, e.g. AAPL")
-    submit.add_argument("--analysts", default="market,risk", help="comma-separated analyst ids")
+    submit.add_argument(
+        "--analysts", default=DEFAULT_ANALYSTS, help=f"comma-separated analyst ids ({DEFAULT_ANALYSTS})"
+    )
+    submit.add_argument(
+        "--budget", type=float, default=None, help="stop the run past this many USD of LLM calls"
+    )
     submit.add_argument("--model", default=None, help="model id (default: the gateway's, `offline`)")
     submit.add_argument("--debate-rounds", type=int, default=None)
     submit.add_argument("--risk-rounds", type=int, default=None, help="risk debate rounds, 1-5")
@@ -39,10 +57,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     runs.add_argument("--symbol", default=None)
     runs.add_argument("--status", default=None, help="a status, or `active`")
     runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument(
+        "--iso", action="store_true", help="exact ISO times (for scripts) instead of '2 min ago'"
+    )
     runs.set_defaults(func=_client(cmd_runs))
-    show = sub.add_parser("show", help="one run's status and result")
-    show.add_argument("run_id")
-    show.add_argument("--json", action="store_true", help="the raw JSON the API answers")
+    show = sub.add_parser("show", help="one run's status and result (export with --format md|json)")
+    show.add_argument("run_id", help="a run id, or a unique start (or the page's 6-character end) of one")
+    show.add_argument("--format", choices=("text", "md", "json"), default="text")
+    show.add_argument(
+        "--json", action="store_const", const="json", dest="format", help="same as --format json"
+    )
     show.set_defaults(func=_client(cmd_show))
     cancel = sub.add_parser("cancel", help="cancel a queued or running run")
     cancel.add_argument("run_id")
@@ -55,10 +79,13 @@ def _client(handler: Handler) -> Callable[[argparse.Namespace], int]:
     def run(ns: argparse.Namespace) -> int:
         try:
             return handler(ns, ClientSettings.from_env())
+        except GatewayDown as exc:
+            print(f"tickertape: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
         except ApiError as exc:
             field = f" (field: {exc.field})" if exc.field else ""
             print(f"tickertape: {exc}{field}", file=sys.stderr)
-            return 1
+            return EXIT_REFUSED
 
     return run
 
@@ -71,13 +98,17 @@ def cmd_submit(ns: argparse.Namespace, settings: ClientSettings) -> int:
         body["debateRounds"] = ns.debate_rounds
     if ns.risk_rounds is not None:
         body["riskRounds"] = ns.risk_rounds
+    if ns.budget is not None:
+        body["maxCostUsd"] = ns.budget
     with Api(settings) as api:
         accepted = api.submit(body)
         run_id = str(pick(accepted, "run_id"))
-        print(f"submitted {ns.symbol}: run {run_id} ({pick(accepted, 'status')})")
+        joined = " — already running, joined it" if pick(accepted, "joined") else ""
+        print(f"submitted {ns.symbol}: run {run_id} ({pick(accepted, 'status')}){joined}")
+        print(f"open: {run_url(settings.api_url, run_id)}")
         if not ns.follow:
-            print(f"follow it with: tickertape watch {run_id}")
-            return 0
+            print(f"follow it with: {self_command()} watch {run_id}")
+            return EXIT_OK
         return _follow_sse(api, settings, run_id)
 
 
@@ -88,17 +119,21 @@ def cmd_models(ns: argparse.Namespace, settings: ClientSettings) -> int:
 
 
 def cmd_watch(ns: argparse.Namespace, settings: ClientSettings) -> int:
-    if not ns.redis:
-        with Api(settings) as api:
-            return _follow_sse(api, settings, ns.run_id)
+    with Api(settings) as api:
+        run_id = resolve(api, ns.run_id)
+        if not ns.redis:
+            return _follow_sse(api, settings, run_id)
     target = RedisTarget(settings.redis_url or DEFAULT_REDIS_URL, sentinel_from_env(Env()))
     if not settings.redis_url and target.sentinel is None:
-        raise ApiError("--redis needs REDIS_URL or TT_REDIS_SENTINELS (the Redis the services use)")
+        raise ApiError(
+            "--redis needs the Redis the services use: run `tickertape up` on this state folder "
+            "(it notes its Redis URL there), or set REDIS_URL or TT_REDIS_SENTINELS"
+        )
     redis = connect_sync(target, blocking=True, client_name="tt-cli:watch")
     try:
         guard, display = SignalGuard(), Display()
         watcher = RedisWatcher(redis, settings.keys, Cursors(settings.cursor_dir), display, guard)
-        return _watching(guard, display, ns.run_id, lambda: watcher.follow(ns.run_id))
+        return _watching(guard, display, run_id, lambda: watcher.follow(run_id))
     finally:
         redis.close()
 
@@ -114,43 +149,57 @@ def _watching(guard: SignalGuard, display: Display, run_id: str, follow: Callabl
         with guard.installed():
             state = follow()
     except Detached:
-        display.note(f"Detached: the run goes on. Re-attach with:  tickertape watch {run_id}")
+        display.note(f"Detached: the run goes on. Re-attach with:  {self_command()} watch {run_id}")
         return EXIT_DETACHED
     display.note(render_result(state))
-    return 0 if pick(state, "status") == "completed" else 1
+    display.note(f"  {usage_line(state)}")
+    return EXIT_OK if pick(state, "status") == "completed" else EXIT_RUN_NOT_COMPLETED
 
 
 def cmd_runs(ns: argparse.Namespace, settings: ClientSettings) -> int:
     with Api(settings) as api:
         page = api.runs(ns.symbol, ns.status, ns.limit)
     runs = page.get("runs", page.get("items", []))
-    print(render_runs(runs) if runs else "no runs")
-    return 0
+    print(render_runs(runs, iso=ns.iso) if runs else "no runs")
+    return EXIT_OK
 
 
 def cmd_show(ns: argparse.Namespace, settings: ClientSettings) -> int:
     with Api(settings) as api:
-        state = api.run(ns.run_id)
-    if ns.json:
+        run_id = resolve(api, ns.run_id)
+        state = api.run(run_id)
+    if ns.format == "json":
         print(json.dumps(state, indent=2))
-        return 0
+        return EXIT_OK
+    if ns.format == "md":
+        print(markdown(state, run_url(settings.api_url, run_id)), end="")
+        return EXIT_OK
     print(render_result(state))
+    print(f"  {usage_line(state)}")
+    print(f"  open: {run_url(settings.api_url, run_id)}")
     steps = pick(state, "steps", []) or []
     for step in steps:
         took = pick(step, "duration_s")
         label = step.get("label", step.get("name"))
         print(f"  {step.get('status', ''):<10} {label}" + (f" ({duration(took)})" if took else ""))
-    return 0
+    return EXIT_OK
 
 
 def cmd_cancel(ns: argparse.Namespace, settings: ClientSettings) -> int:
+    """0 when the run is (now, or already) cancelled; 3 when it had already ended another way."""
     with Api(settings) as api:
+        run_id = resolve(api, ns.run_id)
+        status = str(pick(api.run(run_id), "status", ""))
+        if status == "cancelled":
+            print(f"run {run_id} is already cancelled")
+            return EXIT_OK
         try:
-            answer = api.cancel(ns.run_id)
+            answer = api.cancel(run_id)
         except ApiError as exc:
             if exc.status == 409:
-                print(f"run {ns.run_id} has already finished; nothing to cancel")
-                return 1
+                ended = pick(api.run(run_id), "status", "ended")
+                print(f"run {run_id} has already finished ({ended}); nothing to cancel")
+                return EXIT_REFUSED
             raise
-    print(f"cancel requested for run {ns.run_id} ({pick(answer, 'status', 'accepted')})")
-    return 0
+    print(f"cancel requested for run {run_id} ({pick(answer, 'status', 'accepted')})")
+    return EXIT_OK

@@ -191,15 +191,21 @@ def _wrapped(label: str, text: str) -> list[str]:
     return textwrap.wrap(text, 100, initial_indent=f"  {label}: ", subsequent_indent="    ") or []
 
 
-def render_runs(runs: list[Json]) -> str:
-    """A table of runs, newest first, as the API returned them."""
-    rows = [f"{'RUN ID':<36} {'SYMBOL':<8} {'STATUS':<10} {'DECISION':<8} {'PROGRESS':>8}  REQUESTED"]
+def render_runs(runs: list[Json], *, iso: bool = False) -> str:
+    """A table of runs, newest first, as the API returned them; times as "2 min ago" unless ``iso``."""
+    from services.cli.present import ago, dollars  # present imports this module's neighbours
+
+    rows = [
+        f"{'RUN ID':<36} {'SYMBOL':<8} {'STATUS':<10} {'DECISION':<8} {'PROGRESS':>8} {'COST':>8}  REQUESTED"
+    ]
     for run in runs:
         result = pick(run, "result") or {}
         created = pick(run, "created_at") or pick(run, "requested_at", "")
+        cost = dollars(pick(pick(run, "usage") or {}, "cost_usd", 0.0))
+        when = created if iso else ago(created)
         rows.append(
             f"{pick(run, 'run_id', ''):<36} {pick(run, 'symbol', ''):<8} {pick(run, 'status', ''):<10} "
-            f"{pick(result, 'decision', '') or '':<8} {percent(run):>7.1f}%  {created}"
+            f"{pick(result, 'decision', '') or '':<8} {percent(run):>7.1f}% {cost:>8}  {when}"
         )
     return "\n".join(rows)
 

@@ -97,7 +97,9 @@ class Launcher:
             return 1
         self._install_signals()
         try:
-            self._start_all()
+            redis_url = self._start_all()
+            api_url = f"http://127.0.0.1:{self.settings.gateway_port}"
+            self.lock.add(api_url=api_url, redis_url=redis_url)  # where the other commands look
             self.console.say(f"Tickertape is up: http://localhost:{self.settings.gateway_port}")
             self.console.say("Ctrl-C stops everything")
             return self._supervise()
@@ -132,11 +134,14 @@ class Launcher:
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
 
-    def _start_all(self) -> None:
-        env = service_env(self.settings, self._redis_url(), os.environ)
+    def _start_all(self) -> str:
+        """Start Redis (unless given) and the services; the Redis URL they use."""
+        redis_url = self._redis_url()
+        env = service_env(self.settings, redis_url, os.environ)
         for spec in service_specs(self.settings):
             self._interrupted()
             self._start(ServiceProcess(spec, env, self.console))
+        return redis_url
 
     def _redis_url(self) -> str:
         """REDIS_URL when set (nothing is started), else the redis-server this launcher owns."""

@@ -32,6 +32,7 @@ class StateLock:
         self.state_dir = state_dir
         self.path = state_dir / LOCK_NAME
         self._file: IO[str] | None = None
+        self.note: dict[str, Any] = {}
 
     def check(self) -> None:
         """Raise `AlreadyRunning` if another `up` holds the folder; creates nothing."""
@@ -51,11 +52,22 @@ class StateLock:
         except AlreadyRunning:
             file.close()
             raise
-        file.seek(0)
-        file.truncate()
-        file.write(json.dumps({**note, "pid": os.getpid(), "started_at": time.time()}))
-        file.flush()
         self._file = file
+        self.note = {**note, "pid": os.getpid(), "started_at": time.time()}
+        self._write()
+
+    def add(self, **fields: Any) -> None:
+        """Add to the note (once known: the URLs the CLI's other commands then use)."""
+        self.note.update(fields)
+        if self._file is not None:
+            self._write()
+
+    def _write(self) -> None:
+        assert self._file is not None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(json.dumps(self.note))
+        self._file.flush()
 
     def _take_or_refuse(self, file: IO[str]) -> None:
         try:
@@ -76,6 +88,30 @@ class StateLock:
         file, self._file = self._file, None
         if file is not None:
             file.close()  # closing the descriptor drops the flock; the note stays for debugging
+
+
+def stack_note(state_dir: Path) -> dict[str, Any]:
+    """The note of the `up` running on ``state_dir`` (``api_url``, ``redis_url``, ports, pid), or
+    {} when none does: its process is gone, or the note is from before it knew its URLs. Read
+    without taking the lock, so a CLI command never makes a starting `up` think it is taken."""
+    try:
+        note = _parse((state_dir / LOCK_NAME).read_text())
+    except OSError:
+        return {}
+    pid = note.get("pid")
+    if not isinstance(pid, int) or not _alive(pid):
+        return {}
+    return note
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def _parse(text: str) -> dict[str, Any]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.cli.preflight import stack_note
 from shared.config import Env
 from shared.keys import Keys
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +28,18 @@ class ClientSettings:
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ClientSettings:
+        """TT_API_URL and REDIS_URL when set, else what the `up` running on the state folder
+        noted (it may have been moved to other ports), else the defaults."""
         env = env or Env()
+        state_dir = Path(env.text("STATE_DIR", ".state")).resolve()
+        note = stack_note(state_dir)
+        noted_api = note.get("api_url") if isinstance(note.get("api_url"), str) else None
+        noted_redis = note.get("redis_url") if isinstance(note.get("redis_url"), str) else None
         return cls(
-            api_url=env.text("API_URL", "http://127.0.0.1:8000").rstrip("/"),
+            api_url=env.text("API_URL", noted_api or DEFAULT_API_URL).rstrip("/"),
             api_token=env.optional("API_TOKEN"),
-            state_dir=Path(env.text("STATE_DIR", ".state")).resolve(),
-            redis_url=env.environ.get("REDIS_URL") or None,
+            state_dir=state_dir,
+            redis_url=env.environ.get("REDIS_URL") or noted_redis or None,
             keys=Keys(env.text("PREFIX", "tt:")),
         )
 

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from services.gateway import legacy, meta, problems, runs
+from services.gateway import admin, legacy, meta, problems, runs
 from services.gateway.limits import BodyLimit
 from services.gateway.metrics import RequestMetrics
 from services.gateway.runtime import Runtime, open_runtime
@@ -82,6 +82,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.include_router(legacy.build_router(settings))
     app.include_router(meta.build_router())
+    app.include_router(admin.build_router())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
     return app

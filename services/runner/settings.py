@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import socket
 from dataclasses import dataclass
@@ -11,6 +12,23 @@ from shared.catalog import PipelineSpecError, parse_pipelines
 from shared.config import CommonSettings, ConfigError, Env
 
 DEFAULT_PIPELINE = "services.runner.factory:build_pipeline"
+DEFAULT_CONCURRENCY = 100
+"""Runs one process executes at a time. A run mostly waits on a model, so a slot costs little
+memory, but each LLM-bound run of the built-in pipeline costs the process 60-130 ms of CPU; at
+100 in flight every run completed with no takeover even on a 2-core machine loaded 4x over,
+where 1,000 did not (docs/benchmarks.md, row 7; docs/capacity.md). More in flight is CPU-bound:
+add runner processes."""
+RUNS_PER_REDIS_CONNECTION = 100
+"""In-flight runs one pooled Redis connection serves: a run appends a few events a second, each
+a sub-millisecond round trip; shared by more, its appends queue for a connection, delaying every
+run's progress events (and failing a step once a wait passes the pool's 30 s)."""
+SPARE_FILES = 64
+"""File descriptors the process needs beyond its sockets to Redis and to the models."""
+
+
+def open_files_limit() -> int:
+    """The process's soft RLIMIT_NOFILE (what a socket more than it fails with EMFILE)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def default_runner_id() -> str:
@@ -37,6 +55,8 @@ class RunnerSettings:
     stats_interval_s: float
     redis_connections: int
     """Pooled Redis connections the runs share; beyond them a command waits for one."""
+    http_connections: int
+    """Connections to the models (the runner's httpx pool); beyond them a call waits for one."""
     port: int
     host: str
     pipeline: str
@@ -51,10 +71,11 @@ class RunnerSettings:
         renew = env.number("LEASE_RENEW_S", lease / 3, minimum=0.01)
         if renew >= lease:
             raise ConfigError(f"TT_LEASE_RENEW_S ({renew}) must be shorter than TT_LEASE_S ({lease})")
-        return cls(
+        concurrency = env.integer("RUNNER_CONCURRENCY", DEFAULT_CONCURRENCY, minimum=1)
+        settings = cls(
             common=CommonSettings.from_env(env),
             runner_id=env.text("RUNNER_ID", "") or default_runner_id(),
-            concurrency=env.integer("RUNNER_CONCURRENCY", 4, minimum=1),
+            concurrency=concurrency,
             lease_s=lease,
             lease_renew_s=renew,
             claim_interval_s=env.number("CLAIM_INTERVAL_S", min(5.0, lease / 2), minimum=0.01),
@@ -66,11 +87,32 @@ class RunnerSettings:
             read_block_s=env.number("READ_BLOCK_S", 2.0, minimum=0.01),
             stats_interval_s=env.number("QUEUE_STATS_INTERVAL_S", 5.0, minimum=0.1),
             redis_connections=env.integer("RUNNER_REDIS_CONNECTIONS", 64, minimum=1),
+            http_connections=env.integer("RUNNER_HTTP_CONNECTIONS", concurrency, minimum=1),
             port=env.integer("RUNNER_PORT", 8002, minimum=0),
             host=env.text("RUNNER_HOST", "127.0.0.1"),
             pipeline=env.text("RUNNER_PIPELINE", DEFAULT_PIPELINE),
             pipelines=registered_pipelines(env),
         )
+        settings.check_sustainable(open_files_limit())
+        return settings
+
+    def check_sustainable(self, open_files: int) -> None:
+        """Refuse, at start and by name, a concurrency the process cannot keep its runs alive at."""
+        needed = -(-self.concurrency // RUNS_PER_REDIS_CONNECTION)
+        if self.redis_connections < needed:
+            raise ConfigError(
+                f"TT_RUNNER_CONCURRENCY={self.concurrency} needs TT_RUNNER_REDIS_CONNECTIONS >= {needed} "
+                f"(one per {RUNS_PER_REDIS_CONNECTION} runs in flight, or their appends queue for a "
+                f"connection); got {self.redis_connections}. Raise it or lower the concurrency."
+            )
+        files = min(self.http_connections, self.concurrency) + self.redis_connections + SPARE_FILES
+        if files > open_files:
+            raise ConfigError(
+                f"TT_RUNNER_CONCURRENCY={self.concurrency} may hold {files} sockets at once "
+                f"(models {min(self.http_connections, self.concurrency)}, Redis {self.redis_connections}, "
+                f"{SPARE_FILES} spare) but the open-files limit is {open_files}: raise it (ulimit -n) "
+                "or lower TT_RUNNER_CONCURRENCY / TT_RUNNER_HTTP_CONNECTIONS."
+            )
 
     @property
     def lease_ms(self) -> int:

@@ -93,6 +93,7 @@ class Worker(Service):
         if not await self.retrying("reach Redis", self._ensure_groups):
             return
         self._build_components()
+        await self.retrying("find the end of the cancels stream", self.watcher.open)
         await self.retrying("resume the runs our previous process left", self._resume_inherited)
         self._spawn_loops()
         s = self.settings
@@ -202,7 +203,9 @@ class Worker(Service):
             await asyncio.to_thread(importlib.import_module, ANALYSIS_PACKAGE)
             import httpx
 
-            self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+            pool = self.settings.http_connections  # one per run in flight: a call never queues
+            limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+            self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
             self.pipeline = self._factory(self.redis, self.http)
         except Exception as exc:
             logger.error("cannot build the pipeline %s: %s", self.settings.pipeline, exc)

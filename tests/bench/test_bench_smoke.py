@@ -33,6 +33,14 @@ EXPECTED = [
     ("5 cancel", "cancel: RunCancelled → confirmed, p99"),
     *[("6 scaling", f"no-op, {k} runner process") for k in (1, 2, 4)],
     *[("6 scaling", f"{k} step{'s' if k > 1 else ''} per run") for k in (1, 10, 50)],
+    *[("7 LLM runs/runner", f"20 in flight: {f}") for f in
+      ("completed", "lease takeovers", "append → SSE client p99", "runner RSS per in-flight run",
+       "runner CPU per run", "Redis CPU per run", "overhead")],
+    ("7 LLM runs/runner", "safe maximum measured"),
+    *[("8 watchers/gateway", f"{w}: {f}") for w in ("20 watchers on 10 runs", "20 watchers on one run")
+      for f in ("append → client p99", "gateway Redis connections", "gateway RSS growth",
+                "load generator CPU")],
+    *[("9 LLM peers", f"peer {v}: 1,000 in flight") for v in ("arq", "saq", "taskiq", "bullmq")],
 ]  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +16,12 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+README_IMAGES = ROOT / "docs" / "img"
+"""``TT_README_SHOTS=1 pytest tests/browser`` also writes the README's screenshots there."""
+DESKTOP = {"width": 1280, "height": 700}
+PHONE = {"width": 390, "height": 844}
 
 MISSING = "browser tests need /usr/bin/chromium: run `make system-deps` (deploy/local/install-system-deps.sh)"
 
@@ -51,7 +57,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     """A fresh browser profile (its own localStorage) per test; its tabs share it."""
-    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    ctx = browser.new_context(viewport=DESKTOP)
     ctx.set_default_timeout(20_000)
     try:
         yield ctx
@@ -59,18 +65,50 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
         ctx.close()
 
 
-Shoot = Callable[[Page, str], Path]
+Shoot = Callable[..., Path]
+
+
+def sideways_overflow(page: Page) -> int:
+    """How many CSS pixels the page is wider than the window (0 when nothing slides sideways)."""
+    extra: int = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    return extra
+
+
+def assert_no_overflow(page: Page, where: str) -> None:
+    extra = sideways_overflow(page)
+    if extra > 0:
+        culprits = page.evaluate(
+            """() => [...document.querySelectorAll('body *')]
+                .filter((el) => el.getBoundingClientRect().right > window.innerWidth + 0.5)
+                .slice(0, 5).map((el) => el.tagName + (el.id ? '#' + el.id : '') + '.' + el.className)"""
+        )
+        raise AssertionError(f"{where}: page is {extra}px wider than the window; widest: {culprits}")
 
 
 @pytest.fixture
 def shoot(request: pytest.FixtureRequest) -> Shoot:
-    """``shoot(page, "state")`` saves a full-page screenshot under test-output/screenshots/."""
+    """``shoot(page, "state")``: full-page screenshots at the current size, then (unless
+    ``sizes=False``) at phone and desktop size too, failing when the page overflows sideways at
+    any of them. ``readme="running"`` also writes docs/img/running.png under TT_README_SHOTS=1."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     test = request.node.name.replace("[", "-").replace("]", "")
 
-    def save(page: Page, state: str) -> Path:
+    def save(page: Page, state: str, *, sizes: bool = True, readme: str | None = None) -> Path:
         path = SCREENSHOTS / f"{test}--{state}.png"
+        assert_no_overflow(page, state)
         page.screenshot(path=str(path), full_page=True)
+        original = page.viewport_size
+        if sizes and original:
+            for name, size in (("phone", PHONE), ("desktop", DESKTOP)):
+                if size == original:
+                    continue
+                page.set_viewport_size(size)
+                assert_no_overflow(page, f"{state} at {name} size")
+                page.screenshot(path=str(SCREENSHOTS / f"{test}--{state}--{name}.png"), full_page=True)
+            page.set_viewport_size(original)
+        if readme and os.environ.get("TT_README_SHOTS") == "1":
+            page.evaluate("window.scrollTo(0, 0)")  # the README shows the page as it opens
+            page.screenshot(path=str(README_IMAGES / f"{readme}.png"))
         return path
 
     return save

@@ -76,7 +76,7 @@ def test_leave_reload_and_return_pick_the_run_up_where_it_is(
     page = open_page(context, stack, "AAPL")
     run_id = start_run(page)
     wait_percent(page, 15)
-    shoot(page, "running")
+    shoot(page, "running", readme="running")
 
     go_to_ticker(page, "MSFT")
     expect(page.locator("#run")).to_be_hidden()
@@ -104,7 +104,7 @@ def test_leave_reload_and_return_pick_the_run_up_where_it_is(
     expect(page.locator("#result svg.chart")).to_be_visible()
     expect(page.locator(f"#history li[data-run-id='{run_id}']")).to_be_visible()
     assert all(entry["runId"] != run_id for entry in remembered(page))
-    shoot(page, "finished")
+    shoot(page, "finished", readme="finished")
 
 
 def test_cancel_from_the_page_shows_cancelled_promptly(
@@ -158,8 +158,11 @@ def test_errors_are_said_in_words_a_person_understands(
     others = [stack.submit("META", ("market",)) for _ in range(3)]  # the per-user cap (3) is reached
     try:
         page.click("#submit")
-        expect(page.locator("#notice")).to_be_visible()
-        expect(page.locator("#notice")).to_contain_text("too many analyses running")
+        said = page.locator("#form-status")  # beside the button that was pressed, announced
+        expect(said).to_contain_text("too many analyses running")
+        expect(said).to_have_attribute("role", "status")
+        expect(said).to_be_in_viewport()
+        expect(page.locator("#notice")).to_be_hidden()
         shoot(page, "cap-reached")
     finally:
         for run_id in others:

@@ -44,7 +44,9 @@ async def test_sse_clients_of_a_killed_gateway_resume_exactly_once_on_another(
     """100 clients follow 5 runs on gateway A; A is SIGKILLed mid-run; each client reconnects to
     gateway B with Last-Event-ID: every client's IDs equal the run stream's, once each, in order,
     ending with ``end``."""
-    cluster = Cluster(redis_url, tmp_path, step_delay_s=0.4)
+    # 1 s steps: the runs must outlast 100 clients connecting on two busy cores, so the kill
+    # lands mid-run for every client.
+    cluster = Cluster(redis_url, tmp_path, step_delay_s=1.0)
     first, second = cluster.gateway(), cluster.gateway()
     try:
         await cluster.start(cluster.projector, cluster.runner("a"), cluster.runner("b"), first, second)
@@ -59,7 +61,7 @@ async def test_sse_clients_of_a_killed_gateway_resume_exactly_once_on_another(
                 for _ in range(CLIENTS_PER_RUN)
             ]
             await _until_listening(first.url, RUNS * CLIENTS_PER_RUN)
-            await asyncio.sleep(0.8)  # a few steps in
+            await asyncio.sleep(1.5)  # a step or two in
             first.kill()
             killed = time.monotonic()
             results = await asyncio.wait_for(asyncio.gather(*clients), 120)

@@ -115,10 +115,24 @@ async def system(
         await asyncio.to_thread(server.stop)
 
 
+def _aof(server: RedisServer) -> Path:
+    """The AOF as the server writes it: one file up to 6.2, a directory of parts from 7.0."""
+    parts = server.data_dir / "appendonlydir"
+    return parts if parts.is_dir() else server.data_dir / "appendonly.aof"
+
+
+def _copy_aof(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+    else:
+        shutil.copy(source, target)
+
+
 async def _restart(server: RedisServer, down_s: float, aof_copy: Path | None = None) -> None:
     await asyncio.to_thread(server.kill)
     if aof_copy is not None:
-        shutil.copy(aof_copy, server.data_dir / "appendonly.aof")
+        _copy_aof(aof_copy, _aof(server))
     await asyncio.sleep(down_s)
     await asyncio.to_thread(server.start, 30.0)
 
@@ -170,7 +184,7 @@ async def test_restart_with_aof_everysec_loses_at_most_the_window_and_strands_no
     async with _under_load(cluster) as load:
         await asyncio.sleep(2.0)
         copy = server.data_dir.parent / "aof-at-last-flush"
-        await asyncio.to_thread(shutil.copy, server.data_dir / "appendonly.aof", copy)
+        await asyncio.to_thread(_copy_aof, _aof(server), copy)
         flushed_at = time.monotonic()
         await asyncio.sleep(LOSS_WINDOW_S)
         head = await log_head(cluster.redis, cluster.keys.events)

@@ -91,7 +91,7 @@ def test_watch_killed_mid_run_and_restarted_resumes_without_duplicates(
     first.wait_events(6)
     first.process.send_signal(stop)
     assert first.finish() == 130
-    assert any("tickertape watch" in line for line in first.lines), first.lines
+    assert any(f"watch {run_id}" in line for line in first.lines), first.lines
     assert stack.run(run_id)["status"] == "running"  # detaching never cancels
 
     second = Watch([run_id, *source], env)
@@ -134,7 +134,7 @@ def test_submit_follow_then_runs_show_and_cancel(stack: Stack, tmp_path: Path) -
     shown = tickertape(env, "show", run_id, "--json")
     assert json.loads(shown.stdout)["status"] == "completed"
     cancelled = tickertape(env, "cancel", run_id)
-    assert cancelled.returncode == 1 and "already finished" in cancelled.stdout
+    assert cancelled.returncode == 3 and "already finished (completed)" in cancelled.stdout
 
 
 def test_bad_submit_names_the_field_and_gateway_down_says_what_to_do(stack: Stack, tmp_path: Path) -> None:
@@ -143,5 +143,33 @@ def test_bad_submit_names_the_field_and_gateway_down_says_what_to_do(stack: Stac
     bad = tickertape(env, "submit", "IBM", "--analysts", "astrology")
     down = tickertape({**env, "TT_API_URL": "http://127.0.0.1:9"}, "runs")
 
-    assert bad.returncode == 1 and "field: analysts" in bad.stderr
-    assert down.returncode == 1 and "tickertape up" in down.stderr
+    assert bad.returncode == 3 and "field: analysts" in bad.stderr
+    assert down.returncode == 4 and "tickertape up" in down.stderr
+
+
+def test_ids_by_prefix_or_tag_human_times_export_and_cancel_codes(stack: Stack, tmp_path: Path) -> None:
+    env = cli_env(stack, tmp_path)
+    done = stack.submit("AMD", ("market",))
+    stack.wait_status(done, {"completed"})
+    running = stack.submit("AMD", ("market", "risk"))
+    assert tickertape(env, "cancel", running[-6:]).returncode == 0
+    stack.wait_status(running, {"cancelled"})
+    again = tickertape(env, "cancel", running[-6:])
+    assert again.returncode == 0 and "already cancelled" in again.stdout
+
+    shown = tickertape(env, "show", done[:30])
+    assert shown.returncode == 0, shown.stderr
+    assert f"Run {done}" in shown.stdout and "LLM call" in shown.stdout
+    assert f"{stack.url}/#/runs/{done}" in shown.stdout
+    assert json.loads(tickertape(env, "show", done[-6:], "--format", "json").stdout)["runId"] == done
+    exported = tickertape(env, "show", done[-6:], "--format", "md").stdout
+    assert exported.startswith("# AMD — ") and f"/#/runs/{done})" in exported and "## Steps" in exported
+
+    ambiguous = tickertape(env, "show", done[:4])  # sortable ids: runs of one minute share a start
+    assert ambiguous.returncode == 3 and "matches" in ambiguous.stderr
+    missing = tickertape(env, "show", "zzzzzz")
+    assert missing.returncode == 3 and "no run" in missing.stderr
+
+    listed = tickertape(env, "runs", "--symbol", "AMD")
+    assert "ago" in listed.stdout or "just now" in listed.stdout
+    assert "T" in tickertape(env, "runs", "--symbol", "AMD", "--iso").stdout.splitlines()[1].split()[-1]

@@ -212,3 +212,22 @@ async def test_an_admin_lists_another_users_runs(
         assert (await http.get(RUNS, headers=admin)).json()["runs"] == []  # without ?user=: their own
         assert (await http.get(RUNS, headers=bob)).json()["runs"] == []
         assert (await http.get(RUNS, params={"user": ALICE}, headers=bob)).status_code == 403
+
+
+async def test_only_an_admin_reads_the_dead_letters(supabase: RunningGateway, redis: Redis) -> None:
+    """The dead-letter stream as a runner writes it, newest first, for an admin; 403 for others."""
+    for run_id in ("run-a", "run-b"):
+        await redis.xadd(
+            "tt:deadletter",
+            {"queue": "tt:queue", "id": "1-0", "r": run_id, "reason": "max_attempts", "detail": "gave up",
+             "deliveries": 4, "runner": "w1", "at": "1.5"},
+        )  # fmt: skip
+    admin = bearer(supabase_token(ADMIN, app_role="admin"))
+    path = "/api/trading/admin/deadletters"
+    async with httpx.AsyncClient(base_url=supabase.url, timeout=10) as http:
+        listed = (await http.get(path, params={"limit": 1}, headers=admin)).json()["deadletters"]
+        assert [(d["runId"], d["reason"], d["deliveries"]) for d in listed] == [("run-b", "max_attempts", 4)]
+        refused = await http.get(path, headers=bearer(supabase_token(BOB)))
+        assert refused.status_code == 403
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert (await http.get(path, params={"limit": 0}, headers=admin)).status_code == 422

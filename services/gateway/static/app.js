@@ -1,6 +1,10 @@
 // The Tickertape page: wires the form, the live run view, history and the active strip to the client.
 import { TickertapeClient, isTerminal } from "./tickertape-client.js";
 import { $, h, renderRun, renderEta, renderResult, historyItem, historyUnavailable, activeChip, setConnection } from "./views.js";
+import { runHash, runIdFromHash, steady, sayNear, acceptedNote } from "./page-state.js";
+import { ensureSignedIn } from "./signin.js";
+import { copyLink, exportJson } from "./run-actions.js";
+import { compareHash, compareIdsFromHash, renderCompare } from "./compare.js";
 
 const SYMBOL = /^[A-Z0-9.\-^=]{1,10}$/;
 const LAST_TICKER = "tickertape.lastTicker";
@@ -8,6 +12,8 @@ const client = new TickertapeClient();
 const page = {
   ticker: null, runId: null, attachment: null, state: null, key: newKey(),
   scope: "ticker", cursor: null, active: [],
+  live: new Map(), // runId → the newest state any attachment of this page has folded
+  picked: new Set(), // runIds ticked in history for comparing
 };
 window.tickertape = { client, page }; // for debugging and the browser tests
 
@@ -94,9 +100,10 @@ async function submit(event) {
   event.preventDefault();
   const body = readForm();
   if (!body) {
-    notify("Please enter a valid ticker and choose at least one analyst.");
+    sayNear("#form-status", "Please enter a valid ticker and choose at least one analyst.");
     return;
   }
+  sayNear("#form-status", null);
   const button = $("#submit");
   button.disabled = true;
   button.textContent = "Starting…";
@@ -104,11 +111,16 @@ async function submit(event) {
     const accepted = await client.submit(body, { idempotencyKey: page.key });
     page.key = newKey();
     clearNotice();
-    if (body.symbol !== page.ticker) await selectTicker(body.symbol, { skipActive: true });
+    sayNear("#form-status", acceptedNote(accepted), "info"); // e.g. "joined — already running"
+    if (body.symbol !== page.ticker) await selectTicker(body.symbol, { skipActive: true, url: false });
+    history.pushState(null, "", runHash(accepted.runId));
     await openRun(accepted.runId, null);
+    $("#run").scrollIntoView({ behavior: "smooth", block: "start" });
     refreshActive();
+    loadHistory();
   } catch (err) {
-    explain(err, "starting the analysis");
+    console.warn("starting the analysis", err);
+    sayNear("#form-status", err?.friendly || "Something went wrong while starting the analysis. Try again.");
     if (err.field) document.querySelector(`[name="${String(err.field).split(".").pop()}"]`)?.focus();
   } finally {
     button.disabled = false;
@@ -127,9 +139,12 @@ function detach() {
 }
 
 function show(state) {
+  const shown = steady(page.live.get(state.runId), state);
+  page.live.set(state.runId, shown);
+  overlayHistory(shown);
   if (state.runId !== page.runId) return;
-  page.state = state;
-  renderRun(state);
+  page.state = shown;
+  renderRun(shown);
 }
 
 /** Show a run and, while it is active, follow it live from `lastEventId`. */
@@ -143,6 +158,7 @@ async function openRun(runId, lastEventId, known = null) {
     explain(err, "opening the run");
     return;
   }
+  if (page.runId !== runId) return; // another run was opened meanwhile
   show(state);
   renderResult(isTerminal(state) ? state : null);
   if (isTerminal(state)) {
@@ -170,21 +186,23 @@ function askCancel() {
 
 async function confirmedCancel() {
   if ($("#confirm-cancel").returnValue !== "cancel" || !page.runId) return;
+  sayNear("#run-notice", null);
   try {
     await client.cancel(page.runId);
     if (page.state && !isTerminal(page.state)) $("#message").textContent = "Cancelling…";
   } catch (err) {
-    explain(err, "cancelling the run");
+    console.warn("cancelling the run", err);
+    sayNear("#run-notice", err?.friendly || "Something went wrong while cancelling the run. Try again.");
   }
 }
 
 // --- tickers ---
 
 /** Switch to a ticker: re-attach to its active run (from where this browser left it), show its history. */
-async function selectTicker(ticker, { skipActive = false } = {}) {
+async function selectTicker(ticker, { skipActive = false, url = true } = {}) {
   page.ticker = ticker;
   localStorage.setItem(LAST_TICKER, ticker);
-  if (location.hash !== `#${ticker}`) history.replaceState(null, "", `#${ticker}`);
+  if (url && location.hash !== `#${ticker}`) history.replaceState(null, "", `#${ticker}`);
   const input = $("#ticker");
   if (document.activeElement !== input) input.value = ticker;
   $("#history-ticker").textContent = ticker;
@@ -209,6 +227,20 @@ function navigate(ticker) {
   selectTicker(ticker);
 }
 
+/** `#/runs/<id>`: that run, live if it is running; its ticker's history beside it. */
+async function openRunFromUrl(runId) {
+  if (runId === page.runId) return;
+  let state;
+  try {
+    state = await client.get(runId);
+  } catch (err) {
+    explain(err, "opening the run");
+    return;
+  }
+  if (state.symbol && state.symbol !== page.ticker) await selectTicker(state.symbol, { skipActive: true, url: false });
+  await openRun(runId, isTerminal(state) ? null : client.recall(state.symbol)?.lastEventId ?? null, state);
+}
+
 function tickerFromHash() {
   const value = decodeURIComponent(location.hash.replace(/^#\/?/, "")).trim().toUpperCase();
   return SYMBOL.test(value) ? value : null;
@@ -229,7 +261,7 @@ async function loadHistory(more = false) {
     const { runs, nextCursor } = await client.list({ symbol, limit: 10, cursor: more ? page.cursor : undefined });
     historyRetry.delayMs = 0;
     page.cursor = nextCursor;
-    const items = runs.map((run) => historyItem(run, openFromHistory));
+    const items = runs.map((run) => historyItem(steady(page.live.get(run.runId), run), openFromHistory, picker));
     if (more) list.append(...items);
     else list.replaceChildren(...(items.length ? items : [h("li", { class: "empty" }, symbol ? `No analyses of ${symbol} yet.` : "No analyses yet.")]));
     $("#history-more").hidden = !nextCursor;
@@ -247,14 +279,55 @@ async function loadHistory(more = false) {
   }
 }
 
+/** A history row shows the same numbers as the run view: the newest state this page has seen. */
+function overlayHistory(state) {
+  const row = document.querySelector(`#history li[data-run-id="${CSS.escape(state.runId)}"]`);
+  if (row) row.replaceWith(historyItem(state, openFromHistory, picker));
+  if (page.active.some((r) => r.runId === state.runId)) renderStrip();
+}
+
+// --- compare ---
+
+const picker = {
+  picked: page.picked,
+  onPick(run, on) {
+    if (on) page.picked.add(run.runId);
+    else page.picked.delete(run.runId);
+    const button = $("#compare-picked");
+    button.hidden = page.picked.size < 2;
+    button.textContent = `Compare ${page.picked.size} runs`;
+  },
+};
+
+async function openCompare(runIds) {
+  try {
+    const runs = await Promise.all(runIds.map((id) => client.get(id)));
+    renderCompare(runs, closeCompare);
+    $("#compare").scrollIntoView({ behavior: "smooth", block: "start" });
+  } catch (err) {
+    explain(err, "comparing the runs");
+  }
+}
+
+function closeCompare() {
+  renderCompare(null);
+  if (compareIdsFromHash(location.hash)) history.pushState(null, "", page.runId ? runHash(page.runId) : `#${page.ticker}`);
+}
+
+function comparePicked() {
+  const ids = [...page.picked];
+  history.pushState(null, "", compareHash(ids));
+  openCompare(ids);
+}
+
 function openFromHistory(run) {
   if (run.symbol !== page.ticker) {
     page.ticker = run.symbol;
     localStorage.setItem(LAST_TICKER, run.symbol);
-    history.replaceState(null, "", `#${run.symbol}`);
     $("#ticker").value = run.symbol;
     $("#history-ticker").textContent = run.symbol;
   }
+  if (location.hash !== runHash(run.runId)) history.pushState(null, "", runHash(run.runId));
   openRun(run.runId, isTerminal(run) ? null : client.recall(run.symbol)?.lastEventId ?? null, isTerminal(run) ? run : null);
   $("#run").scrollIntoView({ behavior: "smooth", block: "start" });
 }
@@ -271,7 +344,7 @@ function setScope(scope) {
 async function refreshActive() {
   try {
     const { runs } = await client.list({ status: "active", limit: 20 });
-    page.active = runs;
+    page.active = runs.map((r) => steady(page.live.get(r.runId), r));
     renderStrip();
   } catch {
     /* the connection indicator and notices already say the server is unreachable */
@@ -279,62 +352,13 @@ async function refreshActive() {
 }
 
 function renderStrip() {
-  const runs = page.active.map((r) => (r.runId === page.runId && page.state ? page.state : r)).filter((r) => !isTerminal(r));
+  const runs = page.active.map((r) => page.live.get(r.runId) || r).filter((r) => !isTerminal(r));
   $("#active-strip").hidden = runs.length === 0;
   $("#active-list").replaceChildren(...runs.map((run) => activeChip(run, run.runId === page.runId, (r) => {
-    if (r.symbol !== page.ticker) navigate(r.symbol);
-    else if (r.runId !== page.runId) openRun(r.runId, client.recall(r.symbol)?.lastEventId ?? null);
+    if (r.runId === page.runId) return;
+    history.pushState(null, "", runHash(r.runId));
+    openRunFromUrl(r.runId);
   })));
-}
-
-// --- signing in (only when the server has auth on) ---
-
-/** A host app may hand its user's JWT over as ?token=…: taken out of the address bar (and so out
- * of history, bookmarks and Referer) before anything else, then traded for the session cookie. */
-function takeHandOffToken() {
-  const url = new URL(location.href);
-  const token = url.searchParams.get("token");
-  if (token === null) return null;
-  url.searchParams.delete("token");
-  history.replaceState(history.state, "", url);
-  return token.trim() || null;
-}
-
-async function ensureSignedIn() {
-  const handOff = takeHandOffToken();
-  if (handOff) {
-    try {
-      await client.signIn(handOff);
-      return;
-    } catch (err) {
-      if (err.kind !== "unauthorized") return;
-      $("#sign-in-error").textContent = `The sign-in link was refused: ${err.detail || "sign in again"}`;
-      $("#sign-in-error").hidden = false;
-    }
-  }
-  try {
-    await client.request("GET", "/session");
-    return;
-  } catch (err) {
-    if (err.kind !== "unauthorized") return; // unreachable servers are reported by what follows
-  }
-  const dialog = $("#sign-in");
-  dialog.addEventListener("cancel", (event) => event.preventDefault()); // nothing works until signed in
-  dialog.showModal();
-  await new Promise((resolve) => {
-    $("#sign-in-form").addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const error = $("#sign-in-error");
-      try {
-        await client.signIn($("#sign-in-token").value.trim());
-        dialog.close();
-        resolve();
-      } catch (err) {
-        error.textContent = err.kind === "unauthorized" ? err.detail || "That token is not valid." : err.friendly;
-        error.hidden = false;
-      }
-    });
-  });
 }
 
 // --- start ---
@@ -345,26 +369,43 @@ function bind() {
   $("#ticker").addEventListener("input", tickerInput);
   $("#ticker").addEventListener("change", () => navigate(tickerInput()));
   $("#cancel").addEventListener("click", askCancel);
+  $("#copy-link").addEventListener("click", () => copyLink(page.runId));
+  $("#export-json").addEventListener("click", () => exportJson(client, page.runId));
   $("#confirm-cancel").addEventListener("close", confirmedCancel);
   $("#history-ticker").addEventListener("click", () => setScope("ticker"));
   $("#history-all").addEventListener("click", () => setScope("all"));
   $("#history-more").addEventListener("click", () => loadHistory(true));
+  $("#compare-picked").addEventListener("click", comparePicked);
   $(".notice-close").addEventListener("click", clearNotice);
   const followUrl = () => {
+    const compared = compareIdsFromHash(location.hash);
+    if (compared) return openCompare(compared);
+    renderCompare(null);
+    const runId = runIdFromHash(location.hash);
+    if (runId) return openRunFromUrl(runId);
     const ticker = tickerFromHash();
-    if (ticker && ticker !== page.ticker) selectTicker(ticker);
+    if (ticker && (ticker !== page.ticker || page.runId)) selectTicker(ticker);
   };
   window.addEventListener("hashchange", followUrl);
   window.addEventListener("popstate", followUrl);
   setInterval(() => { if (page.state) { renderEta(page.state); renderStrip(); } }, 1000);
   setInterval(refreshActive, 3000);
+  // The chart is drawn for the width it opened at (chart.js): redraw when a phone turns or a
+  // window crosses the phone width, so its labels stay readable.
+  matchMedia("(max-width: 599px)").addEventListener("change", () => {
+    if (page.state && isTerminal(page.state) && !$("#result").hidden) renderResult(page.state);
+  });
 }
 
 async function start() {
   bind();
-  await ensureSignedIn();
+  await ensureSignedIn(client);
   await loadCatalogue();
-  await selectTicker(tickerFromHash() || localStorage.getItem(LAST_TICKER) || "AAPL");
+  const runId = runIdFromHash(location.hash);
+  const compared = compareIdsFromHash(location.hash);
+  if (compared) await openCompare(compared);
+  if (runId) await openRunFromUrl(runId);
+  else await selectTicker(tickerFromHash() || localStorage.getItem(LAST_TICKER) || "AAPL", { url: !compared });
   refreshActive();
 }
 

@@ -37,7 +37,12 @@ function niceTicks(lo, hi, count = 4) {
 }
 
 /** An <svg> element for `{dates, close}`; null when there is nothing to draw. */
-export function priceChart(chart, { width = 640, height = 240 } = {}) {
+export function priceChart(chart, { width = null, height = 240 } = {}) {
+  // The SVG scales to its box, text with it: a phone gets a narrower drawing (and bigger type) so
+  // the axis labels still come out ~11 px tall on screen instead of ~6.
+  const narrow = (globalThis.innerWidth || 1280) < 600;
+  width = width || (narrow ? 360 : 640);
+  const fontSize = narrow ? 13 : 11;
   const close = chart?.close || [];
   const dates = chart?.dates || [];
   if (close.length < 2) return null;
@@ -58,7 +63,7 @@ export function priceChart(chart, { width = 640, height = 240 } = {}) {
     "aria-label": `Closing prices from ${dates[0]} to ${dates[dates.length - 1]}` });
   for (const t of niceTicks(lo, hi)) {
     svg.append(el("line", { class: "grid", x1: pad.left, x2: width - pad.right, y1: y(t), y2: y(t) }));
-    svg.append(el("text", { x: pad.left - 6, y: y(t) + 4, "text-anchor": "end" }, t.toFixed(t < 10 ? 2 : 0)));
+    svg.append(el("text", { x: pad.left - 6, y: y(t) + 4, "text-anchor": "end", "font-size": fontSize }, t.toFixed(t < 10 ? 2 : 0)));
   }
   const closeLine = path(line(close));
   const base = y(lo);
@@ -68,7 +73,7 @@ export function priceChart(chart, { width = 640, height = 240 } = {}) {
   svg.append(el("path", { class: "ma50", d: path(line(ma50)) }));
   const labels = [[0, "start"], [Math.floor((close.length - 1) / 2), "middle"], [close.length - 1, "end"]];
   for (const [i, anchor] of labels) {
-    svg.append(el("text", { x: x(i), y: height - 6, "text-anchor": anchor }, dates[i] || ""));
+    svg.append(el("text", { x: x(i), y: height - 6, "text-anchor": anchor, "font-size": fontSize }, dates[i] || ""));
   }
   return svg;
 }

@@ -1,6 +1,7 @@
 // Rendering of runs, results and history into the page. DOM only; no network.
 import { priceChart } from "./chart.js";
 import { isTerminal } from "./tickertape-client.js";
+import { dollars, runHash, usageText } from "./page-state.js";
 
 export const $ = (sel) => document.querySelector(sel);
 
@@ -59,6 +60,22 @@ export function renderRun(state) {
   const error = $("#run-error");
   error.hidden = !(isTerminal(state) && state.status !== "completed" && state.error);
   if (!error.hidden) error.textContent = failureText(state);
+  renderSpendAndSteps(state);
+}
+
+/** Spend against the budget, and the step list folded under the decision once a run completed. */
+function renderSpendAndSteps(state) {
+  $("#usage").hidden = false;
+  $("#usage").textContent = usageText(state);
+  const steps = state.steps || [];
+  const done = steps.filter((s) => s.status === "completed").length;
+  $("#steps-summary").textContent = `Steps: ${done} of ${steps.length} done${state.durationS ? ` in ${seconds(state.durationS)}` : ""}`;
+  const box = $("#steps-box");
+  const folded = `${state.runId}:${state.status === "completed"}`;
+  if (box.dataset.folded !== folded) { // only when the run or its outcome changes: a reader's toggle stays
+    box.dataset.folded = folded;
+    box.open = state.status !== "completed";
+  }
 }
 
 export function renderEta(state) {
@@ -223,13 +240,18 @@ function inline(text) {
 
 // --- history and the active strip ---
 
-export function historyItem(run, onOpen) {
+export function historyItem(run, onOpen, pick = null) {
   const decision = run.result?.decision;
+  const box = pick && h("input", { type: "checkbox", class: "pick", "aria-label": `Compare ${run.symbol} ${shortId(run.runId)}`,
+    checked: pick.picked.has(run.runId), onclick: (e) => e.stopPropagation(), onchange: (e) => pick.onPick(run, e.target.checked) });
   return h("li", { "data-run-id": run.runId, "data-status": run.status, tabindex: "0", onclick: () => onOpen(run),
-    onkeydown: (e) => { if (e.key === "Enter") onOpen(run); } },
+    onkeydown: (e) => { if (e.key === "Enter" && e.target === e.currentTarget) onOpen(run); } },
+    box || h("span", {}),
     h("span", { class: "sym" }, run.symbol),
     h("span", { class: "mini-badge", "data-decision": decision || "" }, decision || (isTerminal(run) ? "—" : `${Math.round(run.progress || 0)}%`)),
-    h("span", { class: "when" }, when(run.createdAt), run.durationS ? ` · ${seconds(run.durationS)}` : ""),
+    h("a", { class: "when", href: runHash(run.runId), onclick: (e) => e.preventDefault() }, when(run.createdAt || run.requestedAt),
+      run.durationS ? ` · ${seconds(run.durationS)}` : "", run.usage?.calls ? ` · ${dollars(run.usage.costUsd)}` : "",
+      h("span", { class: "run-tag" }, ` · ${shortId(run.runId)}`)),
     h("span", { class: "status-pill", "data-status": run.status }, STATUS_WORDS[run.status] || run.status));
 }
 
@@ -240,16 +262,23 @@ export function historyUnavailable() {
 export function activeChip(run, current, onOpen) {
   const pct = Math.round(Number(run.progress) || 0);
   return h("li", {}, h("button", { type: "button", class: "chip", "data-run-id": run.runId, "aria-current": current ? "true" : "false", onclick: () => onOpen(run) },
-    h("strong", {}, run.symbol), h("span", { class: "mini" }, h("i", { style: `width:${pct}%` })), `${pct}%`));
+    h("strong", {}, run.symbol), h("span", { class: "run-tag" }, shortId(run.runId)),
+    h("span", { class: "mini" }, h("i", { style: `width:${pct}%` })), h("span", { class: "pct" }, `${pct}%`)));
+}
+
+/** The end of a run id: sortable ids share their start, so two runs of one ticker differ here. */
+export function shortId(runId) {
+  return String(runId || "").slice(-6);
 }
 
 const CONNECTION_WORDS = {
-  idle: "Idle", connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…",
-  polling: "Live updates unavailable — checking every 2 s", offline: "Server unreachable — retrying", ended: "Up to date",
+  idle: "", connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…",
+  polling: "Live updates unavailable — checking every 2 s", offline: "Server unreachable — retrying", ended: "Run finished",
 };
 
 export function setConnection(mode) {
   const node = $("#connection");
   node.dataset.mode = mode;
+  node.hidden = mode === "idle"; // nothing is followed: no state worth a label
   node.querySelector(".label").textContent = CONNECTION_WORDS[mode] || mode;
 }

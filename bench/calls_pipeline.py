@@ -1,0 +1,64 @@
+"""A pipeline of ten model calls and nothing else, for the LLM-bound bench (``BENCH_LLM_PIPELINE=calls``).
+
+Loaded by a runner through ``TT_RUNNER_PIPELINE=bench.calls_pipeline:build``: each step is one
+call through the runner's own OpenAI-compatible client (``services/runner/pipeline/llm.py``) to
+the model ``sim`` of the registry (``TT_MODELS``), reported as started, one progress event and
+completed. Without the trading pipeline's analysis around the calls, what the runner spends
+beyond the model's time is Tickertape's own: the figure the overhead goal is about, and the
+workload a peer job queue can run the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import httpx
+from redis.asyncio import Redis
+
+from services.runner.pipeline.base import StepReporter
+from services.runner.pipeline.llm import ChatRequest, Message, OpenAIChat, RetryPolicy
+from shared.events import RunRequested
+from shared.models import load_registry
+from shared.results import RunResult, StepOutput, Usage
+
+CALLS = int(os.environ.get("BENCH_CALLS", "10"))
+
+
+class CallsPipeline:
+    """``CALLS`` steps of one model call each."""
+
+    def __init__(self, model: OpenAIChat) -> None:
+        self.model = model
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
+    ) -> RunResult | None:
+        for index in range(CALLS):
+            step = f"call_{index}"
+            if step in done:
+                continue
+            await reporter.started(step, index)
+            ask = ChatRequest(
+                task=step, messages=[Message("user", f"{request.run_id} step {index}")], max_tokens=300
+            )
+            answer = await self.model.complete(ask)
+            await reporter.progress(step, 0.9, f"{answer.completion_tokens} tokens")
+            usage = Usage(
+                calls=1, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens
+            )
+            await reporter.completed(step, None, 0.0, usage)
+        return RunResult(
+            symbol=request.symbol, decision="HOLD", rating="Hold", confidence=0.5, horizon="1 week",
+            rationale="bench calls pipeline", key_risks=[], reports=[],
+        )  # fmt: skip
+
+
+def build(redis: Redis, http: httpx.AsyncClient) -> CallsPipeline:
+    spec = load_registry()["sim"]
+    return CallsPipeline(OpenAIChat(spec, http, timeout_s=120.0, policy=RetryPolicy()))

@@ -1,0 +1,120 @@
+"""SSE guarantees at the HTTP level, asserted only on the event IDs and statuses a client sees (so
+they hold whatever the hub's framing): an exact resume while another client already follows the
+run on this gateway, a fast 404 for another user's run, and a cancel-before-start that frees the
+user's slot and ends the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import httpx
+from redis.asyncio import Redis
+
+from shared.keys import Keys
+from tests.gateway.conftest import GatewayFactory
+from tests.gateway.support import BODY, RUNS, Runner, SseLog, read_sse, stream_ids
+
+ALICE, BOB = "alice-token-1", "bob-token-2"
+FAST_S = 5.0
+"""A refused SSE request answers within this (a leak would stream, or hang until the test timeout)."""
+
+
+async def _submit(http: httpx.AsyncClient, headers: dict[str, str] | None = None) -> str:
+    response = await http.post(RUNS, json=BODY, headers=headers or {})
+    assert response.status_code == 202, response.text
+    run_id: str = response.json()["runId"]
+    return run_id
+
+
+async def _follow(
+    http: httpx.AsyncClient,
+    run_id: str,
+    log: SseLog,
+    last_id: str = "",
+    headers: dict[str, str] | None = None,
+) -> SseLog:
+    resume = {"Last-Event-ID": last_id} if last_id else {}
+    async with (
+        asyncio.timeout(15),
+        http.stream("GET", f"{RUNS}/{run_id}/events", headers={**resume, **(headers or {})}) as r,
+    ):
+        assert r.status_code == 200, await r.aread()
+        await read_sse(r, log)
+    return log
+
+
+async def _until(log: SseLog, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(log.ids) < count:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_resume_while_another_client_follows_gets_exactly_the_later_events(
+    client: httpx.AsyncClient, runner: Runner, redis: Redis, keys: Keys
+) -> None:
+    """Kills: an off-by-one (``<`` for ``<=``, or no filter) in the replay a listener joining a run
+    already followed on this gateway gets (services/gateway/hub.py ``attach``/``replay``)."""
+    run_id = await _submit(client)
+    await runner.start(run_id)
+    await runner.step(run_id, "data_collection", 0)
+    first = SseLog()
+    following = asyncio.create_task(_follow(client, run_id, first))
+    await _until(first, 5)  # the hub now holds this run's frames in memory
+    ids = stream_ids(await redis.xrange(keys.run(run_id)))
+    cursors = (ids[0], ids[2], ids[-1])
+    logs = [SseLog() for _ in cursors]
+    resuming = [
+        asyncio.create_task(_follow(client, run_id, log, last_id=cursor))
+        for log, cursor in zip(logs, cursors, strict=True)
+    ]
+    await _until(logs[0], len(ids) - 1)
+    await runner.step(run_id, "analyst:market", 1)
+    await runner.complete(run_id)
+    await asyncio.gather(following, *resuming)
+    whole = stream_ids(await redis.xrange(keys.run(run_id)))
+    assert first.ids == whole
+    for log, cursor in zip(logs, cursors, strict=True):
+        assert log.ids == [i for i in whole if i > cursor], cursor
+        assert log.events[-1] == "end"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _status_of_events(http: httpx.AsyncClient, run_id: str, headers: dict[str, str]) -> int:
+    async with asyncio.timeout(FAST_S), http.stream("GET", f"{RUNS}/{run_id}/events", headers=headers) as r:
+        return r.status_code
+
+
+async def test_another_users_run_on_the_sse_route_is_404_at_once(start_gateway: GatewayFactory) -> None:
+    """Kills: the owner check of ``stream_events`` skipped, for a run nobody follows here and for
+    one its owner follows (the hub's cached owner): a 200 stream, caught at once, not as a hang."""
+    tokens = {hashlib.sha256(t.encode()).hexdigest(): u for t, u in ((ALICE, "alice"), (BOB, "bob"))}
+    gateway = await start_gateway(auth=True, api_tokens=tokens, high_priority_users=frozenset())
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=FAST_S) as http:
+        run_id = await _submit(http, _bearer(ALICE))
+        assert await _status_of_events(http, run_id, _bearer(BOB)) == 404
+        alice = SseLog()
+        following = asyncio.create_task(_follow(http, run_id, alice, headers=_bearer(ALICE)))
+        await _until(alice, 1)
+        assert await _status_of_events(http, run_id, _bearer(BOB)) == 404
+        assert (await http.delete(f"{RUNS}/{run_id}", headers=_bearer(ALICE))).status_code == 202
+        await following
+        assert alice.events[-1] == "end"
+
+
+async def test_a_run_cancelled_while_queued_frees_the_users_slot_and_ends_its_stream(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Kills: a cancel of a queued run that leaves it queued or in the user's active set (the
+    append script's ``cancel`` rule): the next submit would answer 429 and the stream stay open."""
+    gateway = await start_gateway(max_active_runs=1)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=FAST_S) as http:
+        run_id = await _submit(http)
+        assert (await http.post(RUNS, json=BODY)).status_code == 429
+        assert (await http.delete(f"{RUNS}/{run_id}")).status_code == 202
+        log = await _follow(http, run_id, SseLog())
+        assert log.events == ["RunRequested", "RunCancelled", "end"]
+        await _submit(http)
