@@ -59,7 +59,9 @@ ANALYST_IDS: tuple[str, ...] = tuple(a.id for a in ANALYSTS)
 DATA_STEP = "data_collection"
 DEBATE_STEP = "research_debate"
 TRADER_STEP = "trader"
+RISK_STEP = "risk_debate"
 FINAL_STEP = "final_assessment"
+"""The portfolio manager's decision (the step id predates the risk debate and stays for old runs)."""
 ANALYST_STEP_PREFIX = "analyst:"
 
 PIPELINE_FULL = "full"
@@ -76,7 +78,8 @@ def plan_steps(analysts: tuple[str, ...], pipeline: str = PIPELINE_FULL) -> tupl
     """The ordered steps a run executes; known before it starts so progress is honest."""
     if pipeline == PIPELINE_NOOP:
         return ()
-    return (DATA_STEP, *(analyst_step(a) for a in analysts), DEBATE_STEP, TRADER_STEP, FINAL_STEP)
+    analyst_steps = (analyst_step(a) for a in analysts)
+    return (DATA_STEP, *analyst_steps, DEBATE_STEP, TRADER_STEP, RISK_STEP, FINAL_STEP)
 
 
 TRADING = "trading"
@@ -131,9 +134,19 @@ def has_steps(request: RunRequested) -> bool:
     return request.pipeline != TRADING or bool(plan_steps(request.analysts, request.options.pipeline))
 
 
+STEP_LABELS = {
+    DEBATE_STEP: "Bull/bear debate",
+    TRADER_STEP: "Trader",
+    RISK_STEP: "Risk debate",
+    FINAL_STEP: "Portfolio manager",
+}
+
+
 def step_label(step: str) -> str:
     """A human name for a step id."""
     if step.startswith(ANALYST_STEP_PREFIX):
         aid = step.removeprefix(ANALYST_STEP_PREFIX)
         return next((a.name for a in ANALYSTS if a.id == aid), aid)
+    if step in STEP_LABELS:
+        return STEP_LABELS[step]
     return step.replace("_", " ").capitalize()

@@ -24,6 +24,8 @@ def utcnow() -> datetime:
 
 class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
     debate_rounds: int = 1
+    risk_rounds: int = 1
+    """Rounds of the aggressive/conservative/neutral risk debate before the portfolio manager."""
     max_tokens: int | None = None
     max_cost_usd: float | None = None
     pipeline: str = "full"

@@ -122,6 +122,10 @@ class Keys:
     def market_cache(self, provider: str, symbol: str, day: str) -> str:
         return f"{self.prefix}cache:{provider}:{symbol}:{day}"
 
+    def memory(self, provider: str, symbol: str) -> str:
+        """Hash run id → a past call on ``symbol`` with ``provider``'s data (the desk's memory)."""
+        return f"{self.prefix}memory:{provider}:{symbol}"
+
     def eta(self, config: str) -> str:
         return f"{self.prefix}eta:{config}"
 

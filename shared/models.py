@@ -8,10 +8,12 @@ NAME of the environment variable holding an API key is ever stored, never the ke
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -37,6 +39,8 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     completion_usd_per_m: float = 0.0
     max_tokens: int = 1024
     json_mode: bool = True
+    tools: bool = True
+    """The endpoint takes OpenAI-style tools; false gives the analysts the evidence in the prompt."""
     timeout_s: float | None = None
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -92,3 +96,43 @@ def model_ids(extra_path: str | Path | None = None) -> tuple[str, ...]:
     """Every valid ``model_id``, the default first."""
     ids = sorted(load_registry(extra_path))
     return tuple(sorted(ids, key=lambda m: m != DEFAULT_MODEL_ID))
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PROBE_TIMEOUT_S = 0.3
+
+
+def missing_key(spec: ModelSpec, environ: Mapping[str, str] | None = None) -> str | None:
+    """Why ``spec`` cannot run with this environment's keys (None when it can): names the variable."""
+    if spec.provider == "openai" and spec.api_key_env and spec.api_key(environ) is None:
+        return f"needs the environment variable {spec.api_key_env}"
+    return None
+
+
+def _listening(url: str) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def unavailable(spec: ModelSpec, environ: Mapping[str, str] | None = None) -> str | None:
+    """Why a run naming ``spec`` would fail here, or None. A missing key is read from the
+    environment; a keyless endpoint on this machine (Ollama, vLLM) gets a TCP connect, since a
+    local server that is not running is the usual reason such a model fails (on loopback a refusal
+    is immediate, so the check is synchronous). Remote endpoints are not probed: reaching them is
+    the run's business, and /models must stay fast."""
+    reason = missing_key(spec, environ)
+    if reason or spec.provider != "openai" or spec.api_key_env:
+        return reason
+    if urlsplit(spec.base_url).hostname in LOOPBACK and not _listening(spec.base_url):
+        return f"nothing is listening at {spec.base_url}"
+    return None
+
+
+def available_ids(models: Mapping[str, ModelSpec]) -> list[str]:
+    """The ids a run may name here now, sorted."""
+    return sorted(m for m, spec in models.items() if unavailable(spec) is None)

@@ -40,6 +40,7 @@ from shared.results import (
     Debate,
     JsonOutput,
     MarketData,
+    RiskDebate,
     RunResult,
     StepOutput,
     TradeProposal,
@@ -394,12 +395,17 @@ def _describe(output: StepOutput | None) -> str:
     if output is None:
         return ""
     match output:
-        case MarketData(prices=prices, provider=provider, demo=demo):
-            return f"{len(prices.close)} daily bars from {provider}" + (" (demo data)" if demo else "")
+        case MarketData(prices=prices, provider=provider, demo=demo, listed=listed):
+            label = " (demo data)" if demo and listed else " (demo data, no real market)" if demo else ""
+            return f"{len(prices.close)} daily bars from {provider}{label}"
         case AnalystReport(summary=summary) | Debate(summary=summary):
             return summary
         case TradeProposal(action=action, entry=entry):
             return f"{action} at {entry:.2f}"
+        case RiskDebate(prevailing=prevailing, position_pct=size):
+            return f"the {prevailing} voice prevails" + (
+                f", position {size:.1f}%" if size is not None else ""
+            )
         case Assessment(decision=decision, rating=rating, confidence=confidence):
             return f"{decision} ({rating}, confidence {confidence:.0%})"
         case JsonOutput(value=value):

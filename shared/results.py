@@ -70,9 +70,19 @@ class MarketData(msgspec.Struct, frozen=True, kw_only=True, tag="data"):
     provider: str
     demo: bool
     prices: PriceSeries
+    listed: bool = True
+    """False when demo data was made up for a symbol with no real market behind it."""
     fundamentals: Fundamentals | None = None
     headlines: list[Headline] = []
     benchmark: PriceSeries | None = None
+
+
+class ToolUse(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool call an analyst made with a real model, and what it returned (kept as evidence)."""
+
+    name: str
+    arguments: str
+    result: str
 
 
 class AnalystReport(msgspec.Struct, frozen=True, kw_only=True, tag="analyst"):
@@ -84,6 +94,9 @@ class AnalystReport(msgspec.Struct, frozen=True, kw_only=True, tag="analyst"):
     summary: str
     report: str
     evidence: dict[str, float | str | None] = {}
+    tool_calls: list[ToolUse] = []
+    unsourced: list[str] = []
+    """Numbers a tool-using report cites that no tool result holds (shown, not trusted)."""
 
 
 class DebateTurn(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +109,26 @@ class Debate(msgspec.Struct, frozen=True, kw_only=True, tag="debate"):
     turns: list[DebateTurn]
     summary: str
     lean: Signal
+
+
+Stance = Literal["aggressive", "conservative", "neutral"]
+
+
+class RiskTurn(msgspec.Struct, frozen=True, kw_only=True):
+    stance: Stance
+    round: int
+    argument: str
+    position_pct: float | None = None
+    """The size this voice argues for (percent of the portfolio)."""
+
+
+class RiskDebate(msgspec.Struct, frozen=True, kw_only=True, tag="risk"):
+    """The risk team's debate over the trader's proposal, and the size it settles on."""
+
+    turns: list[RiskTurn]
+    summary: str
+    prevailing: Stance = "neutral"
+    position_pct: float | None = None
 
 
 class TradeProposal(msgspec.Struct, frozen=True, kw_only=True, tag="trader"):
@@ -114,6 +147,31 @@ class Assessment(msgspec.Struct, frozen=True, kw_only=True, tag="assessment"):
     horizon: str
     rationale: str
     key_risks: list[str]
+    price_target: float | None = None
+    horizon_days: int | None = None
+    """Calendar days the call is for (what an outcome is measured over)."""
+    position_pct: float | None = None
+    """The portfolio manager's final size, after the risk debate."""
+    memory: list[PastCall] = []
+    """The earlier calls on the symbol the portfolio manager was shown, with their outcomes."""
+
+
+class PastCall(msgspec.Struct, frozen=True, kw_only=True):
+    """An earlier decision on the same symbol and what the price did since (the desk's memory)."""
+
+    run_id: str
+    date: str
+    decision: Decision
+    rating: Rating
+    price: float
+    price_target: float | None = None
+    horizon_days: int = 91
+    realised_return: float | None = None
+    """Close at the horizon's end (or the latest close before it) over the decision's close."""
+    horizon_ended: bool = False
+    hit: bool | None = None
+    """Whether the price went the call's way; None while there is no later close."""
+    demo: bool = False
 
 
 class JsonOutput(msgspec.Struct, frozen=True, kw_only=True, tag="json"):
@@ -124,7 +182,7 @@ class JsonOutput(msgspec.Struct, frozen=True, kw_only=True, tag="json"):
     """The LangGraph task that produced it: a resumed graph run tells acknowledged nodes by it."""
 
 
-StepOutput = MarketData | AnalystReport | Debate | TradeProposal | Assessment | JsonOutput
+StepOutput = MarketData | AnalystReport | Debate | TradeProposal | RiskDebate | Assessment | JsonOutput
 
 
 class ChartData(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,3 +209,21 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     demo: bool = True
     last_close: float | None = None
     chart: ChartData | None = None
+    risk_debate: RiskDebate | None = None
+    price_target: float | None = None
+    horizon_days: int | None = None
+    position_pct: float | None = None
+    memory: list[PastCall] = []
+    data_note: str | None = None
+    """What the data is, said to the reader when it is not real market data (None when it is)."""
+
+
+NO_MARKET = "no real market: illustration only"
+
+
+def data_note(provider: str, demo: bool, listed: bool = True) -> str | None:
+    """The label every demo run carries, in the result, the page and the CLI."""
+    if not demo:
+        return None
+    note = f"Demo data: {provider} prices generated for illustration, not real market data"
+    return f"{note}; {NO_MARKET}." if not listed else f"{note}."

@@ -62,6 +62,9 @@ class Api:
         headers = {"idempotency-key": idempotency_key or uuid.uuid4().hex}
         return self._json("POST", f"{BASE}/runs", json=body, headers=headers)
 
+    def models(self) -> Json:
+        return self._json("GET", f"{BASE}/models")
+
     def run(self, run_id: str) -> Json:
         return self._json("GET", f"{BASE}/runs/{run_id}")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from services.cli.api import Api, ApiError, GatewayDown, pick
 from services.cli.cursors import Cursors
-from services.cli.display import Display, duration, render_result, render_runs
+from services.cli.display import Display, duration, render_models, render_result, render_runs
 from services.cli.present import markdown, resolve, run_url, self_command, usage_line
 from services.cli.settings import ClientSettings
 from services.cli.watch import Detached, RedisWatcher, SignalGuard, SseWatcher
@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     submit.add_argument("--model", default=None, help="model id (default: the gateway's, `offline`)")
     submit.add_argument("--debate-rounds", type=int, default=None)
+    submit.add_argument("--risk-rounds", type=int, default=None, help="risk debate rounds, 1-5")
     submit.add_argument("--follow", "-f", action="store_true", help="show live progress until it ends")
     submit.set_defaults(func=_client(cmd_submit))
     watch = sub.add_parser("watch", help="follow a run live, resuming where the last watch stopped")
@@ -70,6 +71,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = sub.add_parser("cancel", help="cancel a queued or running run")
     cancel.add_argument("run_id")
     cancel.set_defaults(func=_client(cmd_cancel))
+    models = sub.add_parser("models", help="the models a run may name, and which can run here")
+    models.set_defaults(func=_client(cmd_models))
 
 
 def _client(handler: Handler) -> Callable[[argparse.Namespace], int]:
@@ -93,6 +96,8 @@ def cmd_submit(ns: argparse.Namespace, settings: ClientSettings) -> int:
         body["modelId"] = ns.model
     if ns.debate_rounds is not None:
         body["debateRounds"] = ns.debate_rounds
+    if ns.risk_rounds is not None:
+        body["riskRounds"] = ns.risk_rounds
     if ns.budget is not None:
         body["maxCostUsd"] = ns.budget
     with Api(settings) as api:
@@ -105,6 +110,12 @@ def cmd_submit(ns: argparse.Namespace, settings: ClientSettings) -> int:
             print(f"follow it with: {self_command()} watch {run_id}")
             return EXIT_OK
         return _follow_sse(api, settings, run_id)
+
+
+def cmd_models(ns: argparse.Namespace, settings: ClientSettings) -> int:
+    with Api(settings) as api:
+        print(render_models(api.models().get("models", [])))
+    return 0
 
 
 def cmd_watch(ns: argparse.Namespace, settings: ClientSettings) -> int:

@@ -146,7 +146,13 @@ def _result_lines(result: Json) -> list[str]:
         f"confidence {confidence:.0%}, horizon {pick(result, 'horizon')}",
     ]
     if pick(result, "demo"):
-        lines.append(f"  Data: {pick(result, 'provider')} (DEMO DATA, not real market prices)")
+        note = pick(result, "data_note") or "not real market prices"
+        lines.append(f"  Data: {pick(result, 'provider')} (DEMO DATA) {note}")
+    if pick(result, "price_target") is not None:
+        lines.append(
+            f"  Price target: {pick(result, 'price_target')} within {pick(result, 'horizon_days')} days, "
+            f"position {pick(result, 'position_pct')}% of the portfolio"
+        )
     lines.extend(_wrapped("Rationale", str(pick(result, "rationale", ""))))
     for risk in pick(result, "key_risks", []) or []:
         lines.extend(_wrapped("Risk", str(risk)))
@@ -156,9 +162,29 @@ def _result_lines(result: Json) -> list[str]:
             f"  Trade: {trade.get('action')} at {trade.get('entry')}, stop {trade.get('stop')}, "
             f"target {trade.get('target')}, position {pick(trade, 'position_pct')}%"
         )
+    debate, risk = pick(result, "debate"), pick(result, "risk_debate")
+    if debate:
+        lines.extend(_wrapped(f"Debate (leans {debate.get('lean')})", str(debate.get("summary", ""))))
+    if risk:
+        lines.extend(
+            _wrapped(f"Risk debate ({risk.get('prevailing')} prevails)", str(risk.get("summary", "")))
+        )
+    for call in pick(result, "memory", []) or []:
+        lines.append(f"  Earlier: {_past(call)}")
     for report in pick(result, "reports", []) or []:
         lines.append(f"  [{report.get('signal', '?'):>7}] {report.get('title')}: {report.get('summary')}")
     return lines
+
+
+def _past(call: Json) -> str:
+    """An earlier call on the symbol and its outcome, ✓/✗ and the return."""
+    realised = pick(call, "realised_return")
+    head = f"{call.get('decision')} on {call.get('date')} at {call.get('price')}"
+    if realised is None:
+        return f"{head}: no later close yet"
+    mark = "✓" if call.get("hit") else "✗"
+    demo = " (demo data)" if call.get("demo") else ""
+    return f"{head}: {float(realised) * 100:+.1f}% {mark}{demo}"
 
 
 def _wrapped(label: str, text: str) -> list[str]:
@@ -181,4 +207,15 @@ def render_runs(runs: list[Json], *, iso: bool = False) -> str:
             f"{pick(run, 'run_id', ''):<36} {pick(run, 'symbol', ''):<8} {pick(run, 'status', ''):<10} "
             f"{pick(result, 'decision', '') or '':<8} {percent(run):>7.1f}% {cost:>8}  {when}"
         )
+    return "\n".join(rows)
+
+
+def render_models(models: list[Json]) -> str:
+    """The model registry as the gateway reports it; an unavailable model says why."""
+    rows = []
+    for model in models:
+        mark = "  " if pick(model, "available", True) else "✗ "
+        why = "" if pick(model, "available", True) else f"  (unavailable: {pick(model, 'reason')})"
+        default = " [default]" if pick(model, "default") else ""
+        rows.append(f"{mark}{pick(model, 'id', '')}: {pick(model, 'label', '')}{default}{why}")
     return "\n".join(rows)

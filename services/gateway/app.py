@@ -15,6 +15,7 @@ from services.gateway.metrics import RequestMetrics
 from services.gateway.runtime import Runtime, open_runtime
 from services.gateway.settings import GatewaySettings
 from services.gateway.submit import valid_pipelines
+from shared.models import available_ids
 
 API = "/api/trading"
 DECISION = "/api/trading/decision"
@@ -34,7 +35,7 @@ def is_event_stream(scope: MutableMapping[str, Any]) -> bool:
 
 
 def registry_in_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """``app.openapi`` with ``modelId`` and ``pipeline`` limited to what this gateway accepts.
+    """``app.openapi`` with ``modelId`` and ``pipeline`` limited to what this gateway accepts now.
 
     Both are configuration (``TT_MODELS``, ``TT_PIPELINES``), read when the app starts, so the
     request model cannot name them; ``submit`` enforces them and the published schema states them.
@@ -45,7 +46,8 @@ def registry_in_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
         runtime: Runtime | None = getattr(app.state, "runtime", None)
         if runtime is not None:
             properties = schema["components"]["schemas"]["RunRequest"]["properties"]
-            properties["modelId"]["enum"] = sorted(runtime.models)
+            # only the models that can run here: a submit naming another is refused (422)
+            properties["modelId"]["enum"] = available_ids(runtime.models)
             properties["pipeline"]["enum"] = valid_pipelines(runtime)
         return schema
 

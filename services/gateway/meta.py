@@ -17,6 +17,7 @@ from services.gateway.problems import Problem
 from services.gateway.runtime import Runtime, caller_of, runtime_of
 from services.gateway.schemas import SessionRequest
 from shared.catalog import ANALYSTS, pipelines
+from shared.models import unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def build_router() -> APIRouter:
 
     @router.get("/api/trading/models", tags=["catalog"], summary="Models a run may use")
     async def models(runtime: RuntimeDep) -> dict[str, Any]:
+        # the gateway's environment stands for the runners': deployments give both the same keys
         items = [
             {
                 "id": m.id,
@@ -62,8 +64,11 @@ def build_router() -> APIRouter:
                 "promptUsdPerM": m.prompt_usd_per_m,
                 "completionUsdPerM": m.completion_usd_per_m,
                 "default": m.id == "offline",
+                "available": reason is None,
+                "reason": reason,
             }
             for m in runtime.models.values()
+            for reason in [unavailable(m)]
         ]
         return {"models": sorted(items, key=lambda m: (not m["default"], m["id"]))}
 

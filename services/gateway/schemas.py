@@ -93,6 +93,9 @@ class RunRequest(BaseModel):
     model_id: str = Field("offline", alias="modelId", min_length=1, max_length=100)
     priority: Literal["normal", "high"] = "normal"
     debate_rounds: Annotated[int, Field(ge=0, le=5), Integral] = Field(1, alias="debateRounds")
+    risk_rounds: Annotated[int, Field(ge=1, le=5), Integral] = Field(
+        1, alias="riskRounds", description="Rounds of the aggressive/conservative/neutral risk debate"
+    )
     max_tokens: Annotated[int, Field(ge=1, le=10_000_000), Integral] | None = Field(None, alias="maxTokens")
     max_cost_usd: float | None = Field(None, alias="maxCostUsd", gt=0, le=1000, allow_inf_nan=False)
     pipeline: str = Field(

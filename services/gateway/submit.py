@@ -15,6 +15,7 @@ from services.gateway.schemas import RunRequest
 from shared.catalog import PIPELINE_FULL, PIPELINES, TRADING
 from shared.events import RunCancelled, RunOptions, RunRequested, WebhookSpec
 from shared.ids import is_run_id, new_run_id
+from shared.models import unavailable
 from shared.reducer import RunState
 from shared.store import Capped, Duplicate, Joined, RefusalReason, Refused, Submitted, Unreplicated
 from shared.telemetry import current_traceparent
@@ -50,6 +51,13 @@ def _check(runtime: Runtime, caller: Caller, body: RunRequest) -> None:
     _check_pipeline(runtime, body.pipeline)
 
 
+def _check_available(runtime: Runtime, model_id: str) -> None:
+    """A run naming a model that cannot run here is refused now, not accepted and then failed."""
+    reason = unavailable(runtime.models[model_id])
+    if reason is not None:
+        raise invalid("modelId", f"model {model_id!r} is not available here: {reason}", reason=reason)
+
+
 # -- pipelines registered with TT_PIPELINES ---------------------------------------------------------
 
 
@@ -77,6 +85,7 @@ def _event(caller: Caller, body: RunRequest, idem_key: str | None) -> RunRequest
     pipeline, variant = _pipeline_of(body)
     options = RunOptions(
         debate_rounds=body.debate_rounds,
+        risk_rounds=body.risk_rounds,
         max_tokens=body.max_tokens,
         max_cost_usd=body.max_cost_usd,
         pipeline=variant,
@@ -102,6 +111,7 @@ def _event(caller: Caller, body: RunRequest, idem_key: str | None) -> RunRequest
 async def submit_run(runtime: Runtime, caller: Caller, body: RunRequest, idem_key: str | None) -> Outcome:
     """Check what configuration decides, rate-limit, then append RunRequested (once per key)."""
     _check(runtime, caller, body)
+    _check_available(runtime, body.model_id)
     await runtime.limiter.hit(caller.user_id)
     event = _event(caller, body, idem_key)  # its traceparent is the request's server span
     trace.get_current_span().set_attribute("tickertape.run_id", event.run_id)

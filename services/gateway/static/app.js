@@ -53,8 +53,11 @@ async function loadCatalogue() {
 }
 
 function renderModels(models) {
-  $("#model").replaceChildren(...models.map((m) => h("option", { value: m.id, selected: m.default || m.id === "offline" },
-    m.name || m.label || m.id, m.available === false ? " (needs an API key)" : "")));
+  // a model that cannot run here stays listed, disabled, with the reason (e.g. the missing key variable)
+  $("#model").replaceChildren(...models.map((m) => h("option", {
+    value: m.id, selected: m.default || m.id === "offline", disabled: m.available === false,
+    title: m.reason || "", "data-available": String(m.available !== false),
+  }, m.name || m.label || m.id, m.available === false ? ` (unavailable: ${m.reason || "not configured here"})` : "")));
 }
 
 function renderAnalysts(analysts) {

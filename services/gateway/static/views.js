@@ -133,14 +133,18 @@ export function renderResult(state) {
         h("div", {}, h("dt", {}, "Confidence"), h("dd", {}, `${Math.round((r.confidence || 0) * 100)}%`),
           h("span", { class: "meter" }, h("i", { style: `width:${Math.round((r.confidence || 0) * 100)}%` }))),
         fact("Horizon", r.horizon),
+        r.priceTarget != null ? fact("Price target", num(r.priceTarget)) : null,
+        r.positionPct != null ? fact("Position", `${num(r.positionPct, 1)}%`) : null,
         r.lastClose ? fact("Last close", r.lastClose.toFixed(2)) : null,
         fact("Took", seconds(state.durationS)))),
-    r.demo ? h("p", { class: "demo", id: "demo-label" }, `Demo data: ${r.provider || "synthetic"} prices generated for illustration, not real market data.`) : null,
+    r.demo ? h("p", { class: "demo", id: "demo-label" }, r.dataNote || `Demo data: ${r.provider || "synthetic"} prices generated for illustration, not real market data.`) : null,
     chartBlock(r),
     h("h3", {}, "Why"), formatted(r.rationale),
     r.keyRisks?.length ? [h("h3", {}, "Key risks"), h("ul", { class: "risks" }, r.keyRisks.map((k) => h("li", {}, k)))] : null,
     r.trade ? tradeBlock(r.trade) : null,
     r.debate ? debateBlock(r.debate) : null,
+    r.riskDebate ? riskBlock(r.riskDebate) : null,
+    r.memory?.length ? [h("h3", {}, "Earlier calls on this symbol"), h("ul", { class: "memory", id: "memory" }, r.memory.map(pastCall))] : null,
     h("h3", {}, "Analyst reports"),
     (r.reports || []).map(reportBlock),
   ].flat(2).filter(Boolean));
@@ -192,11 +196,25 @@ function debateBlock(d) {
     h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.side === "bull" ? "Bull" : "Bear"} (round ${t.round}): `), t.argument))));
 }
 
+function pastCall(c) {
+  const outcome = c.realisedReturn == null ? "no later close yet"
+    : `${c.realisedReturn >= 0 ? "+" : ""}${(c.realisedReturn * 100).toFixed(1)}% ${c.horizonEnded ? "over its horizon" : "so far"} ${c.hit ? "✓" : "✗"}`;
+  return h("li", {}, `${c.decision} on ${c.date} at ${num(c.price)}: ${outcome}${c.demo ? " (demo data)" : ""}`);
+}
+
+function riskBlock(d) {
+  return h("details", { class: "report", id: "risk-debate" },
+    h("summary", {}, h("strong", {}, "Risk debate"), h("span", { class: "signal", "data-signal": "neutral" }, d.prevailing), h("span", { class: "muted" }, d.summary)),
+    h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.stance[0].toUpperCase()}${t.stance.slice(1)} (round ${t.round}): `), t.argument))));
+}
+
 function reportBlock(rep) {
   return h("details", { class: "report", "data-analyst": rep.analyst },
     h("summary", {}, h("strong", {}, rep.title), h("span", { class: "signal", "data-signal": rep.signal }, rep.signal),
       h("span", { class: "muted" }, rep.summary)),
-    h("div", { class: "body" }, formatted(rep.report)));
+    h("div", { class: "body" }, formatted(rep.summary && rep.report?.startsWith(rep.summary) ? rep.report.slice(rep.summary.length) : rep.report),
+      rep.toolCalls?.length ? h("p", { class: "muted tools" }, `Tools called: ${rep.toolCalls.map((t) => t.name).join(", ")}`) : null,
+      rep.unsourced?.length ? h("p", { class: "muted unsourced" }, `Numbers no tool returned: ${rep.unsourced.join(", ")}`) : null));
 }
 
 function num(v, digits = 2) {

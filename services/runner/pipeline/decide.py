@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from services.runner.pipeline import indicators as ind
-from services.runner.pipeline.evidence import signal_of
 from shared.results import AnalystReport, Assessment, Decision, MarketData, Rating, Signal, TradeProposal
 
 RATINGS: tuple[tuple[float, Rating], ...] = (
@@ -26,7 +25,10 @@ def composite(reports: Sequence[AnalystReport]) -> float:
 
 
 def lean(reports: Sequence[AnalystReport]) -> Signal:
-    return signal_of(composite(reports))
+    """The research manager's lean, on the rating's lines: a neutral lean beside a SELL read as a
+    contradiction, so both follow the same thresholds."""
+    decision = decision_of(rating_of(composite(reports)))
+    return "bullish" if decision == "BUY" else "bearish" if decision == "SELL" else "neutral"
 
 
 def rating_of(score: float) -> Rating:

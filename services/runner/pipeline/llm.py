@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 import msgspec
@@ -25,8 +26,15 @@ TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class Message(msgspec.Struct, frozen=True):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    """An assistant message's calls, as the server sent them (answered by ``tool`` messages)."""
+    tool_call_id: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The message as the chat-completions API takes it (absent fields left out, not null)."""
+        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
 
 
 class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,16 +45,30 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     facts: dict[str, Any] = {}
     max_tokens: int = 600
     json: bool = False
+    tools: list[dict[str, Any]] = []
+    """OpenAI-style function tools the model may call (real models only)."""
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: list[dict[str, Any]] = []
 
 
 class ChatModel(Protocol):
     async def complete(self, request: ChatRequest) -> Completion: ...
+
+
+TextSink = Callable[[str], Awaitable[None]]
+"""Receives the text written so far while a streamed answer arrives."""
+STREAM_EVERY_S = 0.25
+"""At most four partial-text reports a second: live enough to watch, few enough events."""
+
+
+@runtime_checkable
+class StreamingChat(Protocol):
+    async def stream(self, request: ChatRequest, sink: TextSink) -> Completion: ...
 
 
 def estimate_tokens(text: str) -> int:
@@ -61,6 +83,7 @@ class _Usage(msgspec.Struct):
 
 class _ChoiceMessage(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -146,15 +169,60 @@ class OpenAIChat:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
+    async def stream(self, request: ChatRequest, sink: TextSink) -> Completion:
+        """The answer streamed as server-sent chunks, the text so far passed to ``sink`` a few
+        times a second. Not retried once text has arrived: a retry would rewrite what was shown."""
+        body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        parts: list[str] = []
+        usage = _Usage()
+        last = 0.0
+        try:
+            async with self.http.stream(
+                "POST", self.url, json=body, headers=self._headers, timeout=self.timeout_s
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    return await self._fallback(request, response)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    await response.aread()  # a server that ignores "stream": one whole answer
+                    return self._completion(response, body)
+                async for chunk in _chunks(response.aiter_lines()):
+                    usage = chunk.usage or usage
+                    parts.extend(c.delta.content for c in chunk.choices if c.delta.content)
+                    if parts and time.monotonic() - last >= STREAM_EVERY_S:
+                        last = time.monotonic()
+                        await sink("".join(parts))
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            if parts:
+                raise PipelineError("llm_unavailable", f"stream broke: {exc}", transient=True) from exc
+            return await self.complete(request)
+        text = "".join(parts)
+        await sink(text)
+        prompt = usage.prompt_tokens or _prompt_estimate(body)
+        return Completion(
+            text=text,
+            prompt_tokens=prompt,
+            completion_tokens=usage.completion_tokens or estimate_tokens(text),
+        )
+
+    async def _fallback(self, request: ChatRequest, response: httpx.Response) -> Completion:
+        """A refused stream: transient statuses go through the retrying path, others raise."""
+        if response.status_code in TRANSIENT_STATUS:
+            return await self.complete(request)
+        self._raise_permanent(response)
+        raise AssertionError("unreachable")
+
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.spec.model,
-            "messages": [msgspec.structs.asdict(m) for m in request.messages],
+            "messages": [m.wire() for m in request.messages],
             "max_tokens": min(request.max_tokens, self.spec.max_tokens),
             "temperature": 0.2,
         }
         if request.json and self.spec.json_mode:
             body["response_format"] = {"type": "json_object"}
+        if request.tools:
+            body["tools"] = request.tools
         return body
 
     async def _post(self, body: dict[str, Any]) -> Completion:
@@ -188,11 +256,42 @@ class OpenAIChat:
             raise _Transient(f"unreadable response: {exc}") from exc
         if not parsed.choices:
             raise _Transient("response without choices")
-        text = parsed.choices[0].message.content or ""
+        message = parsed.choices[0].message
+        text = message.content or ""
         usage = parsed.usage
         prompt = usage.prompt_tokens if usage and usage.prompt_tokens else _prompt_estimate(body)
         completion = usage.completion_tokens if usage and usage.completion_tokens else estimate_tokens(text)
-        return Completion(text=text, prompt_tokens=prompt, completion_tokens=completion)
+        return Completion(
+            text=text, prompt_tokens=prompt, completion_tokens=completion, tool_calls=message.tool_calls or []
+        )
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _StreamChoice(msgspec.Struct):
+    delta: _Delta = msgspec.field(default_factory=_Delta)
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_StreamChoice] = []
+    usage: _Usage | None = None
+
+
+async def _chunks(lines: AsyncIterator[str]) -> AsyncIterator[_Chunk]:
+    """The ``data:`` lines of a chat-completions stream, decoded, until ``[DONE]``."""
+    decoder = msgspec.json.Decoder(_Chunk)
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            continue  # a keep-alive or vendor extra: not text
 
 
 def _prompt_estimate(body: dict[str, Any]) -> int:

@@ -11,7 +11,15 @@ import msgspec
 from opentelemetry import trace
 
 from services.runner.pipeline.base import PipelineError
-from services.runner.pipeline.llm import ChatModel, ChatRequest, Message, estimate_tokens
+from services.runner.pipeline.llm import (
+    ChatModel,
+    ChatRequest,
+    Completion,
+    Message,
+    StreamingChat,
+    TextSink,
+    estimate_tokens,
+)
 from shared.models import ModelSpec
 from shared.results import Usage
 
@@ -69,8 +77,12 @@ class MeteredModel:
         self.spec, self.model, self.budget = spec, model, budget
         self._tracer = tracer or trace.get_tracer("tickertape.pipeline")
 
-    async def text(self, request: ChatRequest) -> str:
-        """The model's answer as text."""
+    async def text(self, request: ChatRequest, sink: TextSink | None = None) -> str:
+        """The model's answer as text; streamed into ``sink`` when the model can stream."""
+        return (await self.complete(request, sink)).text.strip()
+
+    async def complete(self, request: ChatRequest, sink: TextSink | None = None) -> Completion:
+        """One metered call, tool calls and all."""
         max_tokens = min(request.max_tokens, self.spec.max_tokens)
         prompt = sum(estimate_tokens(m.content) for m in request.messages)
         self.budget.check(prompt, max_tokens)
@@ -78,7 +90,10 @@ class MeteredModel:
             span.set_attribute("llm.model", self.spec.id)
             span.set_attribute("llm.provider", self.spec.provider)
             span.set_attribute("llm.task", request.task)
-            completion = await self.model.complete(request)
+            if sink is not None and isinstance(self.model, StreamingChat) and not request.tools:
+                completion = await self.model.stream(request, sink)
+            else:
+                completion = await self.model.complete(request)
             span.set_attribute("llm.prompt_tokens", completion.prompt_tokens)
             span.set_attribute("llm.completion_tokens", completion.completion_tokens)
         cost = self.spec.cost_usd(completion.prompt_tokens, completion.completion_tokens)
@@ -90,7 +105,7 @@ class MeteredModel:
                 cost_usd=round(cost, 6),
             )
         )
-        return completion.text.strip()
+        return completion
 
     async def structured(self, request: ChatRequest, kind: type[T], check: Check[T] | None = None) -> T:
         """The model's JSON answer validated into ``kind``; a malformed answer is re-asked once.

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from services.runner.pipeline import notes
 from services.runner.pipeline.llm import ChatRequest, Completion, estimate_tokens
 
 
@@ -15,42 +16,29 @@ def _side(weight: float) -> str:
 
 def _analyst(facts: dict[str, Any]) -> str:
     findings: list[list[Any]] = facts["findings"]
-    ranked = sorted(findings, key=lambda f: abs(f[1]), reverse=True)
-    lead = f"{facts['signal'].capitalize()} on {facts['symbol']} (score {facts['score']:+.2f})"
-    lead += f": {'; '.join(f[0] for f in ranked[:2])}." if ranked else "."
-    lines = [lead, "", f"The {facts['name'].lower()} weighed {len(findings)} finding(s):"]
-    lines += [f"- {text} — {_side(weight)} the stock ({weight:+.2f})." for text, weight in findings]
+    # the lead is the strongest finding pointing the signal's way, never one against it
+    sign = {"bullish": 1, "bearish": -1}.get(facts["signal"], 0)
+    ranked = sorted(findings, key=lambda f: f[1] * sign if sign else abs(f[1]), reverse=True)
+    name, signal = facts["name"], facts["signal"]
+    lead = f"{signal.capitalize()} on {facts['symbol']} (score {facts['score']:+.2f})"
+    if ranked and ranked[0][1]:
+        lead += f", led by {ranked[0][0]}."
+    else:  # nothing leans either way: say what was (not) found, so no two analysts open alike
+        lead += f": {ranked[0][0]}." if ranked else f": the {name.lower()} found nothing to weigh."
+    count = len(findings)
+    lines = [lead, "", f"The {name.lower()} weighed {count} finding{'' if count == 1 else 's'}:"]
+    lines += [
+        f"- {text[0].upper()}{text[1:]}: {_side(weight)} the stock ({weight:+.2f})."
+        for text, weight in findings
+    ]
     pro, con = sum(1 for f in findings if f[1] > 0), sum(1 for f in findings if f[1] < 0)
-    lines += ["", f"{pro} for, {con} against: on balance the view is {facts['signal']}."]
+    lines += [
+        "",
+        f"With {pro} for and {con} against, the {name.lower()} reads {facts['symbol']} as {signal}.",
+    ]
     if facts.get("demo"):
-        lines.append("Note: computed from synthetic demo data, not real market data.")
+        lines.append(f"The {name.lower()}'s numbers come from synthetic demo data, not real market data.")
     return "\n".join(lines)
-
-
-def _debate(facts: dict[str, Any]) -> str:
-    side, pts = facts["side"], facts["points"]
-    case = (
-        "; ".join(pts)
-        if pts
-        else "no analyst finding leans this way, so the case rests on the other side's weak spots"
-    )
-    text = f"Round {facts['round']}, {side}: {case}."
-    if facts.get("rebut"):
-        text += f" The {'bear' if side == 'bull' else 'bull'} side overlooks this evidence."
-    return text
-
-
-def _join(points: list[str]) -> str:
-    return "; ".join(p.rstrip(".") for p in points) or "little"
-
-
-def _manager(facts: dict[str, Any]) -> str:
-    bull, bear = facts["bull"], facts["bear"]
-    return (
-        f"After {facts['rounds']} round(s) on {facts['symbol']}, the bull case rests on "
-        f"{_join(bull[:2])}; the bear case on {_join(bear[:2])}. "
-        f"The composite analyst score is {facts['score']:+.2f}, so the desk leans {facts['lean']}."
-    )
 
 
 def write(request: ChatRequest) -> str:
@@ -61,8 +49,10 @@ def write(request: ChatRequest) -> str:
     if request.task.startswith("analyst:"):
         return _analyst(facts)
     if request.task == "debate:manager":
-        return _manager(facts)
-    return _debate(facts)
+        return notes.manager(facts)
+    if request.task.startswith("risk:"):
+        return notes.risk_turn(facts)
+    return notes.debate_turn(facts)
 
 
 class OfflineModel:

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
+from services.runner.pipeline import notes
+from services.runner.pipeline.desk import Point, round_points
 from services.runner.pipeline.evidence import Evidence
 from services.runner.pipeline.llm import ChatRequest, Message
-from shared.results import AnalystReport, Assessment, Debate, DebateTurn, TradeProposal
+from shared.results import (
+    AnalystReport,
+    Assessment,
+    Debate,
+    DebateTurn,
+    PastCall,
+    RiskDebate,
+    RiskTurn,
+    TradeProposal,
+)
 
 RULES = (
     "Use only the numbers given to you and cite them; do not invent data. "
@@ -51,23 +63,35 @@ def analyst(name: str, symbol: str, evidence: Evidence, demo: bool) -> ChatReque
     )
 
 
-def points(reports: Sequence[AnalystReport], bullish: bool) -> list[str]:
-    """The strongest views on one side (the risk analyst always counts for the bear)."""
-    chosen = sorted(reports, key=lambda r: r.score, reverse=bullish)
-    picked = [r for r in chosen if (r.score > 0 if bullish else r.score < 0 or r.analyst == "risk")]
-    return [f"{r.analyst} analyst, {r.summary}" for r in picked[:3]]
-
-
 def debate_turn(
-    side: str, round_: int, symbol: str, reports: Sequence[AnalystReport], rebut: str, demo: bool
+    side: str,
+    round_: int,
+    symbol: str,
+    sides: tuple[list[Point], list[Point]],
+    turns: Sequence[DebateTurn],
+    demo: bool,
 ) -> ChatRequest:
-    own = points(reports, bullish=side == "bull")
+    """One researcher's turn: its side's new points this round, answering the other's last one."""
+    own_all, theirs_all = sides if side == "bull" else sides[::-1]
+    own = round_points(own_all, round_)
+    rebut = turns[-1].argument if turns else ""
+    answer = _last_point(theirs_all, round_ if side == "bull" else round_ + 1)
     user = (
-        f"Round {round_}: argue the {side} case on {symbol} from these analyst findings: {_json(own)}. "
-        + (f"Answer the other side's last argument: {rebut!r}. " if rebut else "")
-        + "At most five sentences."
+        f"Round {round_}: argue the {side} case on {symbol}. Your side's findings (analyst, finding "
+        f"citing its numbers, weight): {_json(own or own_all[:2])}. Cite the numbers by name. "
+        + (f"First answer the other side's last argument point by point: {rebut!r}. " if rebut else "")
+        + "Do not repeat earlier sentences. At most five sentences."
     )
-    facts = {"side": side, "round": round_, "symbol": symbol, "points": own, "rebut": rebut}
+    facts = {
+        "side": side,
+        "round": round_,
+        "symbol": symbol,
+        "points": own,
+        "any": bool(own_all),
+        "answer": answer if rebut else None,
+        "strongest": own_all[0] if own_all else None,
+        "said": [t.argument for t in turns],
+    }
     role = "the bull researcher" if side == "bull" else "the bear researcher"
     return ChatRequest(
         task=f"debate:{side}",
@@ -77,12 +101,18 @@ def debate_turn(
     )
 
 
+def _last_point(points: list[Point], round_: int) -> Point | None:
+    """The newest point the other side has made before this turn (its last round's last one)."""
+    made = points[: max(0, (round_ - 1) * 2)]
+    return made[-1] if made else (points[0] if points else None)
+
+
 def manager(
     symbol: str,
     turns: Sequence[DebateTurn],
     score: float,
     lean: str,
-    reports: Sequence[AnalystReport],
+    sides: tuple[list[Point], list[Point]],
     demo: bool,
 ) -> ChatRequest:
     transcript = "\n".join(f"[{t.side} r{t.round}] {t.argument}" for t in turns)
@@ -96,8 +126,8 @@ def manager(
         "score": score,
         "lean": lean,
         "rounds": max((t.round for t in turns), default=0),
-        "bull": points(reports, bullish=True),
-        "bear": points(reports, bullish=False),
+        "bull": sides[0],
+        "bear": sides[1],
     }
     return ChatRequest(
         task="debate:manager",
@@ -107,6 +137,60 @@ def manager(
     )
 
 
+STANCE_BRIEF = {
+    "aggressive": "argue for taking more risk where the upside evidence supports it",
+    "conservative": "argue for protecting the portfolio: smaller size, the measured downside first",
+    "neutral": "weigh both and argue for the balanced size",
+}
+
+
+def risk_turn(context: RiskContext, stance: str, round_: int, turns: Sequence[RiskTurn]) -> ChatRequest:
+    """One risk voice's turn over the trader's proposal, answering the previous voice."""
+    trade, last = context.trade, turns[-1] if turns else None
+    facts: dict[str, Any] = {
+        "stance": stance,
+        "round": round_,
+        "symbol": context.symbol,
+        "action": trade.action,
+        "size": context.sizes[stance],
+        "trader_size": trade.position_pct,
+        "stop_distance": abs(trade.entry - trade.stop) / trade.entry * 100 if trade.entry else 0.0,
+        "risk": context.risk,
+        "bull": context.sides[0],
+        "bear": context.sides[1],
+        "said": [t.argument for t in turns],
+    }
+    if last is not None:
+        prior = {**facts, "stance": last.stance, "round": last.round}
+        facts["answer"] = {"stance": last.stance, "claim": notes.claim_of(prior)}
+    user = (
+        f"Round {round_} of the risk debate on {context.symbol}: {STANCE_BRIEF[stance]}. "
+        f"Trader's proposal: {_json(trade)}. Measured risk: {_json(context.risk)}. "
+        f"Research manager: {context.summary}. Argue for a position of {facts['size']:.1f}% of the "
+        "portfolio, citing the numbers by name. "
+        + (f"First answer the {last.stance} voice: {last.argument!r}. " if last else "")
+        + "Do not repeat earlier sentences. At most four sentences."
+    )
+    return ChatRequest(
+        task=f"risk:{stance}",
+        messages=[_system(f"the {stance} risk analyst", context.demo), Message("user", user)],
+        facts=facts,
+        max_tokens=350,
+    )
+
+
+class RiskContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What every risk voice sees: the proposal, the measured risk, the sides' points."""
+
+    symbol: str
+    trade: TradeProposal
+    risk: dict[str, float]
+    sides: tuple[list[Point], list[Point]]
+    sizes: dict[str, float]
+    summary: str
+    demo: bool
+
+
 TRADE_SHAPE = (
     '{"action": "BUY|SELL|HOLD", "entry": number, "stop": number, "target": number|null, '
     '"position_pct": number 0-100, "rationale": string}'
@@ -114,7 +198,8 @@ TRADE_SHAPE = (
 ASSESSMENT_SHAPE = (
     '{"decision": "BUY|SELL|HOLD", "rating": "Buy|Overweight|Hold|Underweight|Sell", '
     '"confidence": number 0-1, '
-    '"horizon": string, "rationale": string, "key_risks": [string, ...]}'
+    '"horizon": string, "rationale": string, "key_risks": [string, ...], '
+    '"price_target": number, "horizon_days": integer, "position_pct": number 0-100}'
 )
 
 
@@ -133,26 +218,39 @@ def trader(symbol: str, reference: TradeProposal, debate: Debate | None, demo: b
     )
 
 
-def final(
-    symbol: str,
-    reference: Assessment,
-    reports: Sequence[AnalystReport],
-    trade: TradeProposal | None,
-    demo: bool,
-) -> ChatRequest:
-    summaries = {r.analyst: f"{r.signal} {r.score:+.2f}: {r.summary}" for r in reports}
+def final(symbol: str, reference: Assessment, view: DeskView, demo: bool) -> ChatRequest:
+    """The portfolio manager: decides with the reports, both debates and the proposal in view."""
+    summaries = {r.analyst: f"{r.signal} {r.score:+.2f}: {r.summary}" for r in view.reports}
+    debate = f"{view.debate.summary} (lean {view.debate.lean})" if view.debate else "(none)"
+    risk = "\n".join(f"[{t.stance} r{t.round}] {t.argument}" for t in view.risk.turns) if view.risk else ""
     user = (
-        f"Give the final assessment of {symbol}. Answer with only one JSON object shaped {ASSESSMENT_SHAPE}. "
-        f"Analysts: {_json(summaries)}. Trader: {_json(trade) if trade else '(none)'}. "
+        f"Give the final assessment of {symbol} as the portfolio manager. Answer with only one JSON "
+        f"object shaped {ASSESSMENT_SHAPE}. If your decision differs from the research debate's "
+        "lean, say why in the rationale. "
+        f"Analysts: {_json(summaries)}. Research debate: {debate}. "
+        f"Trader: {_json(view.trade) if view.trade else '(none)'}. "
+        f"Risk debate: {risk or '(none)'} Risk verdict: {view.risk.summary if view.risk else '(none)'}. "
+        f"Your earlier calls on {symbol} and their outcomes: {_json(view.past) if view.past else '(none)'}; "
+        "say in the rationale how they changed your view. "
         f"Quantitative reference from the evidence: {_json(reference)}."
     )
     return ChatRequest(
         task="final_assessment",
         messages=[_system("the portfolio manager", demo), Message("user", user)],
         facts={"reference": msgspec.to_builtins(reference)},
-        max_tokens=600,
+        max_tokens=700,
         json=True,
     )
+
+
+class DeskView(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything before the portfolio manager."""
+
+    reports: list[AnalystReport]
+    debate: Debate | None
+    trade: TradeProposal | None
+    risk: RiskDebate | None
+    past: list[PastCall] = []
 
 
 def check_trade(proposal: TradeProposal) -> str | None:

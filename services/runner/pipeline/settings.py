@@ -29,6 +29,8 @@ class PipelineSettings:
     llm_backoff_max_s: float = 20.0
     market_cache_ttl_s: int = 36 * 3600
     data_rate_per_s: float = 2.0
+    max_tool_calls: int = 4
+    """Tool calls an analyst may make with a real model before it must write its report."""
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> PipelineSettings:
@@ -50,6 +52,7 @@ class PipelineSettings:
             llm_backoff_max_s=env.number("LLM_BACKOFF_MAX_S", 20.0, minimum=0.0),
             market_cache_ttl_s=env.integer("MARKET_CACHE_TTL_S", 36 * 3600, minimum=1),
             data_rate_per_s=env.number("DATA_RATE_PER_S", 2.0, minimum=0.01),
+            max_tool_calls=env.integer("MAX_TOOL_CALLS", 4, minimum=0),
         )
         if settings.data_provider not in DATA_PROVIDERS:
             raise ConfigError(f"TT_DATA_PROVIDER must be one of {', '.join(DATA_PROVIDERS)}")

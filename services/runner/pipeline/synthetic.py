@@ -20,6 +20,14 @@ BENCHMARK_SYMBOL = "SYNTH-INDEX"
 # (daily drift, daily volatility) per regime, and the chance a regime lasts another day.
 REGIMES = ((0.0007, 0.009), (-0.0009, 0.017), (0.0001, 0.006))
 STAY = 0.985
+# Symbols the demo stands in for: large US listings a user is likely to try. Any other symbol
+# still gets deterministic numbers, but is labelled as having no real market behind it.
+KNOWN_SYMBOLS = frozenset(
+    "AAPL ABBV ABT ACN ADBE AMD AMGN AMZN AVGO AXP BA BAC BKNG BLK BRK.B C CAT COST CRM CSCO CVX "
+    "DIS GE GOOG GOOGL GS HD HON IBM INTC INTU JNJ JPM KO LIN LLY LMT MA MCD META MMM MRK MS MSFT "
+    "NFLX NKE NVDA ORCL PEP PFE PG PLTR PYPL QCOM SBUX SPY QQQ T TMO TSLA TXN UBER UNH UNP UPS V "
+    "VZ WFC WMT XOM".split()
+)
 
 GOOD_NEWS = (
     "{name} beats quarterly earnings expectations",
@@ -156,6 +164,7 @@ def generate(symbol: str, start: date, end: date) -> MarketData:
         symbol=symbol,
         provider="synthetic",
         demo=True,
+        listed=symbol.upper() in KNOWN_SYMBOLS,
         prices=prices,
         fundamentals=fundamentals(symbol),
         headlines=headlines(symbol, prices),

@@ -96,6 +96,8 @@ class ChatServer:
         self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
         self.port = 0
         self.delay_s = 0.0
+        self.chunk_delay_s = 0.0
+        """Between streamed chunks (a test then sees the text arrive in several progress reports)."""
         """Each answer waits this long (a test's kill can then land while a call is in flight)."""
 
     @property
@@ -118,6 +120,8 @@ class ChatServer:
         match behaviour:
             case Status(code, headers):
                 await self._send(send, code, {"error": {"message": "scripted"}}, headers)
+            case Reply(content) if body.get("stream"):
+                await self._stream(send, content)
             case Reply(content):
                 answer = {
                     "choices": [{"message": {"role": "assistant", "content": content}}],
@@ -127,6 +131,18 @@ class ChatServer:
             case Slow(seconds):
                 await self._hold(receive, seconds)
                 await self._send(send, 200, {"choices": [{"message": {"content": "late"}}]})
+
+    async def _stream(self, send: Send, content: str) -> None:
+        """Server-sent chunks, a word each, ``chunk_delay_s`` apart, then usage and [DONE]."""
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        words = content.split(" ")
+        for index, word in enumerate(words):
+            delta = {"choices": [{"delta": {"content": word + (" " if index < len(words) - 1 else "")}}]}
+            await send({"type": "http.response.body", "body": _event(delta), "more_body": True})
+            await asyncio.sleep(self.chunk_delay_s)
+        tail = _event({"choices": [], "usage": self.usage}) + b"data: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": tail})
 
     async def _hold(self, receive: Receive, seconds: float) -> None:
         try:
@@ -158,6 +174,10 @@ class ChatServer:
             }
         )
         await send({"type": "http.response.body", "body": raw})
+
+
+def _event(doc: object) -> bytes:
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
 def free_port() -> int:

@@ -86,13 +86,15 @@ async def test_whole_pipeline_runs_through_the_server(
     assert result is not None
     assert result.decision == ASSESSMENT["decision"] and result.rating == ASSESSMENT["rating"]
     assert result.reports[0].summary == "Model summary line citing the numbers."
-    assert reporter.usage.calls == len(chat.requests) == 11
-    assert reporter.usage.prompt_tokens == 1100 and reporter.usage.completion_tokens == 220
-    assert reporter.usage.cost_usd == pytest.approx(11 * (100 * 1.0 + 20 * 2.0) / 1e6)
+    # each analyst: two tool calls then its report (3 for each of 6); debate 3, trader, risk debate 3, manager
+    assert reporter.usage.calls == len(chat.requests) == 18 + 3 + 1 + 3 + 1
+    assert reporter.usage.prompt_tokens == 2600 and reporter.usage.completion_tokens == 520
+    assert reporter.usage.cost_usd == pytest.approx(26 * (100 * 1.0 + 20 * 2.0) / 1e6)
     assert {h["authorization"] for h in chat.headers} == {"Bearer sk-test-secret"}
     assert {r["model"] for r in chat.requests} == {"test-model"}
     assert sum(1 for r in chat.requests if "response_format" in r) == 2
-    assert "rsi14" in chat.requests[0]["messages"][-1]["content"]  # the model is given the evidence
+    tool_results = [m["content"] for m in chat.requests[2]["messages"] if m["role"] == "tool"]
+    assert "rsi14" in tool_results[0]  # the market analyst read its numbers from its tool
 
 
 async def test_429_then_success_honours_retry_after(http: httpx.AsyncClient, chat: ChatServer) -> None:

@@ -45,7 +45,8 @@ async def test_synthetic_run_completes_with_reports_citing_numbers(
     data = reporter.outputs()["data_collection"]
     assert isinstance(data, MarketData) and len(data.prices.close) >= 252 and data.demo
     assert result.chart is not None and result.chart.close[-1] == result.last_close == data.prices.close[-1]
-    assert reporter.usage.calls == 6 + 3 + 2  # analysts, debate (bull, bear, manager), trader, final
+    # analysts, debate (bull, bear, manager), trader, risk debate (three voices), portfolio manager
+    assert reporter.usage.calls == 6 + 3 + 1 + 3 + 1
     assert reporter.usage.prompt_tokens > 0 and reporter.usage.cost_usd == 0.0
 
 

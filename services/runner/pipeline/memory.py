@@ -1,0 +1,93 @@
+"""The desk's memory: each finished call on a symbol, and what the price did after it.
+
+A completed run records its call in a Redis hash per (provider, symbol), keyed by run id, so a
+retried or resumed run records it once. The next run on the symbol recalls the last few calls
+made before it and scores each against its own data (the same provider): the close at the
+horizon's end (or the latest close before it) over the close at the decision. Demo data gives
+demo outcomes, labelled as such. The hash is a cache of decisions, not the record of them: the
+runs' event streams stay the truth, and losing the hash only loses the context.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from datetime import date, datetime, timedelta
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.keys import Keys
+from shared.results import Assessment, MarketData, PastCall
+
+logger = logging.getLogger(__name__)
+
+RECALL = 3
+"""Past calls shown to the portfolio manager (TradingAgents' reflection looks at a few)."""
+HOLD_BAND = 0.05
+"""A HOLD was right when the price moved less than this either way."""
+_decoder = msgspec.json.Decoder(PastCall)
+
+
+def score(call: PastCall, data: MarketData) -> PastCall:
+    """``call`` with its outcome measured on ``data`` (unchanged when no close follows it)."""
+    dates = data.prices.dates
+    ends = (date.fromisoformat(call.date) + timedelta(days=call.horizon_days)).isoformat()
+    last = bisect.bisect_right(dates, ends) - 1
+    if last < 0 or dates[last] <= call.date:
+        return call
+    realised = data.prices.close[last] / call.price - 1
+    hit = (
+        realised > 0
+        if call.decision == "BUY"
+        else realised < 0
+        if call.decision == "SELL"
+        else abs(realised) < HOLD_BAND
+    )
+    return msgspec.structs.replace(
+        call,
+        realised_return=round(realised, 4),
+        horizon_ended=dates[-1] >= ends,
+        hit=hit,
+        demo=data.demo,
+    )
+
+
+async def recall(redis: Redis, keys: Keys, data: MarketData, run_id: str, at: datetime) -> list[PastCall]:
+    """The last few calls on the symbol made before ``at``, scored; none if Redis cannot say."""
+    try:
+        stored = await redis.hgetall(keys.memory(data.provider, data.symbol))
+    except RedisError as exc:
+        logger.warning("desk memory unavailable", extra={"symbol": data.symbol, "error": str(exc)})
+        return []
+    calls = []
+    for raw in stored.values():
+        try:
+            call = _decoder.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            continue
+        if call.run_id != run_id and call.date < at.date().isoformat():
+            calls.append(call)
+    calls.sort(key=lambda c: (c.date, c.run_id))
+    return [score(c, data) for c in calls[-RECALL:]]
+
+
+async def remember(
+    redis: Redis, keys: Keys, data: MarketData, run_id: str, at: datetime, call: Assessment
+) -> None:
+    """Record this run's call for the runs after it (best effort: a lost entry loses context only)."""
+    past = PastCall(
+        run_id=run_id,
+        date=at.date().isoformat(),
+        decision=call.decision,
+        rating=call.rating,
+        price=data.prices.close[-1],
+        price_target=call.price_target,
+        horizon_days=call.horizon_days or 91,
+        demo=data.demo,
+    )
+    try:
+        await redis.hset(keys.memory(data.provider, data.symbol), run_id, msgspec.json.encode(past))
+    except RedisError as exc:
+        logger.warning("desk memory not recorded", extra={"symbol": data.symbol, "error": str(exc)})
