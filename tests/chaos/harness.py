@@ -187,5 +187,6 @@ class Cluster:
 
 
 async def post_run(http: httpx.AsyncClient, symbol: str = "AAPL", **extra: Any) -> httpx.Response:
-    body = {"symbol": symbol, "analysts": ["market", "risk"], **extra}
+    # every submit here is a new run: an identical live one is not to be joined
+    body = {"symbol": symbol, "analysts": ["market", "risk"], "join": False, **extra}
     return await http.post("/api/trading/runs", json=body)

@@ -10,7 +10,7 @@ import httpx
 from shared.redis_server import RedisServer, free_port
 from tests.chaos.harness import Cluster, record
 
-BODY = {"symbol": "AAPL", "analysts": ["market"], "pipeline": "noop"}
+BODY = {"symbol": "AAPL", "analysts": ["market"], "pipeline": "noop", "join": False}
 
 
 def _status(url: str) -> int:

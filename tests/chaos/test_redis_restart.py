@@ -26,7 +26,7 @@ from shared.redis_server import RedisServer, free_port
 from tests.chaos.harness import Cluster, record
 from tests.projector.support import db_states, log_head, wait_caught_up
 
-BODY = {"symbol": "AAPL", "analysts": ["market", "risk"]}
+BODY = {"symbol": "AAPL", "analysts": ["market", "risk"], "join": False}  # each submit a new run
 LOSS_WINDOW_S = 1.0
 RECONCILE = {"TT_RECONCILE_INTERVAL_S": "0.5", "TT_RECONCILE_GRACE_S": "8"}
 """The projector's reconciliation, fast: a lost run is acted on 8 s after its last event (a

@@ -28,7 +28,7 @@ from shared.store import EventStore
 from tests.chaos.harness import Cluster, record
 from tests.chaos.sentinels import SentinelSet, sentinel_command
 
-BODY = {"symbol": "AAPL", "analysts": ["market", "risk"]}
+BODY = {"symbol": "AAPL", "analysts": ["market", "risk"], "join": False}  # each submit a new run
 ACCEPT_AGAIN_BOUND_S = 30.0
 LAG_S = 1.0
 

@@ -45,7 +45,7 @@ async def _trimmed_run(cluster: Cluster) -> tuple[str, str]:
     past the client's position, then the run ends. Returns (run id, the client's last ID)."""
     async with httpx.AsyncClient(base_url=cluster.gateways[0].url, timeout=10) as http:
         response = await http.post(
-            "/api/trading/runs", json={"symbol": "AAPL", "analysts": ["market", "risk"]}
+            "/api/trading/runs", json={"symbol": "AAPL", "analysts": ["market", "risk"], "join": False}
         )
     run_id = response.json()["runId"]
     runner = Runner(cluster.store)

@@ -21,7 +21,7 @@ def test_capacity_tool_measures_one_run() -> None:
     )
     doc = json.loads(out.stdout)
     steps = doc["steps"]
-    assert steps == 5  # data, one analyst, debate, trader, final
+    assert steps == 6  # data, one analyst, debate, trader, risk debate, portfolio manager
     # requested + started + (started, progress..., completed) per step + completed
     assert doc["events"] >= 2 + 3 * steps + 1
     assert doc["run_stream_bytes"] >= doc["encoded_bytes"] > 0
