@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,15 @@ def store(redis: Redis, keys: Keys) -> EventStore:
 @pytest.fixture
 def runner(store: EventStore) -> Runner:
     return Runner(store)
+
+
+@pytest.fixture
+def no_gc_during_parsing() -> Iterator[None]:
+    """hypothesis ast.parse()s its lambdas; a collection that runs finalizers in the middle trips
+    CPython 3.11's AST recursion check ("recursion depth mismatch"). Collect first, then pause."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -7,7 +7,6 @@ additional properties) a body breaking just that constraint is a 422 problem nam
 
 from __future__ import annotations
 
-import gc
 import re
 import uuid
 from collections.abc import Iterator
@@ -44,17 +43,6 @@ def gateway_process(redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 def published(gateway_process: ServiceProcess) -> dict[str, Any]:
     doc: dict[str, Any] = httpx.get(f"{gateway_process.url}/openapi.json", timeout=10).json()
     return doc
-
-
-@pytest.fixture
-def no_gc_during_parsing() -> Iterator[None]:
-    """As in test_fuzz.py: hypothesis parses its lambdas; a collection mid-parse trips CPython 3.11."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.usefixtures("no_gc_during_parsing")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,18 +49,6 @@ def _unavailable_by_design(path: str, response: Any) -> bool:
         return True
     kind = str(response.json().get("type", ""))
     return kind.endswith("/read-model-unavailable") and "Retry-After" in response.headers
-
-
-@pytest.fixture
-def no_gc_during_parsing() -> Iterator[None]:
-    """hypothesis ast.parse()s its lambdas; a collection that runs finalizers in the middle trips
-    CPython 3.11's AST recursion check ("recursion depth mismatch"). Collect first, then pause."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.usefixtures("no_gc_during_parsing")
