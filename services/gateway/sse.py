@@ -43,11 +43,11 @@ async def stream_events(
     cursor = _resume_point(after, last_event_id)
     if not is_run_id(run_id):
         raise not_found(run_id)
-    known = runtime.hub.owner(run_id)  # followed here already: no Redis round trip per client
-    if known:
-        if not caller.may_read(known):
-            raise not_found(run_id)
-        return EventStream(Follow(runtime, run_id, cursor, None, known))
+    known = runtime.hub.owner(run_id)  # followed here already: its owner needs no lookup
+    if known and not caller.may_read(known):
+        raise not_found(run_id)
+    # Even for a followed run, whether the stream was trimmed past this client's position is
+    # asked of Redis (one shared round trip for a burst of clients): the hub only knows its tail.
     first = await runtime.lookups.run(run_id, lambda: runtime.store.read(run_id, count=1))
     reset: RunState | None = None
     if not first:
@@ -58,7 +58,7 @@ async def stream_events(
     else:
         first_id, first_event = first[0]
         whole = isinstance(first_event, RunRequested)
-        owner = first_event.user_id if isinstance(first_event, RunRequested) else ""
+        owner = known or (first_event.user_id if isinstance(first_event, RunRequested) else "")
         owner = owner or await runtime.store.owner(run_id)
         if not caller.may_read(owner):
             raise not_found(run_id)

@@ -176,6 +176,30 @@ async def test_every_client_of_a_trimmed_run_gets_a_reset_also_while_the_hub_fol
         assert log.events[0] == "reset" and log.ids == retained
 
 
+async def test_a_client_joining_a_followed_run_trimmed_meanwhile_gets_a_reset(
+    http: httpx.AsyncClient, runner: Runner, redis: Redis, keys: Keys
+) -> None:
+    """The hub follows the run's tail, so it cannot know a trim behind it: a new client's position
+    is checked against the stream itself (before the fix this client got a silent tail)."""
+    run_id = (await http.post(RUNS, json=BODY, headers=auth("alice"))).json()["runId"]
+    await runner.start(run_id)
+    await runner.step(run_id, "data_collection", 0)
+    await listed(http, "alice", 1)
+    async with contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(
+            http.stream("GET", f"{RUNS}/{run_id}/events", headers=auth("alice"))
+        )
+        await read_sse(first, SseLog(), stop_after=2)  # the hub now follows the run
+        await redis.xtrim(keys.run(run_id), maxlen=2, approximate=False)  # RunRequested is gone
+        second = await stack.enter_async_context(
+            http.stream("GET", f"{RUNS}/{run_id}/events", headers=auth("alice"))
+        )
+        log = SseLog()
+        await read_sse(second, log, stop_after=2)
+    retained = stream_ids(await redis.xrange(keys.run(run_id)))
+    assert log.events[0] == "reset" and log.ids == retained
+
+
 async def test_with_every_projector_down_runs_work_from_their_streams_and_history_is_503(
     start_gateway: GatewayFactory, runner: Runner
 ) -> None:
