@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.store import ScriptCall, evalsha_pipelined
+from shared.scripts import ScriptCall, evalsha_pipelined
 
 Waiting = tuple[ScriptCall, "asyncio.Future[Any]"]
 

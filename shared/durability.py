@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 if TYPE_CHECKING:
-    from shared.store import ScriptCall
+    from shared.scripts import ScriptCall
 
 
 class ReplicaWait:

@@ -6,6 +6,13 @@ What each script guarantees is written in ``shared.store``'s module docstring; `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
+
 APPEND = """
 local phase = redis.call('HGET', KEYS[3], 'phase')
 if not phase then return {'refused', 'unknown'} end
@@ -153,3 +160,43 @@ return {'ok', id}
 """End a run Redis no longer knows (its meta hash is gone: lost in a failover): its events (the
 rebuilt request, if any, then the terminal event) go to a new run stream and the global log, and
 an ``ended`` meta hash is written, all in one step; refused when the meta hash exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One EVALSHA: the script's SHA1 and source (loaded again if Redis lost it), keys, args."""
+
+    sha: str
+    source: str
+    keys: Sequence[str]
+    args: Sequence[bytes | str | int]
+
+
+async def evalsha_pipelined(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Send the calls in one round trip (one pipeline; a single call without one). A script
+    Redis no longer has (restart, SCRIPT FLUSH) is loaded and the calls it refused, which did
+    not run, are sent again. Replies in order; an error reply is returned as its exception."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _ in range(2):
+        if len(todo) == 1:
+            call = calls[todo[0]]
+            try:
+                results: list[Any] = [await redis.evalsha(call.sha, len(call.keys), *call.keys, *call.args)]
+            except ResponseError as exc:
+                results = [exc]
+        else:
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    call = calls[i]
+                    pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
+                results = await pipe.execute(raise_on_error=False)
+        for i, result in zip(todo, results, strict=True):
+            replies[i] = result
+        missing = [i for i, r in zip(todo, results, strict=True) if isinstance(r, NoScriptError)]
+        if not missing:
+            break
+        for source in {calls[i].source for i in missing}:
+            await redis.script_load(source)
+        todo = missing
+    return replies

@@ -20,7 +20,6 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
 
 from shared.durability import ReplicaWait
 from shared.events import (
@@ -40,7 +39,7 @@ from shared.events import (
 )
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, Keys
 from shared.reducer import RunState, fold
-from shared.scripts import APPEND, APPEND_ALL, END_LOST, SUBMIT
+from shared.scripts import APPEND, APPEND_ALL, END_LOST, SUBMIT, ScriptCall, evalsha_pipelined
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +78,6 @@ class Refused(StoreError):
         self.run_id = run_id
         self.appended = list(appended)
         """``append_batch``: IDs of the run's events appended before the refused one."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptCall:
-    """One EVALSHA: the script's SHA1 and source (loaded again if Redis lost it), keys, args."""
-
-    sha: str
-    source: str
-    keys: Sequence[str]
-    args: Sequence[bytes | str | int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,36 +395,6 @@ class EventStore:
             self.skipped += 1
             logger.warning("skipped malformed entry %s: %s", entry_id, exc)
         return None
-
-
-async def evalsha_pipelined(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
-    """Send the calls in one round trip (one pipeline; a single call without one). A script
-    Redis no longer has (restart, SCRIPT FLUSH) is loaded and the calls it refused, which did
-    not run, are sent again. Replies in order; an error reply is returned as its exception."""
-    replies: list[Any] = [None] * len(calls)
-    todo = list(range(len(calls)))
-    for _ in range(2):
-        if len(todo) == 1:
-            call = calls[todo[0]]
-            try:
-                results: list[Any] = [await redis.evalsha(call.sha, len(call.keys), *call.keys, *call.args)]
-            except ResponseError as exc:
-                results = [exc]
-        else:
-            async with redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    call = calls[i]
-                    pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
-                results = await pipe.execute(raise_on_error=False)
-        for i, result in zip(todo, results, strict=True):
-            replies[i] = result
-        missing = [i for i, r in zip(todo, results, strict=True) if isinstance(r, NoScriptError)]
-        if not missing:
-            break
-        for source in {calls[i].source for i in missing}:
-            await redis.script_load(source)
-        todo = missing
-    return replies
 
 
 def entry_run_id(fields: dict[bytes | str, bytes | str]) -> str:

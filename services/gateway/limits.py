@@ -7,7 +7,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.problems import Problem
 from shared.keys import Keys
-from shared.store import ScriptCall, SubmitSender
+from shared.scripts import ScriptCall
+from shared.store import SubmitSender
 
 STREAM_RETRY_AFTER_S = 5
 

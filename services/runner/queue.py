@@ -25,7 +25,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared.keys import RUNNERS_GROUP, Keys
-from shared.store import ScriptCall, entry_run_id, evalsha_pipelined
+from shared.scripts import ScriptCall, evalsha_pipelined
+from shared.store import entry_run_id
 
 logger = logging.getLogger(__name__)
 

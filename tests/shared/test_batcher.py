@@ -15,7 +15,8 @@ from shared.ids import new_run_id
 from shared.keys import Keys
 from shared.redis_io import connect
 from shared.redis_server import free_port
-from shared.store import Capped, EventStore, ScriptCall, Submitted
+from shared.scripts import ScriptCall
+from shared.store import Capped, EventStore, Submitted
 
 ECHO = "return ARGV[1]"
 FAIL_ON_BAD = "if ARGV[1] == 'bad' then return redis.error_reply('bad argument') end return ARGV[1]"
