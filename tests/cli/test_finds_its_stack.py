@@ -6,24 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from services.cli.settings import DEFAULT_API_URL, ClientSettings
 from shared.config import Env
-from tests.cli.test_up import Up, up_env
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
-    launcher = Up(up_env(tmp_path / "state"))
-    try:
-        launcher.wait_for("Tickertape is up")
-        yield launcher
-    finally:
-        launcher.stop()
+from tests.cli.test_up import Up
 
 
 def cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

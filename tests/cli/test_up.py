@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -124,16 +123,6 @@ class Up:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
-    launcher = Up(up_env(tmp_path / "state"))
-    try:
-        launcher.wait_for("Tickertape is up")
-        yield launcher
-    finally:
-        launcher.stop()
 
 
 def test_up_serves_a_run_and_sigterm_stops_everything_with_no_orphan(up: Up, tmp_path: Path) -> None:
