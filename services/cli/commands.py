@@ -11,7 +11,7 @@ from typing import Any
 from services.cli.api import Api, ApiError, GatewayDown, pick
 from services.cli.cursors import Cursors
 from services.cli.display import Display, duration, render_models, render_result, render_runs
-from services.cli.present import markdown, resolve, run_url, self_command, usage_line
+from services.cli.present import markdown, resolve, run_url, self_command, step_usage, usage_line
 from services.cli.settings import ClientSettings
 from services.cli.watch import Detached, RedisWatcher, SignalGuard, SseWatcher
 from shared.config import DEFAULT_REDIS_URL, Env, RedisTarget, sentinel_from_env
@@ -179,9 +179,10 @@ def cmd_show(ns: argparse.Namespace, settings: ClientSettings) -> int:
     print(f"  open: {run_url(settings.api_url, run_id)}")
     steps = pick(state, "steps", []) or []
     for step in steps:
-        took = pick(step, "duration_s")
+        took, spent = pick(step, "duration_s"), step_usage(step)
         label = step.get("label", step.get("name"))
-        print(f"  {step.get('status', ''):<10} {label}" + (f" ({duration(took)})" if took else ""))
+        line = f"  {step.get('status', ''):<10} {label}" + (f" ({duration(took)})" if took else "")
+        print(line + (f"  {spent}" if spent else ""))
     return EXIT_OK
 
 
