@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     runs.add_argument(
         "--iso", action="store_true", help="exact ISO times (for scripts) instead of '2 min ago'"
     )
+    runs.add_argument(
+        "--archived", action="store_true", help="the older runs moved out of the history to the archive"
+    )
     runs.set_defaults(func=_client(cmd_runs))
     show = sub.add_parser("show", help="one run's status and result (export with --format md|json)")
     show.add_argument("run_id", help="a run id, or a unique start (or the page's 6-character end) of one")
@@ -158,9 +161,9 @@ def _watching(guard: SignalGuard, display: Display, run_id: str, follow: Callabl
 
 def cmd_runs(ns: argparse.Namespace, settings: ClientSettings) -> int:
     with Api(settings) as api:
-        page = api.runs(ns.symbol, ns.status, ns.limit)
+        page = api.runs(ns.symbol, ns.status, ns.limit, archived=ns.archived)
     runs = page.get("runs", page.get("items", []))
-    print(render_runs(runs, iso=ns.iso) if runs else "no runs")
+    print(render_runs(runs, iso=ns.iso) if runs else "no archived runs" if ns.archived else "no runs")
     return EXIT_OK
 
 
