@@ -109,6 +109,8 @@ async def test_a_later_run_s_memory_gives_the_earlier_run_its_outcome_in_the_lis
             "realisedReturn": -0.031, "correct": True, "horizonDays": 30, "demo": True,
         }  # fmt: skip
         assert outcome["horizonEnded"] is True and items[0]["demo"] is True
+        usage_keys = {"calls", "promptTokens", "completionTokens", "costUsd"}
+        assert set(items[0]["usage"]) == set(items[0]["steps"][0]["usage"]) == usage_keys
         again = await http.get(
             f"{RUNS}/{earlier}", headers={**auth("alice"), "If-None-Match": before.headers["etag"]}
         )
