@@ -68,7 +68,7 @@ def test_runs_shows_outcomes_demo_and_cost_and_show_gives_each_step_s_usage(
     earlier = stack.submit("NVDA", ("market",))
     stack.wait_status(earlier, {"completed"})
     _as_if_made_weeks_ago(stack, earlier, "NVDA")
-    later = stack.submit("NVDA", ("market",))
+    later = stack.submit("NVDA", ("market",), maxCostUsd=2.0)
     stack.wait_status(later, {"completed"})
 
     row = until(lambda: _row(tickertape(env, "runs", "--symbol", "NVDA").stdout, earlier, "%"))
@@ -83,11 +83,11 @@ def test_runs_shows_outcomes_demo_and_cost_and_show_gives_each_step_s_usage(
     shown = tickertape(env, "show", later)
     steps = [line for line in shown.stdout.splitlines() if line.startswith("  completed")]
     assert steps and all(" call" in line and "tokens · $" in line for line in steps[1:]), shown.stdout
-    assert "LLM call" in shown.stdout
+    assert "LLM call" in shown.stdout and "of $2.00 budget" in shown.stdout
     watched = tickertape(env, "watch", later).stdout.splitlines()  # a first watch replays the run
     completed = [line.split("\t") for line in watched if "\tStepCompleted\t" in line]
     assert completed and all("tokens · $" in fields[-1] for fields in completed[1:]), watched
-    assert any("LLM call" in line for line in watched)
+    assert any("LLM call" in line and "of $2.00 budget" in line for line in watched)
 
 
 def _listing(table: str, run_id: str) -> str | None:
