@@ -69,9 +69,17 @@ class Api:
         return self._json("GET", f"{BASE}/runs/{run_id}")
 
     def runs(
-        self, symbol: str | None = None, status: str | None = None, limit: int = 20, cursor: str | None = None
+        self,
+        symbol: str | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        *,
+        archived: bool = False,
     ) -> Json:
         params: dict[str, str | int] = {"limit": limit}
+        if archived:
+            params["archived"] = "true"
         if cursor:
             params["cursor"] = cursor
         if symbol:
