@@ -122,9 +122,10 @@ class Keys:
     def market_cache(self, provider: str, symbol: str, day: str) -> str:
         return f"{self.prefix}cache:{provider}:{symbol}:{day}"
 
-    def memory(self, provider: str, symbol: str) -> str:
-        """Hash run id → a past call on ``symbol`` with ``provider``'s data (the desk's memory)."""
-        return f"{self.prefix}memory:{provider}:{symbol}"
+    def memory(self, user_id: str, provider: str, symbol: str) -> str:
+        """Hash run id → ``user_id``'s past call on ``symbol`` with ``provider``'s data (the desk's
+        memory). Per user: a run never learns another user's decisions."""
+        return f"{self.prefix}memory:{user_id}:{provider}:{symbol}"
 
     def eta(self, config: str) -> str:
         return f"{self.prefix}eta:{config}"
