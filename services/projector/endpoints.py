@@ -134,7 +134,7 @@ def _endpoint(user_id: str, entry: Any, allow: AllowList, label: str) -> Endpoin
     try:
         check_url(url, allow)
     except UnsafeTarget as exc:
-        raise ConfigError(f"{label}: url {url!r}: {exc}") from None
+        raise ConfigError(f"{label}: url: {exc}") from None  # a URL may hold a token: not repeated
     name = entry.get("name", hashlib.sha256(url.encode()).hexdigest()[:12])
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"{label}: name must be 1-40 of a-z 0-9 - (starting with a letter or digit)")

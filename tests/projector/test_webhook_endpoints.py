@@ -176,7 +176,7 @@ async def test_a_410_disables_the_operator_endpoint_for_later_runs_and_a_new_url
     ("config", "names"),
     [
         ('{"alice": [{"url": "https://h.example/", "secret": "nope-but-secret"}]}', "endpoint 1"),
-        ('{"alice": [{"url": "ftp://h.example/", "secret": "%s"}]}', "url 'ftp://h.example/'"),
+        ('{"alice": [{"url": "ftp://h.example/", "secret": "%s"}]}', "url: a webhook URL is https"),
         ('{"alice": [{"url": "http://10.0.0.1/", "secret": "%s"}]}', "must be https"),
         ('{"alice": [{"url": "https://h.example/", "secret": "%s", "events": ["run.done"]}]}', "'run.done'"),
         ('{"alice": [{"url": "https://h.example/", "secret": "%s", "name": "Bad Name"}]}', "name must"),
