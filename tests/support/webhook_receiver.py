@@ -4,7 +4,8 @@
 
 ``SECRETS_JSON`` maps a request path to its ``whsec_…`` secret; it is read on every request, so a
 test may add secrets it learns later (a path without one yet is answered 503: try again). Every
-request is one JSON line in ``LOG_JSONL``: ``{"path", "id", "type", "runId", "verified", "code"}``.
+request is one JSON line in ``LOG_JSONL``: ``{"path", "id", "type", "runId", "verified", "code"}``
+(``verified`` null: no secret for the path yet, not checked).
 A signature that does not verify is answered 400. ``--refuse-first`` answers 503 the first time
 this process sees a ``webhook-id``, so every delivery is retried once, under the same id.
 """
@@ -32,9 +33,10 @@ class Receiver(ThreadingHTTPServer):
 
     def answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         secret = json.loads(self.secrets.read_text()).get(path) if self.secrets.exists() else None
-        line: dict[str, Any] = {"path": path, "id": headers.get("webhook-id"), "verified": False}
+        line: dict[str, Any] = {"path": path, "id": headers.get("webhook-id"), "verified": None}
         if secret is None:
             return 503, line
+        line["verified"] = False
         try:
             payload = standardwebhooks.Webhook(secret).verify(body, headers)
         except standardwebhooks.webhooks.WebhookVerificationError:
