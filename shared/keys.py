@@ -109,6 +109,12 @@ class Keys:
         """A hash: one delivery's run, URL, signed body and attempt count."""
         return f"{self.prefix}webhook:{delivery_id}"
 
+    @property
+    def webhook_endpoints_disabled(self) -> str:
+        """A hash: ``<user>/<endpoint name>`` → the URL of an operator endpoint that answered 410
+        (no more deliveries to that URL until the operator changes it or deletes the field)."""
+        return f"{self.prefix}webhooks:disabled"
+
     def active(self, user_id: str) -> str:
         return f"{self.prefix}active:{user_id}"
 

@@ -79,6 +79,8 @@ class DeliveryState(msgspec.Struct, kw_only=True):
 
     webhook_id: str
     event_type: str
+    endpoint: str | None = None
+    """The operator endpoint's name; None: the run's own webhook."""
     status: str = "retrying"
     attempts: int = 0
     status_code: int | None = None
@@ -250,7 +252,7 @@ def _requested(s: RunState, e: RunRequested) -> None:
 def _webhook_attempted(s: RunState, e: WebhookAttempted) -> None:
     found = next((d for d in s.deliveries if d.webhook_id == e.webhook_id), None)
     if found is None:
-        found = DeliveryState(webhook_id=e.webhook_id, event_type=e.event_type)
+        found = DeliveryState(webhook_id=e.webhook_id, event_type=e.event_type, endpoint=e.endpoint)
         s.deliveries = [*s.deliveries, found]
     found.status, found.attempts, found.status_code = e.outcome, max(found.attempts, e.attempt), e.status_code
     found.error, found.last_attempt_at, found.next_attempt_at = e.error, e.at, e.next_attempt_at

@@ -105,9 +105,11 @@ def cmd_submit(ns: argparse.Namespace, settings: ClientSettings) -> int:
         body["maxCostUsd"] = ns.budget
     with Api(settings) as api:
         accepted = api.submit(body)
-        run_id = str(pick(accepted, "run_id"))
-        joined = " — already running, joined it" if pick(accepted, "joined") else ""
-        print(f"submitted {ns.symbol}: run {run_id} ({pick(accepted, 'status')}){joined}")
+        run_id, status = str(pick(accepted, "run_id")), pick(accepted, "status")
+        if pick(accepted, "joined"):
+            print(f"{ns.symbol}: already running — showing that run: run {run_id} ({status})")
+        else:
+            print(f"submitted {ns.symbol}: run {run_id} ({status})")
         print(f"open: {run_url(settings.api_url, run_id)}")
         if not ns.follow:
             print(f"follow it with: {self_command()} watch {run_id}")
