@@ -13,13 +13,15 @@ from shared.reducer import RunState
 from shared.results import Outcome
 
 
-def observed(event: RunCompleted) -> list[tuple[str, Outcome]]:
-    """(earlier run id, its outcome) for each scored call in the completed run's memory."""
+def observed(event: RunCompleted, user_id: str) -> list[tuple[str, str, Outcome]]:
+    """(earlier run id, the measuring run's user, the outcome) for each scored call in the
+    completed run's memory."""
     if event.result is None:
         return []
     return [
         (
             call.run_id,
+            user_id,
             Outcome(
                 realised_return=call.realised_return,
                 correct=call.hit,
@@ -34,13 +36,16 @@ def observed(event: RunCompleted) -> list[tuple[str, Outcome]]:
     ]
 
 
-def record(state: RunState, outcome: Outcome) -> bool:
-    """Record ``outcome`` on a finished run's ``state``; whether it changed.
+def record(state: RunState, outcome: Outcome, by_user: str) -> bool:
+    """Record ``outcome``, measured by a run of ``by_user``, on a finished run's ``state``; whether
+    it changed.
 
-    The latest observation wins (a later run has seen more closes), except that one measured
-    before the horizon ended never replaces one measured after it.
+    Only a run of the same user measures a call (the desk's memory is per user; a pipeline's
+    result naming another user's run id changes nothing). The latest observation wins (a later
+    run has seen more closes), except that one measured before the horizon ended never replaces
+    one measured after it.
     """
-    if state.status != "completed" or state.outcome == outcome:
+    if state.status != "completed" or state.user_id != by_user or state.outcome == outcome:
         return False
     if state.outcome is not None and state.outcome.horizon_ended and not outcome.horizon_ended:
         return False

@@ -46,8 +46,9 @@ class BatchOutcome:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-Observed = list[tuple[str, Outcome]]
-"""(earlier run id, its outcome) as the runs completed in a batch measured them, in log order."""
+Observed = list[tuple[str, str, Outcome]]
+"""(earlier run id, the measuring run's user, its outcome) as the runs completed in a batch
+measured them, in log order."""
 ROW_TABLES = ("runs", "runs_archive")
 """Where a run's row may be: an outcome may arrive after the run's row was archived."""
 
@@ -105,17 +106,17 @@ class Projection:
             ends = event if type(event) is RunCompleted and state.status not in TERMINAL else None
             apply_mut(state, event, source_id)
             if ends is not None:
-                observed += outcomes.observed(ends)
+                observed += outcomes.observed(ends, state.user_id)
         return states, observed
 
     async def _observe(self, dirty: dict[str, RunState], observed: Observed) -> dict[str, RunState]:
         """Record each outcome on its run: in ``dirty`` when the batch touched the run, else in a
         copy of its stored state, returned to be written back to the row it came from."""
-        stored = await self._stored([r for r, _ in observed if r not in dirty])
+        stored = await self._stored([r for r, _, _ in observed if r not in dirty])
         updated: dict[str, RunState] = {}
-        for run_id, measured in observed:
+        for run_id, by_user, measured in observed:
             state = dirty.get(run_id) or stored.get(run_id)
-            if state is not None and outcomes.record(state, measured) and run_id not in dirty:
+            if state is not None and outcomes.record(state, measured, by_user) and run_id not in dirty:
                 updated[run_id] = state
         return updated
 

@@ -40,10 +40,12 @@ def result(*memory: PastCall) -> RunResult:
     )  # fmt: skip
 
 
-async def write_run(store: EventStore, *memory: PastCall, ending: str = "completed") -> str:
-    """A run on AAPL; completed with a result whose memory is ``memory``."""
+async def write_run(
+    store: EventStore, *memory: PastCall, ending: str = "completed", user: str = "alice"
+) -> str:
+    """A run of ``user`` on AAPL; completed with a result whose memory is ``memory``."""
     run_id = new_run_id()
-    events: list[AnyEvent] = plan(run_id, ending)
+    events: list[AnyEvent] = plan(run_id, ending, user=user)
     if ending == "completed":
         events[-1] = RunCompleted(run_id=run_id, duration_s=1.0, result=result(*memory))
     for event in events:
@@ -105,5 +107,25 @@ async def test_an_outcome_reaches_a_run_already_archived(
         archived = db_states(service.settings.db_path, "runs_archive")[past]
         assert archived.outcome is not None and archived.outcome.realised_return == 0.07
         assert not archived.outcome.demo and past not in db_states(service.settings.db_path)
+    finally:
+        await service.stop()
+
+
+async def test_a_run_of_another_user_never_records_an_outcome(
+    redis: Redis, keys: Keys, make_settings: MakeSettings
+) -> None:
+    store = EventStore(redis, keys)
+    settings = make_settings()
+    service = ProjectorService(settings)
+    await service.start()
+    try:
+        alices = await write_run(store)
+        await write_run(store, measured(alices, -0.3), user="mallory")  # e.g. a custom pipeline's result
+        await until_caught_up(service, redis, keys.events)
+        assert db_states(settings.db_path)[alices].outcome is None
+        await write_run(store, measured(alices, 0.02))
+        await until_caught_up(service, redis, keys.events)
+        outcome = db_states(settings.db_path)[alices].outcome
+        assert outcome is not None and outcome.realised_return == 0.02
     finally:
         await service.stop()
