@@ -77,7 +77,7 @@ def test_a_share_link_shows_the_run_live_alone_and_stops_when_revoked(
         owner.locator("#share-list li button", has_text="Revoke").click()
         expect(owner.locator("#share-list li")).to_have_count(0)
         banner = viewer.locator("#shared-banner")
-        expect(banner).to_contain_text("revoked")
+        expect(banner).to_have_text("The owner revoked this share link. The page no longer updates.")
         expect(viewer.locator("#run")).to_be_hidden()
         expect(viewer.locator("#connection")).to_be_hidden()
         shoot(viewer, "viewer-revoked")

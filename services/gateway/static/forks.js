@@ -6,7 +6,7 @@ import { diffHash } from "./diff.js";
 
 const STATUS_WORDS = { pending: "queued", running: "running", completed: "completed", failed: "failed", timeout: "timed out", cancelled: "cancelled" };
 const MAX_DEPTH = 10; // ancestors followed up to the root; a longer chain is shown from there
-const PAGES = 3; // the family is found in the ticker's newest runs (100 a page)
+const PAGES = 6; // the family is found among the ticker's runs made since its root (50 a page)
 
 const family = { key: null };
 
@@ -14,7 +14,7 @@ const family = { key: null };
 export function syncForks(client, state) {
   $("#fork-open").hidden = !isTerminal(state);
   if ($("#fork-panel").dataset.runId !== state.runId) closeFork();
-  const key = `${state.runId}:${state.status}`;
+  const key = `${state.runId}:${isTerminal(state)}`; // again when it ends: its node's decision
   if (family.key === key) return;
   family.key = key;
   loadFamily(client, state, key);
@@ -23,7 +23,7 @@ export function syncForks(client, state) {
 async function loadFamily(client, state, key) {
   try {
     const root = await rootOf(client, state);
-    const runs = await symbolRuns(client, state.symbol);
+    const runs = await symbolRuns(client, state.symbol, root.createdAt);
     if (family.key !== key) return;
     renderFamily(state, root, runs);
   } catch (err) {
@@ -44,14 +44,16 @@ async function rootOf(client, state) {
   return node;
 }
 
-async function symbolRuns(client, symbol) {
+/** The ticker's runs, newest first, back to `since`: a fork is always younger than its root. */
+async function symbolRuns(client, symbol, since) {
   const runs = [];
   let cursor;
   for (let page = 0; page < PAGES; page += 1) {
-    const found = await client.list({ symbol, limit: 100, cursor });
+    const found = await client.list({ symbol, limit: 50, cursor });
     runs.push(...found.runs);
     cursor = found.nextCursor;
-    if (!cursor) break;
+    const oldest = found.runs[found.runs.length - 1]?.createdAt;
+    if (!cursor || (since && oldest && oldest <= since)) break;
   }
   return runs;
 }
