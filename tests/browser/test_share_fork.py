@@ -3,6 +3,7 @@ tree, and two runs side by side from their diff."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import httpx
@@ -12,6 +13,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from tests.browser.conftest import DESKTOP, PHONE, Shoot
 from tests.browser.test_ui import open_page, start_run, wait_percent
 from tests.e2e.stack import Stack
+from tests.support.jwts import SUPABASE_SECRET, supabase_token
 
 pytestmark = pytest.mark.browser
 
@@ -168,3 +170,38 @@ def test_a_comparison_of_two_runs_links_to_their_diff(
     page.click("#compare-close")
     expect(page.locator("#compare")).to_be_hidden()
     shoot(page, "diff-closed", sizes=False)
+
+
+@pytest.fixture(scope="module")
+def signed_stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Sign-in required: the share link's page must work without it."""
+    with Stack(
+        redis_url,
+        tmp_path_factory.mktemp("signed-stack"),
+        step_delay_s=1.2,
+        TT_AUTH="jwt",
+        TT_JWT_SECRET=SUPABASE_SECRET,
+        TT_JWT_AUDIENCE="authenticated",
+    ) as running:
+        yield running
+
+
+def test_a_share_link_needs_no_sign_in_where_the_page_does(
+    browser: Browser, signed_stack: Stack, shoot: Shoot
+) -> None:
+    owner = {"Authorization": f"Bearer {supabase_token('0a2c7e1f-share-owner', ttl_s=600)}"}
+    body = {"symbol": "INTU", "analysts": ["market", "fundamentals", "risk"], "join": False}
+    with httpx.Client(base_url=signed_stack.api, headers=owner, timeout=10.0) as api:
+        run_id = api.post("/runs", json=body).json()["runId"]
+        made = api.post(f"/runs/{run_id}/shares", json={}).json()
+    stranger = browser.new_context(viewport=DESKTOP)
+    try:
+        page = stranger.new_page()
+        page.goto(f"{signed_stack.url}{made['pageUrl']}")
+        expect(page.locator(f"#run[data-run-id='{run_id}']")).to_be_visible()
+        page.wait_for_function("(window.tickertape.attachment?.received?.length ?? 0) > 1")  # SSE
+        shoot(page, "stranger")
+        page.goto(f"{signed_stack.url}/#INTU")  # the app itself still asks this browser to sign in
+        expect(page.locator("#sign-in")).to_be_visible()
+    finally:
+        stranger.close()
