@@ -96,6 +96,29 @@ def finished(stack: Stack, symbol: str, analysts: tuple[str, ...] = ("market",))
     return run_id
 
 
+def test_the_share_panel_lists_links_with_their_expiry_and_fits_a_phone(
+    context: BrowserContext, stack: Stack, shoot: Shoot
+) -> None:
+    run_id = finished(stack, "SNPS")
+    page = context.new_page()
+    page.set_viewport_size(PHONE)
+    page.goto(f"{stack.url}/#/runs/{run_id}")
+    expect(page.locator(f"#run[data-run-id='{run_id}'][data-status='completed']")).to_be_visible()
+    page.click("#share-open")
+    page.select_option("#share-expiry", "")  # until revoked
+    page.click("#share-create")
+    expect(page.locator("#share-list li")).to_have_count(1)
+    expect(page.locator("#share-list li")).to_contain_text("no expiry")
+    expect(page.locator("#share-copied")).to_contain_text("Works until you revoke it")
+    page.select_option("#share-expiry", "604800")
+    page.click("#share-create")
+    expect(page.locator("#share-list li")).to_have_count(2)
+    page.locator("#share-panel").scroll_into_view_if_needed()
+    shoot(page, "share-panel")
+    page.click("#share-open")  # closes it
+    expect(page.locator("#share-panel")).to_be_hidden()
+
+
 def fork_from_page(page: Page, step: str, debate_rounds: str) -> None:
     page.click("#fork-open")
     form = page.locator("#fork-form")
