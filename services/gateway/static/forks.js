@@ -15,9 +15,17 @@ export function syncForks(client, state) {
   $("#fork-open").hidden = !isTerminal(state);
   if ($("#fork-panel").dataset.runId !== state.runId) closeFork();
   const key = `${state.runId}:${isTerminal(state)}`; // again when it ends: its node's decision
-  if (family.key === key) return;
+  if (family.key === key) return touchNode(state);
   family.key = key;
   loadFamily(client, state, key);
+}
+
+/** The run on the card moves between loads of its family: its own node follows it. */
+function touchNode(state) {
+  const pill = document.querySelector(`#fork-tree li[data-run-id="${CSS.escape(state.runId)}"] > .fork-node .status-pill`);
+  if (!pill || pill.dataset.status === state.status) return;
+  pill.dataset.status = state.status;
+  pill.textContent = STATUS_WORDS[state.status] || state.status;
 }
 
 async function loadFamily(client, state, key) {
