@@ -43,8 +43,9 @@ def cmd_share(ns: argparse.Namespace, settings: ClientSettings) -> int:
         if ns.revoke:
             return _revoke(api, run_id, ns.revoke)
         made = api.share(run_id, ns.expires)
-    link, expires = absolute(settings.api_url, made), made.get("expiresAt")
+    link, expires = absolute(settings.api_url, made, "pageUrl"), made.get("expiresAt")
     print(link)
+    print(f"api (JSON, for scripts): {absolute(settings.api_url, made, 'url')}")
     until = f"until {expires}" if expires else "until revoked"
     print(f"read-only, {until}: whoever has the link sees this run")
     print(f"revoke with: {self_command()} unshare {link}")
@@ -63,8 +64,8 @@ def _revoke(api: Api, run_id: str, share_id: str) -> int:
     return EXIT_OK
 
 
-def absolute(api_url: str, made: Json) -> str:
-    url = str(made.get("url", ""))
+def absolute(api_url: str, made: Json, field: str) -> str:
+    url = str(made.get(field) or made.get("url", ""))
     return url if "://" in url else api_url.rstrip("/") + url
 
 

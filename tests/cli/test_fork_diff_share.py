@@ -55,11 +55,13 @@ def test_join_fork_diff_and_share_from_the_command_line(paced: Up, tmp_path: Pat
     shared = cli(state, "share", running, "--expires", "1h")
 
     assert shared.returncode == 0, shared.stderr
-    link = shared.stdout.splitlines()[0]
-    assert httpx.get(link).json()["runId"] == running and "until 20" in shared.stdout
+    link, api_line = shared.stdout.splitlines()[:2]
+    api = api_line.rsplit(" ", 1)[-1]
+    assert "/shared/" in link and "/api/" not in link and "<html" in httpx.get(link).text.lower()
+    assert httpx.get(api).json()["runId"] == running and "until 20" in shared.stdout
     revoked = cli(state, "unshare", link)
     assert revoked.returncode == 0, revoked.stderr
-    assert httpx.get(link).status_code == 404
+    assert httpx.get(api).status_code == 404  # the page's own API calls are refused
     assert cli(state, "share", running, "--expires", "soon").returncode == 2
 
 
