@@ -130,6 +130,7 @@ export function renderResult(state) {
     card.replaceChildren();
     return;
   }
+  const opened = card.dataset.runId === state.runId ? openedReports(card) : new Set();
   card.hidden = false;
   card.dataset.runId = state.runId;
   card.replaceChildren(...[
@@ -147,7 +148,7 @@ export function renderResult(state) {
         fact("Took", seconds(state.durationS)))),
     r.demo ? h("p", { class: "demo", id: "demo-label" }, r.dataNote || `Demo data: ${r.provider || "synthetic"} prices generated for illustration, not real market data.`) : null,
     chartBlock(r),
-    h("h3", {}, "Why"), formatted(r.rationale),
+    h("h3", {}, r.riskDebate ? `Portfolio manager: why ${r.decision}` : "Why"), formatted(r.rationale),
     r.keyRisks?.length ? [h("h3", {}, "Key risks"), h("ul", { class: "risks" }, r.keyRisks.map((k) => h("li", {}, k)))] : null,
     r.trade ? tradeBlock(r.trade) : null,
     r.debate ? debateBlock(r.debate) : null,
@@ -156,7 +157,13 @@ export function renderResult(state) {
     h("h3", {}, "Analyst reports"),
     (r.reports || []).map(reportBlock),
   ].flat(2).filter(Boolean));
+  for (const d of card.querySelectorAll("details")) d.open = opened.has(reportKey(d));
 }
+
+// A redraw of the same run (a phone turned, the chart redrawn for the new width) keeps the
+// reports a reader opened.
+const reportKey = (d) => d.id || d.dataset.analyst || "";
+const openedReports = (card) => new Set([...card.querySelectorAll("details[open]")].map(reportKey));
 
 function renderOutput(card, state) {
   card.hidden = false;
@@ -199,7 +206,7 @@ function tradeBlock(t) {
 }
 
 function debateBlock(d) {
-  return h("details", { class: "report" },
+  return h("details", { class: "report", id: "debate" },
     h("summary", {}, h("strong", {}, "Bull vs bear debate"), h("span", { class: "signal", "data-signal": d.lean }, d.lean), h("span", { class: "muted" }, d.summary)),
     h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.side === "bull" ? "Bull" : "Bear"} (round ${t.round}): `), t.argument))));
 }
@@ -213,7 +220,13 @@ function pastCall(c) {
 function riskBlock(d) {
   return h("details", { class: "report", id: "risk-debate" },
     h("summary", {}, h("strong", {}, "Risk debate"), h("span", { class: "signal", "data-signal": "neutral" }, d.prevailing), h("span", { class: "muted" }, d.summary)),
-    h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.stance[0].toUpperCase()}${t.stance.slice(1)} (round ${t.round}): `), t.argument))));
+    h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.stance[0].toUpperCase()}${t.stance.slice(1)} (round ${t.round}): `), unlabelled(t.argument, t.stance)))));
+}
+
+/** An argument without a leading "Aggressive: " when the page already names the voice. */
+function unlabelled(argument, stance) {
+  const text = String(argument || "");
+  return text.toLowerCase().startsWith(`${stance}: `) ? text.slice(stance.length + 2) : text;
 }
 
 function reportBlock(rep) {
