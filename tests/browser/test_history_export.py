@@ -8,6 +8,7 @@ backend for it end to end."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,7 +147,10 @@ def test_export_gives_a_readable_markdown_note_and_the_json_of_the_run(
     page = context.new_page()
     page.goto(f"{stack.url}/#/runs/{run_id}")
     expect(page.locator(f"#run[data-run-id='{run_id}']")).to_be_visible()
+    page.click("#risk-debate summary")
     page.set_viewport_size(PHONE)
+    expect(page.locator("#result svg.chart")).to_have_attribute("viewBox", re.compile(r"^0 0 360 "))
+    expect(page.locator("#risk-debate")).to_have_attribute("open", "")  # the phone's redraw keeps it open
     page.click("#export summary")
     expect(page.locator("#export-md")).to_be_in_viewport()
     assert_no_overflow(page, "export menu open on a phone")
