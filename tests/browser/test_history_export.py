@@ -165,9 +165,14 @@ def test_export_gives_a_readable_markdown_note_and_the_json_of_the_run(
              "## Trader's proposal", "## Risk debate", "## Portfolio manager", "## Steps"]  # fmt: skip
     places = [note.find(part) for part in order]
     assert all(p >= 0 for p in places) and places == sorted(places), list(zip(order, places, strict=True))
-    assert result["rationale"].split("\n")[0] in note and result["riskDebate"]["turns"][0]["argument"] in note
+    assert result["rationale"].split("\n")[0] in note
+    for turn in result["riskDebate"]["turns"]:  # each voice once, its name not repeated before its words
+        stance, argument = turn["stance"], turn["argument"]
+        said = argument[len(stance) + 2 :] if argument.lower().startswith(f"{stance}: ") else argument
+        assert f"**{stance.capitalize()} (round {turn['round']}):** {said}" in note
     assert f"- Usage: {state['usage']['calls']} LLM calls · " in note and "$0.00" in note
     assert "Demo data" in note and f"({stack.url}/#/runs/{run_id})" in note
+    assert not re.search(r"### .*: (\w+) \(\1\)", note)  # "Market analyst: bullish (bullish)"
     for junk in ("undefined", "null", "NaN", "[object Object]", "\n\n\n"):
         assert junk not in note, junk
 

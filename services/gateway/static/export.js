@@ -6,6 +6,13 @@ import { usageText } from "./page-state.js";
 const pct = (v) => (typeof v === "number" ? `${Math.round(v * 100)}%` : "—");
 const fixed = (v, digits = 2) => (typeof v === "number" ? v.toFixed(digits) : "—");
 const cap = (word) => (word ? `${word[0].toUpperCase()}${word.slice(1)}` : "");
+const utc = (iso) => (/^\d{4}-\d\d-\d\dT\d\d:\d\d/.test(iso || "") ? `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC` : iso || "");
+
+/** An argument without a leading "Aggressive: " where the voice is already named before it. */
+export function unlabelled(argument, stance) {
+  const text = String(argument || "");
+  return text.toLowerCase().startsWith(`${stance}: `) ? text.slice(stance.length + 2) : text;
+}
 
 /** Usage of one step as "2 LLM calls · 1,234 tokens · $0.0012", or "" when it made no calls. */
 export function stepUsageText(usage) {
@@ -24,10 +31,10 @@ function facts(state, url) {
     state.result ? `- Confidence: ${pct(r.confidence)}` : null,
     r.positionPct != null ? `- Position: ${fixed(r.positionPct, 1)}% of portfolio` : null,
     r.lastClose != null ? `- Last close: ${fixed(r.lastClose)}` : null,
-    r.demo ? `- Data: ${r.dataNote || `demo data (${r.provider || "synthetic"}), not real market data`}` : null,
+    r.demo ? `- ${r.dataNote || `Demo data: ${r.provider || "synthetic"} prices, not real market data.`}` : null,
     `- Analysts: ${(state.analysts || []).join(", ")}`,
     `- Model: ${state.modelId}`,
-    `- Requested: ${state.createdAt || state.requestedAt || ""}`,
+    `- Requested: ${utc(state.createdAt || state.requestedAt)}`,
     `- Usage: ${usageText(state)}`,
   ].filter(Boolean);
 }
@@ -35,7 +42,10 @@ function facts(state, url) {
 const section = (title, ...body) => [`## ${title}`, "", ...body.flat().filter((l) => l !== null && l !== undefined), ""];
 
 function reports(r) {
-  return (r.reports || []).flatMap((rep) => [`### ${rep.title} (${rep.signal})`, "", String(rep.report || rep.summary || ""), ""]);
+  return (r.reports || []).flatMap((rep) => {
+    const title = String(rep.title || rep.analyst).toLowerCase().includes(rep.signal) ? rep.title : `${rep.title} (${rep.signal})`;
+    return [`### ${title}`, "", String(rep.report || rep.summary || ""), ""];
+  });
 }
 
 function debate(d) {
@@ -52,7 +62,7 @@ function trader(t) {
 
 function riskDebate(d) {
   if (!d) return [];
-  const turns = (d.turns || []).map((t) => `**${cap(t.stance)} (round ${t.round}):** ${t.argument}\n`);
+  const turns = (d.turns || []).map((t) => `**${cap(t.stance)} (round ${t.round}):** ${unlabelled(t.argument, t.stance)}\n`);
   return section(`Risk debate (${d.prevailing} prevails)`, d.summary, "", turns);
 }
 
@@ -61,10 +71,12 @@ function manager(r) {
   return section(`Portfolio manager: ${r.decision} (${r.rating})`, String(r.rationale || ""), risks);
 }
 
+// Each step's status, time and spend; its message is left out: the sections above already say it.
 function steps(state) {
   return section("Steps", (state.steps || []).map((s) => {
     const used = stepUsageText(s.usage);
-    return `- ${s.label || s.name}: ${s.status}${s.message ? ` ${s.message}` : ""}${used ? ` (${used})` : ""}`;
+    const took = typeof s.durationS === "number" ? ` in ${s.durationS.toFixed(1)} s` : "";
+    return `- ${s.label || s.name}: ${s.status}${took}${used ? ` (${used})` : ""}`;
   }));
 }
 

@@ -3,7 +3,7 @@ import { priceChart } from "./chart.js";
 import { isTerminal } from "./tickertape-client.js";
 import { runHash, usageText } from "./page-state.js";
 import { demoNote, outcomeNote, spendNote } from "./notes.js";
-import { stepUsageText } from "./export.js";
+import { stepUsageText, unlabelled } from "./export.js";
 
 export const $ = (sel) => document.querySelector(sel);
 
@@ -221,12 +221,6 @@ function riskBlock(d) {
   return h("details", { class: "report", id: "risk-debate" },
     h("summary", {}, h("strong", {}, "Risk debate"), h("span", { class: "signal", "data-signal": "neutral" }, d.prevailing), h("span", { class: "muted" }, d.summary)),
     h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.stance[0].toUpperCase()}${t.stance.slice(1)} (round ${t.round}): `), unlabelled(t.argument, t.stance)))));
-}
-
-/** An argument without a leading "Aggressive: " when the page already names the voice. */
-function unlabelled(argument, stance) {
-  const text = String(argument || "");
-  return text.toLowerCase().startsWith(`${stance}: `) ? text.slice(stance.length + 2) : text;
 }
 
 function reportBlock(rep) {
