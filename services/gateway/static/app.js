@@ -376,6 +376,7 @@ function bind() {
   $("#ticker").addEventListener("change", () => navigate(tickerInput()));
   $("#cancel").addEventListener("click", askCancel);
   $("#copy-link").addEventListener("click", () => copyLink(page.runId));
+  document.addEventListener("click", (e) => { if (!$("#export").contains(e.target)) $("#export").open = false; });
   for (const format of ["md", "json"]) {
     $(`#export-${format}`).addEventListener("click", () => { $("#export").open = false; exportAs(client, page.runId, format); });
   }
