@@ -26,7 +26,7 @@ from tests.support.processes import ServiceProcess
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 BACKEND = pytest.mark.xfail(reason="needs backend branch b1718", strict=False)
 RIGHT = {"realisedReturn": 0.032, "correct": True, "horizonDays": 91, "demo": True}
-WRONG = {"realisedReturn": -0.015, "correct": False, "horizonDays": 91, "demo": True}
+WRONG = {"realisedReturn": -0.015, "correct": False, "horizonDays": 91, "demo": True, "horizonEnded": False}
 SPENT = {"calls": 3, "promptTokens": 1000, "completionTokens": 234, "costUsd": 0.0123}
 DEMO_NOTE = "Demo data: synthetic prices generated for illustration, not real market data."
 STEP_SPENT = {"calls": 2, "promptTokens": 800, "completionTokens": 434, "costUsd": 0.0021}
@@ -94,9 +94,10 @@ def test_history_rows_show_outcomes_and_spend_with_what_they_mean(
     expect(good).to_have_text("✓ +3.2 %")
     expect(good).to_have_attribute("data-correct", "true")
     title = good.get_attribute("title") or ""
-    assert "91-day horizon" in title and "on demo data" in title and "right" in title, title
+    assert "over its 91-day horizon" in title and "on demo data" in title and "went its way" in title, title
     bad = page.locator(f"#history li[data-run-id='{wrong}'] .outcome")
-    expect(bad).to_have_text("✗ -1.5 %")
+    expect(bad).to_have_text("✗ -1.5 % so far")  # measured before its horizon ended
+    assert "has not ended" in (bad.get_attribute("title") or "")
     expect(page.locator(f"#history li[data-run-id='{right}'] .spend")).to_have_text(
         "3 calls · 1,234 tokens · $0.0123"
     )

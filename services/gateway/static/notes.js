@@ -39,10 +39,13 @@ export function outcomeNote(run) {
   const o = run?.outcome;
   if (run?.status !== "completed" || !o || typeof o.realisedReturn !== "number") return null;
   const mark = o.correct === true ? "✓" : o.correct === false ? "✗" : "";
-  const verdict = o.correct === true ? "the call was right" : o.correct === false ? "the call was wrong" : "neither right nor wrong";
+  const early = o.horizonEnded === false; // the return so far: the horizon has not passed yet
   const horizon = o.horizonDays ? `its ${o.horizonDays}-day horizon` : "its horizon";
-  const title = `Realised return over ${horizon} since the decision: ${signedPercent(o.realisedReturn)}; ${verdict}${o.demo ? " (on demo data)" : ""}.`;
-  return { text: `${mark ? `${mark} ` : ""}${signedPercent(o.realisedReturn)}`, title, correct: o.correct };
+  const verdict = o.correct == null ? "too early to say whether the call was right"
+    : `the call ${early ? "is going" : "went"} ${o.correct ? "its way" : "against it"}`;
+  const over = early ? `so far (${horizon} has not ended)` : `over ${horizon}`;
+  const title = `Realised return since the decision ${over}: ${signedPercent(o.realisedReturn)}; ${verdict}${o.demo ? " (on demo data)" : ""}.`;
+  return { text: `${mark ? `${mark} ` : ""}${signedPercent(o.realisedReturn)}${early ? " so far" : ""}`, title, correct: o.correct };
 }
 
 /** "Demo data" (or "Demo data · no real market"), with the run's own note as the tooltip. */
