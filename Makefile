@@ -10,9 +10,14 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # compile ~300 modules where the environment sets PYTHONDONTWRITEBYTECODE.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: setup run test lint typecheck pytest soak bench mutate system-deps image clean
+.PHONY: setup setup-runtime run test lint typecheck pytest soak bench mutate system-deps image clean
 
+# Two environments in one .venv: `setup-runtime` (what `make run` needs: the project, the langgraph
+# extra and the embedded redis-server) and `setup` (that plus the dev tools, for test, lint…). The
+# runtime sync is --inexact, so `make run` after `make test` never uninstalls the test tools; the
+# full sync is a superset, so it marks the runtime as synced too.
 setup: $(VENV)/.synced
+setup-runtime: $(VENV)/.synced-runtime
 
 $(UV):
 	$(PY) -m venv .tools
@@ -21,6 +26,11 @@ $(UV):
 $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 	$(UV) sync --frozen --extra langgraph --python $(PY)
 	$(BIN)/python -m compileall -q -j 0 shared services bench >/dev/null
+	touch $@ $(VENV)/.synced-runtime
+
+$(VENV)/.synced-runtime: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --inexact --no-dev --group embedded-redis --extra langgraph --python $(PY)
+	$(BIN)/python -m compileall -q -j 0 shared services >/dev/null
 	touch $@
 
 system-deps:
@@ -31,7 +41,7 @@ system-deps:
 image: system-deps
 	bash deploy/docker/build-image.sh
 
-run: setup
+run: setup-runtime
 	$(BIN)/tickertape up
 
 test: setup system-deps lint typecheck pytest

@@ -151,6 +151,8 @@ class WebhookAttempted(Event, tag=True, frozen=True, kw_only=True):
     status_code: int | None = None
     error: str = ""
     next_attempt_at: datetime | None = None
+    endpoint: str | None = None
+    """The operator endpoint's name (``TT_WEBHOOK_ENDPOINTS``); None: the run's own webhook."""
 
 
 class ShareCreated(Event, tag=True, frozen=True, kw_only=True):

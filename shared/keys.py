@@ -109,6 +109,12 @@ class Keys:
         """A hash: one delivery's run, URL, signed body and attempt count."""
         return f"{self.prefix}webhook:{delivery_id}"
 
+    @property
+    def webhook_endpoints_disabled(self) -> str:
+        """A hash: ``<user>/<endpoint name>`` → the URL of an operator endpoint that answered 410
+        (no more deliveries to that URL until the operator changes it or deletes the field)."""
+        return f"{self.prefix}webhooks:disabled"
+
     def active(self, user_id: str) -> str:
         return f"{self.prefix}active:{user_id}"
 
@@ -122,9 +128,10 @@ class Keys:
     def market_cache(self, provider: str, symbol: str, day: str) -> str:
         return f"{self.prefix}cache:{provider}:{symbol}:{day}"
 
-    def memory(self, provider: str, symbol: str) -> str:
-        """Hash run id → a past call on ``symbol`` with ``provider``'s data (the desk's memory)."""
-        return f"{self.prefix}memory:{provider}:{symbol}"
+    def memory(self, user_id: str, provider: str, symbol: str) -> str:
+        """Hash run id → ``user_id``'s past call on ``symbol`` with ``provider``'s data (the desk's
+        memory). Per user: a run never learns another user's decisions."""
+        return f"{self.prefix}memory:{user_id}:{provider}:{symbol}"
 
     def eta(self, config: str) -> str:
         return f"{self.prefix}eta:{config}"

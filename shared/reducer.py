@@ -40,6 +40,7 @@ from shared.results import (
     Debate,
     JsonOutput,
     MarketData,
+    Outcome,
     RiskDebate,
     RunResult,
     StepOutput,
@@ -64,6 +65,8 @@ class StepState(msgspec.Struct, kw_only=True):
     completed_at: datetime | None = None
     duration_s: float | None = None
     attempt: int = 0
+    usage: Usage = Usage()
+    """The LLM calls of this step (the run's ``usage`` is their sum, or the runner's total)."""
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +79,8 @@ class DeliveryState(msgspec.Struct, kw_only=True):
 
     webhook_id: str
     event_type: str
+    endpoint: str | None = None
+    """The operator endpoint's name; None: the run's own webhook."""
     status: str = "retrying"
     attempts: int = 0
     status_code: int | None = None
@@ -132,6 +137,11 @@ class RunState(msgspec.Struct, kw_only=True):
     shares: list[ShareState] = []
     parent_run_id: str | None = None
     from_step: str | None = None
+    demo: bool | None = None
+    """Whether the run's data is demo (synthetic) data; None until its data step says."""
+    outcome: Outcome | None = None
+    """What the price did after the call, as a later run measured it: the read model sets it
+    (``shared.outcomes``), a fold of the run's own events never does."""
 
     @property
     def terminal(self) -> bool:
@@ -222,6 +232,7 @@ def _failed(s: RunState, e: RunFailed) -> None:
 def _completed(s: RunState, e: RunCompleted) -> None:
     _finish(s, e, "completed")
     s.result, s.output = e.result, e.output
+    s.demo = e.result.demo if e.result is not None else s.demo
     s.usage = e.usage if e.usage.calls else s.usage
 
 
@@ -241,7 +252,7 @@ def _requested(s: RunState, e: RunRequested) -> None:
 def _webhook_attempted(s: RunState, e: WebhookAttempted) -> None:
     found = next((d for d in s.deliveries if d.webhook_id == e.webhook_id), None)
     if found is None:
-        found = DeliveryState(webhook_id=e.webhook_id, event_type=e.event_type)
+        found = DeliveryState(webhook_id=e.webhook_id, event_type=e.event_type, endpoint=e.endpoint)
         s.deliveries = [*s.deliveries, found]
     found.status, found.attempts, found.status_code = e.outcome, max(found.attempts, e.attempt), e.status_code
     found.error, found.last_attempt_at, found.next_attempt_at = e.error, e.at, e.next_attempt_at
@@ -285,8 +296,10 @@ def _step_started(s: RunState, e: StepStarted) -> None:
 def _step_completed(s: RunState, e: StepCompleted) -> None:
     st = _step(s, e.step)
     st.status, st.progress, st.completed_at = "completed", 1.0, e.at
-    st.duration_s = e.duration_s
+    st.duration_s, st.usage = e.duration_s, st.usage + e.usage
     st.message = _describe(e.output)
+    if isinstance(e.output, MarketData):
+        s.demo = e.output.demo
     s.usage = s.usage + e.usage
     s.message = f"{st.label} done"
 

@@ -5,6 +5,7 @@ Schemas only grow: new fields get defaults, nothing is renamed (see tests/shared
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
@@ -172,6 +173,22 @@ class PastCall(msgspec.Struct, frozen=True, kw_only=True):
     hit: bool | None = None
     """Whether the price went the call's way; None while there is no later close."""
     demo: bool = False
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What the price did after a run's call, as a later run on the symbol measured it."""
+
+    realised_return: float
+    """The close at the horizon's end (or the latest close before it) over the decision's close, - 1."""
+    correct: bool | None
+    """Whether the price went the call's way; None when that cannot be said yet."""
+    horizon_days: int
+    demo: bool
+    """Measured on demo (synthetic) prices: an illustration, not a track record."""
+    horizon_ended: bool = False
+    """False: the horizon has not passed yet, the figure is the return so far."""
+    observed_at: datetime | None = None
+    """When the later run that measured it completed."""
 
 
 class JsonOutput(msgspec.Struct, frozen=True, kw_only=True, tag="json"):

@@ -69,9 +69,17 @@ class Api:
         return self._json("GET", f"{BASE}/runs/{run_id}")
 
     def runs(
-        self, symbol: str | None = None, status: str | None = None, limit: int = 20, cursor: str | None = None
+        self,
+        symbol: str | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        *,
+        archived: bool = False,
     ) -> Json:
         params: dict[str, str | int] = {"limit": limit}
+        if archived:
+            params["archived"] = "true"
         if cursor:
             params["cursor"] = cursor
         if symbol:
@@ -82,6 +90,19 @@ class Api:
 
     def cancel(self, run_id: str) -> Json:
         return self._json("DELETE", f"{BASE}/runs/{run_id}")
+
+    def fork(self, run_id: str, body: Json) -> Json:
+        return self._json("POST", f"{BASE}/runs/{run_id}/fork", json=body)
+
+    def diff(self, run_a: str, run_b: str) -> Json:
+        return self._json("GET", f"{BASE}/runs/{run_a}/diff/{run_b}")
+
+    def share(self, run_id: str, expires_in_s: int | None) -> Json:
+        body = {} if expires_in_s is None else {"expiresInS": expires_in_s}
+        return self._json("POST", f"{BASE}/runs/{run_id}/shares", json=body)
+
+    def revoke_share(self, run_id: str, share_id: str) -> Json:
+        return self._json("DELETE", f"{BASE}/runs/{run_id}/shares/{share_id}")
 
     def events(self, run_id: str, last_event_id: str | None) -> Iterator[SseMessage]:
         """The run's events after ``last_event_id`` (all of them when None), until the stream ends."""

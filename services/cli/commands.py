@@ -11,7 +11,7 @@ from typing import Any
 from services.cli.api import Api, ApiError, GatewayDown, pick
 from services.cli.cursors import Cursors
 from services.cli.display import Display, duration, render_models, render_result, render_runs
-from services.cli.present import markdown, resolve, run_url, self_command, usage_line
+from services.cli.present import markdown, resolve, run_url, self_command, step_usage, usage_line
 from services.cli.settings import ClientSettings
 from services.cli.watch import Detached, RedisWatcher, SignalGuard, SseWatcher
 from shared.config import DEFAULT_REDIS_URL, Env, RedisTarget, sentinel_from_env
@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     runs.add_argument(
         "--iso", action="store_true", help="exact ISO times (for scripts) instead of '2 min ago'"
     )
+    runs.add_argument(
+        "--archived", action="store_true", help="the older runs moved out of the history to the archive"
+    )
     runs.set_defaults(func=_client(cmd_runs))
     show = sub.add_parser("show", help="one run's status and result (export with --format md|json)")
     show.add_argument("run_id", help="a run id, or a unique start (or the page's 6-character end) of one")
@@ -102,9 +105,11 @@ def cmd_submit(ns: argparse.Namespace, settings: ClientSettings) -> int:
         body["maxCostUsd"] = ns.budget
     with Api(settings) as api:
         accepted = api.submit(body)
-        run_id = str(pick(accepted, "run_id"))
-        joined = " — already running, joined it" if pick(accepted, "joined") else ""
-        print(f"submitted {ns.symbol}: run {run_id} ({pick(accepted, 'status')}){joined}")
+        run_id, status = str(pick(accepted, "run_id")), pick(accepted, "status")
+        if pick(accepted, "joined"):
+            print(f"{ns.symbol}: already running — showing that run: run {run_id} ({status})")
+        else:
+            print(f"submitted {ns.symbol}: run {run_id} ({status})")
         print(f"open: {run_url(settings.api_url, run_id)}")
         if not ns.follow:
             print(f"follow it with: {self_command()} watch {run_id}")
@@ -158,9 +163,9 @@ def _watching(guard: SignalGuard, display: Display, run_id: str, follow: Callabl
 
 def cmd_runs(ns: argparse.Namespace, settings: ClientSettings) -> int:
     with Api(settings) as api:
-        page = api.runs(ns.symbol, ns.status, ns.limit)
+        page = api.runs(ns.symbol, ns.status, ns.limit, archived=ns.archived)
     runs = page.get("runs", page.get("items", []))
-    print(render_runs(runs, iso=ns.iso) if runs else "no runs")
+    print(render_runs(runs, iso=ns.iso) if runs else "no archived runs" if ns.archived else "no runs")
     return EXIT_OK
 
 
@@ -179,9 +184,10 @@ def cmd_show(ns: argparse.Namespace, settings: ClientSettings) -> int:
     print(f"  open: {run_url(settings.api_url, run_id)}")
     steps = pick(state, "steps", []) or []
     for step in steps:
-        took = pick(step, "duration_s")
+        took, spent = pick(step, "duration_s"), step_usage(step)
         label = step.get("label", step.get("name"))
-        print(f"  {step.get('status', ''):<10} {label}" + (f" ({duration(took)})" if took else ""))
+        line = f"  {step.get('status', ''):<10} {label}" + (f" ({duration(took)})" if took else "")
+        print(line + (f"  {spent}" if spent else ""))
     return EXIT_OK
 
 

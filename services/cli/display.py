@@ -73,7 +73,9 @@ class Display:
         """One event arrived; ``state`` is the run after it."""
         if not self.live:
             step = self._event_step(state, kind)
-            self._line(f"{event_id}\t{kind}\t{step}\t{percent(state):.1f}%\t{pick(state, 'status')}")
+            line = f"{event_id}\t{kind}\t{step}\t{percent(state):.1f}%\t{pick(state, 'status')}"
+            spent = _step_usage(state, step) if kind == "StepCompleted" else ""
+            self._line(line + (f"\t{spent}" if spent else ""))
             return
         self._finished_steps(state)
         self._redraw(state)
@@ -95,8 +97,9 @@ class Display:
             name, status = step.get("name"), step.get("status")
             if status in ("completed", "failed", "cancelled") and name not in self.shown_steps:
                 self.shown_steps.add(name)
-                mark = MARKS.get(status, " ")
-                self._line(f"  {mark} {step.get('label', name):<24} {duration(pick(step, 'duration_s')):>7}")
+                mark, spent = MARKS.get(status, " "), _step_usage(state, str(name))
+                took = duration(pick(step, "duration_s"))
+                self._line(f"  {mark} {step.get('label', name):<24} {took:>7}  {spent}".rstrip())
 
     def _redraw(self, state: Json) -> None:
         if not self.live:
@@ -120,6 +123,13 @@ class Display:
         self._clear_bar()
         self.out.write(text + "\n")
         self.out.flush()
+
+
+def _step_usage(state: Json, name: str) -> str:
+    from services.cli.present import step_usage  # present imports this module's neighbours
+
+    step = next((s for s in pick(state, "steps", []) or [] if s.get("name") == name), None)
+    return step_usage(step) if step else ""
 
 
 def render_result(state: Json) -> str:
@@ -192,11 +202,16 @@ def _wrapped(label: str, text: str) -> list[str]:
 
 
 def render_runs(runs: list[Json], *, iso: bool = False) -> str:
-    """A table of runs, newest first, as the API returned them; times as "2 min ago" unless ``iso``."""
+    """A table of runs, newest first, as the API returned them; times as "2 min ago" unless ``iso``.
+
+    OUTCOME is the realised return since the decision, ✓/✗ for whether it went the call's way;
+    DATA says "demo" for a run on synthetic prices (its outcome is measured on them too).
+    """
     from services.cli.present import ago, dollars  # present imports this module's neighbours
 
     rows = [
-        f"{'RUN ID':<36} {'SYMBOL':<8} {'STATUS':<10} {'DECISION':<8} {'PROGRESS':>8} {'COST':>8}  REQUESTED"
+        f"{'RUN ID':<36} {'SYMBOL':<8} {'STATUS':<10} {'DECISION':<8} {'OUTCOME':<9} {'DATA':<5}"
+        f" {'PROGRESS':>8} {'COST':>8}  REQUESTED"
     ]
     for run in runs:
         result = pick(run, "result") or {}
@@ -205,9 +220,25 @@ def render_runs(runs: list[Json], *, iso: bool = False) -> str:
         when = created if iso else ago(created)
         rows.append(
             f"{pick(run, 'run_id', ''):<36} {pick(run, 'symbol', ''):<8} {pick(run, 'status', ''):<10} "
-            f"{pick(result, 'decision', '') or '':<8} {percent(run):>7.1f}% {cost:>8}  {when}"
+            f"{pick(result, 'decision', '') or '':<8} {outcome_text(pick(run, 'outcome')):<9} "
+            f"{'demo' if is_demo(run) else '':<5} {percent(run):>7.1f}% {cost:>8}  {when}"
         )
     return "\n".join(rows)
+
+
+def outcome_text(outcome: Json | None) -> str:
+    """ "✓ +3.2%" / "✗ -1.0%" (no mark while nothing says whether it was right); "" with none."""
+    if not outcome or pick(outcome, "realised_return") is None:
+        return ""
+    correct = pick(outcome, "correct")
+    mark = "✓" if correct else "✗" if correct is False else "·"
+    return f"{mark} {float(pick(outcome, 'realised_return')) * 100:+.1f}%"
+
+
+def is_demo(run: Json) -> bool:
+    """Whether the run used demo (synthetic) data, by the run's flag or its result's."""
+    flag = pick(run, "demo")
+    return bool(flag if flag is not None else pick(pick(run, "result") or {}, "demo", False))
 
 
 def render_models(models: list[Json]) -> str:

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import commands, launcher
+from services.cli import commands, forks, launcher, shares
 from shared.config import ConfigError
 
 SERVICES = ("gateway", "runner", "projector")
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser("rebuild", help="drop the read models and replay the event log")
     rebuild.set_defaults(func=lambda _ns: exec_service("projector", ["rebuild"]))
     commands.register(sub)
+    forks.register(sub)
+    shares.register(sub)
     return parser
 
 

@@ -84,6 +84,17 @@ def dollars(value: Any) -> str:
     return f"${amount:.4f}" if 0 < amount < 1 else f"${amount:.2f}"
 
 
+def step_usage(step: Json) -> str:
+    """ "2 calls · 1,234 tokens · $0.0012" for a step that called a model; "" for one that did not."""
+    usage = pick(step, "usage") or {}
+    calls = int(pick(usage, "calls", 0) or 0)
+    if not calls:
+        return ""
+    tokens = int(pick(usage, "prompt_tokens", 0) or 0) + int(pick(usage, "completion_tokens", 0) or 0)
+    cost = dollars(pick(usage, "cost_usd", 0.0))
+    return f"{calls} call{'' if calls == 1 else 's'} · {tokens:,} tokens · {cost}"
+
+
 def usage_line(state: Json) -> str:
     """ "3 LLM calls · 1,234 tokens · $0.0123 of $0.50 budget" (the budget when one was set)."""
     usage = pick(state, "usage") or {}
@@ -155,6 +166,7 @@ def markdown(state: Json, url: str) -> str:
         lines += ["## Output", "", "```json", json.dumps(pick(state, "output"), indent=2), "```", ""]
     lines += ["## Steps", ""]
     for step in pick(state, "steps", []) or []:
-        label = step.get("label", step.get("name"))
+        label, spent = step.get("label", step.get("name")), step_usage(step)
         lines.append(f"- {label}: {step.get('status')} {step.get('message') or ''}".rstrip())
+        lines += [f"  - {spent}"] if spent else []
     return "\n".join(lines) + "\n"

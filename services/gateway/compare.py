@@ -47,11 +47,13 @@ def diff(a: RunState, b: RunState) -> dict[str, Any]:
     changed = {
         k: {"a": left.get(k), "b": right.get(k)} for k in {*left, *right} if left.get(k) != right.get(k)
     }
+    same = sorted(left.keys() & right.keys() - changed.keys())
     return {
         "a": a.run_id,
         "b": b.run_id,
         "changed": dict(sorted(changed.items())),
-        "same": sorted(left.keys() & right.keys() - changed.keys()),
+        "same": same,
+        "sameValues": {k: left[k] for k in same},  # so a side-by-side view can show both columns
     }
 
 

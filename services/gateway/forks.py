@@ -38,6 +38,7 @@ class ForkRequest(BaseModel):
     model_id: str | None = Field(None, alias="modelId", min_length=1, max_length=100)
     analysts: list[AnalystId] | None = Field(None, min_length=1, max_length=6)
     debate_rounds: int | None = Field(None, alias="debateRounds", ge=0, le=5)
+    risk_rounds: int | None = Field(None, alias="riskRounds", ge=1, le=5)
     max_cost_usd: float | None = Field(None, alias="maxCostUsd", gt=0, le=1000, allow_inf_nan=False)
 
 
@@ -45,6 +46,8 @@ def _forked(source: RunRequested, body: ForkRequest, user_id: str) -> RunRequest
     options = source.options
     if body.debate_rounds is not None:
         options = msgspec.structs.replace(options, debate_rounds=body.debate_rounds)
+    if body.risk_rounds is not None:
+        options = msgspec.structs.replace(options, risk_rounds=body.risk_rounds)
     if body.max_cost_usd is not None:
         options = msgspec.structs.replace(options, max_cost_usd=body.max_cost_usd)
     return msgspec.structs.replace(

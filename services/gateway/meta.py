@@ -143,6 +143,14 @@ def _page_routes(router: APIRouter) -> None:
         page = runtime.settings.static_dir / "index.html"
         return HTMLResponse(page.read_bytes()) if page.is_file() else HTMLResponse(PLACEHOLDER)
 
+    # A share link's page: the same page, which sees the token in its path and shows that run
+    # alone (static/share.js); the token is checked by the API calls it makes, not here.
+    @router.get("/shared/{token}", include_in_schema=False)
+    async def shared_page(runtime: RuntimeDep) -> Response:
+        page = await index(runtime)
+        page.headers["Referrer-Policy"] = "no-referrer"  # the token is in this page's address
+        return page
+
     @router.get("/static/{path:path}", include_in_schema=False)
     async def static(path: str, runtime: RuntimeDep) -> Response:
         root = runtime.settings.static_dir.resolve()

@@ -42,14 +42,21 @@ SUBMITTED: dict[int | str, dict[str, Any]] = {
 
 
 def etag_of(state: RunState) -> str:
-    return f'"{state.last_event_id}"'
+    return f'"{_version(state)}"'
+
+
+def _version(state: RunState) -> str:
+    """The run's last event, and when its outcome was measured: a later run's completion records
+    an outcome on this run's row without an event of its own."""
+    measured = state.outcome.observed_at if state.outcome is not None else None
+    return state.last_event_id if measured is None else f"{state.last_event_id}~{measured.timestamp()}"
 
 
 def page_etag(states: Sequence[RunState], next_cursor: str | None) -> str:
     """Changes whenever any listed run gains an event, or the page's membership changes."""
     digest = hashlib.sha256(str(next_cursor).encode())
     for state in states:
-        digest.update(f"{state.run_id}:{state.last_event_id};".encode())
+        digest.update(f"{state.run_id}:{_version(state)};".encode())
     return f'"p-{digest.hexdigest()[:32]}"'
 
 
@@ -115,9 +122,12 @@ def build_router(base: str) -> APIRouter:
         limit: Annotated[int, Query(ge=1, description="capped at 100")] = 20,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
         user: Annotated[str | None, Query(max_length=256, description="admins: another user's runs")] = None,
+        archived: Annotated[
+            bool, Query(description="true: the runs moved out of the history after its horizon")
+        ] = False,
     ) -> Response:
         params: dict[str, Any] = {"symbol": symbol.upper() if symbol else None, "status": status}
-        params |= {"limit": min(limit, MAX_LIMIT), "cursor": cursor}
+        params |= {"limit": min(limit, MAX_LIMIT), "cursor": cursor, "archived": archived or None}
         whose = _listed_user(caller, user)
         try:
             page = await runtime.runs.list(whose, params)

@@ -133,6 +133,7 @@ def build_router(base: str) -> APIRouter:
             raise not_found(run_id) from exc
         token = f"{run_id}.{share_id}.{secret}"
         doc: dict[str, Any] = {"shareId": share_id, "url": f"{base}/shared/{token}", "token": token}
+        doc["pageUrl"] = f"/shared/{token}"  # the page a person opens (meta.py serves it)
         doc["expiresAt"] = expires.isoformat() if expires else None
         return JSONResponse(doc, status_code=201)
 

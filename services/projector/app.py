@@ -77,10 +77,11 @@ def _runs(app: FastAPI, service: ProjectorService) -> None:
         status: StatusFilter | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
         cursor: Annotated[str | None, Query(max_length=500)] = None,
+        archived: bool = False,
     ) -> Response:
         try:
             page = await service.queries.page(
-                user_id, symbol=symbol, status=status, limit=limit, cursor=cursor
+                user_id, symbol=symbol, status=status, limit=limit, cursor=cursor, archived=archived
             )
         except CursorError as exc:
             return problem(422, "Validation error", str(exc), field="cursor")

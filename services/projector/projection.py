@@ -12,10 +12,11 @@ import msgspec
 
 from services.projector.db import transaction
 from services.projector.rows import UPSERT_SQL, row_of
-from shared import streamids
-from shared.events import AnyEvent, EventCodec, EventError, RunRequested, UnknownEvent
+from shared import outcomes, streamids
+from shared.events import AnyEvent, EventCodec, EventError, RunCompleted, RunRequested, UnknownEvent
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, SOURCE_ID_FIELD
-from shared.reducer import ACTIVE, RunState, apply_mut, initial
+from shared.reducer import ACTIVE, TERMINAL, RunState, apply_mut, initial
+from shared.results import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ class BatchOutcome:
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
+
+Observed = list[tuple[str, str, Outcome]]
+"""(earlier run id, the measuring run's user, its outcome) as the runs completed in a batch
+measured them, in log order."""
+ROW_TABLES = ("runs", "runs_archive")
+"""Where a run's row may be: an outcome may arrive after the run's row was archived."""
 
 Decoded = tuple[str, str, AnyEvent, Any]
 """(run ID, run-stream ID, event, global-log ID as read) of one entry to apply: a tuple, the
@@ -76,9 +83,10 @@ class Projection:
         if outcome.last_id == self.checkpoint:
             return outcome
         try:
-            dirty = await self._fold(fresh)
+            dirty, observed = await self._fold(fresh)
             outcome.applied = len(fresh)
-            await self._commit(dirty, _logged_ms(fresh), outcome)
+            updated = await self._observe(dirty, observed)
+            await self._commit(dirty, _logged_ms(fresh), outcome, updated)
         except BaseException:
             self._cache.clear()  # states are folded in place: a cached one may hold uncommitted events
             raise
@@ -86,15 +94,45 @@ class Projection:
         self._remember(dirty)
         return outcome
 
-    async def _fold(self, fresh: list[Decoded]) -> dict[str, RunState]:
-        """Each touched run's state after this batch, folded in place (the writer owns them)."""
+    async def _fold(self, fresh: list[Decoded]) -> tuple[dict[str, RunState], Observed]:
+        """Each touched run's state after this batch, folded in place (the writer owns them), and
+        the outcomes of earlier runs that the runs completed in it measured."""
         states = await self._states({d[0] for d in fresh})
+        observed: Observed = []
         for run_id, source_id, event, _ in fresh:
             state = states.get(run_id)
             if state is None or (type(event) is RunRequested and resubmitted(state)):
                 state = states[run_id] = initial(run_id)
+            ends = event if type(event) is RunCompleted and state.status not in TERMINAL else None
             apply_mut(state, event, source_id)
-        return states
+            if ends is not None:
+                observed += outcomes.observed(ends, state.user_id)
+        return states, observed
+
+    async def _observe(self, dirty: dict[str, RunState], observed: Observed) -> dict[str, RunState]:
+        """Record each outcome on its run: in ``dirty`` when the batch touched the run, else in a
+        copy of its stored state, returned to be written back to the row it came from."""
+        stored = await self._stored([r for r, _, _ in observed if r not in dirty])
+        updated: dict[str, RunState] = {}
+        for run_id, by_user, measured in observed:
+            state = dirty.get(run_id) or stored.get(run_id)
+            if state is not None and outcomes.record(state, measured, by_user) and run_id not in dirty:
+                updated[run_id] = state
+        return updated
+
+    async def _stored(self, run_ids: list[str]) -> dict[str, RunState]:
+        """The stored states of finished runs the batch did not touch, current or archived."""
+        found: dict[str, RunState] = {}
+        for table in ROW_TABLES:
+            wanted = [r for r in dict.fromkeys(run_ids) if r not in found]
+            for start in range(0, len(wanted), _LOAD_CHUNK):
+                chunk = wanted[start : start + _LOAD_CHUNK]
+                sql = f"SELECT state FROM {table} WHERE run_id IN ({', '.join('?' for _ in chunk)})"
+                async with self.db.execute(sql, chunk) as cursor:
+                    for (state,) in await cursor.fetchall():
+                        decoded = self._decoder.decode(state)
+                        found[decoded.run_id] = decoded
+        return found
 
     def _decode(self, entries: Sequence[RawEntry], outcome: BatchOutcome) -> list[Decoded]:
         """The events to apply, in log order; skipped entries are counted in ``outcome``."""
@@ -176,14 +214,21 @@ class Projection:
         return states
 
     async def _commit(
-        self, dirty: dict[str, RunState], logged: dict[str, int], outcome: BatchOutcome
+        self,
+        dirty: dict[str, RunState],
+        logged: dict[str, int],
+        outcome: BatchOutcome,
+        updated: dict[str, RunState],
     ) -> None:
         encode = self._encoder.encode
         rows = [row_of(state, encode(state), logged[run_id]) for run_id, state in dirty.items()]
+        states = [(encode(state).decode(), run_id) for run_id, state in updated.items()]
         skipped = sum(outcome.skipped.values())
         try:
             async with transaction(self.db):
                 await self.db.executemany(UPSERT_SQL, rows)
+                for table in ROW_TABLES if states else ():  # only the state: its columns stay
+                    await self.db.executemany(f"UPDATE {table} SET state = ? WHERE run_id = ?", states)
                 await self.db.execute(
                     "UPDATE checkpoint SET last_id = ?, applied = applied + ?, skipped = skipped + ? "
                     "WHERE id = 1",

@@ -50,9 +50,17 @@ class Queries:
         return str(row[0]) if row else None
 
     async def page(
-        self, user_id: str, *, symbol: str | None, status: str | None, limit: int, cursor: str | None
+        self,
+        user_id: str,
+        *,
+        symbol: str | None,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+        archived: bool = False,
     ) -> Page:
-        """A user's runs newest first, filtered, after ``cursor``."""
+        """A user's runs newest first, filtered, after ``cursor``; ``archived``: those retention
+        moved out of the history (``runs_archive``), in the same shape."""
         where: list[str] = ["user_id = ?"]
         args: list[str | int] = [user_id]
         if symbol:
@@ -68,7 +76,8 @@ class Queries:
             where.append("(requested_us, run_id) < (?, ?)")
             args.extend((requested_us, run_id))
         sql = (
-            f"SELECT requested_us, run_id, state FROM runs WHERE {' AND '.join(where)} "
+            f"SELECT requested_us, run_id, state FROM {'runs_archive' if archived else 'runs'} "
+            f"WHERE {' AND '.join(where)} "
             "ORDER BY requested_us DESC, run_id DESC LIMIT ?"
         )
         async with self.db.execute(sql, [*args, limit + 1]) as rows:

@@ -133,9 +133,13 @@ class ProjectorService(Service):
         assert self._blocking is not None
         store = EventStore(self._blocking, s.common.keys, run_ttl_s=s.common.run_ttl_s)
         policy = DeliveryPolicy(
-            AllowList.parse(s.common.webhook_allowed_hosts), base_backoff_s=s.webhook_backoff_s
+            AllowList.parse(s.common.webhook_allowed_hosts),
+            base_backoff_s=s.webhook_backoff_s,
+            max_backoff_s=s.webhook_max_backoff_s,
         )
-        deliverer = WebhookDeliverer(self._blocking, store, policy, consumer=s.consumer)
+        deliverer = WebhookDeliverer(
+            self._blocking, store, policy, consumer=s.consumer, endpoints=s.webhook_endpoints
+        )
         try:
             if not await self.retrying("create the webhooks group", deliverer.ensure_group):
                 return

@@ -7,8 +7,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.projector.endpoints import NONE, Endpoints, load
 from shared.config import CommonSettings, ConfigError, Env
 from shared.keys import DEFAULT_PROJECTOR, projector_group
+from shared.webhooks import AllowList
 
 HISTORY_ACTIONS = ("archive", "delete")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -46,6 +48,10 @@ class ProjectorSettings:
     """How often due webhook deliveries are looked for (``TT_WEBHOOK_INTERVAL_S``; 0: no deliveries)."""
     webhook_backoff_s: float = 5.0
     """The first retry's backoff ceiling; it doubles per attempt, capped at an hour (full jitter)."""
+    webhook_max_backoff_s: float = 3600.0
+    """The cap of that doubling (``TT_WEBHOOK_MAX_BACKOFF_S``)."""
+    webhook_endpoints: Endpoints = NONE
+    """Operator endpoints for all runs of a user (``TT_WEBHOOK_ENDPOINTS``; projector/endpoints.py)."""
 
     @property
     def group(self) -> str:
@@ -93,4 +99,8 @@ class ProjectorSettings:
             horizon_s=env.number("PROJECTOR_HORIZON_S", 86_400.0, minimum=1.0),
             webhook_interval_s=env.number("WEBHOOK_INTERVAL_S", 0.5, minimum=0.0),
             webhook_backoff_s=env.number("WEBHOOK_BACKOFF_S", 5.0, minimum=0.01),
+            webhook_max_backoff_s=env.number("WEBHOOK_MAX_BACKOFF_S", 3600.0, minimum=0.01),
+            webhook_endpoints=load(
+                env.optional("WEBHOOK_ENDPOINTS"), AllowList.parse(common.webhook_allowed_hosts)
+            ),
         )

@@ -12,6 +12,11 @@ and the due-set claim below lets any replica's loop send any delivery):
   POSTs, and appends each attempt as a ``WebhookAttempted`` event. 2xx ends it (delivered),
   410 ends it (disabled); anything else retries with exponential backoff and full jitter until
   ``max_age_s`` after the run ended (dead). ``webhook-id`` is the same on every attempt.
+
+Besides the run's own webhook, each operator endpoint of the run's user
+(services/projector/endpoints.py) gets its own delivery of the same body, ``webhook-id``
+``msg_<runId>_<name>``, signed with that endpoint's secret; a 410 from one disables the endpoint
+for every later delivery too (``Keys.webhook_endpoints_disabled``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import httpx
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.projector.endpoints import NONE, Endpoints
 from shared.events import (
     DeliveryOutcome,
     RunCancellationConfirmed,
@@ -56,7 +62,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('HSET', KEYS[1], 'run', ARGV[3], 'url', ARGV[4], 'kind', ARGV[5], 'body', ARGV[6],
-  'attempts', 0, 'since', ms)
+  'endpoint', ARGV[7], 'user', ARGV[8], 'attempts', 0, 'since', ms)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], 'NX', ms, ARGV[1])
 return 1
@@ -79,6 +85,32 @@ class DeliveryPolicy:
     max_age_s: float = 24 * 3600.0
     timeout_s: float = 10.0
     lease_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One recorded delivery, as its hash holds it (``endpoint`` empty: the run's own webhook)."""
+
+    delivery_id: str
+    run_id: str
+    url: str
+    kind: str
+    body: bytes
+    endpoint: str
+    user_id: str
+    since_ms: int
+
+    @classmethod
+    def of(cls, delivery_id: str, raw: dict[bytes, bytes]) -> Delivery:
+        text = {k.decode(): v.decode() for k, v in raw.items() if k != b"body"}
+        return cls(
+            delivery_id, text["run"], text["url"], text["kind"], raw[b"body"],
+            text.get("endpoint", ""), text.get("user", ""), int(text["since"]),
+        )  # fmt: skip
+
+    @property
+    def disabled_field(self) -> str:
+        return f"{self.user_id}/{self.endpoint}"
 
 
 def _entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
@@ -124,8 +156,9 @@ class WebhookDeliverer:
         *,
         consumer: str,
         resolver: Resolver = resolve,
+        endpoints: Endpoints = NONE,
     ) -> None:
-        self.redis, self.store, self.policy = redis, store, policy
+        self.redis, self.store, self.policy, self.endpoints = redis, store, policy, endpoints
         self.keys: Keys = store.keys
         self.consumer, self.resolver = consumer, resolver
         self._claim = redis.register_script(_CLAIM)
@@ -168,23 +201,20 @@ class WebhookDeliverer:
 
     async def _schedule(self, run_id: str) -> None:
         state = await self.store.state(run_id)
-        if state is None or not state.terminal or state.webhook is None:
+        if state is None or not state.terminal:
             return
         kind = _KIND[state.status]
-        if kind not in state.webhook.events:
-            return
-        delivery_id = f"msg_{run_id}"  # one terminal event per run: one delivery per run
-        key = self.keys.webhook_delivery(delivery_id)
-        ttl = int(self.policy.max_age_s) + 3600
-        args: list[str | bytes | int] = [
-            delivery_id,
-            ttl,
-            run_id,
-            state.webhook.url,
-            kind,
-            payload(state, kind),
-        ]
-        await self._record_delivery(keys=[key, self.keys.webhooks_due], args=args)
+        targets: list[tuple[str, str, str]] = []  # (webhook-id, URL, operator endpoint's name)
+        if state.webhook is not None and kind in state.webhook.events:
+            targets.append((f"msg_{run_id}", state.webhook.url, ""))  # one terminal event: one delivery
+        mine = [e for e in self.endpoints.of(state.user_id) if kind in e.events]
+        targets += [(e.delivery_id(run_id), e.url, e.name) for e in mine]
+        body, ttl = payload(state, kind), int(self.policy.max_age_s) + 3600
+        for delivery_id, url, endpoint in targets:
+            key = self.keys.webhook_delivery(delivery_id)
+            args: list[str | bytes | int] = [delivery_id, ttl, run_id, url, kind, body]
+            args += [endpoint, state.user_id]
+            await self._record_delivery(keys=[key, self.keys.webhooks_due], args=args)
 
     async def _now_ms(self) -> int:
         seconds, micros = await self.redis.time()
@@ -210,43 +240,59 @@ class WebhookDeliverer:
         if b"run" not in raw:
             await self.redis.zrem(self.keys.webhooks_due, delivery_id)
             return
-        run_id, url, kind = raw[b"run"].decode(), raw[b"url"].decode(), raw[b"kind"].decode()
+        delivery = Delivery.of(delivery_id, raw)
         attempt = int(await self.redis.hincrby(self.keys.webhook_delivery(delivery_id), "attempts", 1))
-        outcome, code, error = await self._send(run_id, delivery_id, url, raw[b"body"], now_ms)
+        outcome, code, error = await self._send(delivery, now_ms)
         next_at = None
         if outcome == "retrying":
-            if now_ms - int(raw[b"since"]) >= self.policy.max_age_s * 1000:
+            if now_ms - delivery.since_ms >= self.policy.max_age_s * 1000:
                 outcome = "dead"
             else:
                 next_at = now_ms + int(backoff(attempt, self.policy) * 1000)
-        await self._record(run_id, delivery_id, kind, attempt, outcome, code, error, next_at)
+        await self._record(delivery, attempt, outcome, code, error, next_at)
         if next_at is not None:
             await self.redis.zadd(self.keys.webhooks_due, {delivery_id: next_at})
         else:
             await self.redis.zrem(self.keys.webhooks_due, delivery_id)
             await self.redis.delete(self.keys.webhook_delivery(delivery_id))
 
-    async def _send(
-        self, run_id: str, delivery_id: str, url: str, body: bytes, now_ms: int
-    ) -> tuple[DeliveryOutcome, int | None, str]:
+    async def _send(self, d: Delivery, now_ms: int) -> tuple[DeliveryOutcome, int | None, str]:
+        if d.endpoint and await self._disabled(d):
+            return "disabled", None, f"the endpoint {d.endpoint!r} answered 410 Gone before: it is disabled"
         try:
-            target = await resolve_target(url, self.policy.allow, self.resolver)
+            target = await resolve_target(d.url, self.policy.allow, self.resolver)
         except UnsafeTarget as exc:
             return "refused", None, str(exc)
-        secret: Any = await self.redis.get(self.keys.webhook_secret(run_id))
+        secret = await self._secret(d)
         if secret is None:
-            return "dead", None, "the run's webhook secret has expired"
-        signed = headers(bytes(secret).decode(), delivery_id, now_ms // 1000, body)
+            gone = f"the operator endpoint {d.endpoint!r} is no longer configured"
+            return "dead", None, gone if d.endpoint else "the run's webhook secret has expired"
+        signed = headers(secret, d.delivery_id, now_ms // 1000, d.body)
         try:
-            response = await self._post(target, body, signed)
+            response = await self._post(target, d.body, signed)
         except httpx.HTTPError as exc:
             return "retrying", None, f"{type(exc).__name__}: {exc}"[:300]
         status = response.status_code
         if 200 <= status < 300:
             return "delivered", status, ""
         if status == 410:
+            if d.endpoint:
+                await self.redis.hset(self.keys.webhook_endpoints_disabled, d.disabled_field, d.url)
             return "disabled", status, "the receiver answered 410 Gone"
         return "retrying", status, f"HTTP {status}"
+
+    async def _disabled(self, d: Delivery) -> bool:
+        """Whether this endpoint answered 410 at this URL before (a new URL enables it again)."""
+        gone: Any = await self.redis.hget(self.keys.webhook_endpoints_disabled, d.disabled_field)
+        return gone is not None and bytes(gone).decode() == d.url
+
+    async def _secret(self, d: Delivery) -> str | None:
+        """The signing secret: the operator endpoint's (from the configuration) or the run's."""
+        if d.endpoint:
+            endpoint = self.endpoints.get(d.user_id, d.endpoint)
+            return endpoint.secret if endpoint is not None else None
+        secret: Any = await self.redis.get(self.keys.webhook_secret(d.run_id))
+        return None if secret is None else bytes(secret).decode()
 
     async def _post(self, target: Target, body: bytes, signed: dict[str, str]) -> httpx.Response:
         """Connect to the address that was checked (no second lookup to rebind), name the host."""
@@ -259,9 +305,7 @@ class WebhookDeliverer:
 
     async def _record(
         self,
-        run_id: str,
-        delivery_id: str,
-        kind: str,
+        d: Delivery,
         attempt: int,
         outcome: DeliveryOutcome,
         code: int | None,
@@ -271,10 +315,12 @@ class WebhookDeliverer:
         next_at = (
             None if next_ms is None else datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=next_ms)
         )
+        run_id = d.run_id
         event = WebhookAttempted(
             run_id=run_id,
-            webhook_id=delivery_id,
-            event_type=kind,  # type: ignore[arg-type]
+            webhook_id=d.delivery_id,
+            event_type=d.kind,  # type: ignore[arg-type]
+            endpoint=d.endpoint or None,
             attempt=attempt,
             outcome=outcome,
             status_code=code,
@@ -286,7 +332,5 @@ class WebhookDeliverer:
         except Refused as refused:  # the run's stream expired: the attempt happened all the same
             logger.warning("webhook attempt not recorded", extra={"run_id": run_id, "reason": refused.reason})
         if outcome != "delivered":
-            logger.info(
-                "webhook attempt",
-                extra={"run_id": run_id, "webhook_id": delivery_id, "outcome": outcome, "status_code": code},
-            )
+            fields = {"run_id": run_id, "webhook_id": d.delivery_id, "outcome": outcome}
+            logger.info("webhook attempt", extra={**fields, "status_code": code})

@@ -29,4 +29,5 @@ async def test_diff_names_what_changed_and_keeps_what_did_not(
     assert doc["changed"]["costUsd"] == {"a": 0.01, "b": 0.02}
     assert doc["changed"]["options"]["b"]["debateRounds"] == 2
     assert "rating" in doc["same"] and "symbol" in doc["same"]
+    assert doc["sameValues"]["rating"] == base.rating and doc["sameValues"].keys() == set(doc["same"])
     assert (await client.get(f"{RUNS}/{a}/diff/not-a-run")).status_code == 404

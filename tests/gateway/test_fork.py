@@ -15,7 +15,7 @@ async def test_a_fork_reuses_the_steps_before_from_step(
 ) -> None:
     source = (await client.post(RUNS, json=BODY)).json()["runId"]
     await runner.run_all(source)
-    body = {"fromStep": "research_debate", "debateRounds": 3, "modelId": "offline"}
+    body = {"fromStep": "research_debate", "debateRounds": 3, "riskRounds": 2, "modelId": "offline"}
     forked = await client.post(f"{RUNS}/{source}/fork", json=body)
     assert forked.status_code == 202, forked.text
     run_id = forked.json()["runId"]
@@ -24,6 +24,7 @@ async def test_a_fork_reuses_the_steps_before_from_step(
     view = (await client.get(f"{RUNS}/{run_id}")).json()
     assert view["parentRunId"] == source and view["fromStep"] == "research_debate"
     assert view["status"] == "pending" and view["options"]["debateRounds"] == 3
+    assert view["options"]["riskRounds"] == 2
     assert [s["name"] for s in view["steps"] if s["status"] == "completed"] == reused
     assert list(_done_steps(await store.read(run_id))) == reused  # what the runner will skip
 

@@ -29,6 +29,9 @@ async def test_a_link_reads_one_run_until_revoked(start_gateway: GatewayFactory,
         made = await http.post(f"{RUNS}/{run_id}/shares", headers=auth("alice"), json={"expiresInS": 3600})
         assert made.status_code == 201, made.text
         link = made.json()["url"]
+        page = await http.get(f"{gateway.url}{made.json()['pageUrl']}")  # what a person opens
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert page.headers["referrer-policy"] == "no-referrer"
         await store.append(RunStarted(run_id=run_id, runner_id="r", attempt=1, steps=()), fence="f")
         await store.append(RunCompleted(run_id=run_id), fence="f")
         seen = await http.get(link)  # no credentials

@@ -13,6 +13,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 ADDED_SINCE_V1: dict[str, dict[str, object]] = {
     "RunRequested": {"pipeline": "trading", "webhook": None, "parent_run_id": None, "from_step": None},
     "RunCompleted": {"output": None},
+    "WebhookAttempted": {"endpoint": None},
 }
 """Fields added after the samples were written: a re-encoded old event carries their defaults."""
 _ASSESSED: dict[str, object] = {

@@ -7,6 +7,9 @@ import { copyLink, exportAs } from "./run-actions.js";
 import { compareHash, compareIdsFromHash, renderCompare } from "./compare.js";
 import { loadDataSource } from "./notes.js";
 import { bindOlder, closeOlder } from "./archive.js";
+import { sharedToken, startShared, toggleShare, closeShare } from "./share.js";
+import { syncForks, toggleFork } from "./forks.js";
+import { diffIdsFromHash, openDiff, offerDiff } from "./diff.js";
 
 const SYMBOL = /^[A-Z0-9.\-^=]{1,10}$/;
 const LAST_TICKER = "tickertape.lastTicker";
@@ -114,10 +117,10 @@ async function submit(event) {
     const accepted = await client.submit(body, { idempotencyKey: page.key });
     page.key = newKey();
     clearNotice();
-    sayNear("#form-status", acceptedNote(accepted), "info"); // e.g. "joined — already running"
     if (body.symbol !== page.ticker) await selectTicker(body.symbol, { skipActive: true, url: false });
     history.pushState(null, "", runHash(accepted.runId));
     await openRun(accepted.runId, null);
+    sayNear("#run-notice", acceptedNote(accepted), "info"); // joined: on the run card, where the view goes
     $("#run").scrollIntoView({ behavior: "smooth", block: "start" });
     refreshActive();
     loadHistory();
@@ -148,10 +151,12 @@ function show(state) {
   if (state.runId !== page.runId) return;
   page.state = shown;
   renderRun(shown);
+  syncForks(client, shown);
 }
 
 /** Show a run and, while it is active, follow it live from `lastEventId`. */
 async function openRun(runId, lastEventId, known = null) {
+  if (runId !== page.runId) { sayNear("#run-notice", null); closeShare(); }
   detach();
   page.runId = runId;
   let state = known;
@@ -308,6 +313,7 @@ async function openCompare(runIds) {
   try {
     const runs = await Promise.all(runIds.map((id) => client.get(id)));
     renderCompare(runs, closeCompare);
+    offerDiff(runIds);
     $("#compare").scrollIntoView({ behavior: "smooth", block: "start" });
   } catch (err) {
     explain(err, "comparing the runs");
@@ -316,7 +322,25 @@ async function openCompare(runIds) {
 
 function closeCompare() {
   renderCompare(null);
-  if (compareIdsFromHash(location.hash)) history.pushState(null, "", page.runId ? runHash(page.runId) : `#${page.ticker}`);
+  if (compareIdsFromHash(location.hash) || diffIdsFromHash(location.hash)) history.pushState(null, "", page.runId ? runHash(page.runId) : `#${page.ticker}`);
+}
+
+async function showDiff(runIds) {
+  try {
+    await openDiff(client, runIds, closeCompare);
+  } catch (err) {
+    explain(err, "comparing the runs");
+  }
+}
+
+/** A fork was started: open it, live, and say what it reused. */
+async function openForked(runId, note) {
+  history.pushState(null, "", runHash(runId));
+  await openRun(runId, null);
+  sayNear("#run-notice", note, "info");
+  $("#run").scrollIntoView({ behavior: "smooth", block: "start" });
+  refreshActive();
+  loadHistory();
 }
 
 function comparePicked() {
@@ -387,9 +411,13 @@ function bind() {
   bindOlder(client, () => (page.scope === "ticker" ? page.ticker : null), (run) => historyItem(run, openFromHistory));
   $("#compare-picked").addEventListener("click", comparePicked);
   $(".notice-close").addEventListener("click", clearNotice);
+  $("#share-open").addEventListener("click", () => toggleShare(client, page.runId));
+  $("#fork-open").addEventListener("click", () => page.state && toggleFork(client, page.state, openForked));
   const followUrl = () => {
     const compared = compareIdsFromHash(location.hash);
     if (compared) return openCompare(compared);
+    const diffed = diffIdsFromHash(location.hash);
+    if (diffed) return showDiff(diffed);
     renderCompare(null);
     const runId = runIdFromHash(location.hash);
     if (runId) return openRunFromUrl(runId);
@@ -413,10 +441,14 @@ async function start() {
   await loadCatalogue();
   const runId = runIdFromHash(location.hash);
   const compared = compareIdsFromHash(location.hash);
+  const diffed = diffIdsFromHash(location.hash);
   if (compared) await openCompare(compared);
+  if (diffed) await showDiff(diffed);
   if (runId) await openRunFromUrl(runId);
-  else await selectTicker(tickerFromHash() || localStorage.getItem(LAST_TICKER) || "AAPL", { url: !compared });
+  else await selectTicker(tickerFromHash() || localStorage.getItem(LAST_TICKER) || "AAPL", { url: !compared && !diffed });
   refreshActive();
 }
 
-start();
+const shareToken = sharedToken(location.pathname);
+if (shareToken) startShared(shareToken); // a share link's page: that run alone, no sign-in
+else start();

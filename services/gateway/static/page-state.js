@@ -38,11 +38,11 @@ export function sayNear(selector, text, tone = "error") {
 }
 
 /**
- * What to say when a submit was accepted. The hook for a server that answers an identical running
- * request with the run it joins (`joined: true`): the page then opens that run and says so.
+ * What to say when a submit was accepted: a server answers an identical request whose run is still
+ * going with that run (`joined: true`); the page opens it and says so on the run card.
  */
 export function acceptedNote(accepted) {
-  if (accepted?.joined) return "The same analysis was already running — showing it instead of starting another.";
+  if (accepted?.joined) return "Already running — showing that run (the same analysis was under way, so no second one was started).";
   return null;
 }
 

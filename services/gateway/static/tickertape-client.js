@@ -92,6 +92,12 @@ export class TickertapeClient {
     return `${this.baseUrl}${this.prefix}${path}`;
   }
 
+  /** Where a run's event stream is read (a share link's client reads another address). */
+  eventsUrl(runId, lastEventId) {
+    const after = lastEventId ? `?after=${encodeURIComponent(lastEventId)}` : "";
+    return this.url(`/runs/${encodeURIComponent(runId)}/events${after}`);
+  }
+
   async request(method, path, { body, headers = {}, signal } = {}) {
     const init = { method, headers: { accept: "application/json", ...headers }, signal, credentials: "same-origin" };
     if (this.token) init.headers.authorization = `Bearer ${this.token}`;
@@ -270,8 +276,7 @@ export class Attachment {
   #openSse() {
     if (this.closed || this.source) return;
     if (!this.client.EventSource) return this.#startPolling();
-    const after = this.lastEventId ? `?after=${encodeURIComponent(this.lastEventId)}` : "";
-    const source = new this.client.EventSource(this.client.url(`/runs/${encodeURIComponent(this.runId)}/events${after}`), { withCredentials: true });
+    const source = new this.client.EventSource(this.client.eventsUrl(this.runId, this.lastEventId), { withCredentials: true });
     this.source = source;
     source.onopen = () => {
       this.failures = 0;
@@ -282,6 +287,7 @@ export class Attachment {
     source.addEventListener("message", (e) => this.#onMessage("message", e));
     source.addEventListener("reset", (e) => this.#onReset(e));
     source.addEventListener("end", (e) => this.#onEnd(e));
+    source.addEventListener("revoked", () => this.#revoked()); // a share link's stream, ended by its owner
     source.onerror = () => this.#onSseError(source);
   }
 
@@ -314,6 +320,12 @@ export class Attachment {
     if (isTerminal(this.state) && !this.state.polled) return this.#finish(this.state);
     // The stream ended without a full terminal state (it expired, or we were polling): ask for the run.
     this.#finishFromServer();
+  }
+
+  #revoked() {
+    this.close();
+    this.#setMode("ended");
+    this.handlers.onRevoked?.();
   }
 
   #finishFromServer() {

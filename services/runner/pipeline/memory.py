@@ -1,6 +1,6 @@
 """The desk's memory: each finished call on a symbol, and what the price did after it.
 
-A completed run records its call in a Redis hash per (provider, symbol), keyed by run id, so a
+A completed run records its call in a Redis hash per (user, provider, symbol), keyed by run id, so a
 retried or resumed run records it once. The next run on the symbol recalls the last few calls
 made before it and scores each against its own data (the same provider): the close at the
 horizon's end (or the latest close before it) over the close at the decision. Demo data gives
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import bisect
 import logging
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.events import RunRequested
 from shared.keys import Keys
 from shared.results import Assessment, MarketData, PastCall
 
@@ -54,10 +55,11 @@ def score(call: PastCall, data: MarketData) -> PastCall:
     )
 
 
-async def recall(redis: Redis, keys: Keys, data: MarketData, run_id: str, at: datetime) -> list[PastCall]:
-    """The last few calls on the symbol made before ``at``, scored; none if Redis cannot say."""
+async def recall(redis: Redis, keys: Keys, data: MarketData, run: RunRequested) -> list[PastCall]:
+    """The caller's last few calls on the symbol made before ``run``, scored; none if Redis cannot say."""
+    run_id, at = run.run_id, run.at
     try:
-        stored = await redis.hgetall(keys.memory(data.provider, data.symbol))
+        stored = await redis.hgetall(keys.memory(run.user_id, data.provider, data.symbol))
     except RedisError as exc:
         logger.warning("desk memory unavailable", extra={"symbol": data.symbol, "error": str(exc)})
         return []
@@ -73,13 +75,12 @@ async def recall(redis: Redis, keys: Keys, data: MarketData, run_id: str, at: da
     return [score(c, data) for c in calls[-RECALL:]]
 
 
-async def remember(
-    redis: Redis, keys: Keys, data: MarketData, run_id: str, at: datetime, call: Assessment
-) -> None:
-    """Record this run's call for the runs after it (best effort: a lost entry loses context only)."""
+async def remember(redis: Redis, keys: Keys, data: MarketData, run: RunRequested, call: Assessment) -> None:
+    """Record this run's call for its user's runs after it (best effort: a lost entry loses context
+    only)."""
     past = PastCall(
-        run_id=run_id,
-        date=at.date().isoformat(),
+        run_id=run.run_id,
+        date=run.at.date().isoformat(),
         decision=call.decision,
         rating=call.rating,
         price=data.prices.close[-1],
@@ -88,6 +89,7 @@ async def remember(
         demo=data.demo,
     )
     try:
-        await redis.hset(keys.memory(data.provider, data.symbol), run_id, msgspec.json.encode(past))
+        key = keys.memory(run.user_id, data.provider, data.symbol)
+        await redis.hset(key, run.run_id, msgspec.json.encode(past))
     except RedisError as exc:
         logger.warning("desk memory not recorded", extra={"symbol": data.symbol, "error": str(exc)})

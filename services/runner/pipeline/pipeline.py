@@ -302,9 +302,7 @@ class Pipeline:
             debate=_as(run.output(DEBATE_STEP, Debate), Debate),
             trade=_as(run.output(TRADER_STEP, TradeProposal), TradeProposal),
             risk=_as(run.output(RISK_STEP, RiskDebate), RiskDebate),
-            past=await memory.recall(
-                self.redis, self.settings.keys, data, run.request.run_id, run.request.at
-            ),
+            past=await memory.recall(self.redis, self.settings.keys, data, run.request),
         )
         reference = desk.assessment(data, reports, view.debate, view.trade, view.risk, view.past)
         await ticker.tick(0.2, f"reference: {reference.rating} ({reference.decision})")
@@ -321,7 +319,7 @@ class Pipeline:
         if not isinstance(final, Assessment):
             raise PipelineError("missing_output", "the final assessment step left no output")
         debate, trade = run.output(DEBATE_STEP, Debate), run.output(TRADER_STEP, TradeProposal)
-        await memory.remember(self.redis, self.settings.keys, data, run.request.run_id, run.request.at, final)
+        await memory.remember(self.redis, self.settings.keys, data, run.request, final)
         return RunResult(
             memory=final.memory,
             risk_debate=_as(run.output(RISK_STEP, RiskDebate), RiskDebate),

@@ -193,3 +193,17 @@ def test_a_real_models_unexplained_departure_from_the_lean_is_said() -> None:
         desk.explained(msgspec.structs.replace(call, decision="BUY", rating="Buy"), debate).rationale
         == call.rationale
     )
+
+
+async def test_a_run_never_learns_another_users_calls(redis: Redis, http: httpx.AsyncClient) -> None:
+    pipeline = Pipeline(PipelineSettings(), redis, http)
+    earlier = replace(
+        request("MSFT", ("market",)), run_id="run-alice", user_id="alice", at=AS_OF - timedelta(days=120)
+    )
+    assert await pipeline.run(earlier, {}, RecordingReporter()) is not None
+    bob = await pipeline.run(replace(request("MSFT", ("market",)), user_id="bob"), {}, RecordingReporter())
+    assert bob is not None and bob.memory == [] and "alice" not in msgspec.json.encode(bob).decode()
+    alice = await pipeline.run(
+        replace(request("MSFT", ("market",)), user_id="alice"), {}, RecordingReporter()
+    )
+    assert alice is not None and [c.run_id for c in alice.memory] == ["run-alice"]

@@ -1,0 +1,44 @@
+"""Each step's usage, and the run's demo flag, on the wire: full state views, SSE deltas, merges."""
+
+from __future__ import annotations
+
+import json
+
+from services.gateway.hub import event_frame
+from services.gateway.schemas import state_view
+from shared.events import RunRequested, RunStarted, StepCompleted, StepStarted
+from shared.reducer import apply, initial
+from shared.results import MarketData, PriceSeries, Usage
+from shared.statedelta import merge
+
+RUN = "r1"
+DATA = MarketData(
+    symbol="AAPL", provider="synthetic", demo=True,
+    prices=PriceSeries(dates=["2026-11-30"], open=[1.0], high=[1.0], low=[1.0], close=[1.0], volume=[1.0]),
+)  # fmt: skip
+
+
+def test_a_step_carries_its_usage_in_the_run_usage_shape_and_the_delta_carries_it() -> None:
+    state = initial(RUN)
+    for event in (
+        RunRequested(run_id=RUN, user_id="u", symbol="AAPL", model_id="offline", analysts=("market",)),
+        RunStarted(run_id=RUN, runner_id="w", attempt=1, steps=("data", "market")),
+        StepStarted(run_id=RUN, step="data", index=0),
+    ):
+        state = apply(state, event, f"{state.event_count + 1}-0")
+    before = state_view(state)
+    spent = Usage(calls=2, prompt_tokens=300, completion_tokens=45, cost_usd=0.0123)
+    done = StepCompleted(run_id=RUN, step="data", duration_s=0.5, output=DATA, usage=spent)
+    state = apply(state, done, "9-0")
+
+    frame, after = event_frame("9-0", done, before, state)
+    sent = json.loads(frame.data.split(b"data: ", 1)[1])
+
+    step = after["steps"][0]
+    assert step["usage"] == after["usage"] == {
+        "calls": 2, "promptTokens": 300, "completionTokens": 45, "costUsd": 0.0123,
+    }  # fmt: skip
+    assert after["steps"][1]["usage"]["calls"] == 0 and after["demo"] is True and after["outcome"] is None
+    assert {"name": "data", "usage": step["usage"]}.items() <= sent["delta"]["steps"][0].items()
+    assert sent["delta"]["demo"] is True
+    assert merge(before, sent["delta"], "9-0") == after
