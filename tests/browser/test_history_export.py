@@ -2,7 +2,7 @@
 
 The page renders what the API sends. Where the run list does not carry a field yet (outcomes,
 per-step usage, the archive), the strict tests put it into the real answers on the way to the
-page (``page.route``), so the rendering is proven now; the tests marked ``BACKEND`` ask the real
+page (``page.route``), so the rendering is proven on its own; the tests at the end ask the real
 backend for it end to end."""
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from tests.e2e.stack import Stack
 from tests.support.processes import ServiceProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
-BACKEND = pytest.mark.xfail(reason="needs backend branch b1718", strict=False)
 RIGHT = {"realisedReturn": 0.032, "correct": True, "horizonDays": 91, "demo": True}
 WRONG = {"realisedReturn": -0.015, "correct": False, "horizonDays": 91, "demo": True, "horizonEnded": False}
 SPENT = {"calls": 3, "promptTokens": 1000, "completionTokens": 234, "costUsd": 0.0123}
@@ -254,7 +253,6 @@ def test_a_model_run_shows_its_spend_in_history_and_against_its_budget(
     expect(spend).to_contain_text("of $0.50")
 
 
-@BACKEND
 def test_each_step_of_a_model_run_shows_its_own_spend(context: BrowserContext, sim_stack: Stack) -> None:
     run_id = sim_stack.submit("NVDA", ("market",), modelId="sim")
     sim_stack.wait_status(run_id, {"completed"}, timeout_s=90)
@@ -265,7 +263,6 @@ def test_each_step_of_a_model_run_shows_its_own_spend(context: BrowserContext, s
     expect(page.locator("#steps .step[data-step='data_collection'] .step-usage")).to_have_count(0)
 
 
-@BACKEND
 def test_history_items_carry_their_outcome_and_spend(context: BrowserContext, sim_stack: Stack) -> None:
     run_id = sim_stack.submit("AMZN", ("market",))
     sim_stack.wait_status(run_id, {"completed"}, timeout_s=90)
@@ -276,7 +273,6 @@ def test_history_items_carry_their_outcome_and_spend(context: BrowserContext, si
     expect(page.locator(f"#history li[data-run-id='{run_id}'] .demo-tag")).to_have_text("Demo data")
 
 
-@BACKEND
 def test_a_run_past_the_history_horizon_is_listed_under_older_runs(
     context: BrowserContext, archiving_stack: Stack
 ) -> None:
