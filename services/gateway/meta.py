@@ -16,7 +16,7 @@ from services.gateway.auth import CSRF_COOKIE, SESSION_COOKIE, Caller
 from services.gateway.problems import Problem
 from services.gateway.runtime import Runtime, caller_of, runtime_of
 from services.gateway.schemas import SessionRequest
-from shared.catalog import ANALYSTS, pipelines
+from shared.catalog import ANALYSTS, DATA_PROVIDERS, pipelines
 from shared.models import unavailable
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,11 @@ def build_router() -> APIRouter:
         return {
             "pipelines": [{"name": p.name, "steps": p.steps, "builtin": p.target == "builtin"} for p in found]
         }
+
+    @router.get("/api/trading/data", tags=["catalog"], summary="Where runs get their prices by default")
+    async def data_source(runtime: RuntimeDep) -> dict[str, Any]:
+        provider = runtime.settings.data_provider  # the gateway's environment stands for the runners'
+        return {"provider": provider, "demo": provider == "synthetic", "providers": list(DATA_PROVIDERS)}
 
     _session_routes(router)
     _page_routes(router)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.catalog import PipelineSpecError, parse_pipelines
+from shared.catalog import DATA_PROVIDERS, PipelineSpecError, parse_pipelines
 from shared.config import CommonSettings, ConfigError, Env
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -164,6 +164,9 @@ class GatewaySettings:
     pipelines: Mapping[str, str] = field(default_factory=dict)
     """Registered pipelines (``TT_PIPELINES``): only their names are used here, the gateway never
     imports a user's module (docs/pipeline.md)."""
+    data_provider: str = "synthetic"
+    """Where runs that name no provider get their prices (``TT_DATA_PROVIDER``, as the runners
+    read it): the page says so when it is demo data."""
 
     @property
     def projectors(self) -> tuple[str, ...]:
@@ -208,7 +211,15 @@ class GatewaySettings:
             redis_pool_size=env.integer("GATEWAY_REDIS_POOL", 10, minimum=2),
             process_id=env.text("GATEWAY_PROCESS_ID", default_process_id()),
             pipelines=_pipelines(env),
+            data_provider=_data_provider(env),
         )
+
+
+def _data_provider(env: Env) -> str:
+    provider = env.text("DATA_PROVIDER", "synthetic")
+    if provider not in DATA_PROVIDERS:
+        raise ConfigError(f"TT_DATA_PROVIDER must be one of {', '.join(DATA_PROVIDERS)}")
+    return provider
 
 
 def _pipelines(env: Env) -> dict[str, str]:

@@ -85,6 +85,19 @@ def assert_no_overflow(page: Page, where: str) -> None:
         raise AssertionError(f"{where}: page is {extra}px wider than the window; widest: {culprits}")
 
 
+def readme_shot(page: Page, name: str, element: str | None = None) -> None:
+    """Under ``TT_README_SHOTS=1``, write docs/img/<name>.png: the window from the top of the
+    page, or the whole of one ``element`` (a note taller than any window)."""
+    if os.environ.get("TT_README_SHOTS") != "1":
+        return
+    path = str(README_IMAGES / f"{name}.png")
+    if element:
+        page.locator(element).screenshot(path=path)
+        return
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=path)
+
+
 @pytest.fixture
 def shoot(request: pytest.FixtureRequest) -> Shoot:
     """``shoot(page, "state")``: full-page screenshots at the current size, then (unless
@@ -106,9 +119,8 @@ def shoot(request: pytest.FixtureRequest) -> Shoot:
                 assert_no_overflow(page, f"{state} at {name} size")
                 page.screenshot(path=str(SCREENSHOTS / f"{test}--{state}--{name}.png"), full_page=True)
             page.set_viewport_size(original)
-        if readme and os.environ.get("TT_README_SHOTS") == "1":
-            page.evaluate("window.scrollTo(0, 0)")  # the README shows the page as it opens
-            page.screenshot(path=str(README_IMAGES / f"{readme}.png"))
+        if readme:
+            readme_shot(page, readme)  # the README shows the page as it opens
         return path
 
     return save

@@ -62,6 +62,7 @@ def test_a_finished_run_has_its_own_url_leads_with_the_decision_and_back_works(
     assert decision_y and steps_y and decision_y["y"] < steps_y["y"]  # the decision comes first
     expect(page.locator("#steps-box")).not_to_have_attribute("open", "")  # steps folded below
     expect(page.locator("#history-ticker")).to_have_text("ORCL")
+    page.click("#export summary")
     with page.expect_download() as download:
         page.click("#export-json")
     assert download.value.suggested_filename == f"tickertape-ORCL-{first}.json"

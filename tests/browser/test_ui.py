@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 from redis import Redis
 
-from tests.browser.conftest import Shoot
+from tests.browser.conftest import PHONE, Shoot, readme_shot
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.browser
@@ -74,6 +75,8 @@ def test_leave_reload_and_return_pick_the_run_up_where_it_is(
     context: BrowserContext, stack: Stack, shoot: Shoot
 ) -> None:
     page = open_page(context, stack, "AAPL")
+    for analyst in page.locator("#analysts input").all():
+        analyst.check()  # the whole desk: the README shows it, and its steps outlast the shots below
     run_id = start_run(page)
     wait_percent(page, 15)
     shoot(page, "running", readme="running")
@@ -105,6 +108,17 @@ def test_leave_reload_and_return_pick_the_run_up_where_it_is(
     expect(page.locator(f"#history li[data-run-id='{run_id}']")).to_be_visible()
     assert all(entry["runId"] != run_id for entry in remembered(page))
     shoot(page, "finished", readme="finished")
+    chart = page.locator("#result svg.chart")
+    expect(chart).to_have_attribute("viewBox", re.compile(r"^0 0 640 "))  # redrawn for the desktop again
+    page.locator("#risk-debate summary").click()  # the README's whole note shows the risk debate open
+    expect(page.locator("#risk-debate .body")).to_be_visible()
+    readme_shot(page, "desk", element="#result")
+    page.set_viewport_size(PHONE)
+    expect(chart).to_have_attribute("viewBox", re.compile(r"^0 0 360 "))  # the phone's redraw…
+    expect(page.locator("#risk-debate")).to_have_attribute("open", "")  # …keeps what the reader opened
+    page.evaluate("window.scrollTo(0, 0)")
+    expect(page.locator("#decision")).to_be_in_viewport()  # a phone, too, opens on the decision
+    readme_shot(page, "phone")
 
 
 def test_cancel_from_the_page_shows_cancelled_promptly(

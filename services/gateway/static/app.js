@@ -3,8 +3,10 @@ import { TickertapeClient, isTerminal } from "./tickertape-client.js";
 import { $, h, renderRun, renderEta, renderResult, historyItem, historyUnavailable, activeChip, setConnection } from "./views.js";
 import { runHash, runIdFromHash, steady, sayNear, acceptedNote } from "./page-state.js";
 import { ensureSignedIn } from "./signin.js";
-import { copyLink, exportJson } from "./run-actions.js";
+import { copyLink, exportAs } from "./run-actions.js";
 import { compareHash, compareIdsFromHash, renderCompare } from "./compare.js";
+import { loadDataSource } from "./notes.js";
+import { bindOlder, closeOlder } from "./archive.js";
 import { sharedToken, startShared, toggleShare, closeShare } from "./share.js";
 import { syncForks, toggleFork } from "./forks.js";
 import { diffIdsFromHash, openDiff, offerDiff } from "./diff.js";
@@ -45,6 +47,7 @@ function explain(err, doing) {
 // --- the form ---
 
 async function loadCatalogue() {
+  loadDataSource(client);
   try {
     const [models, analysts] = await Promise.all([client.models(), client.analysts()]);
     renderModels(Array.isArray(models) ? models : models.models || []);
@@ -214,6 +217,7 @@ async function selectTicker(ticker, { skipActive = false, url = true } = {}) {
   detach();
   $("#run").hidden = true;
   renderResult(null);
+  closeOlder();
   loadHistory();
   renderStrip();
   if (skipActive) return;
@@ -287,7 +291,8 @@ async function loadHistory(more = false) {
 /** A history row shows the same numbers as the run view: the newest state this page has seen. */
 function overlayHistory(state) {
   const row = document.querySelector(`#history li[data-run-id="${CSS.escape(state.runId)}"]`);
-  if (row) row.replaceWith(historyItem(state, openFromHistory, picker));
+  // the list's outcome stays: a run's own state (GET, SSE) need not carry it
+  if (row) row.replaceWith(historyItem({ outcome: row.run?.outcome, ...state }, openFromHistory, picker));
   if (page.active.some((r) => r.runId === state.runId)) renderStrip();
 }
 
@@ -358,6 +363,7 @@ function openFromHistory(run) {
 
 function setScope(scope) {
   page.scope = scope;
+  closeOlder();
   $("#history-ticker").setAttribute("aria-selected", String(scope === "ticker"));
   $("#history-all").setAttribute("aria-selected", String(scope === "all"));
   loadHistory();
@@ -394,11 +400,15 @@ function bind() {
   $("#ticker").addEventListener("change", () => navigate(tickerInput()));
   $("#cancel").addEventListener("click", askCancel);
   $("#copy-link").addEventListener("click", () => copyLink(page.runId));
-  $("#export-json").addEventListener("click", () => exportJson(client, page.runId));
+  document.addEventListener("click", (e) => { if (!$("#export").contains(e.target)) $("#export").open = false; });
+  for (const format of ["md", "json"]) {
+    $(`#export-${format}`).addEventListener("click", () => { $("#export").open = false; exportAs(client, page.runId, format); });
+  }
   $("#confirm-cancel").addEventListener("close", confirmedCancel);
   $("#history-ticker").addEventListener("click", () => setScope("ticker"));
   $("#history-all").addEventListener("click", () => setScope("all"));
   $("#history-more").addEventListener("click", () => loadHistory(true));
+  bindOlder(client, () => (page.scope === "ticker" ? page.ticker : null), (run) => historyItem(run, openFromHistory));
   $("#compare-picked").addEventListener("click", comparePicked);
   $(".notice-close").addEventListener("click", clearNotice);
   $("#share-open").addEventListener("click", () => toggleShare(client, page.runId));

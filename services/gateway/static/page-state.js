@@ -46,10 +46,10 @@ export function acceptedNote(accepted) {
   return null;
 }
 
-/** "$0.0123" for small spends, "$1.20" otherwise. */
+/** "$0.0123" or "$0.016" for small spends (fractions of a cent count), "$0.50" and "$1.20" otherwise. */
 export function dollars(value) {
   const v = Number(value) || 0;
-  return v > 0 && v < 1 ? `$${v.toFixed(4)}` : `$${v.toFixed(2)}`;
+  return v > 0 && v < 1 ? `$${v.toFixed(4).replace(/0{1,2}$/, "")}` : `$${v.toFixed(2)}`;
 }
 
 /** "3 LLM calls · 1,234 tokens · $0.0123 of $0.50 budget", or "" when nothing was spent or set. */

@@ -1,6 +1,6 @@
-// The run card's small actions: copy its link, download it as JSON.
-import { h } from "./views.js";
+// The run card's small actions: copy its link, export it as Markdown or JSON.
 import { runHash, sayNear } from "./page-state.js";
+import { exportRun } from "./export.js";
 
 export async function copyLink(runId) {
   if (!runId) return;
@@ -13,15 +13,11 @@ export async function copyLink(runId) {
   }
 }
 
-/** The run as the API has it, saved as a file (the CLI's `show RUN --format md` gives Markdown). */
-export async function exportJson(client, runId) {
+/** Download the run shown as `format` ("md": a readable note, "json": the run as the API has it). */
+export async function exportAs(client, runId, format) {
   if (!runId) return;
   try {
-    const state = await client.get(runId);
-    const link = h("a", { href: URL.createObjectURL(new Blob([JSON.stringify(state, null, 2)], { type: "application/json" })),
-      download: `tickertape-${state.symbol}-${state.runId}.json` });
-    link.click();
-    URL.revokeObjectURL(link.href);
+    await exportRun(client, runId, format, new URL(runHash(runId), location.href).href);
   } catch (err) {
     sayNear("#run-notice", err?.friendly || "Could not export the run. Try again.");
   }

@@ -146,6 +146,8 @@ export class TickertapeClient {
 
   models() { return this.request("GET", "/models"); }
   analysts() { return this.request("GET", "/analysts"); }
+  /** Where runs get their prices unless a request names a provider: `{provider, demo}`. */
+  dataSource() { return this.request("GET", "/data"); }
   get(runId) { return this.request("GET", `/runs/${encodeURIComponent(runId)}`); }
   progress(runId) { return this.request("GET", `/progress/${encodeURIComponent(runId)}`); }
 
@@ -156,9 +158,11 @@ export class TickertapeClient {
     return accepted;
   }
 
-  /** The caller's runs, newest first: `{runs, nextCursor}`. `status` may be `active`. */
-  async list({ symbol, status, limit = 20, cursor } = {}) {
+  /** The caller's runs, newest first: `{runs, nextCursor}`. `status` may be `active`; `archived`
+   * lists those moved past the history horizon instead. */
+  async list({ symbol, status, limit = 20, cursor, archived = false } = {}) {
     const query = new URLSearchParams();
+    if (archived) query.set("archived", "true");
     if (symbol) query.set("symbol", symbol);
     if (status) query.set("status", status);
     if (limit) query.set("limit", String(limit));

@@ -1,7 +1,9 @@
 // Rendering of runs, results and history into the page. DOM only; no network.
 import { priceChart } from "./chart.js";
 import { isTerminal } from "./tickertape-client.js";
-import { dollars, runHash, usageText } from "./page-state.js";
+import { runHash, usageText } from "./page-state.js";
+import { demoNote, outcomeNote, spendNote } from "./notes.js";
+import { stepUsageText, unlabelled } from "./export.js";
 
 export const $ = (sel) => document.querySelector(sel);
 
@@ -49,6 +51,10 @@ export function renderRun(state) {
   pill.dataset.status = state.status;
   const analysts = (state.analysts || []).join(", ");
   $("#run-meta").textContent = [`run ${state.runId}`, state.modelId, analysts, when(state.createdAt)].filter(Boolean).join(" · ");
+  const demo = demoNote(state);
+  $("#run-demo").hidden = !demo;
+  $("#run-demo").textContent = demo?.text || "";
+  $("#run-demo").title = demo?.title || "";
   const pct = Math.max(0, Math.min(100, Number(state.progress) || 0));
   $("#bar").style.width = `${pct}%`;
   $(".progress").setAttribute("aria-valuenow", String(Math.round(pct)));
@@ -101,11 +107,13 @@ function stepItem(step, state) {
     dur = seconds((Date.now() - new Date(step.startedAt).getTime()) / 1000);
   }
   const detail = step.message && step.status !== "pending" ? h("span", { class: "detail" }, step.message) : null;
+  const used = stepUsageText(step.usage);
   return h("li", { class: "step", "data-status": step.status, "data-step": step.name },
     h("span", { class: "icon", "aria-hidden": "true" }, ICONS[step.status] || "○"),
     h("span", { class: "name" }, step.label || step.name, h("span", { class: "visually-hidden" }, ` (${step.status})`)),
     h("span", { class: "dur" }, dur),
-    detail);
+    detail,
+    used ? h("span", { class: "step-usage", title: "LLM calls, tokens and estimated cost of this step" }, used) : null);
 }
 
 // --- result ---
@@ -122,6 +130,7 @@ export function renderResult(state) {
     card.replaceChildren();
     return;
   }
+  const opened = card.dataset.runId === state.runId ? openedReports(card) : new Set();
   card.hidden = false;
   card.dataset.runId = state.runId;
   card.replaceChildren(...[
@@ -139,7 +148,7 @@ export function renderResult(state) {
         fact("Took", seconds(state.durationS)))),
     r.demo ? h("p", { class: "demo", id: "demo-label" }, r.dataNote || `Demo data: ${r.provider || "synthetic"} prices generated for illustration, not real market data.`) : null,
     chartBlock(r),
-    h("h3", {}, "Why"), formatted(r.rationale),
+    h("h3", {}, r.riskDebate ? `Portfolio manager: why ${r.decision}` : "Why"), formatted(r.rationale),
     r.keyRisks?.length ? [h("h3", {}, "Key risks"), h("ul", { class: "risks" }, r.keyRisks.map((k) => h("li", {}, k)))] : null,
     r.trade ? tradeBlock(r.trade) : null,
     r.debate ? debateBlock(r.debate) : null,
@@ -148,7 +157,13 @@ export function renderResult(state) {
     h("h3", {}, "Analyst reports"),
     (r.reports || []).map(reportBlock),
   ].flat(2).filter(Boolean));
+  for (const d of card.querySelectorAll("details")) d.open = opened.has(reportKey(d));
 }
+
+// A redraw of the same run (a phone turned, the chart redrawn for the new width) keeps the
+// reports a reader opened.
+const reportKey = (d) => d.id || d.dataset.analyst || "";
+const openedReports = (card) => new Set([...card.querySelectorAll("details[open]")].map(reportKey));
 
 function renderOutput(card, state) {
   card.hidden = false;
@@ -191,7 +206,7 @@ function tradeBlock(t) {
 }
 
 function debateBlock(d) {
-  return h("details", { class: "report" },
+  return h("details", { class: "report", id: "debate" },
     h("summary", {}, h("strong", {}, "Bull vs bear debate"), h("span", { class: "signal", "data-signal": d.lean }, d.lean), h("span", { class: "muted" }, d.summary)),
     h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.side === "bull" ? "Bull" : "Bear"} (round ${t.round}): `), t.argument))));
 }
@@ -205,7 +220,7 @@ function pastCall(c) {
 function riskBlock(d) {
   return h("details", { class: "report", id: "risk-debate" },
     h("summary", {}, h("strong", {}, "Risk debate"), h("span", { class: "signal", "data-signal": "neutral" }, d.prevailing), h("span", { class: "muted" }, d.summary)),
-    h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.stance[0].toUpperCase()}${t.stance.slice(1)} (round ${t.round}): `), t.argument))));
+    h("div", { class: "body" }, (d.turns || []).map((t) => h("p", {}, h("strong", {}, `${t.stance[0].toUpperCase()}${t.stance.slice(1)} (round ${t.round}): `), unlabelled(t.argument, t.stance)))));
 }
 
 function reportBlock(rep) {
@@ -244,15 +259,29 @@ export function historyItem(run, onOpen, pick = null) {
   const decision = run.result?.decision;
   const box = pick && h("input", { type: "checkbox", class: "pick", "aria-label": `Compare ${run.symbol} ${shortId(run.runId)}`,
     checked: pick.picked.has(run.runId), onclick: (e) => e.stopPropagation(), onchange: (e) => pick.onPick(run, e.target.checked) });
-  return h("li", { "data-run-id": run.runId, "data-status": run.status, tabindex: "0", onclick: () => onOpen(run),
+  const row = h("li", { "data-run-id": run.runId, "data-status": run.status, tabindex: "0", onclick: () => onOpen(run),
     onkeydown: (e) => { if (e.key === "Enter" && e.target === e.currentTarget) onOpen(run); } },
     box || h("span", {}),
     h("span", { class: "sym" }, run.symbol),
     h("span", { class: "mini-badge", "data-decision": decision || "" }, decision || (isTerminal(run) ? "—" : `${Math.round(run.progress || 0)}%`)),
     h("a", { class: "when", href: runHash(run.runId), onclick: (e) => e.preventDefault() }, when(run.createdAt || run.requestedAt),
-      run.durationS ? ` · ${seconds(run.durationS)}` : "", run.usage?.calls ? ` · ${dollars(run.usage.costUsd)}` : "",
-      h("span", { class: "run-tag" }, ` · ${shortId(run.runId)}`)),
-    h("span", { class: "status-pill", "data-status": run.status }, STATUS_WORDS[run.status] || run.status));
+      run.durationS ? ` · ${seconds(run.durationS)}` : "", h("span", { class: "run-tag" }, ` · ${shortId(run.runId)}`)),
+    h("span", { class: "status-pill", "data-status": run.status }, STATUS_WORDS[run.status] || run.status),
+    rowNotes(run));
+  row.run = run; // what the row was drawn from: a live update keeps the list's outcome
+  return row;
+}
+
+/** The line under a history row: outcome, demo data, spend — each only when the run has it. */
+function rowNotes(run) {
+  const outcome = outcomeNote(run);
+  const demo = demoNote(run);
+  const spend = spendNote(run);
+  if (!outcome && !demo && !spend) return null;
+  return h("span", { class: "notes" },
+    outcome && h("span", { class: "outcome", "data-correct": String(outcome.correct), title: outcome.title }, outcome.text),
+    demo && h("span", { class: "demo-tag", title: demo.title }, demo.text),
+    spend && h("span", { class: "spend", title: spend.title }, spend.text));
 }
 
 export function historyUnavailable() {
