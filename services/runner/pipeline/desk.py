@@ -224,9 +224,15 @@ def assessment(
     remembered, adjust = _memory_sentences(data.symbol, past)
     bulls = [r.analyst for r in reports if r.signal == "bullish"] or ["none"]
     bears = [r.analyst for r in reports if r.signal == "bearish"] or ["none"]
+    # "Hold on AAPL, so HOLD" says one thing twice; "Overweight on AAPL, so BUY" says two.
+    call = (
+        f"{decision} on {data.symbol}"
+        if rating.upper() == decision
+        else f"{rating} on {data.symbol}, so {decision}"
+    )
     rationale = " ".join(
         (
-            f"{rating} on {data.symbol}, so {decision}: the composite score of {score:+.2f} across "
+            f"{call}: the composite score of {score:+.2f} across "
             f"{_plural(len(reports), 'analyst')} sits in the {rating} band ({_band(rating)}).",
             f"Bullish analysts: {', '.join(bulls)}; bearish: {', '.join(bears)}.",
             _debate_sentence(debate, decision, score, rating),
