@@ -11,7 +11,8 @@ from typing import Any
 from services.cli.api import Api, ApiError, GatewayDown, pick
 from services.cli.cursors import Cursors
 from services.cli.display import Display, duration, render_models, render_result, render_runs
-from services.cli.present import markdown, resolve, run_url, self_command, step_usage, usage_line
+from services.cli.markdown import markdown
+from services.cli.present import resolve, run_url, self_command, step_usage, usage_line
 from services.cli.settings import ClientSettings
 from services.cli.watch import Detached, RedisWatcher, SignalGuard, SseWatcher
 from shared.config import DEFAULT_REDIS_URL, Env, RedisTarget, sentinel_from_env

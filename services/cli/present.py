@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -125,48 +124,3 @@ def self_command() -> str:
     return (
         os.path.relpath(argv0) if os.path.isabs(argv0) and len(os.path.relpath(argv0)) < len(argv0) else argv0
     )
-
-
-def markdown(state: Json, url: str) -> str:
-    """A run as Markdown: decision, facts, usage, rationale, risks, trade, reports and steps."""
-    result = pick(state, "result") or {}
-    lines = [f"# {pick(state, 'symbol')} — {pick(result, 'decision') or pick(state, 'status')}", ""]
-    lines += [f"- Run: [{pick(state, 'run_id')}]({url})", f"- Status: {pick(state, 'status')}"]
-    if result:
-        confidence = float(pick(result, "confidence", 0.0) or 0.0)
-        lines += [f"- Rating: {pick(result, 'rating')}", f"- Confidence: {confidence:.0%}"]
-        lines += [f"- Horizon: {pick(result, 'horizon')}"]
-    lines += [
-        f"- Analysts: {', '.join(pick(state, 'analysts', []) or [])}",
-        f"- Model: {pick(state, 'model_id')}",
-    ]
-    lines += [f"- Requested: {pick(state, 'created_at') or pick(state, 'requested_at', '')}"]
-    lines += [f"- Usage: {usage_line(state)}", ""]
-    if result:
-        lines += ["## Why", "", str(pick(result, "rationale", "")), ""]
-        risks = pick(result, "key_risks", []) or []
-        lines += ["## Key risks", "", *[f"- {risk}" for risk in risks], ""] if risks else []
-        trade = pick(result, "trade")
-        if trade:
-            plan = f"{trade.get('action')} at {trade.get('entry')}, stop {trade.get('stop')}"
-            lines += [
-                "## Trade",
-                "",
-                f"{plan}, target {trade.get('target')}, {pick(trade, 'position_pct')}%",
-                "",
-            ]
-        for report in pick(result, "reports", []) or []:
-            lines += [
-                f"## {report.get('title')} ({report.get('signal')})",
-                "",
-                str(report.get("report", "")),
-                "",
-            ]
-    elif pick(state, "output") is not None:
-        lines += ["## Output", "", "```json", json.dumps(pick(state, "output"), indent=2), "```", ""]
-    lines += ["## Steps", ""]
-    for step in pick(state, "steps", []) or []:
-        label, spent = step.get("label", step.get("name")), step_usage(step)
-        lines.append(f"- {label}: {step.get('status')} {step.get('message') or ''}".rstrip())
-        lines += [f"  - {spent}"] if spent else []
-    return "\n".join(lines) + "\n"

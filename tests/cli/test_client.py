@@ -164,6 +164,10 @@ def test_ids_by_prefix_or_tag_human_times_export_and_cancel_codes(stack: Stack, 
     assert json.loads(tickertape(env, "show", done[-6:], "--format", "json").stdout)["runId"] == done
     exported = tickertape(env, "show", done[-6:], "--format", "md").stdout
     assert exported.startswith("# AMD — ") and f"/#/runs/{done})" in exported and "## Steps" in exported
+    sections = [line for line in exported.splitlines() if line.startswith("## ")]
+    desk = ["Analyst reports", "Bull vs bear debate", "Trader's proposal", "Risk debate", "Portfolio manager"]
+    assert [next(i for i, s in enumerate(sections) if s[3:].startswith(d)) for d in desk] == list(range(5))
+    assert "- Price target: " in exported and "**Aggressive (round 1):** " in exported
 
     ambiguous = tickertape(env, "show", done[:4])  # sortable ids: runs of one minute share a start
     assert ambiguous.returncode == 3 and "matches" in ambiguous.stderr

@@ -1,5 +1,5 @@
 // A run as a file from the page: Markdown (a note a person reads) or JSON (the run as the API has it).
-// The Markdown follows the CLI's `tickertape show RUN --format md` (services/cli/present.py):
+// The Markdown follows the CLI's `tickertape show RUN --format md` (services/cli/markdown.py):
 // a title with the decision, the facts as a list, then sections in the order the desk worked.
 import { usageText } from "./page-state.js";
 
