@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from shared import streamids
@@ -12,6 +14,11 @@ from shared.events import RunFailed, RunStarted
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, events_of, report, running_worker, submit, wait_state
+
+
+def _sample(name: str, **labels: str) -> float:
+    """A runner metric of this process (the workers here share the default registry)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def _deadletters(redis: Redis, keys: Keys) -> list[dict[str, str]]:
@@ -26,12 +33,14 @@ async def test_a_poison_entry_is_dead_lettered_and_the_next_run_completes(
     await redis.xadd(keys.queue, {"garbage": "1"})
     await redis.xadd(keys.queue, {"r": "no-such-run"})
     run_id = await submit(store)
+    counted = _sample("tickertape_deadletters_total", reason="poison")
     async with running_worker(redis_url, CountingPipeline(redis)):
         assert (await wait_state(store, run_id)).status == "completed"
         await asyncio.sleep(0.1)
     letters = await _deadletters(redis, keys)
     assert [d["reason"] for d in letters] == ["poison", "poison"]
     assert letters[1]["r"] == "no-such-run"
+    assert _sample("tickertape_deadletters_total", reason="poison") == counted + 2
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
 
 
@@ -40,13 +49,20 @@ async def test_a_run_failing_every_attempt_is_dead_lettered_after_the_maximum(
 ) -> None:
     store = EventStore(redis, keys)
     failing = await submit(store, symbol="FAIL")
-    async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.5", TT_MAX_ATTEMPTS="3"):
+    counted = _sample("tickertape_deadletters_total", reason="max_attempts")
+    settings = {"TT_LEASE_S": "0.5", "TT_MAX_ATTEMPTS": "3"}
+    async with running_worker(redis_url, CountingPipeline(redis), **settings) as worker:
         state = await wait_state(store, failing)
         healthy = await submit(store)
         assert (await wait_state(store, healthy)).status == "completed"
+        assert worker.executor.finished == Counter(failed=1, completed=1)
     assert state.status == "failed" and state.error is not None and state.error.code == "max_attempts"
+    # The last failure is named in the run's own error, and the attempts counted are the ones made.
+    assert state.error.message.startswith("gave up after 3 attempts; last: ") and "503" in state.error.message
+    assert _sample("tickertape_deadletters_total", reason="max_attempts") == counted + 1
     events = await events_of(store, failing)
     assert [e.attempt for e in events if isinstance(e, RunStarted)] == [1, 2, 3]
+    assert [e.attempt for e in events if isinstance(e, RunFailed) and not e.will_retry] == [3]
     retried = [e for e in events if isinstance(e, RunFailed) and e.will_retry]
     assert [e.code for e in retried] == ["llm_unavailable"] * 3
     letters = await _deadletters(redis, keys)
