@@ -32,15 +32,23 @@ async def test_a_poison_entry_is_dead_lettered_and_the_next_run_completes(
     store = EventStore(redis, keys)
     await redis.xadd(keys.queue, {"garbage": "1"})
     await redis.xadd(keys.queue, {"r": "no-such-run"})
+    # a run Redis knows whose RunRequested cannot be read (here: garbage in its place)
+    await redis.xadd(keys.run("garbled"), {"not": "an event"})
+    await redis.hset(keys.meta("garbled"), mapping={"phase": "queued", "user": "local"})
+    await redis.xadd(keys.queue, {"r": "garbled"})
     run_id = await submit(store)
     counted = _sample("tickertape_deadletters_total", reason="poison")
     async with running_worker(redis_url, CountingPipeline(redis)):
         assert (await wait_state(store, run_id)).status == "completed"
         await asyncio.sleep(0.1)
     letters = await _deadletters(redis, keys)
-    assert [d["reason"] for d in letters] == ["poison", "poison"]
-    assert letters[1]["r"] == "no-such-run"
-    assert _sample("tickertape_deadletters_total", reason="poison") == counted + 2
+    assert [d["reason"] for d in letters] == ["poison", "poison", "poison"]
+    assert [d.get("r") for d in letters[1:]] == ["no-such-run", "garbled"]
+    assert _sample("tickertape_deadletters_total", reason="poison") == counted + 3
+    # the run the poison named is ended, saying why, so no reader waits on it
+    (ended,) = [e for e in await events_of(store, "garbled") if isinstance(e, RunFailed)]
+    assert (ended.code, ended.attempt, ended.will_retry) == ("poison", 1, False)
+    assert ended.message == "the entry names no run with a RunRequested"
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
 
 
