@@ -43,7 +43,7 @@ async def test_a_poison_entry_is_dead_lettered_and_the_next_run_completes(
         await asyncio.sleep(0.1)
     letters = await _deadletters(redis, keys)
     assert [d["reason"] for d in letters] == ["poison", "poison", "poison"]
-    assert [d.get("r") for d in letters[1:]] == ["no-such-run", "garbled"]
+    assert sorted(d.get("r", "") for d in letters) == ["", "garbled", "no-such-run"]  # any order
     assert _sample("tickertape_deadletters_total", reason="poison") == counted + 3
     # the run the poison named is ended, saying why, so no reader waits on it
     (ended,) = [e for e in await events_of(store, "garbled") if isinstance(e, RunFailed)]
