@@ -16,6 +16,7 @@ from shared.store import EventStore, RefusalReason, Refused
 from tests.runner.support import (
     CountingPipeline,
     completed_key,
+    counted_finished,
     events_of,
     report,
     running_worker,
@@ -59,7 +60,7 @@ async def test_a_run_cancelled_mid_step_stops_within_half_a_second(
         await store.append(RunCancelled(run_id=run_id, user_id="local", reason="changed my mind"))
         state = await wait_state(store, run_id, timeout_s=5)
         seen = time.monotonic() - asked
-        assert worker.executor.finished == Counter(cancelled=1)
+        await counted_finished(worker, Counter(cancelled=1))
     confirmed = [e for e in await events_of(store, run_id) if isinstance(e, RunCancellationConfirmed)]
     assert state.status == "cancelled" and len(confirmed) == 1
     # The confirmation names who stopped it and why (the user's reason), and is counted once.

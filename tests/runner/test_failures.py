@@ -13,7 +13,15 @@ from shared import streamids
 from shared.events import RunFailed, RunStarted
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore
-from tests.runner.support import CountingPipeline, events_of, report, running_worker, submit, wait_state
+from tests.runner.support import (
+    CountingPipeline,
+    counted_finished,
+    events_of,
+    report,
+    running_worker,
+    submit,
+    wait_state,
+)
 
 
 def _sample(name: str, **labels: str) -> float:
@@ -63,7 +71,7 @@ async def test_a_run_failing_every_attempt_is_dead_lettered_after_the_maximum(
         state = await wait_state(store, failing)
         healthy = await submit(store)
         assert (await wait_state(store, healthy)).status == "completed"
-        assert worker.executor.finished == Counter(failed=1, completed=1)
+        await counted_finished(worker, Counter(failed=1, completed=1))
     assert state.status == "failed" and state.error is not None and state.error.code == "max_attempts"
     # The last failure is named in the run's own error, and the attempts counted are the ones made.
     assert state.error.message.startswith("gave up after 3 attempts; last: ") and "503" in state.error.message
