@@ -18,9 +18,11 @@ pattern is stale.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -85,6 +87,11 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/gateway/test_hub.py",
             "tests/gateway/test_sse_resume.py",
             "tests/gateway/test_isolation.py",
+            # Reset after a trim (a projector process serves the snapshot; ~4 s, so this one only).
+            "tests/gateway/test_with_projector.py::test_a_client_joining_a_followed_run_trimmed_meanwhile_gets_a_reset",
+            # Throughput and GC tuning, not a guarantee: 11 s a surviving mutant for nothing.
+            "--deselect=tests/gateway/test_sse.py::test_200_clients_all_get_every_event_on_a_flat_connection_count",
+            "--deselect=tests/gateway/test_hub.py::test_tune_gc_freezes_the_loaded_heap_and_raises_the_thresholds",
         ),
     ),
 }
@@ -211,6 +218,11 @@ def mutmut_config(modules: tuple[str, ...], tests: tuple[str, ...]) -> str:
         f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
         f"do_not_mutate_patterns = {toml_list(UNGUARDED)}\n"
+        # mutmut's wall limit is (the tests' call time + constant) * multiplier; the call time
+        # leaves out fixtures (a redis-server, a gateway, a projector process: seconds each on
+        # busy cores), which with its defaults (1 s, * 15) timed out nearly every SSE mutant.
+        "timeout_constant = 10.0\n"
+        "timeout_multiplier = 5.0\n"
         "use_git_change_detection = false\n"
     )
 
@@ -240,8 +252,14 @@ def run_python(group: str, children: int) -> tuple[int, int, list[str]]:
     log = tree / "mutmut.log"
     with log.open("w") as out:
         command = [mutmut, "run", "--max-children", str(children)]
-        proc = subprocess.Popen(command, cwd=tree, stdout=out, stderr=out)
-        finish(proc, log)
+        # A process group of its own: a mutant's test process killed at its time limit leaves
+        # its redis-server and service processes behind, still in this group; they end with it.
+        proc = subprocess.Popen(command, cwd=tree, stdout=out, stderr=out, start_new_session=True)
+        try:
+            finish(proc, log)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
     listing = subprocess.run(
         [mutmut, "results", "--all", "true"], cwd=tree, capture_output=True, text=True
     ).stdout

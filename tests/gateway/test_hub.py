@@ -15,12 +15,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.gateway.hub import Frame, Hub
-from shared.events import StepProgress
+from shared.catalog import plan_steps
+from shared.events import RunStarted, StepProgress, StepStarted
 from shared.keys import Keys
 from shared.redis_io import connect
 from shared.statedelta import merge
-from shared.store import EventStore
-from tests.gateway.support import Runner, request_event
+from shared.store import Appends, EventStore
+from tests.gateway.support import ANALYSTS, Runner, request_event
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -149,3 +150,33 @@ async def test_every_delta_merged_into_the_state_before_it_is_the_full_state_aft
     for before, after, frame, data in zip(full, full[1:], frames[1:-1], sent[1:-1], strict=False):
         assert merge(before["state"], data["delta"], frame.id) == after["state"]
         assert data["event"] == after["event"]
+
+
+async def test_a_listener_too_slow_for_a_batch_is_dropped_and_the_rest_get_the_batch(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """Events appended in one step reach the hub as one read (a batch): a listener whose queue is
+    full is cut there, counted once, and the others get the whole batch."""
+    store = EventStore(redis, keys)
+    event = request_event("local")
+    await store.submit(event)
+    run_id, steps = event.run_id, plan_steps(ANALYSTS)
+    async with running_hub(redis_url, keys, "batch-hub", block_ms=500) as hub:
+        slow = await hub.join(run_id, "0-0", maxsize=1)
+        fast = await hub.join(run_id, "0-0", maxsize=100)
+        async with asyncio.timeout(5):
+            while fast.queue.qsize() < 1:  # the RunRequested: the slow listener's queue is full
+                await asyncio.sleep(0.02)
+        started = RunStarted(run_id=run_id, runner_id="r", attempt=1, steps=steps)
+        first = StepStarted(run_id=run_id, step=steps[0], index=0)
+        await store.append_batch([Appends((started, first), fence="f1")])
+        async with asyncio.timeout(5):
+            while fast.queue.qsize() < 2:
+                await asyncio.sleep(0.02)
+        assert slow.dropped and hub.dropped == 1 and not fast.dropped
+        assert [f.final for f in list(slow.queue._queue)] == [True]  # type: ignore[attr-defined]
+        batch = list(fast.queue._queue)[1]  # type: ignore[attr-defined]
+        assert batch.data.count(b"id: ") == 2  # both events, as one queued frame
+        for listener in (slow, fast):
+            hub.leave(listener)
+        assert hub.listeners == 0

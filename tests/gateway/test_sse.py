@@ -15,7 +15,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.gateway.hub import Hub, Listener
+from services.gateway.hub import Hub, Listener, make_frame
+from services.gateway.sse import _drain
 from shared.catalog import plan_steps
 from shared.events import StepProgress
 from shared.ids import new_run_id
@@ -131,13 +132,14 @@ async def test_unknown_run_and_bad_cursor(client: httpx.AsyncClient) -> None:
     assert bad.status_code == 422 and bad.json()["field"] == "Last-Event-ID"
 
 
-async def test_heartbeats_while_idle(client: httpx.AsyncClient) -> None:
+async def test_heartbeats_while_idle(client: httpx.AsyncClient, runner: Runner) -> None:
     run_id = await submit(client)
+    await runner.start(run_id)  # two events: the hub reads them as one batch, then nothing more
     log = SseLog()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(2.5), client.stream("GET", f"{RUNS}/{run_id}/events") as r:
             await read_sse(r, log)
-    assert log.events == ["RunRequested"] and log.comments >= 2  # stream comment + ≥1 heartbeat
+    assert log.events == ["RunRequested", "RunStarted"] and log.comments >= 2  # stream comment + ≥1 heartbeat
 
 
 async def test_expired_run_gets_an_explicit_reset(
@@ -366,3 +368,17 @@ async def test_the_browser_client_folds_a_stream_into_the_states_the_server_hold
         input=json.dumps(events), capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     assert json.loads(done.stdout) == folded(log)[: len(events)]
+
+
+async def test_frames_queued_behind_a_slow_send_go_out_as_one_write_up_to_the_end() -> None:
+    """The pump's drain: what is already queued joins the frame in hand, in order, and stops at
+    the end frame (what follows it is not sent). Deterministic here: over HTTP the queue holds
+    more than one frame only when the client is slower than the hub."""
+    listener = Listener("run", "0-0", maxsize=10)
+    one, two, end, late = (make_frame(f"{n}-0", "e", f"f{n};".encode()) for n in (1, 2, 3, 4))
+    end.final = True
+    assert _drain(listener, one) == (b"f1;", False)  # nothing queued: the frame alone
+    for frame in (two, end, late):
+        listener.queue.put_nowait(frame)
+    assert _drain(listener, one) == (b"f1;f2;f3;", True)
+    assert listener.queue.qsize() == 1  # the frame after the end stays unsent

@@ -118,3 +118,29 @@ async def test_a_run_cancelled_while_queued_frees_the_users_slot_and_ends_its_st
         log = await _follow(http, run_id, SseLog())
         assert log.events == ["RunRequested", "RunCancelled", "end"]
         await _submit(http)
+
+
+async def test_the_per_user_stream_cap_counts_each_user_apart_and_frees_a_slot_at_the_end(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Kills: a slot taken or given back under another name than the stream's owner (the cap
+    would then be one counter for everybody, or never free). In-process; the cap's 429 itself
+    against a real gateway process: tests/security/test_limits_and_input.py."""
+    tokens = {hashlib.sha256(t.encode()).hexdigest(): u for t, u in ((ALICE, "alice"), (BOB, "bob"))}
+    gateway = await start_gateway(
+        auth=True, api_tokens=tokens, high_priority_users=frozenset(), sse_max_per_user=1
+    )
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=FAST_S) as http:
+        alices, bobs = await _submit(http, _bearer(ALICE)), await _submit(http, _bearer(BOB))
+        alice = SseLog()
+        following = asyncio.create_task(_follow(http, alices, alice, headers=_bearer(ALICE)))
+        await _until(alice, 1)
+        assert await _status_of_events(http, alices, _bearer(ALICE)) == 429  # her one slot is taken
+        bob = SseLog()
+        bob_follows = asyncio.create_task(_follow(http, bobs, bob, headers=_bearer(BOB)))
+        await _until(bob, 1)  # not counted against alice's slot
+        assert (await http.delete(f"{RUNS}/{alices}", headers=_bearer(ALICE))).status_code == 202
+        await following  # her stream ended: the slot is hers again
+        assert await _status_of_events(http, alices, _bearer(ALICE)) == 200
+        assert (await http.delete(f"{RUNS}/{bobs}", headers=_bearer(BOB))).status_code == 202
+        await bob_follows

@@ -198,6 +198,10 @@ async def test_a_client_joining_a_followed_run_trimmed_meanwhile_gets_a_reset(
         await read_sse(second, log, stop_after=2)
     retained = stream_ids(await redis.xrange(keys.run(run_id)))
     assert log.events[0] == "reset" and log.ids == retained
+    # The reset carries the read model's snapshot to start from, and says why.
+    reset = log.messages[0].data
+    assert reset["state"]["runId"] == run_id and reset["state"]["status"] in ("pending", "running")
+    assert "gone" in reset["reason"]
 
 
 async def test_with_every_projector_down_runs_work_from_their_streams_and_history_is_503(

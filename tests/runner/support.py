@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
@@ -112,6 +113,14 @@ async def running_worker(
     finally:
         worker.request_stop()
         await asyncio.wait_for(task, 30)
+
+
+async def counted_finished(worker: Worker, expected: Counter[str], timeout_s: float = 5) -> None:
+    """Wait until the worker counted these terminal events: it counts just after the append, which
+    a test reading the run's state can see first."""
+    async with asyncio.timeout(timeout_s):
+        while worker.executor.finished != expected:
+            await asyncio.sleep(0.02)
 
 
 async def submit(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from shared.catalog import plan_steps
@@ -14,6 +16,7 @@ from shared.store import EventStore, RefusalReason, Refused
 from tests.runner.support import (
     CountingPipeline,
     completed_key,
+    counted_finished,
     events_of,
     report,
     running_worker,
@@ -21,6 +24,13 @@ from tests.runner.support import (
     wait_event,
     wait_state,
 )
+
+FINISHED, LATENCIES = "tickertape_runs_finished_total", "tickertape_cancel_latency_seconds_count"
+
+
+def _sample(name: str, **labels: str) -> float:
+    """A runner metric of this process (the workers here share the default registry)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_a_run_cancelled_while_queued_is_never_started(
@@ -43,17 +53,22 @@ async def test_a_run_cancelled_mid_step_stops_within_half_a_second(
 ) -> None:
     store = EventStore(redis, keys)
     run_id = await submit(store, symbol="HANG")
-    async with running_worker(redis_url, CountingPipeline(redis)):
+    counted, timed = _sample(FINISHED, status="cancelled"), _sample(LATENCIES)
+    async with running_worker(redis_url, CountingPipeline(redis)) as worker:
         await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
         asked = time.monotonic()
-        await store.append(RunCancelled(run_id=run_id, user_id="local"))
+        await store.append(RunCancelled(run_id=run_id, user_id="local", reason="changed my mind"))
         state = await wait_state(store, run_id, timeout_s=5)
         seen = time.monotonic() - asked
+        await counted_finished(worker, Counter(cancelled=1))
     confirmed = [e for e in await events_of(store, run_id) if isinstance(e, RunCancellationConfirmed)]
     assert state.status == "cancelled" and len(confirmed) == 1
+    # The confirmation names who stopped it and why (the user's reason), and is counted once.
+    assert (confirmed[0].runner_id, confirmed[0].reason) == (worker.settings.runner_id, "changed my mind")
+    assert _sample(FINISHED, status="cancelled") == counted + 1 and _sample(LATENCIES) == timed + 1
     latency_ms = confirmed[0].latency_ms
     report(f"cancel latency mid-step: {latency_ms} ms by the runner, {seen * 1000:.0f} ms seen by the test")
-    assert latency_ms is not None and latency_ms < 500
+    assert latency_ms is not None and 0 <= latency_ms < 500
     assert not await redis.get(completed_key(run_id, "data_collection"))
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
     assert not await redis.sismember(keys.active("local"), run_id)
@@ -88,3 +103,26 @@ async def test_cancelling_a_completed_run_changes_nothing(redis_url: str, redis:
     assert await events_of(store, run_id) == before
     assert (await store.state(run_id)).status == "completed"  # type: ignore[union-attr]
     assert sum(isinstance(e, StepCompleted) for e in before) == len(plan_steps(("market", "risk")))
+
+
+async def test_a_cancel_seen_by_no_live_runner_is_confirmed_by_the_one_taking_the_run_over(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """The runner that started the run died before it saw the cancel: the runner taking the run
+    over finds it in the replay and confirms it at once (no step runs), with the default reason."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="HANG")
+    await redis.xgroup_create(keys.queue, RUNNERS_GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(RUNNERS_GROUP, "a-runner-that-died", {keys.queue: ">"})
+    steps = plan_steps(("market", "risk"))
+    await store.append(RunStarted(run_id=run_id, runner_id="died", attempt=1, steps=steps), fence="died")
+    await store.append(RunCancelled(run_id=run_id, user_id="local"))
+    async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.3") as worker:
+        state = await wait_state(store, run_id, timeout_s=10)
+    events = await events_of(store, run_id)
+    confirmed = [e for e in events if isinstance(e, RunCancellationConfirmed)]
+    assert state.status == "cancelled" and len(confirmed) == 1
+    assert (confirmed[0].runner_id, confirmed[0].reason) == (worker.settings.runner_id, "requested by user")
+    assert confirmed[0].latency_ms is None  # no RunCancelled was seen live: nothing to time
+    assert not any(isinstance(e, StepStarted) for e in events)
+    assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0

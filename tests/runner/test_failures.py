@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from shared import streamids
 from shared.events import RunFailed, RunStarted
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore
-from tests.runner.support import CountingPipeline, events_of, report, running_worker, submit, wait_state
+from tests.runner.support import (
+    CountingPipeline,
+    counted_finished,
+    events_of,
+    report,
+    running_worker,
+    submit,
+    wait_state,
+)
+
+
+def _sample(name: str, **labels: str) -> float:
+    """A runner metric of this process (the workers here share the default registry)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def _deadletters(redis: Redis, keys: Keys) -> list[dict[str, str]]:
@@ -25,13 +40,23 @@ async def test_a_poison_entry_is_dead_lettered_and_the_next_run_completes(
     store = EventStore(redis, keys)
     await redis.xadd(keys.queue, {"garbage": "1"})
     await redis.xadd(keys.queue, {"r": "no-such-run"})
+    # a run Redis knows whose RunRequested cannot be read (here: garbage in its place)
+    await redis.xadd(keys.run("garbled"), {"not": "an event"})
+    await redis.hset(keys.meta("garbled"), mapping={"phase": "queued", "user": "local"})
+    await redis.xadd(keys.queue, {"r": "garbled"})
     run_id = await submit(store)
+    counted = _sample("tickertape_deadletters_total", reason="poison")
     async with running_worker(redis_url, CountingPipeline(redis)):
         assert (await wait_state(store, run_id)).status == "completed"
         await asyncio.sleep(0.1)
     letters = await _deadletters(redis, keys)
-    assert [d["reason"] for d in letters] == ["poison", "poison"]
-    assert letters[1]["r"] == "no-such-run"
+    assert [d["reason"] for d in letters] == ["poison", "poison", "poison"]
+    assert sorted(d.get("r", "") for d in letters) == ["", "garbled", "no-such-run"]  # any order
+    assert _sample("tickertape_deadletters_total", reason="poison") == counted + 3
+    # the run the poison named is ended, saying why, so no reader waits on it
+    (ended,) = [e for e in await events_of(store, "garbled") if isinstance(e, RunFailed)]
+    assert (ended.code, ended.attempt, ended.will_retry) == ("poison", 1, False)
+    assert ended.message == "the entry names no run with a RunRequested"
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
 
 
@@ -40,15 +65,22 @@ async def test_a_run_failing_every_attempt_is_dead_lettered_after_the_maximum(
 ) -> None:
     store = EventStore(redis, keys)
     failing = await submit(store, symbol="FAIL")
-    async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.5", TT_MAX_ATTEMPTS="3"):
+    counted = _sample("tickertape_deadletters_total", reason="max_attempts")
+    settings = {"TT_LEASE_S": "0.5", "TT_MAX_ATTEMPTS": "3"}
+    async with running_worker(redis_url, CountingPipeline(redis), **settings) as worker:
         state = await wait_state(store, failing)
         healthy = await submit(store)
         assert (await wait_state(store, healthy)).status == "completed"
+        await counted_finished(worker, Counter(failed=1, completed=1))
     assert state.status == "failed" and state.error is not None and state.error.code == "max_attempts"
+    # The last failure is named in the run's own error, and the attempts counted are the ones made.
+    assert state.error.message.startswith("gave up after 3 attempts; last: ") and "503" in state.error.message
+    assert _sample("tickertape_deadletters_total", reason="max_attempts") == counted + 1
     events = await events_of(store, failing)
     assert [e.attempt for e in events if isinstance(e, RunStarted)] == [1, 2, 3]
+    assert [e.attempt for e in events if isinstance(e, RunFailed) and not e.will_retry] == [3]
     retried = [e for e in events if isinstance(e, RunFailed) and e.will_retry]
-    assert [e.code for e in retried] == ["llm_unavailable"] * 3
+    assert [(e.code, e.attempt) for e in retried] == [("llm_unavailable", n) for n in (1, 2, 3)]
     letters = await _deadletters(redis, keys)
     assert [(d["reason"], d["r"]) for d in letters] == [("max_attempts", failing)]
     assert "503" in letters[0]["detail"]
@@ -106,7 +138,8 @@ async def test_an_entry_deleted_while_pending_is_acked_when_claimed(
     await redis.xdel(keys.queue, entry_id)
     async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.3") as worker:
         for _ in range(100):
-            if (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0:
+            # Both: the worker counts the entry just after its XACK, which this poll can see first.
+            if (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0 and worker.vanished:
                 break
             await asyncio.sleep(0.05)
         assert worker.vanished == 1
@@ -132,3 +165,6 @@ async def test_retries_wait_out_a_backoff_that_doubles(redis_url: str, redis: Re
     report(f"retry gaps {gaps} (base {base_s}s)")
     for attempt, gap in enumerate(gaps, start=1):
         assert gap >= base_s * 2 ** (attempt - 1) * 0.5, (attempt, gaps)
+        # and no later than the jitter's high end (plus polling and a busy machine): a retry that
+        # fails to schedule its delay is taken over only when the 4 s lease runs out
+        assert gap < base_s * 2 ** (attempt - 1) * 1.5 + 1.5, (attempt, gaps)

@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.events import RunStarted, StepStarted
+from shared.events import RunRetrying, RunStarted, StepStarted
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_event, wait_state
@@ -77,3 +77,27 @@ async def test_a_runner_never_takes_over_a_run_it_is_executing(
         assert list(worker.leases.held) == [entry_id]
     assert [(e.runner_id, e.attempt) for e in started] == [("holder", 1)]
     assert [(r["consumer"], r["times_delivered"]) for r in rows] == [(b"holder", 1)]
+
+
+async def test_a_runner_stopped_past_its_grace_releases_the_run_to_the_next_at_once(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """A stop with a step longer than the grace period: one RunRetrying(released) for the next
+    attempt, the run back in the queue, and its entry claimable at once, not after the 30 s lease
+    (a release is a hand-over, not a failure). Real processes and SIGTERM: test_processes.py."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="LONG")  # its first step takes 2.5 s
+    lease = {"TT_LEASE_S": "30"}
+    async with running_worker(
+        redis_url, CountingPipeline(redis), TT_SHUTDOWN_GRACE_S="0.1", **lease
+    ) as first:
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+    retrying = [e for e in await events_of(store, run_id) if isinstance(e, RunRetrying)]
+    assert [(e.reason, e.attempt) for e in retrying] == [("released", 2)]
+    assert (await store.state(run_id)).status == "pending"  # type: ignore[union-attr]
+    async with running_worker(redis_url, CountingPipeline(redis), TT_RUNNER_ID="second", **lease):
+        state = await wait_state(store, run_id, timeout_s=10)
+    assert state.status == "completed"
+    started = [e for e in await events_of(store, run_id) if isinstance(e, RunStarted)]
+    assert [(e.runner_id, e.attempt) for e in started] == [(first.settings.runner_id, 1), ("second", 2)]
+    assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from services.runner.eta import EtaBook, config_of
 from services.runner.leases import Leases
-from shared.events import RunCancelled, RunCompleted, RunRequested, RunStarted, StepCompleted
+from shared.events import RunCancelled, RunCompleted, RunRequested, RunStarted, StepCompleted, StepProgress
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.redis_io import ensure_group
 from shared.store import EventStore
@@ -45,6 +45,9 @@ async def test_a_run_completes_its_steps_and_its_entry_is_acked(
     completed = [e.step for e in events if isinstance(e, StepCompleted)]
     assert completed == [s.name for s in state.steps]
     assert state.usage.calls == len(completed)
+    # each step's progress reaches the stream as the pipeline reported it
+    progress = [(e.step, e.progress, e.message) for e in events if isinstance(e, StepProgress)]
+    assert progress == [(step, part / 4, f"{part}/4") for step in completed for part in range(1, 5)]
     started = [e for e in events if isinstance(e, RunStarted)]
     assert len(started) == 1 and started[0].attempt == 1 and started[0].queue_wait_s >= 0
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
