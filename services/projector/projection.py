@@ -138,7 +138,7 @@ class Projection:
         last, start = streamids.parse(outcome.last_id), 0
         while start < len(entries) and streamids.parse(_text(entries[start][0])) <= last:
             start += 1
-        outcome.duplicates += start
+        outcome.duplicates = start  # a fresh outcome: one call per batch
         kept = entries[start:]
         if kept:
             outcome.last_id = _text(kept[-1][0])
@@ -146,15 +146,14 @@ class Projection:
 
     @staticmethod
     def _skip(raw_id: Any, data: Any, exc: Exception, outcome: BatchOutcome) -> None:
-        log_id = _text(raw_id)
         if data is None:
-            logger.warning("skipped entry %s: deleted from the log", log_id)
+            logger.warning("skipped entry %s: deleted from the log", _text(raw_id))
             outcome.skip("deleted")
         elif isinstance(exc, UnknownEvent):
-            logger.info("skipped entry %s: %s", log_id, exc)
+            logger.info("skipped entry %s: %s", _text(raw_id), exc)
             outcome.skip("unknown")
         else:
-            logger.warning("skipped malformed entry %s: %s", log_id, exc)
+            logger.warning("skipped malformed entry %s: %s", _text(raw_id), exc)
             outcome.skip("malformed")
 
     async def _states(self, run_ids: Iterable[str]) -> dict[str, RunState]:
@@ -222,14 +221,7 @@ def _fields(fields: Any) -> tuple[Any, str | None, str | None]:
     deleted from the log, ``b""`` when the field is missing (malformed); IDs are None when absent."""
     if not fields:
         return None, None, None
-    if isinstance(fields, list):
-        if (
-            len(fields) == 6
-            and fields[0] == _EVENT[0]
-            and fields[2] == _RUN_ID[0]
-            and fields[4] == _SOURCE_ID[0]
-        ):
-            return fields[1], fields[3].decode(), fields[5].decode()  # the append script's layout, bytes
+    if isinstance(fields, list):  # any other layout than the append script's (``_decode`` reads that)
         fields = dict(zip(fields[::2], fields[1::2], strict=True))
     run_id, source_id = _field(fields, _RUN_ID), _field(fields, _SOURCE_ID)
     return (
