@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
+import msgspec
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
@@ -12,10 +13,11 @@ from redis.asyncio import Redis
 from services.projector.clock import redis_now
 from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
+from shared.ids import new_run_id
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore
 from tests.projector.conftest import Clock
-from tests.projector.support import db_states, until_caught_up, write_runs
+from tests.projector.support import db_states, plan, until_caught_up, write_runs
 
 HOUR = timedelta(hours=1)
 
@@ -152,3 +154,18 @@ async def test_the_log_after_the_latest_snapshot_is_kept_though_the_checkpoint_i
     clock.at += timedelta(days=8)  # past the log's 24 h
     assert await service.retention().trim_log(clock.at) > 0
     assert await redis.xlen(keys.events) == after_snapshot
+
+
+async def test_both_work_queues_are_trimmed_and_counted(
+    redis: Redis, keys: Keys, service: ProjectorService, clock: Clock
+) -> None:
+    store = EventStore(redis, keys)
+    for priority in ("high", "normal", "high"):
+        await store.submit(msgspec.structs.replace(plan(new_run_id(), "queued")[0], priority=priority))
+    for queue in keys.queues:
+        await redis.xgroup_create(queue, RUNNERS_GROUP, id="0")
+        taken = await redis.xreadgroup(RUNNERS_GROUP, "runner-1", {queue: ">"})
+        await redis.xack(queue, RUNNERS_GROUP, *[entry_id for entry_id, _ in taken[0][1]])
+    clock.at += 2 * HOUR  # past the queues' hour
+    assert (await service.retention().run_once())["queue_trimmed"] == 3
+    assert [await redis.xlen(queue) for queue in keys.queues] == [0, 0]
