@@ -23,6 +23,10 @@ RawEntry = tuple[Any, Any]
 """(entry ID, fields) as redis-py returns them (bytes or str)."""
 
 _LOAD_CHUNK = 500
+CACHE_SIZE = 20_000
+"""Active runs' states the writer keeps between batches (a full cache is dropped, not evicted)."""
+_CHECKPOINT_SQL = "SELECT last_id FROM checkpoint WHERE id = 1"
+_ADVANCE_SQL = "UPDATE checkpoint SET last_id = ?, applied = applied + ?, skipped = skipped + ? WHERE id = 1"
 MAX_TRACES = 64
 """Traces a batch span links to (a catch-up batch holds hundreds of runs; links are bounded)."""
 _EVENT = (EVENT_FIELD.encode(), EVENT_FIELD)
@@ -53,7 +57,7 @@ cheapest record in the hot loop."""
 class Projection:
     """The writer of the read models; the only one, so it may cache active runs' states."""
 
-    def __init__(self, db: aiosqlite.Connection, *, cache_size: int = 20_000) -> None:
+    def __init__(self, db: aiosqlite.Connection, *, cache_size: int = CACHE_SIZE) -> None:
         self.db = db
         self.checkpoint = streamids.ZERO
         self.codec = EventCodec()
@@ -64,9 +68,9 @@ class Projection:
 
     async def load(self) -> str:
         """Read the checkpoint (the last global-log ID applied) from the database."""
-        async with self.db.execute("SELECT last_id FROM checkpoint WHERE id = 1") as cursor:
-            row = await cursor.fetchone()
-        self.checkpoint = str(row[0]) if row else streamids.ZERO
+        async with self.db.execute(_CHECKPOINT_SQL) as cursor:
+            (row,) = await cursor.fetchall()  # the schema's migration inserts the one row
+        self.checkpoint = str(row[0])
         return self.checkpoint
 
     async def apply(self, entries: Sequence[RawEntry]) -> BatchOutcome:
@@ -183,11 +187,7 @@ class Projection:
         try:
             async with transaction(self.db):
                 await self.db.executemany(UPSERT_SQL, rows)
-                await self.db.execute(
-                    "UPDATE checkpoint SET last_id = ?, applied = applied + ?, skipped = skipped + ? "
-                    "WHERE id = 1",
-                    (outcome.last_id, outcome.applied, skipped),
-                )
+                await self.db.execute(_ADVANCE_SQL, (outcome.last_id, outcome.applied, skipped))
         except BaseException:
             self._cache.clear()
             raise
