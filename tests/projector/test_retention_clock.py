@@ -91,3 +91,19 @@ def test_millis_is_the_epoch_milliseconds_of_any_datetime_naive_taken_as_utc() -
     assert millis(aware) == expected
     assert millis(aware.replace(tzinfo=None)) == expected
     assert millis(aware.astimezone(timezone(timedelta(hours=-5)))) == expected
+
+
+async def test_a_replica_publishes_its_needs_stamped_with_redis_time(
+    redis: Redis, keys: Keys, make_settings: Callable[..., ProjectorSettings]
+) -> None:
+    """What the other replicas read to decide whether this one is silent: Redis's time."""
+    svc = ProjectorService(make_settings())
+    await svc.start()
+    try:
+        needs = await svc.retention().publish()
+        seconds, micros = await redis.time()
+        published, at_ms = (await redis.hget(keys.projectors, svc.retention().name) or b"").decode().split()
+        assert published == needs
+        assert 0 <= int(seconds) * 1000 + int(micros) // 1000 - int(at_ms) < 5000
+    finally:
+        await svc.stop()
