@@ -15,11 +15,11 @@ from services.projector.db import open_db
 from services.projector.projection import MAX_TRACES, BatchOutcome, Projection
 from services.projector.schema import migrate
 from shared import streamids
-from shared.events import EventCodec
+from shared.events import EventCodec, RunCancelled, RunFailed
 from shared.ids import new_run_id
 from shared.keys import Keys
 from shared.store import EventStore
-from tests.projector.support import checksum, db_states, folded, lose, plan, write_runs
+from tests.projector.support import checksum, db_states, folded, lose, plan, write, write_runs
 
 
 async def _projection(path: Path) -> Projection:
@@ -202,19 +202,32 @@ async def test_the_writer_keeps_only_live_runs_in_memory_and_at_most_its_cache_s
     redis: Redis, keys: Keys, tmp_path: Path
 ) -> None:
     """The states the writer caches between batches are bounded: a finished run is dropped at
-    once, and a batch that would overfill the cache empties it first."""
+    once, and a batch that would overfill the cache empties it first. A restarted writer
+    continues every run from the database."""
     store = EventStore(redis, keys)
     path = tmp_path / "db.sqlite"
     migrate(path)
-    projection = Projection(await open_db(path), cache_size=2)
+
+    async def batch(projection: Projection) -> set[str]:
+        await projection.apply(await redis.xrange(keys.events, min=f"({projection.checkpoint}"))
+        return set(projection._cache)
+
+    projection = Projection(await open_db(path), cache_size=3)
     try:
         await projection.load()
-        live = await write_runs(store, ["running", "completed", "queued"])
-        await projection.apply(await redis.xrange(keys.events))
-        assert set(projection._cache) == {live[0], live[2]}
-        [third] = await write_runs(store, ["running"])
-        await projection.apply(await redis.xrange(keys.events))
-        assert set(projection._cache) == {third}
+        a, b, c = await write_runs(store, ["running", "completed", "queued"])
+        assert await batch(projection) == {a, c}
+        await write(store, RunFailed(run_id=a, code="boom", message="it broke"))
+        assert await batch(projection) == {c}  # 2 cached + 1 touched: full, not over
+        more = await write_runs(store, ["running"] * 3)
+        assert await batch(projection) == set(more)  # 1 + 3 would overfill: emptied first
     finally:
         await projection.db.close()
-    assert db_states(path) == await folded(store, [*live, third])
+    restarted = Projection(await open_db(path))
+    try:
+        await restarted.load()
+        await write(store, RunCancelled(run_id=c, user_id="alice"))
+        await batch(restarted)
+    finally:
+        await restarted.db.close()
+    assert db_states(path) == await folded(store, [a, b, c, *more])
