@@ -68,6 +68,9 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/projector/test_retention.py",
             "tests/projector/test_clock_skew.py",
             "tests/projector/test_retention_clock.py",
+            # in-process replicas (~3 s each): the only tests of the horizon and abandoned groups
+            "tests/projector/test_replicas.py::test_trimming_the_log_waits_for_the_slowest_replica_until_the_horizon",
+            "tests/projector/test_replicas.py::test_the_group_of_a_renamed_replica_holds_the_log_only_until_the_horizon",
         ),
     ),
     "runner": (

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import aiosqlite
 
+_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000")
+_READONLY = ("PRAGMA query_only=ON",)
+
 
 async def open_db(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
     """An aiosqlite connection in WAL mode, autocommit (transactions are explicit)."""
     db = await aiosqlite.connect(path, isolation_level=None)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=NORMAL")
-    await db.execute("PRAGMA busy_timeout=5000")
-    if readonly:
-        await db.execute("PRAGMA query_only=ON")
+    for pragma in _PRAGMAS + (_READONLY if readonly else ()):
+        await db.execute(pragma)
     return db
 
 

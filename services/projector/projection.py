@@ -24,6 +24,10 @@ RawEntry = tuple[Any, Any]
 """(entry ID, fields) as redis-py returns them (bytes or str)."""
 
 _LOAD_CHUNK = 500
+CACHE_SIZE = 20_000
+"""Active runs' states the writer keeps between batches (a full cache is dropped, not evicted)."""
+_CHECKPOINT_SQL = "SELECT last_id FROM checkpoint WHERE id = 1"
+_ADVANCE_SQL = "UPDATE checkpoint SET last_id = ?, applied = applied + ?, skipped = skipped + ? WHERE id = 1"
 MAX_TRACES = 64
 """Traces a batch span links to (a catch-up batch holds hundreds of runs; links are bounded)."""
 _EVENT = (EVENT_FIELD.encode(), EVENT_FIELD)
@@ -60,7 +64,7 @@ cheapest record in the hot loop."""
 class Projection:
     """The writer of the read models; the only one, so it may cache active runs' states."""
 
-    def __init__(self, db: aiosqlite.Connection, *, cache_size: int = 20_000) -> None:
+    def __init__(self, db: aiosqlite.Connection, *, cache_size: int = CACHE_SIZE) -> None:
         self.db = db
         self.checkpoint = streamids.ZERO
         self.codec = EventCodec()
@@ -71,9 +75,9 @@ class Projection:
 
     async def load(self) -> str:
         """Read the checkpoint (the last global-log ID applied) from the database."""
-        async with self.db.execute("SELECT last_id FROM checkpoint WHERE id = 1") as cursor:
-            row = await cursor.fetchone()
-        self.checkpoint = str(row[0]) if row else streamids.ZERO
+        async with self.db.execute(_CHECKPOINT_SQL) as cursor:
+            (row,) = await cursor.fetchall()  # the schema's migration inserts the one row
+        self.checkpoint = str(row[0])
         return self.checkpoint
 
     async def apply(self, entries: Sequence[RawEntry]) -> BatchOutcome:
@@ -176,7 +180,7 @@ class Projection:
         last, start = streamids.parse(outcome.last_id), 0
         while start < len(entries) and streamids.parse(_text(entries[start][0])) <= last:
             start += 1
-        outcome.duplicates += start
+        outcome.duplicates = start  # a fresh outcome: one call per batch
         kept = entries[start:]
         if kept:
             outcome.last_id = _text(kept[-1][0])
@@ -184,15 +188,14 @@ class Projection:
 
     @staticmethod
     def _skip(raw_id: Any, data: Any, exc: Exception, outcome: BatchOutcome) -> None:
-        log_id = _text(raw_id)
         if data is None:
-            logger.warning("skipped entry %s: deleted from the log", log_id)
+            logger.warning("skipped entry %s: deleted from the log", _text(raw_id))
             outcome.skip("deleted")
         elif isinstance(exc, UnknownEvent):
-            logger.info("skipped entry %s: %s", log_id, exc)
+            logger.info("skipped entry %s: %s", _text(raw_id), exc)
             outcome.skip("unknown")
         else:
-            logger.warning("skipped malformed entry %s: %s", log_id, exc)
+            logger.warning("skipped malformed entry %s: %s", _text(raw_id), exc)
             outcome.skip("malformed")
 
     async def _states(self, run_ids: Iterable[str]) -> dict[str, RunState]:
@@ -229,11 +232,7 @@ class Projection:
                 await self.db.executemany(UPSERT_SQL, rows)
                 for table in ROW_TABLES if states else ():  # only the state: its columns stay
                     await self.db.executemany(f"UPDATE {table} SET state = ? WHERE run_id = ?", states)
-                await self.db.execute(
-                    "UPDATE checkpoint SET last_id = ?, applied = applied + ?, skipped = skipped + ? "
-                    "WHERE id = 1",
-                    (outcome.last_id, outcome.applied, skipped),
-                )
+                await self.db.execute(_ADVANCE_SQL, (outcome.last_id, outcome.applied, skipped))
         except BaseException:
             self._cache.clear()
             raise
@@ -267,14 +266,7 @@ def _fields(fields: Any) -> tuple[Any, str | None, str | None]:
     deleted from the log, ``b""`` when the field is missing (malformed); IDs are None when absent."""
     if not fields:
         return None, None, None
-    if isinstance(fields, list):
-        if (
-            len(fields) == 6
-            and fields[0] == _EVENT[0]
-            and fields[2] == _RUN_ID[0]
-            and fields[4] == _SOURCE_ID[0]
-        ):
-            return fields[1], fields[3].decode(), fields[5].decode()  # the append script's layout, bytes
+    if isinstance(fields, list):  # any other layout than the append script's (``_decode`` reads that)
         fields = dict(zip(fields[::2], fields[1::2], strict=True))
     run_id, source_id = _field(fields, _RUN_ID), _field(fields, _SOURCE_ID)
     return (

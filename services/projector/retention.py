@@ -217,8 +217,7 @@ class Retention:
 
     async def _groups_bound(self, stream: str) -> str | None:
         """The first ID some group still needs (pending or undelivered); None: no group, keep all."""
-        groups = await self._groups(stream)
-        return await self._entries_bound(stream, groups) if groups else None
+        return await self._entries_bound(stream, await self._groups(stream))
 
     async def _entries_bound(self, stream: str, groups: list[dict[str, Any]]) -> str | None:
         bounds = []

@@ -41,3 +41,25 @@ def test_the_blocking_form_rolls_back_too(tmp_path: Path) -> None:
         assert conn.execute("SELECT x FROM t").fetchall() == [(2,)]
     finally:
         conn.close()
+
+
+async def test_writes_are_autocommitted_outside_a_transaction_and_readonly_refuses_them(
+    tmp_path: Path,
+) -> None:
+    """``open_db`` is autocommit: a statement outside ``transaction`` is visible to another
+    connection at once (no implicit transaction holding it, and the write lock, open). The API's
+    read-only connections cannot write at all."""
+    path = tmp_path / "t.db"
+    writer = await open_db(path)
+    reader = await open_db(path, readonly=True)
+    try:
+        await writer.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+        await writer.execute("INSERT INTO t VALUES (1)")
+        assert not writer.in_transaction
+        async with reader.execute("SELECT x FROM t") as cursor:
+            assert await cursor.fetchall() == [(1,)]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await reader.execute("INSERT INTO t VALUES (2)")
+    finally:
+        await reader.close()
+        await writer.close()

@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
+import msgspec
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from services.projector.clock import redis_now
 from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
+from shared.ids import new_run_id
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore
 from tests.projector.conftest import Clock
-from tests.projector.support import db_states, until_caught_up, write_runs
+from tests.projector.support import db_states, plan, until_caught_up, write_runs
 
 HOUR = timedelta(hours=1)
 
@@ -106,3 +110,62 @@ async def _runner_takes_queue(redis: Redis, keys: Keys, *, leave_pending: int) -
     taken = await redis.xreadgroup(RUNNERS_GROUP, "runner-1", {keys.queue: ">"}, count=100)
     ids = [entry_id for entry_id, _ in taken[0][1]]
     await redis.xack(keys.queue, RUNNERS_GROUP, *ids[:-leave_pending])
+
+
+def _actions(action: str) -> float:
+    return REGISTRY.get_sample_value("tickertape_retention_actions_total", {"action": action}) or 0.0
+
+
+async def test_a_stream_ending_just_before_a_pass_is_expired_by_a_later_pass(
+    redis: Redis, keys: Keys, service: ProjectorService, clock: Clock
+) -> None:
+    """Each pass looks back only a day before its cutoff (runs older than that were swept
+    already); a run that was not yet due at one pass is due at the next and must not slip
+    between the two windows. What is done is counted by action in the metrics."""
+    store = EventStore(redis, keys)
+    clock.at = await redis_now(redis)
+    ended = await write_runs(store, ["completed", "failed"])
+    for run_id in ended:
+        await redis.persist(keys.run(run_id))  # EXPIRE at the end is the first line; this is the backstop
+    await until_caught_up(service, redis, keys.events)
+    retention = service.retention()
+    before = _actions("run_streams_expired")
+
+    clock.at += 47 * HOUR  # an hour before their 48 h TTL
+    assert (await retention.run_once())["run_streams_expired"] == 0
+    clock.at += 2 * HOUR
+    assert (await retention.run_once())["run_streams_expired"] == len(ended)
+    assert [await redis.exists(keys.run(r)) for r in ended] == [0, 0]
+    assert _actions("run_streams_expired") == before + len(ended)
+
+
+async def test_the_log_after_the_latest_snapshot_is_kept_though_the_checkpoint_is_past_it(
+    redis: Redis, keys: Keys, service: ProjectorService, clock: Clock
+) -> None:
+    """A replica rebuilds from its latest snapshot plus the log after it: trimming stops at the
+    snapshot's checkpoint, however far the live checkpoint went on, and however old the log."""
+    store = EventStore(redis, keys)
+    await write_runs(store, ["completed"])
+    await until_caught_up(service, redis, keys.events)
+    taken = await service.snapshot()
+    await write_runs(store, ["failed", "running"])
+    await until_caught_up(service, redis, keys.events)
+    after_snapshot = len(await redis.xrange(keys.events, min=f"({taken.checkpoint}"))
+    clock.at += timedelta(days=8)  # past the log's 24 h
+    assert await service.retention().trim_log(clock.at) > 0
+    assert await redis.xlen(keys.events) == after_snapshot
+
+
+async def test_both_work_queues_are_trimmed_and_counted(
+    redis: Redis, keys: Keys, service: ProjectorService, clock: Clock
+) -> None:
+    store = EventStore(redis, keys)
+    for priority in ("high", "normal", "high"):
+        await store.submit(msgspec.structs.replace(plan(new_run_id(), "queued")[0], priority=priority))
+    for queue in keys.queues:
+        await redis.xgroup_create(queue, RUNNERS_GROUP, id="0")
+        taken = await redis.xreadgroup(RUNNERS_GROUP, "runner-1", {queue: ">"})
+        await redis.xack(queue, RUNNERS_GROUP, *[entry_id for entry_id, _ in taken[0][1]])
+    clock.at += 2 * HOUR  # past the queues' hour
+    assert (await service.retention().run_once())["queue_trimmed"] == 3
+    assert [await redis.xlen(queue) for queue in keys.queues] == [0, 0]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from redis.asyncio import Redis
 
-from services.projector.clock import redis_now
+from services.projector.clock import millis, redis_now
 from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
 from shared.keys import Keys
@@ -74,3 +74,36 @@ async def test_expiring_a_run_stream_removes_its_meta_hash_too(
     assert (await service.retention().run_once())["run_streams_expired"] == 3
     for run_id in run_ids:
         assert (await redis.exists(keys.run(run_id)), await redis.exists(keys.meta(run_id))) == (0, 0)
+
+
+async def test_redis_now_is_an_aware_utc_time_equal_to_redis_time(redis: Redis) -> None:
+    """Aware, so that it compares with the aware times of events (a naive local time would be
+    off by the host's zone, or raise on comparison)."""
+    seconds, micros = await redis.time()
+    now = await redis_now(redis)
+    assert now.utcoffset() == timedelta(0)
+    assert 0 <= millis(now) - (int(seconds) * 1000 + int(micros) // 1000) < 5000
+
+
+def test_millis_is_the_epoch_milliseconds_of_any_datetime_naive_taken_as_utc() -> None:
+    aware = datetime(2026, 12, 2, 11, 30, 0, 123_999, tzinfo=UTC)
+    expected = 1_796_211_000_123  # a stream ID's time part for that instant
+    assert millis(aware) == expected
+    assert millis(aware.replace(tzinfo=None)) == expected
+    assert millis(aware.astimezone(timezone(timedelta(hours=-5)))) == expected
+
+
+async def test_a_replica_publishes_its_needs_stamped_with_redis_time(
+    redis: Redis, keys: Keys, make_settings: Callable[..., ProjectorSettings]
+) -> None:
+    """What the other replicas read to decide whether this one is silent: Redis's time."""
+    svc = ProjectorService(make_settings())
+    await svc.start()
+    try:
+        needs = await svc.retention().publish()
+        seconds, micros = await redis.time()
+        published, at_ms = (await redis.hget(keys.projectors, svc.retention().name) or b"").decode().split()
+        assert published == needs
+        assert 0 <= int(seconds) * 1000 + int(micros) // 1000 - int(at_ms) < 5000
+    finally:
+        await svc.stop()
