@@ -128,14 +128,20 @@ class Projection:
         """The stored states of finished runs the batch did not touch, current or archived."""
         found: dict[str, RunState] = {}
         for table in ROW_TABLES:
-            wanted = [r for r in dict.fromkeys(run_ids) if r not in found]
-            for start in range(0, len(wanted), _LOAD_CHUNK):
-                chunk = wanted[start : start + _LOAD_CHUNK]
-                sql = f"SELECT state FROM {table} WHERE run_id IN ({', '.join('?' for _ in chunk)})"
-                async with self.db.execute(sql, chunk) as cursor:
-                    for (state,) in await cursor.fetchall():
-                        decoded = self._decoder.decode(state)
-                        found[decoded.run_id] = decoded
+            found |= await self._load(table, [r for r in dict.fromkeys(run_ids) if r not in found])
+        return found
+
+    async def _load(self, table: str, run_ids: list[str]) -> dict[str, RunState]:
+        """The states stored in ``table`` of those of ``run_ids`` it holds (chunked: SQLite
+        bounds the parameters of one statement)."""
+        found: dict[str, RunState] = {}
+        for start in range(0, len(run_ids), _LOAD_CHUNK):
+            chunk = run_ids[start : start + _LOAD_CHUNK]
+            sql = f"SELECT state FROM {table} WHERE run_id IN ({', '.join('?' for _ in chunk)})"
+            async with self.db.execute(sql, chunk) as cursor:
+                for (state,) in await cursor.fetchall():
+                    decoded = self._decoder.decode(state)
+                    found[decoded.run_id] = decoded
         return found
 
     def _decode(self, entries: Sequence[RawEntry], outcome: BatchOutcome) -> list[Decoded]:
@@ -207,14 +213,7 @@ class Projection:
                 missing.append(run_id)
             else:
                 states[run_id] = cached
-        for start in range(0, len(missing), _LOAD_CHUNK):
-            chunk = missing[start : start + _LOAD_CHUNK]
-            sql = f"SELECT state FROM runs WHERE run_id IN ({', '.join('?' for _ in chunk)})"
-            async with self.db.execute(sql, chunk) as cursor:
-                for (state,) in await cursor.fetchall():
-                    decoded = self._decoder.decode(state)
-                    states[decoded.run_id] = decoded
-        return states
+        return states | await self._load("runs", missing)
 
     async def _commit(
         self,
