@@ -158,7 +158,11 @@ def initial(run_id: str) -> RunState:
 
 def fold(run_id: str, entries: Iterable[tuple[str, AnyEvent]]) -> RunState:
     """The state after applying every (stream ID, event) in order."""
-    state = initial(run_id)
+    return fold_onto(initial(run_id), entries)
+
+
+def fold_onto(state: RunState, entries: Iterable[tuple[str, AnyEvent]]) -> RunState:
+    """``state`` (left untouched) after the events that followed it, in order."""
     for event_id, event in entries:
         state = apply(state, event, event_id)
     return state

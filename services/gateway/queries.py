@@ -13,7 +13,7 @@ from services.gateway.projectors import ProjectorPool
 from services.gateway.projectors import ProjectorUnavailable as ProjectorUnavailable
 from shared import streamids
 from shared.ids import is_run_id
-from shared.reducer import RunState
+from shared.reducer import RunState, fold_onto
 from shared.store import EventStore
 
 logger = logging.getLogger(__name__)
@@ -40,17 +40,25 @@ class RunReader:
     async def get(self, run_id: str, user_id: str) -> RunState | None:
         """The run as its owner sees it, or None (unknown, expired, or someone else's).
 
-        Raises ProjectorUnavailable only when the run stream is gone and no projector answered:
-        the run may have expired into history, so "not found" would be a guess.
+        Raises ProjectorUnavailable only when the run stream is gone, or lost its start to a trim,
+        and no projector answered: "not found" would be a guess.
         """
         (projected, answered), last_id = await asyncio.gather(
             self._projected(run_id, user_id), self._last_id(run_id)
         )
-        if projected is not None and (not last_id or not streamids.after(last_id, projected.last_event_id)):
-            return projected
+        if projected is not None:
+            if not last_id or not streamids.after(last_id, projected.last_event_id):
+                return projected
+            # The read model lags the stream: its state, brought up to date with what followed
+            # (folding the stream alone is wrong once a trim took its start away).
+            return fold_onto(projected, await self.store.read(run_id, after=projected.last_event_id))
         if last_id:
             folded = await self.store.state(run_id)
-            return folded if folded is not None and folded.user_id == user_id else None
+            if folded is not None and folded.user_id:  # the whole stream: it says whose run it is
+                return folded if folded.user_id == user_id else None
+            if answered:
+                return None
+            raise ProjectorUnavailable("its run stream lost its start and no projector answered")
         if answered or self._younger_than_streams(run_id):
             return None
         raise ProjectorUnavailable("its run stream has expired and no projector answered")

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from services.gateway.settings import GatewaySettings
 from shared.config import ConfigError, Env
+from shared.events import EventCodec, StepStarted
 from shared.keys import Keys
 from shared.redis_server import free_port
 from tests.gateway.conftest import GatewayFactory, RunningGateway
@@ -202,6 +203,41 @@ async def test_a_client_joining_a_followed_run_trimmed_meanwhile_gets_a_reset(
     reset = log.messages[0].data
     assert reset["state"]["runId"] == run_id and reset["state"]["status"] in ("pending", "running")
     assert "gone" in reset["reason"]
+
+
+async def test_a_trimmed_run_the_read_model_lags_is_its_projected_state_brought_up_to_date(
+    http: httpx.AsyncClient, runner: Runner, redis: Redis, keys: Keys, projector: ServiceProcess
+) -> None:
+    """The stream lost its start (a trim) and moved on past the read model: the run is the
+    projected state plus what followed, and a client replaying from 0 gets a reset (before the
+    fix: a 404, and the SSE tail without a reset, depending on the projector's lag). With no
+    projector answering, a trimmed run is a 503, not a false 404."""
+    run_id = (await http.post(RUNS, json=BODY, headers=auth("alice"))).json()["runId"]
+    await runner.start(run_id)
+    await runner.step(run_id, "data_collection", 0)
+    await listed(http, "alice", 1)
+    await redis.xtrim(keys.run(run_id), maxlen=2, approximate=False)  # RunRequested is gone
+    # An event the projector has not folded yet: on the run stream only (the log feeds projectors).
+    later = StepStarted(run_id=run_id, step="analyst:market", index=1)
+    newest = (await redis.xadd(keys.run(run_id), {"e": EventCodec().encode(later)})).decode()
+    shown = await http.get(f"{RUNS}/{run_id}", headers=auth("alice"))
+    assert shown.status_code == 200, shown.text
+    state = shown.json()
+    assert state["symbol"] == BODY["symbol"] and state["lastEventId"] == newest
+    assert state["currentStep"] == "analyst:market" or state["steps"][1]["status"] == "running", state
+    assert (await http.get(f"{RUNS}/{run_id}", headers=auth("bob"))).status_code == 404
+    log = SseLog()
+    async with http.stream("GET", f"{RUNS}/{run_id}/events", headers=auth("alice")) as response:
+        assert response.status_code == 200
+        await read_sse(response, log, stop_after=2)
+    assert log.events[0] == "reset" and log.messages[0].data["state"]["symbol"] == BODY["symbol"]
+
+    projector.signal(signal.SIGSTOP)
+    try:
+        hung = await http.get(f"{RUNS}/{run_id}", headers=auth("alice"))
+        assert hung.status_code == 503 and "retry-after" in hung.headers, hung.text
+    finally:
+        projector.signal(signal.SIGCONT)
 
 
 async def test_with_every_projector_down_runs_work_from_their_streams_and_history_is_503(
