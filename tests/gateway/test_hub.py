@@ -14,7 +14,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.gateway.hub import Frame, Hub
+from services.gateway.frames import Frame
+from services.gateway.hub import Hub
 from shared.events import StepProgress
 from shared.keys import Keys
 from shared.redis_io import connect
@@ -145,7 +146,8 @@ async def test_every_delta_merged_into_the_state_before_it_is_the_full_state_aft
         hub.leave(listener)
     full = [json.loads(f.opening().data.split(b"data: ", 1)[1]) for f in frames]
     sent = [json.loads(f.data.split(b"data: ", 1)[1]) for f in frames]
-    assert "state" in sent[0] and "state" in sent[-1] and all("delta" in d for d in sent[1:-1])
-    for before, after, frame, data in zip(full, full[1:], frames[1:-1], sent[1:-1], strict=False):
+    assert "state" in sent[0] and all("delta" in d for d in sent[1:])  # the terminal one too
+    assert full[-1]["state"]["terminal"] and "result" in sent[-1]["delta"]
+    for before, after, frame, data in zip(full[:-1], full[1:], frames[1:], sent[1:], strict=True):
         assert merge(before["state"], data["delta"], frame.id) == after["state"]
-        assert data["event"] == after["event"]
+        assert data["event"] == after["event"] and set(data["event"]) <= {"type", "step"}
