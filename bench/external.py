@@ -19,7 +19,9 @@ from shared.keys import PROJECTOR_GROUP
 from shared.redis_io import connect
 from shared.redis_server import free_port
 
-SSE_P99_GOAL_MS = 25.0
+SSE_P99_GOAL_MS = 50.0
+"""Issue 14's bound at 1,000 clients through uvicorn's and Starlette's public interfaces (issue
+10 asked 25 ms of a fan-out that wrote to the sockets itself; docs/benchmarks.md, row 3)."""
 RSS_GOAL_MB = 50.0
 CATCH_UP_GOAL = 50_000.0
 CATCH_UP_TEXT = f">= {CATCH_UP_GOAL:,.0f}/s"

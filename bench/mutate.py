@@ -84,7 +84,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
     ),
     "sse": (
-        ("services/gateway/sse.py", "services/gateway/hub.py"),
+        ("services/gateway/sse.py", "services/gateway/hub.py", "services/gateway/frames.py"),
         (
             "tests/gateway/test_sse.py",
             "tests/gateway/test_hub.py",

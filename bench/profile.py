@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.profile gateway [SECONDS]   # POST /runs under the submit load
     .venv/bin/python -m bench.profile runner [N]          # one runner draining N no-op runs
+    .venv/bin/python -m bench.profile sse [ROUNDS]        # the gateway fanning out to 1,000 SSE clients
 
 The service runs as ``python -m pyinstrument -m services.<name>``; SIGINT ends it (uvicorn and
 the runner both stop cleanly on it) and pyinstrument writes its report to bench/results/.
@@ -17,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import noop_e2e, submit_bench
+from bench import noop_e2e, sse_fanout, submit_bench
 from bench.common import ROOT, Child, python_env
 from shared.keys import Keys
 from shared.redis_io import connect
@@ -91,11 +92,38 @@ def runner(redis_url: str, workdir: Path, n: int) -> Path:
     return report
 
 
+def sse(redis_url: str, workdir: Path, rounds: int) -> Path:
+    """Rounds of ``bench.sse_fanout`` at 1,000 clients against a profiled gateway."""
+    port = free_port()
+    env = sse_fanout.gateway_env(redis_url, workdir, port)
+    report = OUT / "profile-sse.pyisession"
+    proc = profiled("gateway", env, report, workdir / "gateway.log")
+    try:
+        asyncio.run(_fan_out(f"http://127.0.0.1:{port}", port, redis_url, proc, rounds))
+    finally:
+        finish(proc)
+    return report
+
+
+async def _fan_out(url: str, port: int, redis_url: str, proc: subprocess.Popen[bytes], rounds: int) -> None:
+    redis = connect(redis_url)
+    store = EventStore(redis, Keys("tt:"))
+    try:
+        await sse_fanout.wait_healthy(url, proc)
+        for _ in range(rounds):
+            row = await sse_fanout.one_round(url, port, store, 1000)
+            print(f"p50 {row['p50']:.1f} ms, p99 {row['p99']:.1f} ms (profiled)")
+    finally:
+        await redis.aclose()
+
+
 def main(argv: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tt-profile-") as tmp, RedisServer(Path(tmp) / "redis") as redis:
         if argv[0] == "gateway":
             report = gateway(redis.url, Path(tmp), float(argv[1]) if len(argv) > 1 else 10.0)
+        elif argv[0] == "sse":
+            report = sse(redis.url, Path(tmp), int(argv[1]) if len(argv) > 1 else 5)
         else:
             report = runner(redis.url, Path(tmp), int(argv[1]) if len(argv) > 1 else 3000)
     render(report)

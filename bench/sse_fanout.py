@@ -154,12 +154,9 @@ def clients_main(port: int, path: str, n: int) -> None:
 # ---------------------------------------------------------------- the gateway and one round
 
 
-def start_gateway(
-    redis_url: str, state: Path, port: int, root: Path = ROOT, process_id: str = PROCESS_ID
-) -> subprocess.Popen[bytes]:
-    """``python -m services.gateway`` from the tree at ``root`` (another revision's, for --compare)."""
-    env = {
-        **os.environ,
+def gateway_env(redis_url: str, state: Path, port: int, process_id: str = PROCESS_ID) -> dict[str, str]:
+    """The gateway's settings for this bench: one user sends everything, no projector needed."""
+    return {
         "REDIS_URL": redis_url,
         "TT_STATE_DIR": str(state),
         "TT_GATEWAY_PORT": str(port),
@@ -170,6 +167,13 @@ def start_gateway(
         "TT_PROJECTOR_URL": "http://127.0.0.1:9",
         "TT_PROJECTOR_TIMEOUT_S": "0.2",
     }
+
+
+def start_gateway(
+    redis_url: str, state: Path, port: int, root: Path = ROOT, process_id: str = PROCESS_ID
+) -> subprocess.Popen[bytes]:
+    """``python -m services.gateway`` from the tree at ``root`` (another revision's, for --compare)."""
+    env = {**os.environ, **gateway_env(redis_url, state, port, process_id)}
     log = (state / f"gateway-{process_id}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "services.gateway"], env=env, cwd=root, stdout=log, stderr=log

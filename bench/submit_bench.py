@@ -36,7 +36,9 @@ from tests.support.processes import ServiceProcess
 PATH = "/api/trading/runs"
 BODY = json.dumps({"symbol": "AAPL", "analysts": ["market"], "pipeline": "noop", "join": False}).encode()
 """``join: false``: every submit records a run (identical submits would otherwise join the first)."""
-GOAL_RATIO = 0.8
+GOAL_RATIO = 0.6
+"""Issue 14's bound for a submit through FastAPI's route alone (issue 10 asked 0.8 of a path that
+skipped FastAPI; docs/benchmarks.md, row 1)."""
 
 
 # ---------------------------------------------------------------- the ceiling app

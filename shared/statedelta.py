@@ -1,12 +1,13 @@
 """The delta between two views of a run's state, and merging one into the last full view.
 
-An SSE stream sends the full state view on a client's first event, at a reset and with the
-terminal event; every other event carries ``delta(before, after)``: the top-level fields whose
-value changed and, under ``steps``, only the steps that changed, each as its ``name`` and the
-fields of it that changed. Where the list of steps itself changes (steps added, dropped or reordered) there is
-no delta: the full state is sent. ``lastEventId`` is left out: it is the message's own ``id:``.
-``merge(before, delta(before, after), after["lastEventId"]) == after`` whenever the delta exists,
-so a client that folds deltas into its last full state holds exactly the state the server holds.
+An SSE stream sends the full state view on a client's first event, on the run's first and at a
+reset; every other event, the terminal one included, carries ``delta(before, after)``: the
+top-level fields whose value changed and, under ``steps``, only the steps that changed, each as
+its ``name`` and the fields of it that changed. Where the list of steps itself changes (steps
+added, dropped or reordered) there is no delta: the full state is sent. ``lastEventId`` is left
+out: it is the message's own ``id:``. ``merge(before, delta(before, after), after["lastEventId"])
+== after`` whenever the delta exists, so a client that folds deltas into its last full state
+holds exactly the state the server holds.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Each watched run keeps its fold and the frames already produced (a run is tens of events), so a
 listener joining late is served its replay from memory, and every frame is encoded once per
 event however many clients watch: the same bytes object goes into every client's queue. A frame
-carries the event and the changes to the run's state (``shared.statedelta``); a client's first
-event, the first and the terminal ones carry the full state instead (also encoded once, for all
+carries the event's type and step and the changes to the run's state (``shared.statedelta``); a
+client's first event and the run's first carry the full state instead (also encoded once, for all
 the clients that need it). A listener has a bounded queue; one that cannot keep up is dropped
 (and counted) — it resumes from its last ID like any reconnecting client.
 """
@@ -15,121 +15,24 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgspec
 from redis.asyncio import Redis
 
-from services.gateway.schemas import event_view, state_view
-from shared import streamids
+from services.gateway.frames import CUT, HANGUP, HEARTBEAT, NO_ID, Batch, Frame, end_frame, event_frame
 from shared.events import AnyEvent
 from shared.keys import Keys
 from shared.multiplex import Entries, Multiplexer
 from shared.reducer import RunState, apply, initial
-from shared.statedelta import delta
 from shared.store import EventStore
+from shared.streamids import parse as parse_id
 
 logger = logging.getLogger(__name__)
 
-_encoder = msgspec.json.Encoder()
 Json = dict[str, Any]
-
-parse_id = streamids.parse
-is_stream_id = streamids.is_valid
-
-
-NO_ID = (1 << 62, 0)
-"""The sort key of a frame without an ID (end, heartbeat): after every position, so always sent."""
-
-
-@dataclass(slots=True, eq=False)
-class Frame:
-    """One encoded SSE message, built once per event and shared by every client of the run.
-
-    ``key`` is the parsed ID; ``end``, heartbeat and cut frames carry none. A frame whose data
-    is a delta keeps the event and state views it came from in ``source``, for ``opening()``.
-    """
-
-    id: str
-    kind: str
-    data: bytes
-    final: bool = False
-    key: tuple[int, int] = NO_ID
-    source: tuple[Json, Json] | None = None
-    _opening: Frame | None = None
-
-    def opening(self) -> Frame:
-        """This frame as a client's first: with the full state (encoded on first need, once)."""
-        if self.source is None:
-            return self
-        if self._opening is None:
-            event, state = self.source
-            self._opening = frame_of(self.id, self.kind, {"event": event, "state": state})
-        return self._opening
-
-
-def make_frame(entry_id: str, kind: str, data: bytes, final: bool = False) -> Frame:
-    return Frame(entry_id, kind, data, final, parse_id(entry_id) if entry_id else NO_ID)
-
-
-def frame_of(entry_id: str, kind: str, payload: Any) -> Frame:
-    return make_frame(entry_id, kind, sse_frame(kind, payload, entry_id))
-
-
-STREAMED_WITHOUT = ("v", "runId", "at", "output", "result", "traceparent")
-"""Event fields a stream leaves out: what the stream or the state says already (the run, the
-time as ``updatedAt``, the result in the terminal frame's state), a step's output (the runner's,
-to resume after it; the step's ``message`` sums it up) and the trace context (the services')."""
-
-
-def stream_event(event: AnyEvent) -> Json:
-    """An event as a stream carries it."""
-    doc = event_view(event)
-    for name in STREAMED_WITHOUT:
-        doc.pop(name, None)
-    return doc
-
-
-def event_frame(entry_id: str, event: AnyEvent, before: Json | None, state: RunState) -> tuple[Frame, Json]:
-    """The frame of ``event`` and the state view after it: a delta from ``before`` when there is
-    one, the full state for a run's first event (no ``before``) and its terminal one."""
-    kind, event_doc, view = type(event).__name__, stream_event(event), state_view(state)
-    change = None if before is None or state.terminal else delta(before, view)
-    if change is None:
-        return frame_of(entry_id, kind, {"event": event_doc, "state": view}), view
-    frame = frame_of(entry_id, kind, {"event": event_doc, "delta": change})
-    frame.source = (event_doc, view)
-    return frame, view
-
-
-def sse_frame(kind: str, payload: Any, event_id: str = "") -> bytes:
-    head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {kind}\ndata: ".encode() + _encoder.encode(payload) + b"\n\n"
-
-
-def end_frame(state: RunState) -> Frame:
-    body = {"runId": state.run_id, "status": state.status, "lastEventId": state.last_event_id}
-    return make_frame("", "end", sse_frame("end", body), final=True)
-
-
-class Batch(list[Frame]):
-    """Frames handed over together; ``joined()`` is them as one frame, built once."""
-
-    _joined: Frame | None = None
-
-    def joined(self) -> Frame:
-        if self._joined is None:
-            last = self[-1]
-            self._joined = Frame(last.id, "batch", b"".join(f.data for f in self), last.final, last.key)
-        return self._joined
-
-
-HEARTBEAT = make_frame("", "heartbeat", b": heartbeat\n\n")
-CUT = make_frame("", "cut", b": you fell behind; reconnect with Last-Event-ID to resume\n\n", final=True)
-HANGUP = make_frame("", "hangup", b"", final=True)
-"""Queued for a listener whose client went away: its reader wakes and ends."""
 
 
 class Sink(Protocol):
@@ -149,15 +52,22 @@ class Sink(Protocol):
 
 
 class Listener:
-    """One client's view of a run: its position and a bounded queue of frames."""
+    """One client's view of a run: its position and a bounded queue of frames.
+
+    The queue is a deque and one waiter, not an ``asyncio.Queue``: a frame for each of a
+    thousand clients is a put and a wake-up each, and the lighter pair is measurably cheaper
+    (docs/benchmarks.md, "SSE through public APIs").
+    """
 
     # Slots: the hub touches a thousand of these per frame; no per-instance dict to fetch too.
-    __slots__ = ("after", "dropped", "primed", "queue", "run_id")
+    __slots__ = ("_waiter", "after", "dropped", "frames", "maxsize", "primed", "run_id")
 
     def __init__(self, run_id: str, after: str, maxsize: int) -> None:
         self.run_id = run_id
         self.after = parse_id(after)
-        self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize)
+        self.frames: deque[Frame] = deque()
+        self.maxsize = maxsize
+        self._waiter: asyncio.Future[None] | None = None
         self.dropped = False
         self.primed = False
         """Whether an event frame (so a full state) has been queued yet."""
@@ -169,10 +79,9 @@ class Listener:
             return True
         if not self.primed and frame.key != NO_ID:
             frame, self.primed = frame.opening(), True
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if len(self.frames) >= self.maxsize:
             return False
+        self._put(frame)
         return True
 
     def replay(self, frames: Batch) -> bool:
@@ -187,6 +96,23 @@ class Listener:
             fresh[0], self.primed = fresh[0].opening(), True
         return self.offer(Batch(fresh).joined())
 
+    async def drain(self) -> tuple[bytes, bool]:
+        """Everything queued as one write, waiting for a frame if none is; True: it ends the stream."""
+        frames = self.frames
+        while not frames:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        first = frames.popleft()
+        if not frames:
+            return first.data, first.final
+        parts = [first.data]
+        final = first.final
+        while frames and not final:
+            frame = frames.popleft()
+            parts.append(frame.data)
+            final = frame.final
+        return b"".join(parts), final
+
     def cut(self) -> None:
         """Dropped for being too slow: the queue ends with the cut notice instead."""
         self.dropped = True
@@ -197,9 +123,14 @@ class Listener:
         self._end_with(HANGUP)
 
     def _end_with(self, frame: Frame) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(frame)
+        self.frames.clear()
+        self._put(frame)
+
+    def _put(self, frame: Frame) -> None:
+        self.frames.append(frame)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 @dataclass(slots=True, eq=False)

@@ -52,7 +52,7 @@ class Runtime:
         listener = await self.hub.join(run_id, state.last_event_id or "0-0", 1024)
         try:
             async with asyncio.timeout(timeout_s):
-                while not listener.dropped and not (await listener.queue.get()).final:
+                while not listener.dropped and not (await listener.drain())[1]:
                     pass
         except TimeoutError:
             pass

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from shared.catalog import ANALYST_IDS, PIPELINES, DataProvider
-from shared.events import WEBHOOK_EVENT_TYPES, AnyEvent, WebhookEventType
+from shared.events import WEBHOOK_EVENT_TYPES, WebhookEventType
 from shared.reducer import RunState
 
 SYMBOL_PATTERN = r"^[A-Za-z0-9^][A-Za-z0-9.\-^=]*$"
@@ -193,12 +193,6 @@ def owner_view(state: RunState) -> dict[str, Any]:
         {k: v for k, v in share.items() if k != "tokenSha256"}
         for share in camelize(msgspec.to_builtins(state.shares))
     ]
-    return doc
-
-
-def event_view(event: AnyEvent) -> dict[str, Any]:
-    doc: dict[str, Any] = camelize(msgspec.to_builtins(event))
-    doc.pop("userId", None)
     return doc
 
 

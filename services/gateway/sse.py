@@ -11,7 +11,8 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.gateway.auth import Caller
-from services.gateway.hub import Frame, Listener, end_frame, is_stream_id, parse_id, sse_frame
+from services.gateway.frames import end_frame, sse_frame
+from services.gateway.hub import Listener
 from services.gateway.metrics import metrics
 from services.gateway.problems import invalid, not_found
 from services.gateway.runtime import Runtime
@@ -19,6 +20,8 @@ from services.gateway.schemas import state_view
 from shared.events import RunRequested
 from shared.ids import is_run_id
 from shared.reducer import RunState
+from shared.streamids import is_valid as is_stream_id
+from shared.streamids import parse as parse_id
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +132,10 @@ async def _pump(follow: Follow, receive: Receive, send: Send) -> None:
     watcher = asyncio.ensure_future(_hang_up_on_disconnect(listener, receive))
     try:
         await send({"type": "http.response.body", "body": follow.head(), "more_body": True})
-        # The hub queues heartbeats too, so a plain get() suffices: no timer per client per frame.
+        # The hub queues heartbeats too, so waiting for a frame suffices: no timer per client.
         final = False
         while not final:
-            data, final = _drain(listener, await listener.queue.get())
+            data, final = await listener.drain()
             await send({"type": "http.response.body", "body": data, "more_body": not final})
         if listener.dropped:
             logger.info("SSE client of run %s fell behind and was cut; it resumes with Last-Event-ID", run_id)
@@ -146,14 +149,3 @@ async def _hang_up_on_disconnect(listener: Listener, receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     listener.hang_up()
-
-
-def _drain(listener: Listener, frame: Frame) -> tuple[bytes, bool]:
-    """``frame`` and whatever else is already queued, as one write (a replay is one write)."""
-    queue = listener.queue
-    if queue.empty():
-        return frame.data, frame.final
-    frames = [frame]
-    while not queue.empty() and not frames[-1].final:
-        frames.append(queue.get_nowait())
-    return b"".join(f.data for f in frames), frames[-1].final

@@ -65,7 +65,7 @@ def test_sse_streams_every_step_of_a_run_in_order_and_closes(stack: Stack, redis
     completed = [data["event"]["step"] for kind, data in events if kind == "StepCompleted"]
     assert started == completed == list(plan_steps(ANALYSTS))
     assert events[-1][0] == "RunCompleted"
-    assert events[-1][1]["state"]["status"] == "completed"
+    assert events[-1][1]["delta"]["status"] == "completed"  # the final state: all before it, merged
     assert messages[-1][1] == "end"
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.gateway.hub import Frame, Hub
+from services.gateway.frames import Frame
+from services.gateway.hub import Hub
 from shared.catalog import plan_steps
 from shared.events import RunStarted, StepProgress, StepStarted
 from shared.keys import Keys
@@ -146,10 +147,11 @@ async def test_every_delta_merged_into_the_state_before_it_is_the_full_state_aft
         hub.leave(listener)
     full = [json.loads(f.opening().data.split(b"data: ", 1)[1]) for f in frames]
     sent = [json.loads(f.data.split(b"data: ", 1)[1]) for f in frames]
-    assert "state" in sent[0] and "state" in sent[-1] and all("delta" in d for d in sent[1:-1])
-    for before, after, frame, data in zip(full, full[1:], frames[1:-1], sent[1:-1], strict=False):
+    assert "state" in sent[0] and all("delta" in d for d in sent[1:])  # the terminal one too
+    assert full[-1]["state"]["terminal"] and "result" in sent[-1]["delta"]
+    for before, after, frame, data in zip(full[:-1], full[1:], frames[1:], sent[1:], strict=True):
         assert merge(before["state"], data["delta"], frame.id) == after["state"]
-        assert data["event"] == after["event"]
+        assert data["event"] == after["event"] and set(data["event"]) <= {"type", "step"}
 
 
 async def test_a_listener_too_slow_for_a_batch_is_dropped_and_the_rest_get_the_batch(
@@ -165,17 +167,17 @@ async def test_a_listener_too_slow_for_a_batch_is_dropped_and_the_rest_get_the_b
         slow = await hub.join(run_id, "0-0", maxsize=1)
         fast = await hub.join(run_id, "0-0", maxsize=100)
         async with asyncio.timeout(5):
-            while fast.queue.qsize() < 1:  # the RunRequested: the slow listener's queue is full
+            while len(fast.frames) < 1:  # the RunRequested: the slow listener's queue is full
                 await asyncio.sleep(0.02)
         started = RunStarted(run_id=run_id, runner_id="r", attempt=1, steps=steps)
         first = StepStarted(run_id=run_id, step=steps[0], index=0)
         await store.append_batch([Appends((started, first), fence="f1")])
         async with asyncio.timeout(5):
-            while fast.queue.qsize() < 2:
+            while len(fast.frames) < 2:
                 await asyncio.sleep(0.02)
         assert slow.dropped and hub.dropped == 1 and not fast.dropped
-        assert [f.final for f in list(slow.queue._queue)] == [True]  # type: ignore[attr-defined]
-        batch = list(fast.queue._queue)[1]  # type: ignore[attr-defined]
+        assert [f.final for f in slow.frames] == [True]
+        batch = fast.frames[1]
         assert batch.data.count(b"id: ") == 2  # both events, as one queued frame
         for listener in (slow, fast):
             hub.leave(listener)

@@ -318,7 +318,7 @@ export class Attachment {
     this.source?.close();
     this.source = null;
     if (isTerminal(this.state) && !this.state.polled) return this.#finish(this.state);
-    // The stream ended without a full terminal state (it expired, or we were polling): ask for the run.
+    // The stream ended without the run's terminal state (it expired, or we were polling): ask for the run.
     this.#finishFromServer();
   }
 
