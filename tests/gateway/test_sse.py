@@ -15,8 +15,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.gateway.hub import Hub, Listener, make_frame
-from services.gateway.sse import _drain
+from services.gateway.frames import make_frame
+from services.gateway.hub import Hub, Listener
 from shared.catalog import plan_steps
 from shared.events import StepProgress
 from shared.ids import new_run_id
@@ -373,14 +373,14 @@ async def test_the_browser_client_folds_a_stream_into_the_states_the_server_hold
 
 
 async def test_frames_queued_behind_a_slow_send_go_out_as_one_write_up_to_the_end() -> None:
-    """The pump's drain: what is already queued joins the frame in hand, in order, and stops at
+    """The listener's drain: what is already queued goes out as one write, in order, and stops at
     the end frame (what follows it is not sent). Deterministic here: over HTTP the queue holds
     more than one frame only when the client is slower than the hub."""
     listener = Listener("run", "0-0", maxsize=10)
     one, two, end, late = (make_frame(f"{n}-0", "e", f"f{n};".encode()) for n in (1, 2, 3, 4))
     end.final = True
-    assert _drain(listener, one) == (b"f1;", False)  # nothing queued: the frame alone
-    for frame in (two, end, late):
-        listener.queue.put_nowait(frame)
-    assert _drain(listener, one) == (b"f1;f2;f3;", True)
-    assert listener.queue.qsize() == 1  # the frame after the end stays unsent
+    listener.frames.append(one)
+    assert await listener.drain() == (b"f1;", False)  # nothing else queued: the frame alone
+    listener.frames.extend((one, two, end, late))
+    assert await listener.drain() == (b"f1;f2;f3;", True)
+    assert list(listener.frames) == [late]  # the frame after the end stays unsent
