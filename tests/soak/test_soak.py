@@ -78,7 +78,8 @@ async def _user(
     rng = random.Random(log.user)
     while time.monotonic() < until:
         noop = rng.random() < 0.25
-        body = {"symbol": rng.choice(["AAPL", "MSFT", "NVDA"]), "analysts": ["market"]}
+        # join: False — a repeat of a live run would join it (200), and the soak counts new runs.
+        body = {"symbol": rng.choice(["AAPL", "MSFT", "NVDA"]), "analysts": ["market"], "join": False}
         response = await http.post(
             "/api/trading/runs", json={**body, "pipeline": "noop"} if noop else body, headers=log.headers
         )
