@@ -80,8 +80,9 @@ async def test_sigterm_drains_or_releases_within_the_grace_period(cluster: Clust
     """Scale-down: one runner with a long grace drains (its runs finish on it), one with a short
     grace releases (another resumes them); both exit 0 within grace + margin, and neither is left
     owning a pending entry."""
-    draining = cluster.runner("drain", TT_SHUTDOWN_GRACE_S="30")
-    releasing = cluster.runner("release", TT_SHUTDOWN_GRACE_S="0.3")
+    # Four slots each: eight runs cannot all land on whichever runner reads the queue first.
+    draining = cluster.runner("drain", TT_SHUTDOWN_GRACE_S="30", TT_RUNNER_CONCURRENCY="4")
+    releasing = cluster.runner("release", TT_SHUTDOWN_GRACE_S="0.3", TT_RUNNER_CONCURRENCY="4")
     survivor = cluster.runner("survivor")
     await cluster.start(cluster.projector, draining, releasing)
     run_ids = [await submit(cluster.store) for _ in range(8)]
