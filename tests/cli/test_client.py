@@ -92,7 +92,8 @@ def test_watch_killed_mid_run_and_restarted_resumes_without_duplicates(
     first.process.send_signal(stop)
     assert first.finish() == 130
     assert any(f"watch {run_id}" in line for line in first.lines), first.lines
-    assert stack.run(run_id)["status"] == "running"  # detaching never cancels
+    # Detaching never cancels (on a loaded machine the run may already have finished).
+    assert stack.run(run_id)["status"] in ("running", "completed")
 
     second = Watch([run_id, *source], env)
     assert second.finish() == 0, "\n".join(second.lines)

@@ -117,7 +117,12 @@ async def test_batches_grow_during_a_backlog_up_to_the_maximum(
 
 
 async def test_a_failed_commit_mid_pipeline_loses_and_repeats_nothing(
-    redis: Redis, redis_url: str, keys: Keys, projection: Projection, tmp_path: Path
+    redis: Redis,
+    redis_url: str,
+    keys: Keys,
+    projection: Projection,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Batches read ahead of a failing one are re-read from the pending entries, applied once."""
     store = EventStore(redis, keys)
@@ -135,7 +140,15 @@ async def test_a_failed_commit_mid_pipeline_loses_and_repeats_nothing(
         await consumer.prepare()
         stop = asyncio.Event()
         loop = asyncio.ensure_future(consumer.run(stop))
-        await asyncio.sleep(0.5)  # it fails, backs off, fails again…
+
+        async def failed_with_read_ahead() -> bool:  # it fails, backs off, fails again…
+            failed = any("batch failed" in r.getMessage() for r in caplog.records)
+            return failed and (await redis.xpending(keys.events, PROJECTOR_GROUP))["pending"] > 0
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await failed_with_read_ahead():
+            assert asyncio.get_running_loop().time() < deadline, "the doomed batch never failed"
+            await asyncio.sleep(0.02)
         stuck_at = projection.checkpoint
         with sqlite3.connect(db_path) as db:
             db.execute("DROP TRIGGER doomed")
