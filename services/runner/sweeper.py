@@ -34,5 +34,5 @@ class OutcomeSweeper:
             if not await self.redis.zcard(self.keys.outcomes_due):
                 return 0
             module = await asyncio.to_thread(importlib.import_module, SWEEP_MODULE)
-            self._sweep = module.from_env(self.redis)
+            self._sweep = module.from_env(self.redis, self.keys)
         return await self._sweep.run_once()

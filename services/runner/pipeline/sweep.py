@@ -15,6 +15,7 @@ latest measurement is recorded as the return so far (with none, the call is drop
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -28,6 +29,7 @@ from services.runner.pipeline.data import MarketDataService
 from services.runner.pipeline.memory import Pending
 from services.runner.pipeline.settings import PipelineSettings
 from shared.events import EventCodec, OutcomeMeasured
+from shared.keys import Keys
 from shared.outcomes import outcome_of
 from shared.results import MarketData
 from shared.scripts import OUTCOMES_CLAIM, OUTCOMES_SETTLE
@@ -59,9 +61,10 @@ def millis(at: datetime) -> int:
     return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
-def from_env(redis: Redis) -> OutcomeSweep:
-    """A sweep on the pipeline's data settings (``TT_DATA_PROVIDER``, ``TT_CSV_DIR``…)."""
-    return OutcomeSweep(redis, PipelineSettings.from_env())
+def from_env(redis: Redis, keys: Keys) -> OutcomeSweep:
+    """A sweep on the pipeline's data settings (``TT_DATA_PROVIDER``, ``TT_CSV_DIR``…) and the
+    runner's keys."""
+    return OutcomeSweep(redis, dataclasses.replace(PipelineSettings.from_env(), keys=keys))
 
 
 class OutcomeSweep:
