@@ -35,6 +35,7 @@ from shared.store import EventStore
 from tests.projector.support import checksum, db_states, plan, until_caught_up, write
 from tests.runner.pipeline.support import RecordingReporter
 from tests.runner.support import running_worker
+from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -162,6 +163,29 @@ async def test_two_sweepers_record_each_outcome_once(
             await client.aclose()
     assert sum(recorded) == 3
     assert sorted(e.run_id for e in await measured(redis, keys)) == sorted(runs)
+
+
+async def test_two_runner_processes_sweeping_append_one_event_per_run(
+    redis: Redis, redis_url: str, keys: Keys, http: httpx.AsyncClient, market: Path, tmp_path: Path
+) -> None:
+    settings = PipelineSettings(data_provider="csv", csv_dir=market)
+    runs = [(await complete_run(redis, http, settings))[0] for _ in range(6)]
+    env = {"REDIS_URL": redis_url, "TT_OUTCOME_SWEEP_S": "0.05", "TT_DATA_PROVIDER": "csv"}
+    env |= {"TT_CSV_DIR": str(market), "TT_SHUTDOWN_GRACE_S": "0.3"}
+    runners = [ServiceProcess("runner", env, log_dir=tmp_path) for _ in range(2)]
+    try:
+        for runner in runners:
+            runner.start(wait=False)
+        for _ in range(300):
+            if len(await measured(redis, keys)) >= len(runs):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # both keep sweeping: nothing more may be appended
+    finally:
+        for runner in runners:
+            runner.stop(timeout_s=10)
+    assert sorted(e.run_id for e in await measured(redis, keys)) == sorted(runs)
+    assert await redis.zcard(keys.outcomes_due) == 0
 
 
 async def test_a_claim_whose_lease_ended_is_not_recorded_by_its_late_sweeper(
