@@ -135,6 +135,9 @@ class OutcomeSweep:
             except PipelineError as exc:
                 logger.warning("no data to measure outcomes on", extra={"symbol": key, "error": str(exc)})
                 fetched[key] = None
+            except Exception:  # whatever else a provider raises: the call is tried again later
+                logger.exception("provider failed measuring outcomes", extra={"symbol": key})
+                fetched[key] = None
         return fetched[key]
 
     def _decode(self, raw: bytes | str | None) -> Pending | None:

@@ -277,3 +277,21 @@ async def test_a_runner_sweeps_on_its_interval_and_demo_outcomes_are_labelled_de
             await asyncio.sleep(0.1)
     (event,) = await measured(redis, keys)
     assert event.run_id == run_id and event.outcome.demo and event.outcome.horizon_ended
+
+
+async def test_a_provider_with_no_data_is_tried_again_and_the_call_dropped_after_the_last_try(
+    redis: Redis, keys: Keys, http: httpx.AsyncClient, market: Path
+) -> None:
+    settings = PipelineSettings(data_provider="csv", csv_dir=market)
+    run_id, _ = await complete_run(redis, http, settings)
+    (market / "ACME.csv").unlink()  # the provider now fails on the symbol
+    clock = Clock()
+    sweep = OutcomeSweep(redis, settings, now=clock)
+    for tries in range(1, MAX_TRIES):
+        assert await sweep.run_once() == 0
+        pending = msgspec.json.decode(await redis.hget(keys.outcomes_pending, run_id), type=Pending)
+        assert pending.tries == tries
+        clock.at += timedelta(milliseconds=backoff_ms(tries))
+    assert await sweep.run_once() == 0
+    assert await measured(redis, keys) == [] and await redis.zcard(keys.outcomes_due) == 0
+    assert await redis.hget(keys.outcomes_pending, run_id) is None
