@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -115,14 +115,13 @@ async def measured(redis: Redis, keys: Keys) -> list[OutcomeMeasured]:
     return [e for e in found if isinstance(e, OutcomeMeasured)]
 
 
-def truncate(folder: Path, last: str) -> Iterator[None]:
-    """ACME's rows up to ``last`` only, until the generator resumes (then all of them again)."""
+def truncate(folder: Path, last: str) -> str:
+    """Keep ACME's rows up to ``last`` only; the file's full text, to write back."""
     path = folder / "ACME.csv"
     full = path.read_text()
     lines = full.splitlines(keepends=True)
     path.write_text("".join([lines[0], *(row for row in lines[1:] if row[:10] <= last)]))
-    yield
-    path.write_text(full)
+    return full
 
 
 async def test_a_run_no_later_run_followed_gets_its_outcome_and_a_rebuild_gives_the_same_rows(
@@ -231,8 +230,7 @@ async def test_data_not_yet_at_the_horizon_is_measured_again_later(
     run_id, price = await complete_run(redis, http, settings)
     clock = Clock()
     sweep = OutcomeSweep(redis, settings, now=clock)
-    stale = truncate(market, "2024-12-20")  # the folder was not updated past the horizon's end yet
-    next(stale)
+    full = truncate(market, "2024-12-20")  # the folder was not updated past the horizon's end yet
     assert await sweep.run_once() == 0
     pending = msgspec.json.decode(await redis.hget(keys.outcomes_pending, run_id), type=Pending)
     assert pending.tries == 1
@@ -240,7 +238,7 @@ async def test_data_not_yet_at_the_horizon_is_measured_again_later(
     assert due == int(clock.at.timestamp() * 1000) + backoff_ms(1)
     assert await sweep.run_once() == 0 and await measured(redis, keys) == []  # not due yet
 
-    next(stale, None)  # the folder is updated
+    (market / "ACME.csv").write_text(full)  # the folder is updated
     clock.at += timedelta(milliseconds=backoff_ms(1))
     assert await sweep.run_once() == 1
     (event,) = await measured(redis, keys)
@@ -253,7 +251,7 @@ async def test_data_that_never_reaches_the_horizon_is_recorded_as_so_far_after_t
 ) -> None:
     settings = PipelineSettings(data_provider="csv", csv_dir=market)
     run_id, _ = await complete_run(redis, http, settings)
-    next(truncate(market, "2024-12-20"))
+    truncate(market, "2024-12-20")
     clock = Clock()
     sweep = OutcomeSweep(redis, settings, now=clock)
     for tries in range(1, MAX_TRIES):
