@@ -1,7 +1,8 @@
 """The runner's periodic outcome sweep (``services.runner.pipeline.sweep``), as the worker runs it.
 
-Built on the first tick that finds a call scheduled, so a runner whose pipeline never records calls
-imports no analysis code for it, and the import happens on a worker thread, off the loop.
+Built on the first tick that finds a call scheduled (or the earlier calls not yet backfilled), so
+a runner whose pipeline never records calls imports no analysis code for it, and the import
+happens on a worker thread, off the loop.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class OutcomeSweeper:
     async def tick(self) -> int:
         """One sweep; how many outcomes it recorded."""
         if self._sweep is None:
-            if not await self.redis.zcard(self.keys.outcomes_due):
+            waiting = await self.redis.zcard(self.keys.outcomes_due)
+            if not waiting and await self.redis.exists(self.keys.outcomes_backfilled):
                 return 0
             module = await asyncio.to_thread(importlib.import_module, SWEEP_MODULE)
             self._sweep = module.from_env(self.redis, self.keys)

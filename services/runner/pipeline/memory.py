@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared.events import RunRequested
@@ -76,6 +77,17 @@ def score(call: PastCall, data: MarketData) -> PastCall:
     )
 
 
+def schedule(pipe: Pipeline, keys: Keys, pending: Pending, *, only_new: bool = False) -> None:
+    """Queue on ``pipe`` the writes that schedule the measurement of ``pending``'s outcome
+    (``only_new``: leave a call already scheduled as it is)."""
+    run_id, encoded = pending.call.run_id, msgspec.json.encode(pending)
+    if only_new:
+        pipe.hsetnx(keys.outcomes_pending, run_id, encoded)
+    else:
+        pipe.hset(keys.outcomes_pending, run_id, encoded)
+    pipe.zadd(keys.outcomes_due, {run_id: horizon_due_ms(pending.call)}, nx=only_new)
+
+
 async def recall(redis: Redis, keys: Keys, data: MarketData, run: RunRequested) -> list[PastCall]:
     """The caller's last few calls on the symbol made before ``run``, scored; none if Redis cannot say."""
     run_id, at = run.run_id, run.at
@@ -114,8 +126,7 @@ async def remember(redis: Redis, keys: Keys, data: MarketData, run: RunRequested
     try:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, run.run_id, msgspec.json.encode(past))
-            pipe.hset(keys.outcomes_pending, run.run_id, msgspec.json.encode(pending))
-            pipe.zadd(keys.outcomes_due, {run.run_id: horizon_due_ms(past)})
+            schedule(pipe, keys, pending)
             await pipe.execute()
     except RedisError as exc:
         logger.warning("desk memory not recorded", extra={"symbol": data.symbol, "error": str(exc)})

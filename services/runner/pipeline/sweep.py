@@ -31,7 +31,7 @@ from services.runner.pipeline.settings import PipelineSettings
 from shared.events import EventCodec, OutcomeMeasured
 from shared.keys import Keys
 from shared.outcomes import outcome_of
-from shared.results import MarketData
+from shared.results import MarketData, PastCall
 from shared.scripts import OUTCOMES_CLAIM, OUTCOMES_SETTLE
 
 logger = logging.getLogger(__name__)
@@ -85,9 +85,38 @@ class OutcomeSweep:
         self._settle = redis.register_script(OUTCOMES_SETTLE)
         self._codec = EventCodec()
         self._pending = msgspec.json.Decoder(Pending)
+        self._calls = msgspec.json.Decoder(PastCall)
+        self._backfill_checked = False
+
+    async def backfill(self) -> int:
+        """Schedule the calls recorded before outcomes were swept (the desk's memory hashes), once
+        per Redis (a marker key); a call already scheduled stays as it is. How many were new."""
+        if not await self.redis.set(self.keys.outcomes_backfilled, "1", nx=True):
+            return 0
+        scheduled = 0
+        async for key in self.redis.scan_iter(match=self.keys.memory("*", "*", "*"), count=500):
+            scheduled += await self._schedule_memory(key.decode() if isinstance(key, bytes) else str(key))
+        logger.info("earlier calls scheduled for their outcomes", extra={"scheduled": scheduled})
+        return scheduled
+
+    async def _schedule_memory(self, key: str) -> int:
+        user, provider, symbol = self.keys.memory_owner(key)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for raw in (await self.redis.hgetall(key)).values():
+                try:
+                    call = self._calls.decode(raw)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    continue
+                pending = Pending(user_id=user, provider=provider, symbol=symbol, call=call)
+                memory.schedule(pipe, self.keys, pending, only_new=True)
+            replies = await pipe.execute()
+        return sum(1 for added in replies[1::2] if added)  # (HSETNX, ZADD NX) per call
 
     async def run_once(self) -> int:
         """Measure the calls due now; how many outcomes were recorded."""
+        if not self._backfill_checked:
+            await self.backfill()
+            self._backfill_checked = True
         now = await self._clock()
         lease = millis(now) + LEASE_MS
         claimed = await self._claim(keys=[self.keys.outcomes_due], args=[millis(now), lease, BATCH])

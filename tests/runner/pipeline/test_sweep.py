@@ -293,3 +293,19 @@ async def test_a_provider_with_no_data_is_tried_again_and_the_call_dropped_after
     assert await sweep.run_once() == 0
     assert await measured(redis, keys) == [] and await redis.zcard(keys.outcomes_due) == 0
     assert await redis.hget(keys.outcomes_pending, run_id) is None
+
+
+async def test_calls_recorded_before_the_sweep_existed_are_backfilled_once(
+    redis: Redis, redis_url: str, keys: Keys, http: httpx.AsyncClient, market: Path
+) -> None:
+    settings = PipelineSettings(data_provider="csv", csv_dir=market)
+    run_id, price = await complete_run(redis, http, settings, user="a:b")  # a ':' in a user id too
+    await redis.delete(keys.outcomes_due, keys.outcomes_pending)  # what a runner before it left
+    assert await redis.hlen(keys.memory("a:b", "csv", "ACME")) == 1
+
+    assert await OutcomeSweep(redis, settings).run_once() == 1
+    (event,) = await measured(redis, keys)
+    assert (event.run_id, event.user_id) == (run_id, "a:b")
+    assert event.outcome.realised_return == close_at_horizon(market, price)
+    assert await OutcomeSweep(redis, settings).backfill() == 0  # once per Redis
+    assert await OutcomeSweep(redis, settings).run_once() == 0 and len(await measured(redis, keys)) == 1
