@@ -181,6 +181,18 @@ LUA: tuple[LuaMutant, ...] = (
         r"if redis.call\('EXISTS', KEYS\[3\]\) == 1 then return \{'refused', 'known'\} end",
         "",
     ),
+    LuaMutant(
+        "an outcome claim takes no lease",
+        r"for _, run in ipairs\(due\) do redis.call\('ZADD', KEYS\[1\], 'XX', ARGV\[2\], run\) end",
+        "",
+        ("tests/runner/pipeline/test_sweep.py",),
+    ),
+    LuaMutant(
+        "an outcome settles without its claim",
+        r"if \(not score\) or tonumber\(score\) ~= tonumber\(ARGV\[2\]\) then return 0 end",
+        "",
+        ("tests/runner/pipeline/test_sweep.py",),
+    ),
 )
 
 

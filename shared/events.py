@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from shared.results import RunResult, StepOutput, Usage
+from shared.results import Outcome, RunResult, StepOutput, Usage
 
 SCHEMA_VERSION = 1
 Priority = Literal["normal", "high"]
@@ -169,6 +169,20 @@ class ShareRevoked(Event, tag=True, frozen=True, kw_only=True):
     user_id: str
 
 
+class OutcomeMeasured(Event, tag=True, frozen=True, kw_only=True):
+    """What the price did after a completed run's call, measured once its horizon passed (the
+    runners' outcome sweep, on the run's own data provider). ``run_id`` is the measured run.
+
+    Appended to the global log only: the run's own stream refuses events after its end, and its
+    meta hash (which the append script checks) has expired long before a horizon of weeks ends.
+    The projector folds it into the run's row, current or archived (``shared.outcomes.record``).
+    """
+
+    user_id: str
+    """The measured run's user: an outcome is recorded only on a run of the same user."""
+    outcome: Outcome
+
+
 ANY_PHASE: tuple[type[Event], ...] = (ShareCreated, ShareRevoked)
 """Event types the owner may append whatever the run's phase (before, during or after its end)."""
 AFTER_END: tuple[type[Event], ...] = (WebhookAttempted, *ANY_PHASE)
@@ -188,6 +202,7 @@ AnyEvent = (
     | WebhookAttempted
     | ShareCreated
     | ShareRevoked
+    | OutcomeMeasured
 )
 EVENT_TYPES: frozenset[str] = frozenset(t.__name__ for t in typing.get_args(AnyEvent))
 

@@ -133,6 +133,27 @@ class Keys:
         memory). Per user: a run never learns another user's decisions."""
         return f"{self.prefix}memory:{user_id}:{provider}:{symbol}"
 
+    def memory_owner(self, key: str) -> tuple[str, str, str]:
+        """(user, provider, symbol) of a ``memory`` key (provider and symbol hold no ':')."""
+        user, provider, symbol = key.removeprefix(f"{self.prefix}memory:").rsplit(":", 2)
+        return user, provider, symbol
+
+    @property
+    def outcomes_backfilled(self) -> str:
+        """Set once the calls recorded before outcomes were swept have been scheduled."""
+        return f"{self.prefix}outcomes:backfilled"
+
+    @property
+    def outcomes_due(self) -> str:
+        """A sorted set: run id → Redis ms when its call's outcome is next to be measured (its
+        horizon's end, a retry's time, or a sweeper's lease while it measures it)."""
+        return f"{self.prefix}outcomes:due"
+
+    @property
+    def outcomes_pending(self) -> str:
+        """A hash: run id → its call awaiting an outcome (user, provider, symbol, tries so far)."""
+        return f"{self.prefix}outcomes:pending"
+
     def eta(self, config: str) -> str:
         return f"{self.prefix}eta:{config}"
 

@@ -1,16 +1,35 @@
 """Outcomes of past calls, read from the later runs that measured them (pure; no I/O).
 
-A completed run's result carries ``memory``: the earlier calls on its symbol it was shown, each
-scored on its own data (run id, realised return, whether it went the call's way). That is the
-only record of an outcome: the read model folds it into the earlier run's row (``record``), so the
-history shows it and a rebuild from the log gives the same rows.
+Two events carry outcomes. A completed run's result carries ``memory``: the earlier calls on its
+symbol it was shown, each scored on its own data (run id, realised return, whether it went the
+call's way). And once a run's horizon has passed, a runner's outcome sweep measures its call on the
+run's own data provider and appends ``OutcomeMeasured``, so a run no later run followed gets its
+outcome too. These events are the only record of an outcome: the read model folds them into the
+measured run's row (``record``), so the history shows it and a rebuild from the log gives the same
+rows.
 """
 
 from __future__ import annotations
 
-from shared.events import RunCompleted
+from datetime import datetime
+
+from shared.events import OutcomeMeasured, RunCompleted
 from shared.reducer import RunState
-from shared.results import Outcome
+from shared.results import Outcome, PastCall
+
+
+def outcome_of(call: PastCall, at: datetime) -> Outcome | None:
+    """The outcome a scored call states, observed ``at``; None while no close followed it."""
+    if call.realised_return is None:
+        return None
+    return Outcome(
+        realised_return=call.realised_return,
+        correct=call.hit,
+        horizon_days=call.horizon_days,
+        demo=call.demo,
+        horizon_ended=call.horizon_ended,
+        observed_at=at,
+    )
 
 
 def observed(event: RunCompleted, user_id: str) -> list[tuple[str, str, Outcome]]:
@@ -18,22 +37,13 @@ def observed(event: RunCompleted, user_id: str) -> list[tuple[str, str, Outcome]
     completed run's memory."""
     if event.result is None:
         return []
-    return [
-        (
-            call.run_id,
-            user_id,
-            Outcome(
-                realised_return=call.realised_return,
-                correct=call.hit,
-                horizon_days=call.horizon_days,
-                demo=call.demo,
-                horizon_ended=call.horizon_ended,
-                observed_at=event.at,
-            ),
-        )
-        for call in event.result.memory
-        if call.realised_return is not None and call.run_id != event.run_id
-    ]
+    found = [(call.run_id, outcome_of(call, event.at)) for call in event.result.memory]
+    return [(run_id, user_id, o) for run_id, o in found if o is not None and run_id != event.run_id]
+
+
+def swept(event: OutcomeMeasured) -> tuple[str, str, Outcome]:
+    """(measured run id, its user, the outcome) of an outcome sweep's measurement."""
+    return event.run_id, event.user_id, event.outcome
 
 
 def record(state: RunState, outcome: Outcome, by_user: str) -> bool:

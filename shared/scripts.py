@@ -162,6 +162,35 @@ rebuilt request, if any, then the terminal event) go to a new run stream and the
 an ``ended`` meta hash is written, all in one step; refused when the meta hash exists."""
 
 
+OUTCOMES_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, run in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], run) end
+return due
+"""
+"""KEYS: outcomes due. ARGV: now (ms), lease end (ms), how many. The runs whose outcome is due,
+each re-scored to the lease's end in the same step: no other sweeper sees it due until the lease
+ends (then, its sweeper having died, another measures it)."""
+
+OUTCOMES_SETTLE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == 'retry' then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
+  return 1
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[3] == 'record' then redis.call('XADD', KEYS[3], '*', 'e', ARGV[4], 'r', ARGV[1]) end
+return 1
+"""
+"""KEYS: outcomes due, outcomes pending, log. ARGV: run id, the claim's lease end, action
+(``record`` with the encoded event, ``retry`` with the next due ms and the pending entry, or
+``drop``). Only while the run's score is still the claim's lease end (the claim is this sweeper's):
+1, else 0 and nothing changes. A recorded outcome leaves the schedule in the step that appends
+it, so a run's outcome is appended once whatever the sweepers do."""
+
+
 @dataclass(frozen=True, slots=True)
 class ScriptCall:
     """One EVALSHA: the script's SHA1 and source (loaded again if Redis lost it), keys, args."""

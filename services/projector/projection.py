@@ -13,7 +13,15 @@ import msgspec
 from services.projector.db import transaction
 from services.projector.rows import UPSERT_SQL, row_of
 from shared import outcomes, streamids
-from shared.events import AnyEvent, EventCodec, EventError, RunCompleted, RunRequested, UnknownEvent
+from shared.events import (
+    AnyEvent,
+    EventCodec,
+    EventError,
+    OutcomeMeasured,
+    RunCompleted,
+    RunRequested,
+    UnknownEvent,
+)
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, SOURCE_ID_FIELD
 from shared.reducer import ACTIVE, TERMINAL, RunState, apply_mut, initial
 from shared.results import Outcome
@@ -52,7 +60,7 @@ class BatchOutcome:
 
 Observed = list[tuple[str, str, Outcome]]
 """(earlier run id, the measuring run's user, its outcome) as the runs completed in a batch
-measured them, in log order."""
+measured them, and as the outcome sweep's ``OutcomeMeasured`` events state them, in log order."""
 ROW_TABLES = ("runs", "runs_archive")
 """Where a run's row may be: an outcome may arrive after the run's row was archived."""
 
@@ -101,9 +109,12 @@ class Projection:
     async def _fold(self, fresh: list[Decoded]) -> tuple[dict[str, RunState], Observed]:
         """Each touched run's state after this batch, folded in place (the writer owns them), and
         the outcomes of earlier runs that the runs completed in it measured."""
-        states = await self._states({d[0] for d in fresh})
+        states = await self._states({d[0] for d in fresh if type(d[2]) is not OutcomeMeasured})
         observed: Observed = []
         for run_id, source_id, event, _ in fresh:
+            if type(event) is OutcomeMeasured:  # not a change of the run: recorded on its row only
+                observed.append(outcomes.swept(event))
+                continue
             state = states.get(run_id)
             if state is None or (type(event) is RunRequested and resubmitted(state)):
                 state = states[run_id] = initial(run_id)
@@ -248,7 +259,7 @@ class Projection:
 
 def _logged_ms(fresh: list[Decoded]) -> dict[str, int]:
     """Each run's Redis time (ms of the log ID) of its last entry in the batch: what ages it."""
-    last = {d[0]: d[3] for d in fresh}
+    last = {d[0]: d[3] for d in fresh if type(d[2]) is not OutcomeMeasured}  # outcomes age no row
     return {run_id: streamids.millis(_text(raw_id)) for run_id, raw_id in last.items()}
 
 

@@ -53,6 +53,8 @@ class RunnerSettings:
     retry_backoff_s: float
     read_block_s: float
     stats_interval_s: float
+    outcome_sweep_s: float
+    """How often the runner measures the outcomes of calls whose horizon has passed (0: never)."""
     redis_connections: int
     """Pooled Redis connections the runs share; beyond them a command waits for one."""
     http_connections: int
@@ -86,6 +88,7 @@ class RunnerSettings:
             retry_backoff_s=env.number("RETRY_BACKOFF_S", 1.0, minimum=0.0),
             read_block_s=env.number("READ_BLOCK_S", 2.0, minimum=0.01),
             stats_interval_s=env.number("QUEUE_STATS_INTERVAL_S", 5.0, minimum=0.1),
+            outcome_sweep_s=env.number("OUTCOME_SWEEP_S", 300.0, minimum=0.0),
             redis_connections=env.integer("RUNNER_REDIS_CONNECTIONS", 64, minimum=1),
             http_connections=env.integer("RUNNER_HTTP_CONNECTIONS", concurrency, minimum=1),
             port=env.integer("RUNNER_PORT", 8002, minimum=0),

@@ -28,6 +28,7 @@ from services.runner.queue import WorkQueue
 from services.runner.runs import Executor
 from services.runner.settings import RunnerSettings
 from services.runner.stats import refresh_queue_stats
+from services.runner.sweeper import OutcomeSweeper
 from services.runner.watcher import CancelWatcher
 from shared.keys import RUNNERS_GROUP
 from shared.lifecycle import Service, cancel_all
@@ -161,6 +162,7 @@ class Worker(Service):
         self.spawn(self.every(s.stats_interval_s, self._refresh_stats, first=True), "stats")
         self.spawn(self.every(SUMMARY_INTERVAL_S, self._summary), "summary")
         self.spawn(self.every(ETA_FLUSH_S, self.executor.eta.flush), "eta")
+        self.spawn(self.every(s.outcome_sweep_s, OutcomeSweeper(self.redis, s.common.keys).tick), "outcomes")
 
     def _serve_health(self) -> None:
         """/healthz answers from the start (alive); /readyz once Redis answered and loops run."""

@@ -1,27 +1,38 @@
-"""Outcomes of past calls reach the earlier run's row, from the later runs' completions only.
+"""Outcomes of past calls reach the earlier run's row, from events only.
 
-A run's result lists the earlier calls on its symbol with what the price did since (``memory``);
-the projector records each on the earlier run's row, current or archived, and a rebuild from the
-log gives the very same rows.
+A run's result lists the earlier calls on its symbol with what the price did since (``memory``),
+and the runners' outcome sweep appends ``OutcomeMeasured`` once a run's horizon has passed; the
+projector records each on the measured run's row, current or archived, and a rebuild from the log
+gives the very same rows.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 from redis.asyncio import Redis
 
 from services.projector.rebuild import rebuild
 from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
-from shared.events import AnyEvent, RunCompleted, ShareCreated
+from shared.events import AnyEvent, EventCodec, OutcomeMeasured, RunCompleted, ShareCreated, utcnow
 from shared.ids import new_run_id
 from shared.keys import Keys
-from shared.results import PastCall, RunResult
+from shared.results import Outcome, PastCall, RunResult
 from shared.store import EventStore
 from tests.projector.conftest import Clock
 from tests.projector.support import checksum, db_states, plan, until_caught_up, write
+
+
+def db_rows(db_path: Path) -> dict[str, dict[str, object]]:
+    """Every column of every row of ``runs``, by run id."""
+    with sqlite3.connect(db_path) as db:
+        db.row_factory = sqlite3.Row
+        return {row["run_id"]: dict(row) for row in db.execute("SELECT * FROM runs")}
+
 
 MakeSettings = Callable[..., ProjectorSettings]
 
@@ -127,5 +138,73 @@ async def test_a_run_of_another_user_never_records_an_outcome(
         await until_caught_up(service, redis, keys.events)
         outcome = db_states(settings.db_path)[alices].outcome
         assert outcome is not None and outcome.realised_return == 0.02
+    finally:
+        await service.stop()
+
+
+def swept_outcome(realised: float, *, ended: bool = True, demo: bool = False) -> Outcome:
+    return Outcome(
+        realised_return=realised, correct=realised > 0, horizon_days=91, demo=demo, horizon_ended=ended,
+        observed_at=utcnow(),
+    )  # fmt: skip
+
+
+async def sweep(redis: Redis, keys: Keys, run_id: str, outcome: Outcome, user: str = "alice") -> None:
+    """Append an ``OutcomeMeasured`` as the runners' outcome sweep does: to the global log only."""
+    event = OutcomeMeasured(run_id=run_id, user_id=user, outcome=outcome)
+    await redis.xadd(keys.events, {"e": EventCodec().encode(event), "r": run_id})
+
+
+async def test_the_sweeps_outcomes_follow_the_rules_and_a_rebuild_gives_the_same_rows(
+    redis: Redis, keys: Keys, make_settings: MakeSettings
+) -> None:
+    store = EventStore(redis, keys)
+    settings = make_settings(TT_PROJECTOR_BATCH_SIZE="2")  # observations cross batch boundaries
+    service = ProjectorService(settings)
+    await service.start()
+    try:
+        first, second = await write_run(store), await write_run(store)
+        await until_caught_up(service, redis, keys.events)
+        before = db_rows(settings.db_path)[first]
+        await sweep(redis, keys, first, swept_outcome(0.01, ended=False))
+        await sweep(redis, keys, first, swept_outcome(-0.03))
+        await sweep(redis, keys, first, swept_outcome(0.09, ended=False))  # not after an ended one
+        await sweep(redis, keys, second, swept_outcome(0.2), user="mallory")
+        await write_run(store, measured(second, 0.04, ended=True))  # a later run measures it too
+        await until_caught_up(service, redis, keys.events)
+        states = db_states(settings.db_path)
+        assert states[first].outcome is not None and states[first].outcome.realised_return == -0.03
+        assert states[second].outcome is not None and states[second].outcome.realised_return == 0.04
+        after = db_rows(settings.db_path)[first]
+        assert {k: v for k, v in after.items() if k != "state"} == {
+            k: v for k, v in before.items() if k != "state"
+        }  # the row's columns (its age among them) stay: only its state records the outcome
+    finally:
+        await service.stop()
+    incremental = checksum(settings.db_path)
+
+    await rebuild(make_settings(TT_PROJECTOR_BATCH_SIZE="1000"), from_log=True)
+
+    assert checksum(settings.db_path) == incremental
+
+
+async def test_the_sweeps_outcome_reaches_a_run_already_archived(
+    redis: Redis, keys: Keys, make_settings: MakeSettings, clock: Clock
+) -> None:
+    store = EventStore(redis, keys)
+    service = ProjectorService(make_settings(TT_HISTORY_DAYS="1"), now=clock)
+    await service.start()
+    try:
+        past = await write_run(store)
+        await until_caught_up(service, redis, keys.events)
+        clock.at += timedelta(days=2)
+        assert (await service.retention().run_once())["archived"] == 1
+
+        await sweep(redis, keys, past, swept_outcome(0.07, demo=True))
+        await until_caught_up(service, redis, keys.events)
+
+        archived = db_states(service.settings.db_path, "runs_archive")[past]
+        assert archived.outcome is not None and archived.outcome.realised_return == 0.07
+        assert archived.outcome.demo and past not in db_states(service.settings.db_path)
     finally:
         await service.stop()

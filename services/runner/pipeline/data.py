@@ -174,6 +174,11 @@ class MarketDataService:
             finally:
                 self._inflight.pop(key, None)
 
+    async def fresh(self, provider_name: str, symbol: str, end: date) -> MarketData:
+        """Data for ``symbol`` as of ``end`` straight from the provider (rate-limited, not cached):
+        an outcome waiting for a close is measured on the newest data the provider has."""
+        return await self._fetch(self.provider(provider_name), symbol, end)
+
     async def _cached(self, key: str) -> MarketData | None:
         try:
             raw = await self.redis.get(key)
