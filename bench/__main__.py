@@ -68,7 +68,7 @@ RUNS: dict[str, Callable[[Context], list[Row]]] = {
     "scaling": _scaling,
     "llm": lambda ctx: llm_rows.measure_inflight(_db(ctx.redis_url, 3), ctx.workdir),
     "watchers": lambda ctx: llm_rows.measure_watchers(_db(ctx.redis_url, 3), ctx.workdir),
-    "llm-peers": lambda ctx: llm_rows.measure_peers(ctx.peers_redis_url, ctx.workdir),
+    "llm-peers": lambda ctx: llm_rows.measure_peers(_db(ctx.redis_url, 3), ctx.peers_redis_url, ctx.workdir),
 }
 
 

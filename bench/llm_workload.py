@@ -92,12 +92,14 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """How much: runs in flight, watchers per watched run, runs watched, watchers on the first run."""
+    """How much: runs in flight, watchers per watched run, runs watched, watchers on the first run;
+    ``pipeline`` overrides BENCH_LLM_PIPELINE (row 9 runs the peers' job, ``calls``)."""
 
     runs: int
     per_run: int = 1
     watched: int = 0
     on_one: int = 0
+    pipeline: str = ""
 
     def paths(self, runs: Sequence[str]) -> list[str]:
         path = "/api/trading/runs/{}/events"
@@ -125,7 +127,7 @@ def sim_env() -> dict[str, str]:
 
 
 @contextmanager
-def stack(redis_url: str, workdir: Path, concurrency: int) -> Iterator[tuple[ServiceProcess, ...]]:
+def stack(redis_url: str, workdir: Path, shape: Shape) -> Iterator[tuple[ServiceProcess, ...]]:
     """The simulator, an idle runner and a gateway, stopped in reverse on the way out."""
     logs = workdir / "logs"
     with ExitStack() as stop:
@@ -135,8 +137,9 @@ def stack(redis_url: str, workdir: Path, concurrency: int) -> Iterator[tuple[Ser
             "TT_MODELS": str(models_file(workdir, sim.url)),
             "TT_LOG_LEVEL": "WARNING",
         }
+        concurrency = max(shape.runs, 1)
         runner_env = {**common, "TT_RUNNER_CONCURRENCY": str(concurrency), "TT_RUNNER_ID": "bench-llm"}
-        if pipeline() == "calls":
+        if (shape.pipeline or pipeline()) == "calls":
             runner_env["TT_RUNNER_PIPELINE"] = "bench.calls_pipeline:build"
         runner = stop.enter_context(ServiceProcess("runner", runner_env, log_dir=logs))
         gateway_env = {
@@ -239,7 +242,7 @@ async def measure(redis_url: str, workdir: Path, shape: Shape) -> Outcome:
     store = EventStore(redis, keys)
     try:
         await redis.flushdb()
-        with stack(redis_url, workdir, max(shape.runs, 1)) as (sim, runner, gateway):
+        with stack(redis_url, workdir, shape) as (sim, runner, gateway):
             await _drive(store, keys, shape, out, workdir, (sim, runner, gateway))
     finally:
         await redis.aclose()
