@@ -149,6 +149,7 @@ def peer_size() -> int:
 
 
 def chosen_peers() -> tuple[str, ...]:
+    """BENCH_LLM_PEERS: comma-separated peers for row 9 (default all four; ``none``: none)."""
     raw = os.environ.get("BENCH_LLM_PEERS", ",".join(llm_peers.PEERS))
     return tuple(p.strip() for p in raw.split(",") if p.strip() and p.strip() != "none")
 
@@ -209,7 +210,11 @@ def measure_peers(redis_url: str, peers_redis_url: str, workdir: Path) -> list[R
     overhead = 100 * ours.overhead_share
     note = f"progress: append → SSE client (gateway), {ours.watchers:,} watchers; overhead {overhead:.2f} %"
     rows = system_rows("tickertape (calls pipeline)", n, ours.completed, ours.wall_s, ours.latencies_ms, note)
-    peers = llm_peers.measure(n, peers_redis_url, workdir / "llm-peers", chosen_peers())
+    chosen = chosen_peers()
+    peers = llm_peers.measure(n, peers_redis_url, workdir / "llm-peers", chosen)
     for run in peers:
         rows += peer_system_rows(run)
+    for peer in (p for p in llm_peers.PEERS if p not in chosen):
+        reason = "left out by BENCH_LLM_PEERS"
+        rows.append(not_measured(PEER_ROW, f"peer {peer}: {n:,} in flight", "", "", reason))
     return rows + ratio_rows(n, ours, peers)
