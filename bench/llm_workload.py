@@ -52,6 +52,9 @@ QUICK_SIM_ENV = {**SIM_ENV, "TT_LLMSIM_TTFT_S": "uniform:0.05,0.1", "TT_LLMSIM_T
 WATCHERS_PER_PROC = 2500
 MAX_WATCHER_PROCS = 4
 GATEWAY_ID = "bench-llm"
+WAIT_BASE_S, WAIT_PER_RUN_S = 150.0, 0.05
+"""How long the runs may take before the size is reported as it stands (completed < 100 %): a
+10-call run is ~18 s; 5,000 in flight get 400 s, time for one core to spend 80 ms on each."""
 
 
 @dataclass(slots=True)
@@ -272,7 +275,7 @@ async def _drive(
         paths = shape.paths(runs)
         out.watchers = len(paths)
         watchers = await open_watchers(gateway.port, paths, workdir)
-        await wait_ended(store.redis, keys, timeout_s=180 + shape.runs * 0.1)
+        await wait_ended(store.redis, keys, timeout_s=WAIT_BASE_S + shape.runs * WAIT_PER_RUN_S)
         out.wall_s = time.monotonic() - began
         out.runner_cpu_s = cpu_seconds(runner_pid) - cpu0
         out.redis_cpu_s = await _redis_cpu(store.redis) - redis_cpu
