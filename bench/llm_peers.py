@@ -14,13 +14,14 @@ import logging
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from bench.common import ROOT
-from bench.llm_workload import sim_env
+from bench.llm_workload import sim_env, started
 from tests.support.processes import ServiceProcess
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ def run_peer(peer: str, n: int, redis_url: str, workdir: Path) -> PeerRun:
         python = venv(peer)
     except (subprocess.SubprocessError, OSError) as exc:
         return PeerRun(peer, n, error=f"install failed: {exc}"[:200])
-    with ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=workdir / "logs") as sim:
+    with ExitStack() as stop:
+        sim = started(
+            stop, ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=workdir / "logs")
+        )
         done = subprocess.run(
             [str(python), str(JOBS), "run", peer, str(n), redis_url, sim.url],
             cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False,

@@ -129,12 +129,22 @@ def sim_env() -> dict[str, str]:
     return QUICK_SIM_ENV if quick() else SIM_ENV
 
 
+START_TIMEOUT_S = 90.0
+"""A service's first /healthz: seconds on a quiet machine, over 20 s with 8 processes a core."""
+
+
+def started(stop: ExitStack, process: ServiceProcess) -> ServiceProcess:
+    """``process`` started and healthy, stopped when ``stop`` closes (also if it never got healthy)."""
+    stop.callback(process.stop)
+    return process.start(timeout_s=START_TIMEOUT_S)
+
+
 @contextmanager
 def stack(redis_url: str, workdir: Path, shape: Shape) -> Iterator[tuple[ServiceProcess, ...]]:
     """The simulator, an idle runner and a gateway, stopped in reverse on the way out."""
     logs = workdir / "logs"
     with ExitStack() as stop:
-        sim = stop.enter_context(ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=logs))
+        sim = started(stop, ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=logs))
         common = {
             "REDIS_URL": redis_url,
             "TT_MODELS": str(models_file(workdir, sim.url)),
@@ -144,13 +154,13 @@ def stack(redis_url: str, workdir: Path, shape: Shape) -> Iterator[tuple[Service
         runner_env = {**common, "TT_RUNNER_CONCURRENCY": str(concurrency), "TT_RUNNER_ID": "bench-llm"}
         if (shape.pipeline or pipeline()) == "calls":
             runner_env["TT_RUNNER_PIPELINE"] = "bench.calls_pipeline:build"
-        runner = stop.enter_context(ServiceProcess("runner", runner_env, log_dir=logs))
+        runner = started(stop, ServiceProcess("runner", runner_env, log_dir=logs))
         gateway_env = {
             **common, "TT_STATE_DIR": str(workdir / "gateway"), "TT_GATEWAY_PROCESS_ID": GATEWAY_ID,
             "TT_MAX_ACTIVE_RUNS": "0", "TT_SUBMIT_RATE": "0/min",
             "TT_PROJECTOR_URL": "http://127.0.0.1:9", "TT_PROJECTOR_TIMEOUT_S": "0.2",
         }  # fmt: skip
-        gateway = stop.enter_context(ServiceProcess("gateway", gateway_env, log_dir=logs))
+        gateway = started(stop, ServiceProcess("gateway", gateway_env, log_dir=logs))
         yield sim, runner, gateway
 
 
