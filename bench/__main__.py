@@ -9,7 +9,8 @@ Starts its own redis-servers (no persistence): one for Tickertape, one for the p
 Env: BENCH_REPS (default 3), BENCH_N (runs and peer jobs per repetition, default 1000),
 BENCH_PEERS (comma-separated peer variants). The LLM-bound sections (issue 20; bench/llm_rows.py):
 BENCH_INFLIGHT (runs in flight per size, default 10,100,1000,5000), BENCH_INFLIGHT_WATCHED,
-BENCH_WATCH_RUNS, BENCH_WATCHERS_PER_RUN, BENCH_WATCH_ONE; e.g. a reduced sweep:
+BENCH_WATCH_RUNS, BENCH_WATCHERS_PER_RUN, BENCH_WATCH_ONE; row 9's BENCH_PEERS_INFLIGHT (1000) and
+BENCH_LLM_PEERS (arq,saq,taskiq,bullmq; each installed once into its own virtualenv). A reduced sweep:
     BENCH_INFLIGHT=10,100 BENCH_WATCH_RUNS=100 .venv/bin/python -m bench --only llm,watchers
 """
 
