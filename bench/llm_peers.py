@@ -86,7 +86,7 @@ def run_peer(peer: str, n: int, redis_url: str, workdir: Path) -> PeerRun:
         )
         done = subprocess.run(
             [str(python), str(JOBS), "run", peer, str(n), redis_url, sim.url],
-            cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False,
+            cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
             env={**os.environ, "PYTHONPATH": ""},
         )  # fmt: skip
         (workdir / f"peer-{peer}-{n}.log").write_text(done.stdout + done.stderr)
