@@ -84,11 +84,14 @@ def run_peer(peer: str, n: int, redis_url: str, workdir: Path) -> PeerRun:
         sim = started(
             stop, ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=workdir / "logs")
         )
-        done = subprocess.run(
-            [str(python), str(JOBS), "run", peer, str(n), redis_url, sim.url],
-            cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-            env={**os.environ, "PYTHONPATH": ""},
-        )  # fmt: skip
+        try:
+            done = subprocess.run(
+                [str(python), str(JOBS), "run", peer, str(n), redis_url, sim.url],
+                cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+                env={**os.environ, "PYTHONPATH": ""},
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return PeerRun(peer, n, error="no answer within 900 s")
         (workdir / f"peer-{peer}-{n}.log").write_text(done.stdout + done.stderr)
         stats = httpx.get(f"{sim.url}/stats", timeout=10).json()
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
