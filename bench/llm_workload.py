@@ -139,6 +139,12 @@ def started(stop: ExitStack, process: ServiceProcess) -> ServiceProcess:
     return process.start(timeout_s=START_TIMEOUT_S)
 
 
+def started_sim(workdir: Path) -> ServiceProcess:
+    """The simulator with this bench's latencies, healthy (the caller stops it)."""
+    sim = ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=workdir / "logs")
+    return sim.start(timeout_s=START_TIMEOUT_S)
+
+
 @contextmanager
 def stack(redis_url: str, workdir: Path, shape: Shape) -> Iterator[tuple[ServiceProcess, ...]]:
     """The simulator, an idle runner and a gateway, stopped in reverse on the way out."""
