@@ -24,6 +24,7 @@ from services.runner.pipeline.base import StepReporter
 from shared import streamids
 from shared.events import RunCompleted, RunRequested, RunStarted, is_terminal
 from shared.keys import Keys
+from shared.redis_io import connect
 from shared.results import RunResult, StepOutput, Usage
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, report, running_worker, submit
@@ -79,9 +80,15 @@ async def test_a_runner_flooded_past_its_lease_keeps_every_run(
         "TT_RUNNER_CONCURRENCY": str(n), "TT_LEASE_S": "1", "TT_CLAIM_INTERVAL_S": "0.1",
         "TT_RUNNER_REDIS_CONNECTIONS": "16",
     }  # fmt: skip
-    with caplog.at_level(logging.WARNING):
-        async with running_worker(redis_url, CountingPipeline(redis, step_s=0.25), **settings):
-            await _wait_all_ended(redis, keys, timeout_s=25)
+    counters = connect(
+        redis_url, max_connections=32
+    )  # the test pipeline's own counting waits for a connection
+    try:
+        with caplog.at_level(logging.WARNING):
+            async with running_worker(redis_url, CountingPipeline(counters, step_s=0.25), **settings):
+                await _wait_all_ended(redis, keys, timeout_s=25)
+    finally:
+        await counters.aclose()
     tally = await _tally(store, runs)
     pool_errors = sum(1 for r in caplog.records if POOL_ERRORS.search(_text(r)))
     left_pending = [r.getMessage() for r in caplog.records if "left pending" in r.getMessage()]
