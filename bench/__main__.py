@@ -9,7 +9,8 @@ Starts its own redis-servers (no persistence): one for Tickertape, one for the p
 Env: BENCH_REPS (default 3), BENCH_N (runs and peer jobs per repetition, default 1000),
 BENCH_PEERS (comma-separated peer variants). The LLM-bound sections (issue 20; bench/llm_rows.py):
 BENCH_INFLIGHT (runs in flight per size, default 10,100,1000,5000), BENCH_INFLIGHT_WATCHED,
-BENCH_WATCH_RUNS, BENCH_WATCHERS_PER_RUN, BENCH_WATCH_ONE; e.g. a reduced sweep:
+BENCH_WATCH_RUNS, BENCH_WATCHERS_PER_RUN, BENCH_WATCH_ONE; row 9's BENCH_PEERS_INFLIGHT (1000) and
+BENCH_LLM_PEERS (arq,saq,taskiq,bullmq; each installed once into its own virtualenv). A reduced sweep:
     BENCH_INFLIGHT=10,100 BENCH_WATCH_RUNS=100 .venv/bin/python -m bench --only llm,watchers
 """
 
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import external, llm_rows, scaling, submit_bench
-from bench.common import ROOT, Row, not_measured, quick, reps
+from bench.common import ROOT, Row, not_measured, quick, raise_open_files, reps
 from bench.report import text_table, write
 from shared.redis_server import RedisServer
 
@@ -68,7 +69,7 @@ RUNS: dict[str, Callable[[Context], list[Row]]] = {
     "scaling": _scaling,
     "llm": lambda ctx: llm_rows.measure_inflight(_db(ctx.redis_url, 3), ctx.workdir),
     "watchers": lambda ctx: llm_rows.measure_watchers(_db(ctx.redis_url, 3), ctx.workdir),
-    "llm-peers": lambda ctx: llm_rows.measure_peers(ctx.peers_redis_url, ctx.workdir),
+    "llm-peers": lambda ctx: llm_rows.measure_peers(_db(ctx.redis_url, 3), ctx.peers_redis_url, ctx.workdir),
 }
 
 
@@ -92,6 +93,7 @@ def main() -> None:
         parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logger.info("open-files limit %d (soft raised to hard: the watchers need sockets)", raise_open_files())
     began, rows, timings = time.monotonic(), [], {}
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
         workdir = Path(tmp)

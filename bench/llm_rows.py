@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
+from bench import llm_peers
 from bench.common import Row, not_measured, percentile, quick
 from bench.llm_workload import CALLS_PER_RUN, Outcome, Shape, measure, pipeline
 
@@ -140,14 +140,81 @@ def measure_watchers(redis_url: str, workdir: Path) -> list[Row]:
     return rows
 
 
-def peer_rows(reason: str, variants: Sequence[str] = ("arq", "saq", "taskiq", "bullmq")) -> list[Row]:
-    return [not_measured("9 LLM peers", f"peer {v}: {GOAL_SIZE:,} in flight, completion time", "s",
-                         "Tickertape ahead", reason) for v in variants]  # fmt: skip
+PEER_ROW = "9 LLM peers"
 
 
-def measure_peers(redis_url: str, workdir: Path) -> list[Row]:
-    """Row 9: not built yet. The peers' no-op harness (../shared/peers) has no LLM-shaped job:
-    each needs a job of ten simulated calls reporting progress natively (saq ``job.update``,
-    bullmq ``updateProgress``; arq and taskiq have none, a Redis PUBLISH would stand in) and a
-    progress-latency probe; the rows say so rather than compare unlike workloads."""
-    return peer_rows("LLM-shaped peer jobs not written yet (docs/benchmarks.md, issue 20 notes)")
+def peer_size() -> int:
+    """BENCH_PEERS_INFLIGHT: jobs in flight for row 9 (the goal's 1,000; BENCH_QUICK: 10)."""
+    return count("BENCH_PEERS_INFLIGHT", GOAL_SIZE, 10)
+
+
+def chosen_peers() -> tuple[str, ...]:
+    """BENCH_LLM_PEERS: comma-separated peers for row 9 (default all four; ``none``: none)."""
+    raw = os.environ.get("BENCH_LLM_PEERS", ",".join(llm_peers.PEERS))
+    return tuple(p.strip() for p in raw.split(",") if p.strip() and p.strip() != "none")
+
+
+def system_rows(
+    name: str, n: int, completed: int, wall_s: float, latencies: list[float], note: str
+) -> list[Row]:
+    """Completion time and progress latency of one system (Tickertape or a peer) at ``n`` in flight."""
+    label = f"{name}: {n:,} in flight"
+    done = f"{completed:,}/{n:,} completed; {note}"
+    p50 = percentile(latencies, 50)
+    return [
+        Row(PEER_ROW, f"{label}, completion time (first submit → last done)", "s", [wall_s], note=done),
+        Row(PEER_ROW, f"{label}, progress latency p99", "ms", [percentile(latencies, 99)],
+            note=f"p50 {p50:.1f} ms, {len(latencies):,} reports"),
+    ]  # fmt: skip
+
+
+def peer_system_rows(run: llm_peers.PeerRun) -> list[Row]:
+    if run.error:
+        return [not_measured(PEER_ROW, f"peer {run.peer}: {run.n:,} in flight", "", "", run.error)]
+    cpu_ms = 1000 * run.worker_cpu_s / max(run.n, 1)
+    rss_kb = max(run.worker_rss_peak_mb - run.worker_rss_idle_mb, 0.0) * 1024 / max(run.n, 1)
+    note = (
+        f"progress: {llm_peers.PROGRESS[run.peer]}; worker CPU {cpu_ms:.0f} ms/job, "
+        f"RSS {rss_kb:.0f} KB/job, model time {run.simulated_s / max(run.completed, 1):.1f} s/job"
+    )
+    return system_rows(f"peer {run.peer}", run.n, run.completed, run.wall_s, run.latencies_ms, note)
+
+
+def ratio_rows(n: int, ours: Outcome, peers: list[llm_peers.PeerRun]) -> list[Row]:
+    """Tickertape over the best peer on each figure: < 1 is ahead, the moonshot is <= 0.5."""
+    whole = [p for p in peers if not p.error and p.completed == n]
+    if not whole or ours.completed != n:
+        return [
+            not_measured(PEER_ROW, "tickertape / best peer", "", "ahead of every peer", "no complete pair")
+        ]
+    rows = []
+    for figure, mine, theirs in (
+        ("completion time", ours.wall_s, {p.peer: p.wall_s for p in whole}),
+        ("progress latency p99", percentile(ours.latencies_ms, 99),
+         {p.peer: percentile(p.latencies_ms, 99) for p in whole}),
+    ):  # fmt: skip
+        best = min(theirs, key=lambda k: theirs[k])
+        ratio = mine / max(theirs[best], 1e-9)
+        moon = "moonshot holds" if ratio <= 0.5 else f"moonshot 0.5 missed by {ratio / 0.5:.1f}x"
+        rows.append(Row(PEER_ROW, f"tickertape / best peer ({best}): {figure} at {n:,}", "ratio", [ratio],
+                        "< 1 (ahead); moonshot <= 0.5", ratio < 1.0, moon))  # fmt: skip
+    return rows
+
+
+def measure_peers(redis_url: str, peers_redis_url: str, workdir: Path) -> list[Row]:
+    """Row 9: Tickertape (the ``calls`` pipeline: the same ten bare calls) and each peer, same size,
+    same simulator settings, one after the other."""
+    n = peer_size()
+    shape = Shape(n, 1, min(n, count("BENCH_INFLIGHT_WATCHED", 1000, 20)), pipeline="calls")
+    ours = asyncio.run(measure(redis_url, workdir / f"peers-tickertape-{n}", shape))
+    overhead = 100 * ours.overhead_share
+    note = f"progress: append → SSE client (gateway), {ours.watchers:,} watchers; overhead {overhead:.2f} %"
+    rows = system_rows("tickertape (calls pipeline)", n, ours.completed, ours.wall_s, ours.latencies_ms, note)
+    chosen = chosen_peers()
+    peers = llm_peers.measure(n, peers_redis_url, workdir / "llm-peers", chosen)
+    for run in peers:
+        rows += peer_system_rows(run)
+    for peer in (p for p in llm_peers.PEERS if p not in chosen):
+        reason = "left out by BENCH_LLM_PEERS"
+        rows.append(not_measured(PEER_ROW, f"peer {peer}: {n:,} in flight", "", "", reason))
+    return rows + ratio_rows(n, ours, peers)

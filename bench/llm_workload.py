@@ -52,6 +52,9 @@ QUICK_SIM_ENV = {**SIM_ENV, "TT_LLMSIM_TTFT_S": "uniform:0.05,0.1", "TT_LLMSIM_T
 WATCHERS_PER_PROC = 2500
 MAX_WATCHER_PROCS = 4
 GATEWAY_ID = "bench-llm"
+WAIT_BASE_S, WAIT_PER_RUN_S = 150.0, 0.05
+"""How long the runs may take before the size is reported as it stands (completed < 100 %): a
+10-call run is ~18 s; 5,000 in flight get 400 s, time for one core to spend 80 ms on each."""
 
 
 @dataclass(slots=True)
@@ -92,12 +95,14 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """How much: runs in flight, watchers per watched run, runs watched, watchers on the first run."""
+    """How much: runs in flight, watchers per watched run, runs watched, watchers on the first run;
+    ``pipeline`` overrides BENCH_LLM_PIPELINE (row 9 runs the peers' job, ``calls``)."""
 
     runs: int
     per_run: int = 1
     watched: int = 0
     on_one: int = 0
+    pipeline: str = ""
 
     def paths(self, runs: Sequence[str]) -> list[str]:
         path = "/api/trading/runs/{}/events"
@@ -124,27 +129,44 @@ def sim_env() -> dict[str, str]:
     return QUICK_SIM_ENV if quick() else SIM_ENV
 
 
+START_TIMEOUT_S = 90.0
+"""A service's first /healthz: seconds on a quiet machine, over 20 s with 8 processes a core."""
+
+
+def started(stop: ExitStack, process: ServiceProcess) -> ServiceProcess:
+    """``process`` started and healthy, stopped when ``stop`` closes (also if it never got healthy)."""
+    stop.callback(process.stop)
+    return process.start(timeout_s=START_TIMEOUT_S)
+
+
+def started_sim(workdir: Path) -> ServiceProcess:
+    """The simulator with this bench's latencies, healthy (the caller stops it)."""
+    sim = ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=workdir / "logs")
+    return sim.start(timeout_s=START_TIMEOUT_S)
+
+
 @contextmanager
-def stack(redis_url: str, workdir: Path, concurrency: int) -> Iterator[tuple[ServiceProcess, ...]]:
+def stack(redis_url: str, workdir: Path, shape: Shape) -> Iterator[tuple[ServiceProcess, ...]]:
     """The simulator, an idle runner and a gateway, stopped in reverse on the way out."""
     logs = workdir / "logs"
     with ExitStack() as stop:
-        sim = stop.enter_context(ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=logs))
+        sim = started(stop, ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=logs))
         common = {
             "REDIS_URL": redis_url,
             "TT_MODELS": str(models_file(workdir, sim.url)),
             "TT_LOG_LEVEL": "WARNING",
         }
+        concurrency = max(shape.runs, 1)
         runner_env = {**common, "TT_RUNNER_CONCURRENCY": str(concurrency), "TT_RUNNER_ID": "bench-llm"}
-        if pipeline() == "calls":
+        if (shape.pipeline or pipeline()) == "calls":
             runner_env["TT_RUNNER_PIPELINE"] = "bench.calls_pipeline:build"
-        runner = stop.enter_context(ServiceProcess("runner", runner_env, log_dir=logs))
+        runner = started(stop, ServiceProcess("runner", runner_env, log_dir=logs))
         gateway_env = {
             **common, "TT_STATE_DIR": str(workdir / "gateway"), "TT_GATEWAY_PROCESS_ID": GATEWAY_ID,
             "TT_MAX_ACTIVE_RUNS": "0", "TT_SUBMIT_RATE": "0/min",
             "TT_PROJECTOR_URL": "http://127.0.0.1:9", "TT_PROJECTOR_TIMEOUT_S": "0.2",
         }  # fmt: skip
-        gateway = stop.enter_context(ServiceProcess("gateway", gateway_env, log_dir=logs))
+        gateway = started(stop, ServiceProcess("gateway", gateway_env, log_dir=logs))
         yield sim, runner, gateway
 
 
@@ -239,7 +261,7 @@ async def measure(redis_url: str, workdir: Path, shape: Shape) -> Outcome:
     store = EventStore(redis, keys)
     try:
         await redis.flushdb()
-        with stack(redis_url, workdir, max(shape.runs, 1)) as (sim, runner, gateway):
+        with stack(redis_url, workdir, shape) as (sim, runner, gateway):
             await _drive(store, keys, shape, out, workdir, (sim, runner, gateway))
     finally:
         await redis.aclose()
@@ -269,7 +291,7 @@ async def _drive(
         paths = shape.paths(runs)
         out.watchers = len(paths)
         watchers = await open_watchers(gateway.port, paths, workdir)
-        await wait_ended(store.redis, keys, timeout_s=180 + shape.runs * 0.1)
+        await wait_ended(store.redis, keys, timeout_s=WAIT_BASE_S + shape.runs * WAIT_PER_RUN_S)
         out.wall_s = time.monotonic() - began
         out.runner_cpu_s = cpu_seconds(runner_pid) - cpu0
         out.redis_cpu_s = await _redis_cpu(store.redis) - redis_cpu

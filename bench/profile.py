@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.profile gateway [SECONDS]   # POST /runs under the submit load
     .venv/bin/python -m bench.profile runner [N]          # one runner draining N no-op runs
     .venv/bin/python -m bench.profile sse [ROUNDS]        # the gateway fanning out to 1,000 SSE clients
+    .venv/bin/python -m bench.profile llm [N] [SECONDS]   # one runner with N LLM-bound runs in flight
 
 The service runs as ``python -m pyinstrument -m services.<name>``; SIGINT ends it (uvicorn and
 the runner both stop cleanly on it) and pyinstrument writes its report to bench/results/.
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import noop_e2e, sse_fanout, submit_bench
+from bench import llm_workload, noop_e2e, sse_fanout, submit_bench
 from bench.common import ROOT, Child, python_env
 from shared.keys import Keys
 from shared.redis_io import connect
@@ -92,6 +93,42 @@ def runner(redis_url: str, workdir: Path, n: int) -> Path:
     return report
 
 
+def llm(redis_url: str, workdir: Path, n: int, seconds: float) -> Path:
+    """``n`` runs of the calls pipeline (ten simulated model calls) in flight in a profiled runner."""
+    keys = Keys("tt:")
+    sim = llm_workload.started_sim(workdir)
+    env = {
+        "REDIS_URL": redis_url, "TT_MODELS": str(llm_workload.models_file(workdir, sim.url)),
+        "TT_LOG_LEVEL": "WARNING", "TT_RUNNER_CONCURRENCY": str(n), "TT_RUNNER_ID": "prof-llm",
+        "TT_RUNNER_PIPELINE": "bench.calls_pipeline:build", "TT_RUNNER_PORT": str(free_port()),
+    }  # fmt: skip
+    report = OUT / "profile-llm.pyisession"
+    proc = profiled("runner", env, report, workdir / "runner.log")
+    try:
+        asyncio.run(_llm_load(redis_url, keys, n, seconds))
+    finally:
+        finish(proc)
+        sim.stop()
+        (OUT / "profile-llm-runner.log").write_bytes((workdir / "runner.log").read_bytes())
+    return report
+
+
+async def _llm_load(redis_url: str, keys: Keys, n: int, seconds: float) -> None:
+    redis = connect(redis_url)
+    store = EventStore(redis, keys)
+    try:
+        began = time.perf_counter()
+        await llm_workload.submit_all(store, n)
+        deadline = time.monotonic() + seconds
+        while await redis.scard(keys.active(llm_workload.USER)) and time.monotonic() < deadline:
+            await asyncio.sleep(10)
+            print(f"{time.perf_counter() - began:.0f} s: {await redis.xlen(keys.events)} events", flush=True)
+        left = await redis.scard(keys.active(llm_workload.USER))
+        print(f"{n - left} of {n} LLM-bound runs ended in {time.perf_counter() - began:.1f} s (profiled)")
+    finally:
+        await redis.aclose()
+
+
 def sse(redis_url: str, workdir: Path, rounds: int) -> Path:
     """Rounds of ``bench.sse_fanout`` at 1,000 clients against a profiled gateway."""
     port = free_port()
@@ -122,6 +159,9 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="tt-profile-") as tmp, RedisServer(Path(tmp) / "redis") as redis:
         if argv[0] == "gateway":
             report = gateway(redis.url, Path(tmp), float(argv[1]) if len(argv) > 1 else 10.0)
+        elif argv[0] == "llm":
+            n, seconds = int(argv[1]) if len(argv) > 1 else 1000, float(argv[2]) if len(argv) > 2 else 60.0
+            report = llm(redis.url, Path(tmp), n, seconds)
         elif argv[0] == "sse":
             report = sse(redis.url, Path(tmp), int(argv[1]) if len(argv) > 1 else 5)
         else:

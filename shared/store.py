@@ -13,6 +13,7 @@ that must never break are enforced inside Redis, not by careful callers:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,9 +134,15 @@ class Unreplicated:
 SubmitOutcome = Submitted | Duplicate | Joined | Capped | Unreplicated
 
 
-class SubmitSender(Protocol):
+class ScriptSender(Protocol):
+    """What sends script calls for the store (``shared.batcher.ScriptBatcher``: concurrent calls
+    share a round trip)."""
+
     async def call(self, call: ScriptCall) -> Any:
         """The script's reply; an error reply raises."""
+
+
+SubmitSender = ScriptSender
 
 
 def transition_of(event: AnyEvent) -> Transition:
@@ -164,14 +171,17 @@ class EventStore:
         *,
         run_ttl_s: int = 48 * 3600,
         codec: EventCodec | None = None,
-        submits: SubmitSender | None = None,
+        submits: ScriptSender | None = None,
+        appends: ScriptSender | None = None,
         replicas: ReplicaWait | None = None,
     ) -> None:
-        """``submits``: what sends the submit script (a ``shared.batcher.ScriptBatcher`` pipelines
-        concurrent submits); by default each is its own EVALSHA. ``replicas``: while the primary
-        has replicas, a submit is sent with a ``WAIT`` instead (``shared.durability``)."""
+        """``submits`` / ``appends``: what sends the submit / append scripts (a
+        ``shared.batcher.ScriptBatcher`` pipelines concurrent calls; the scripts are safe to run
+        twice); by default each is its own EVALSHA. ``replicas``: while the primary has replicas,
+        a submit is sent with a ``WAIT`` instead (``shared.durability``)."""
         self.redis = redis
         self.submits = submits
+        self.appends = appends
         self.replicas = replicas
         self.keys = keys
         self.codec = codec or EventCodec()
@@ -272,7 +282,11 @@ class EventStore:
             fence,
             user_id,
         ]
-        status, value = _pair(await self._append(keys=keys, args=argv))
+        if self.appends is not None:
+            reply = await self.appends.call(ScriptCall(self._append.sha, APPEND, keys, argv))
+        else:
+            reply = await self._append(keys=keys, args=argv)
+        status, value = _pair(reply)
         if status != "ok":
             raise Refused(run_id, value)
         return value
@@ -292,7 +306,7 @@ class EventStore:
             for item in batch[start : start + _BATCH_RUNS]:
                 await self._add_appends(item, keys, args)
             calls.append(ScriptCall(self._append_all.sha, APPEND_ALL, keys, args))
-        mine = await evalsha_pipelined(self.redis, calls)
+        mine = await self._send_all(calls)
         for reply in mine:
             if isinstance(reply, Exception):
                 raise reply
@@ -303,6 +317,17 @@ class EventStore:
             run_id = item.events[0].run_id if item.events else ""
             out.append(ids if status == "ok" else Refused(run_id, reason, ids))
         return out
+
+    async def _send_all(self, calls: list[ScriptCall]) -> list[Any]:
+        """Replies in order, an error reply as its exception: in one round trip of their own,
+        or in the ones ``appends`` shares with other calls."""
+        if self.appends is None:
+            return await evalsha_pipelined(self.redis, calls)
+        sent = await asyncio.gather(*(self.appends.call(c) for c in calls), return_exceptions=True)
+        for reply in sent:
+            if isinstance(reply, BaseException) and not isinstance(reply, Exception):
+                raise reply
+        return list(sent)
 
     async def _add_appends(self, item: Appends, keys: list[str], args: list[bytes | str | int]) -> None:
         k = self.keys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -39,6 +40,7 @@ class EtaBook:
         self.max_age_s = max_age_s
         self._cache: dict[str, tuple[float, list[float]]] = {}
         self._unwritten: list[tuple[str, str]] = []
+        self._reading: dict[str, asyncio.Future[None]] = {}
 
     async def expected(self, request: RunRequested) -> float | None:
         return (await self.expected_many([request]))[0]
@@ -47,15 +49,34 @@ class EtaBook:
         """The expected duration of each request; one round trip for the configs not cached."""
         configs = [config_of(r) for r in requests]
         now = time.monotonic()
-        stale = sorted({c for c in configs if now - self._cache.get(c, (-1e18, []))[0] > self.max_age_s})
+        stale = {c for c in configs if now - self._cache.get(c, (-1e18, []))[0] > self.max_age_s}
         if stale:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for config in stale:
-                    pipe.lrange(self.keys.eta(config), 0, _KEEP - 1)
-                raws = await pipe.execute()
-            for config, raw in zip(stale, raws, strict=True):
-                self._cache[config] = (now, [float(x) for x in raw])
-        return [_median(self._cache[c][1]) for c in configs]
+            await self._refresh(sorted(stale), now)
+        return [_median(self._cache.get(c, (now, []))[1]) for c in configs]
+
+    async def _refresh(self, configs: list[str], now: float) -> None:
+        """Read the configs' lists, once however many runs start at once: a read in flight
+        is awaited, not repeated (a burst of runs would send one read each)."""
+        new = [c for c in configs if c not in self._reading]
+        if new:
+            reading = asyncio.ensure_future(self._read(new, now))
+            self._reading.update(dict.fromkeys(new, reading))
+            reading.add_done_callback(lambda done: self._forget(new, done))
+        # shielded: a run cancelled while it waits must not cancel the read the others wait for
+        await asyncio.gather(*(asyncio.shield(r) for r in {self._reading[c] for c in configs}))
+
+    def _forget(self, configs: list[str], done: asyncio.Future[None]) -> None:
+        for config in configs:
+            if self._reading.get(config) is done:
+                del self._reading[config]
+
+    async def _read(self, configs: list[str], now: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for config in configs:
+                pipe.lrange(self.keys.eta(config), 0, _KEEP - 1)
+            raws = await pipe.execute()
+        for config, raw in zip(configs, raws, strict=True):
+            self._cache[config] = (now, [float(x) for x in raw])
 
     async def record(self, request: RunRequested, duration_s: float) -> None:
         """Note a duration and write it (and any noted before) to Redis now."""

@@ -14,14 +14,14 @@ from shared.config import CommonSettings, ConfigError, Env
 DEFAULT_PIPELINE = "services.runner.factory:build_pipeline"
 DEFAULT_CONCURRENCY = 100
 """Runs one process executes at a time. A run mostly waits on a model, so a slot costs little
-memory, but each LLM-bound run of the built-in pipeline costs the process 60-130 ms of CPU; at
-100 in flight every run completed with no takeover even on a 2-core machine loaded 4x over,
-where 1,000 did not (docs/benchmarks.md, row 7; docs/capacity.md). More in flight is CPU-bound:
-add runner processes."""
+memory, but an LLM-bound run of the built-in pipeline costs the process ~160 ms of CPU, about a
+core's share of 18 s of model time at ~115 in flight: at 100 every run completed with 3.5 %
+overhead, at 1,000 every run completed but took ~5x its model time (docs/benchmarks.md, row 7;
+docs/capacity.md). More in flight is CPU-bound: add runner processes."""
 RUNS_PER_REDIS_CONNECTION = 100
-"""In-flight runs one pooled Redis connection serves: a run appends a few events a second, each
-a sub-millisecond round trip; shared by more, its appends queue for a connection, delaying every
-run's progress events (and failing a step once a wait passes the pool's 30 s)."""
+"""In-flight runs one pooled Redis connection serves. The runs' appends share pipelines (the
+store's batcher), but their other commands (reads, acks, the pipelines' own caches) take a
+connection each; shared by more runs, those queue, and fail once a wait passes the pool's 30 s."""
 SPARE_FILES = 64
 """File descriptors the process needs beyond its sockets to Redis and to the models."""
 

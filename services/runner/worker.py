@@ -30,6 +30,7 @@ from services.runner.settings import RunnerSettings
 from services.runner.stats import refresh_queue_stats
 from services.runner.sweeper import OutcomeSweeper
 from services.runner.watcher import CancelWatcher
+from shared.batcher import ScriptBatcher
 from shared.keys import RUNNERS_GROUP
 from shared.lifecycle import Service, cancel_all
 from shared.redis_io import connect, ensure_group
@@ -123,6 +124,10 @@ class Worker(Service):
                 logger.warning("run durations not written to the ETA lists: %s", exc)
         with contextlib.suppress(Exception):
             await self.watcher.close()
+        scripts = getattr(self, "scripts", None)
+        if scripts is not None:
+            with contextlib.suppress(Exception):
+                await scripts.aclose()
         if self.http is not None:
             with contextlib.suppress(Exception):
                 await self.http.aclose()
@@ -144,7 +149,9 @@ class Worker(Service):
     def _build_components(self) -> None:
         s = self.settings
         keys = s.common.keys
-        self.store = EventStore(self.redis, keys, run_ttl_s=s.common.run_ttl_s)
+        # the runs' appends made in one turn of the loop share one round trip and one connection
+        self.scripts = ScriptBatcher(self.redis)
+        self.store = EventStore(self.redis, keys, run_ttl_s=s.common.run_ttl_s, appends=self.scripts)
         self.queue = WorkQueue(self.redis, self.reader, keys, s.runner_id, s.lease_ms, renewer=self.renewer)
         self.watcher = CancelWatcher(self.store, self.reader, keys, s.runner_id, self._on_cancel)
         self.executor = Executor(
@@ -203,11 +210,9 @@ class Worker(Service):
         assert self._factory is not None
         try:
             await asyncio.to_thread(importlib.import_module, ANALYSIS_PACKAGE)
-            import httpx
+            from services.runner.http_pool import model_client
 
-            pool = self.settings.http_connections  # one per run in flight: a call never queues
-            limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-            self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
+            self.http = model_client(self.settings.http_connections)  # one per run: a call never queues
             self.pipeline = self._factory(self.redis, self.http)
         except Exception as exc:
             logger.error("cannot build the pipeline %s: %s", self.settings.pipeline, exc)

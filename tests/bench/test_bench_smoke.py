@@ -40,13 +40,16 @@ EXPECTED = [
     *[("8 watchers/gateway", f"{w}: {f}") for w in ("20 watchers on 10 runs", "20 watchers on one run")
       for f in ("append → client p99", "gateway Redis connections", "gateway RSS growth",
                 "load generator CPU")],
-    *[("9 LLM peers", f"peer {v}: 1,000 in flight") for v in ("arq", "saq", "taskiq", "bullmq")],
+    *[("9 LLM peers", f"tickertape (calls pipeline): 10 in flight, {f}") for f in
+      ("completion time", "progress latency p99")],
+    *[("9 LLM peers", f"peer {v}: 10 in flight") for v in ("arq", "saq", "taskiq", "bullmq")],
 ]  # fmt: skip
 
 
 @pytest.mark.timeout(420)
 def test_quick_bench_prints_every_row_and_valid_json(tmp_path: Path) -> None:
-    env = {**os.environ, "BENCH_QUICK": "1", "BENCH_REPS": "1", "BENCH_PEERS": "none"}
+    quick = {"BENCH_QUICK": "1", "BENCH_REPS": "1", "BENCH_PEERS": "none", "BENCH_LLM_PEERS": "none"}
+    env = {**os.environ, **quick}
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--out", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False,

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 import httpx
 from redis.asyncio import Redis
 
-from services.runner.pipeline.base import PipelineError, StepReporter
+from services.runner.pipeline.base import PipelineError, Runnable, StepReporter
 from services.runner.settings import RunnerSettings
 from services.runner.worker import Worker
 from shared.catalog import plan_steps
@@ -102,7 +102,7 @@ def runner_settings(redis_url: str, **overrides: str) -> RunnerSettings:
 
 @asynccontextmanager
 async def running_worker(
-    redis_url: str, pipeline: CountingPipeline | None = None, **overrides: str
+    redis_url: str, pipeline: Runnable | None = None, **overrides: str
 ) -> AsyncIterator[Worker]:
     """A Worker in this event loop, consuming until the block ends (then stopped gracefully)."""
     worker = Worker(runner_settings(redis_url, **overrides), pipeline)

@@ -13,15 +13,19 @@ import logging
 import re
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from services.runner.pipeline.base import StepReporter
 from shared import streamids
 from shared.events import RunCompleted, RunRequested, RunStarted, is_terminal
 from shared.keys import Keys
+from shared.redis_io import connect
+from shared.results import RunResult, StepOutput, Usage
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, report, running_worker, submit
 from tests.support.processes import ServiceProcess
@@ -76,9 +80,15 @@ async def test_a_runner_flooded_past_its_lease_keeps_every_run(
         "TT_RUNNER_CONCURRENCY": str(n), "TT_LEASE_S": "1", "TT_CLAIM_INTERVAL_S": "0.1",
         "TT_RUNNER_REDIS_CONNECTIONS": "16",
     }  # fmt: skip
-    with caplog.at_level(logging.WARNING):
-        async with running_worker(redis_url, CountingPipeline(redis, step_s=0.25), **settings):
-            await _wait_all_ended(redis, keys, timeout_s=25)
+    counters = connect(
+        redis_url, max_connections=32
+    )  # the test pipeline's own counting waits for a connection
+    try:
+        with caplog.at_level(logging.WARNING):
+            async with running_worker(redis_url, CountingPipeline(counters, step_s=0.25), **settings):
+                await _wait_all_ended(redis, keys, timeout_s=25)
+    finally:
+        await counters.aclose()
     tally = await _tally(store, runs)
     pool_errors = sum(1 for r in caplog.records if POOL_ERRORS.search(_text(r)))
     left_pending = [r.getMessage() for r in caplog.records if "left pending" in r.getMessage()]
@@ -115,3 +125,48 @@ async def test_one_runner_process_completes_1000_concurrent_runs(
     assert tally.completed == n and tally.takeovers == 0 and pool_errors == 0
     assert "took over" not in log
     assert tally.max_s <= 3 * tally.median_s
+
+
+class ReportingPipeline:
+    """Three steps of a few progress events each and nothing else (no Redis of its own)."""
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
+    ) -> RunResult | None:
+        for index, step in enumerate(("one", "two", "three")):
+            await reporter.started(step, index)
+            for part in (1, 2, 3):
+                await asyncio.sleep(0.02)
+                await reporter.progress(step, part / 4)
+            await reporter.completed(step, None, 0.06, Usage())
+        return None
+
+
+async def test_the_runs_appends_share_round_trips_not_connections(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """Appends of the runs in flight go to Redis together: the runner's connections stay a
+    handful whatever the runs in flight (one EVALSHA a run took a pooled connection each, and
+    at 1,000 in flight a run waited 30 s for one and failed)."""
+    n = 300
+    store = EventStore(redis, keys)
+    runs = [await submit(store, analysts=("market",)) for _ in range(n)]
+    before = await _clients(redis)
+    pipeline = ReportingPipeline()
+    async with running_worker(redis_url, pipeline, TT_RUNNER_CONCURRENCY=str(n)) as worker:
+        await _wait_all_ended(redis, keys, timeout_s=60)
+        opened = await _clients(redis) - before
+        mean_batch = worker.scripts.calls / max(worker.scripts.flushes, 1)
+    tally = await _tally(store, runs)
+    report(f"{n} runs: runner connections {opened}, appends per round trip {mean_batch:.1f}")
+    assert tally.completed == n
+    assert opened <= 12
+
+
+async def _clients(redis: Redis) -> int:
+    return int((await redis.info("clients"))["connected_clients"])

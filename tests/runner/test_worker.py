@@ -92,6 +92,21 @@ async def test_finished_runs_teach_the_eta_of_the_next_alike(
     assert completed.duration_s > 0
 
 
+async def test_a_burst_of_starts_reads_the_eta_once(redis: Redis, keys: Keys) -> None:
+    """1,000 runs admitted at once ask for the same config's ETA: one read serves them all."""
+    book = EtaBook(redis, keys)
+    request = RunRequested(run_id="r", user_id="u", symbol="AAPL", model_id="offline", analysts=("market",))
+    await redis.rpush(keys.eta(config_of(request)), "12.0")
+    await redis.config_resetstat()
+    waiting = [asyncio.create_task(book.expected(request)) for _ in range(200)]
+    await asyncio.sleep(0)  # all of them waiting for the read the first one sent
+    waiting[0].cancel()  # a run cancelled while it waits does not cancel the others' read
+    answers = await asyncio.gather(*waiting[1:])
+    assert answers == [12.0] * 199
+    reads = (await redis.info("commandstats")).get("cmdstat_lrange", {}).get("calls", 0)
+    assert reads == 1
+
+
 async def test_concurrency_bounds_how_many_runs_one_process_executes(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:
