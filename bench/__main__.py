@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import external, llm_rows, scaling, submit_bench
-from bench.common import ROOT, Row, not_measured, quick, reps
+from bench.common import ROOT, Row, not_measured, quick, raise_open_files, reps
 from bench.report import text_table, write
 from shared.redis_server import RedisServer
 
@@ -92,6 +92,7 @@ def main() -> None:
         parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logger.info("open-files limit %d (soft raised to hard: the watchers need sockets)", raise_open_files())
     began, rows, timings = time.monotonic(), [], {}
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
         workdir = Path(tmp)

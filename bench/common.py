@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def quick() -> bool:
     """BENCH_QUICK=1: tiny sizes, for a smoke run (figures are then meaningless)."""
     return os.environ.get("BENCH_QUICK", "") not in ("", "0")
+
+
+def raise_open_files() -> int:
+    """The soft open-files limit raised to the hard one (10,000 watchers are 10,000 sockets in
+    the load generators and the gateway; children inherit it). Returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def reps(default: int = 3) -> int:

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import raise_open_files
 from bench.sse_fanout import SseClient, _Protocol, arrivals
 from shared import streamids
 
@@ -70,6 +71,8 @@ def main(argv: list[str]) -> None:
 
     gc.disable()
     paths = Path(argv[1]).read_text().split()
+    if raise_open_files() < len(paths) + 64:
+        raise SystemExit(f"{len(paths)} watchers need more open files than ulimit -Hn allows")
     uvloop.run(watch(int(argv[0]), paths))
 
 
