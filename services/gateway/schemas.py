@@ -123,16 +123,23 @@ class RunRequest(BaseModel):
     def fingerprint(self) -> str:
         """SHA-256 of the canonical (validated, normalised) request: what idempotency compares.
         A webhook's secret is left out: no hash of a secret is stored."""
-        dump = self.model_dump(by_alias=True)
-        if dump.get("webhook"):
-            dump["webhook"].pop("secret", None)
-        canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return _digest(self._dump())
 
     def join_fingerprint(self) -> str:
         """What makes two requests "the same run" for joining: everything but ``join`` itself
         (analysts are a set here: their order does not change the analysis's result)."""
-        return self.model_copy(update={"join": True, "analysts": sorted(self.analysts)}).fingerprint()
+        return _digest(self._dump() | {"join": True, "analysts": sorted(self.analysts)})
+
+    def _dump(self) -> dict[str, Any]:
+        dump = self.model_dump(by_alias=True)
+        if dump.get("webhook"):
+            dump["webhook"].pop("secret", None)
+        return dump
+
+
+def _digest(dump: dict[str, Any]) -> str:
+    canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 assert set(PIPELINES) == {"full", "noop"}
