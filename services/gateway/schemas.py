@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Annotated, Any, Literal
@@ -164,16 +165,28 @@ def camel(name: str) -> str:
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
+_camel_of = functools.lru_cache(maxsize=4096)(camel)
+"""``camel`` for ``camelize``, whose keys are field names (a few hundred): the SSE hub renders a
+run's whole state on every event it follows, and the split-and-join per key was most of it."""
+
+
 _OPAQUE = frozenset({"evidence", "output", "value"})
 """Maps whose keys are data, not field names: left as they are."""
 
 
 def camelize(value: Any) -> Any:
+    # Most values are scalars (a price series is hundreds of numbers): no call for those.
     if isinstance(value, dict):
-        return {camel(k): (v if k in _OPAQUE else camelize(v)) for k, v in value.items()}
+        return {
+            _camel_of(k): camelize(v) if isinstance(v, _NESTED) and k not in _OPAQUE else v
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [camelize(v) for v in value]
+        return [camelize(v) if isinstance(v, _NESTED) else v for v in value]
     return value
+
+
+_NESTED = (dict, list)
 
 
 def state_view(state: RunState) -> dict[str, Any]:
