@@ -169,6 +169,11 @@ def setup_tracing(service: str, exporter: str | None = None) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     choice = (exporter or os.environ.get("TT_OTEL_EXPORTER") or "none").lower()
+    if choice == "none":
+        # No provider at all, not one without an exporter: spans nobody receives would still be
+        # built, attributed and ended on every request (FastAPI skips its request telemetry when
+        # no provider is configured; figures in docs/benchmarks.md, row 1).
+        return
     provider = TracerProvider(resource=Resource.create({"service.name": f"tickertape-{service}"}))
     if choice == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
@@ -181,8 +186,11 @@ def setup_tracing(service: str, exporter: str | None = None) -> None:
 
 def current_traceparent() -> str | None:
     """The W3C traceparent of the active span, to store inside the event it produces."""
+    from opentelemetry import trace
     from opentelemetry.propagate import inject
 
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None  # no span (tracing off): the propagators would write nothing
     carrier: dict[str, str] = {}
     inject(carrier)
     return carrier.get("traceparent")

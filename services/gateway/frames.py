@@ -14,7 +14,7 @@ import msgspec
 
 from services.gateway.schemas import state_view
 from shared.events import AnyEvent
-from shared.reducer import RunState
+from shared.reducer import RunState, apply, initial
 from shared.statedelta import delta
 from shared.streamids import parse as parse_id
 
@@ -31,7 +31,9 @@ class Frame:
     """One encoded SSE message, built once per event and shared by every client of the run.
 
     ``key`` is the parsed ID; ``end``, heartbeat and cut frames carry none. A frame whose data
-    is a delta keeps the event and state views it came from in ``source``, for ``opening()``.
+    is a delta can rebuild itself with the full state for ``opening()`` from ``source``: the run's
+    events so far and this event's place among them. Not the views themselves: a run's state
+    view per frame is ~15 times the frames' bytes, and a gateway follows thousands of runs.
     """
 
     id: str
@@ -39,17 +41,36 @@ class Frame:
     data: bytes
     final: bool = False
     key: tuple[int, int] = NO_ID
-    source: tuple[Json, Json] | None = None
+    source: Source | None = None
     _opening: Frame | None = None
 
     def opening(self) -> Frame:
-        """This frame as a client's first: with the full state (encoded on first need, once)."""
+        """This frame as a client's first: with the full state (encoded on first need, once).
+
+        Only a client resuming mid-run needs it; the state is folded again up to this event.
+        """
         if self.source is None:
             return self
         if self._opening is None:
-            event, state = self.source
+            event, state = self.source.views()
             self._opening = frame_of(self.id, self.kind, {"event": event, "state": state})
         return self._opening
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a delta frame's full views can be folded again from: the run's events, and how many."""
+
+    run_id: str
+    events: list[tuple[str, AnyEvent]]
+    """The watched run's events, appended to as they arrive (shared by all its frames)."""
+    count: int
+
+    def views(self) -> tuple[Json, Json]:
+        state = initial(self.run_id)
+        for entry_id, event in self.events[: self.count]:
+            state = apply(state, event, entry_id)
+        return stream_event(self.events[self.count - 1][1]), state_view(state)
 
 
 def make_frame(entry_id: str, kind: str, data: bytes, final: bool = False) -> Frame:
@@ -75,16 +96,19 @@ def stream_event(event: AnyEvent) -> Json:
     return doc
 
 
-def event_frame(entry_id: str, event: AnyEvent, before: Json | None, state: RunState) -> tuple[Frame, Json]:
+def event_frame(
+    entry_id: str, event: AnyEvent, before: Json | None, state: RunState, source: Source
+) -> tuple[Frame, Json]:
     """The frame of ``event`` and the state view after it: the full state for a run's first event
     (no ``before``), a delta from ``before`` otherwise. The terminal event's delta holds the
-    result and whatever else changed; a client's first frame is always whole (``opening``)."""
+    result and whatever else changed; a client's first frame is always whole (``opening``, folded
+    again from ``source``)."""
     kind, event_doc, view = type(event).__name__, stream_event(event), state_view(state)
     change = None if before is None else delta(before, view)
     if change is None:
         return frame_of(entry_id, kind, {"event": event_doc, "state": view}), view
     frame = frame_of(entry_id, kind, {"event": event_doc, "delta": change})
-    frame.source = (event_doc, view)
+    frame.source = source
     return frame, view
 
 

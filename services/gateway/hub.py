@@ -22,7 +22,17 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from services.gateway.frames import CUT, HANGUP, HEARTBEAT, NO_ID, Batch, Frame, end_frame, event_frame
+from services.gateway.frames import (
+    CUT,
+    HANGUP,
+    HEARTBEAT,
+    NO_ID,
+    Batch,
+    Frame,
+    Source,
+    end_frame,
+    event_frame,
+)
 from shared.events import AnyEvent
 from shared.keys import Keys
 from shared.multiplex import Entries, Multiplexer
@@ -141,6 +151,8 @@ class Watch:
     view: Json | None = None
     """``state_view(state)``: what the next frame's delta is taken from."""
     frames: list[Frame] = field(default_factory=list)
+    events: list[tuple[str, AnyEvent]] = field(default_factory=list)
+    """What a delta frame's ``opening()`` folds again (msgspec structs: a fraction of the views)."""
     listeners: dict[Sink, None] = field(default_factory=dict)
     """In join order (a dict as an ordered set): frames go out first come, first served."""
     end: Frame | None = None
@@ -273,7 +285,9 @@ class Hub:
     def _fold(self, watch: Watch, entry_id: str, event: AnyEvent) -> list[Frame]:
         """The event's frame (and the end, after a terminal event), kept for later listeners."""
         watch.state = apply(watch.state or initial(watch.run_id), event, entry_id)
-        frame, watch.view = event_frame(entry_id, event, watch.view, watch.state)
+        watch.events.append((entry_id, event))
+        source = Source(watch.run_id, watch.events, len(watch.events))
+        frame, watch.view = event_frame(entry_id, event, watch.view, watch.state, source)
         watch.frames.append(frame)
         # The fold decides, not the event type: RunCancelled ends a run that never started (the
         # append script marks it ended; no runner will confirm it), but not a running one.

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from services.gateway.problems import not_found
 from services.gateway.runs import CallerDep, IdemHeader, RuntimeDep, conditional, etag_of
-from services.gateway.runtime import reader_of
+from services.gateway.runtime import reader_of, runtime_from
 from services.gateway.schemas import RunRequest, progress_view, state_view
 from services.gateway.settings import GatewaySettings
 from services.gateway.submit import cancel_run, submit_run
@@ -27,9 +27,9 @@ def build_router(settings: GatewaySettings) -> APIRouter:
 
     @router.post("/run", status_code=202, summary="Polling blueprint: submit a run")
     async def post_run(
-        body: RunRequest, caller: CallerDep, runtime: RuntimeDep, idem: IdemHeader = None
+        body: RunRequest, caller: CallerDep, request: Request, idem: IdemHeader = None
     ) -> JSONResponse:
-        outcome = await submit_run(runtime, caller, body, idem)
+        outcome = await submit_run(runtime_from(request), caller, body, idem)
         return JSONResponse(
             {"runId": outcome.run_id, "status": outcome.status},
             status_code=202 if outcome.created else 200,

@@ -51,6 +51,9 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.metrics = metrics()
+        self._series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        """The labelled children by (route, method, status): ``labels()`` takes a lock and
+        checks its arguments on every call; routes and statuses are few."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,6 +69,12 @@ class RequestMetrics:
         await self.app(scope, receive, observed)
 
     def _observe(self, scope: Scope, status: int, started: float) -> None:
-        route = route_template(scope)
-        self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-        self.metrics.duration.labels(route).observe(time.perf_counter() - started)
+        key = (route_template(scope), scope["method"], str(status))
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.metrics.requests.labels(*key),
+                self.metrics.duration.labels(key[0]),
+            )
+        series[0].inc()
+        series[1].observe(time.perf_counter() - started)

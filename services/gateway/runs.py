@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from services.gateway.auth import Caller
 from services.gateway.problems import Problem, invalid, not_found
 from services.gateway.queries import BadCursor
-from services.gateway.runtime import Runtime, caller_of, reader_of, runtime_of
+from services.gateway.runtime import Runtime, caller_of, reader_of, runtime_from, runtime_of
 from services.gateway.schemas import IDEMPOTENCY_KEY_PATTERN, Accepted, RunRequest, owner_view, state_view
 from services.gateway.sse import stream_events
 from services.gateway.submit import cancel_run, submit_run
@@ -99,9 +99,9 @@ def build_router(base: str) -> APIRouter:
         "/runs", status_code=202, response_model=Accepted, responses=SUBMITTED, summary="Submit a run"
     )
     async def post_run(
-        body: RunRequest, caller: CallerDep, runtime: RuntimeDep, idem: IdemHeader = None
+        body: RunRequest, caller: CallerDep, request: Request, idem: IdemHeader = None
     ) -> JSONResponse:
-        outcome = await submit_run(runtime, caller, body, idem)
+        outcome = await submit_run(runtime_from(request), caller, body, idem)
         location = f"{base}/runs/{outcome.run_id}"
         return accepted(
             location,

@@ -116,6 +116,12 @@ async def open_runtime(settings: GatewaySettings) -> AsyncIterator[Runtime]:
 
 
 async def runtime_of(request: Request) -> Runtime:
+    return runtime_from(request)
+
+
+def runtime_from(request: Request) -> Runtime:
+    """The app's runtime, read in the endpoint: the submit routes take it so, not as a second
+    dependency, because FastAPI solves each dependency on every request (docs/benchmarks.md, row 1)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Annotated, Any, Literal
@@ -123,16 +124,23 @@ class RunRequest(BaseModel):
     def fingerprint(self) -> str:
         """SHA-256 of the canonical (validated, normalised) request: what idempotency compares.
         A webhook's secret is left out: no hash of a secret is stored."""
-        dump = self.model_dump(by_alias=True)
-        if dump.get("webhook"):
-            dump["webhook"].pop("secret", None)
-        canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return _digest(self._dump())
 
     def join_fingerprint(self) -> str:
         """What makes two requests "the same run" for joining: everything but ``join`` itself
         (analysts are a set here: their order does not change the analysis's result)."""
-        return self.model_copy(update={"join": True, "analysts": sorted(self.analysts)}).fingerprint()
+        return _digest(self._dump() | {"join": True, "analysts": sorted(self.analysts)})
+
+    def _dump(self) -> dict[str, Any]:
+        dump = self.model_dump(by_alias=True)
+        if dump.get("webhook"):
+            dump["webhook"].pop("secret", None)
+        return dump
+
+
+def _digest(dump: dict[str, Any]) -> str:
+    canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 assert set(PIPELINES) == {"full", "noop"}
@@ -157,16 +165,28 @@ def camel(name: str) -> str:
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
+_camel_of = functools.lru_cache(maxsize=4096)(camel)
+"""``camel`` for ``camelize``, whose keys are field names (a few hundred): the SSE hub renders a
+run's whole state on every event it follows, and the split-and-join per key was most of it."""
+
+
 _OPAQUE = frozenset({"evidence", "output", "value"})
 """Maps whose keys are data, not field names: left as they are."""
 
 
 def camelize(value: Any) -> Any:
+    # Most values are scalars (a price series is hundreds of numbers): no call for those.
     if isinstance(value, dict):
-        return {camel(k): (v if k in _OPAQUE else camelize(v)) for k, v in value.items()}
+        return {
+            _camel_of(k): camelize(v) if isinstance(v, _NESTED) and k not in _OPAQUE else v
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [camelize(v) for v in value]
+        return [camelize(v) if isinstance(v, _NESTED) else v for v in value]
     return value
+
+
+_NESTED = (dict, list)
 
 
 def state_view(state: RunState) -> dict[str, Any]:

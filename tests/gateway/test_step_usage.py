@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from services.gateway.hub import event_frame
+from services.gateway.frames import Source, event_frame
 from services.gateway.schemas import state_view
-from shared.events import RunRequested, RunStarted, StepCompleted, StepStarted
+from shared.events import AnyEvent, RunRequested, RunStarted, StepCompleted, StepStarted
 from shared.reducer import apply, initial
 from shared.results import MarketData, PriceSeries, Usage
 from shared.statedelta import merge
@@ -20,18 +20,22 @@ DATA = MarketData(
 
 def test_a_step_carries_its_usage_in_the_run_usage_shape_and_the_delta_carries_it() -> None:
     state = initial(RUN)
+    events: list[tuple[str, AnyEvent]] = []
     for event in (
         RunRequested(run_id=RUN, user_id="u", symbol="AAPL", model_id="offline", analysts=("market",)),
         RunStarted(run_id=RUN, runner_id="w", attempt=1, steps=("data", "market")),
         StepStarted(run_id=RUN, step="data", index=0),
     ):
-        state = apply(state, event, f"{state.event_count + 1}-0")
+        entry_id = f"{state.event_count + 1}-0"
+        state = apply(state, event, entry_id)
+        events.append((entry_id, event))
     before = state_view(state)
     spent = Usage(calls=2, prompt_tokens=300, completion_tokens=45, cost_usd=0.0123)
     done = StepCompleted(run_id=RUN, step="data", duration_s=0.5, output=DATA, usage=spent)
     state = apply(state, done, "9-0")
+    events.append(("9-0", done))
 
-    frame, after = event_frame("9-0", done, before, state)
+    frame, after = event_frame("9-0", done, before, state, Source(RUN, events, len(events)))
     sent = json.loads(frame.data.split(b"data: ", 1)[1])
 
     step = after["steps"][0]
