@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,8 +15,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.gateway.frames import Frame
-from services.gateway.hub import Hub
+from services.gateway.frames import Frame, make_frame
+from services.gateway.hub import Hub, Listener
 from shared.catalog import plan_steps
 from shared.events import RunStarted, StepProgress, StepStarted
 from shared.keys import Keys
@@ -182,3 +183,34 @@ async def test_a_listener_too_slow_for_a_batch_is_dropped_and_the_rest_get_the_b
         for listener in (slow, fast):
             hub.leave(listener)
         assert hub.listeners == 0
+
+
+async def test_a_resume_at_an_event_the_hub_reads_after_the_join_gets_only_the_later_ones(
+    redis_url: str, redis: Redis, store: EventStore, keys: Keys, runner: Runner
+) -> None:
+    """A client resuming at an event this gateway has not read yet (it saw it through another
+    gateway): the hub's live frame of that very event is skipped, neither sent twice nor taken for
+    a full queue (kills ``Listener.offer``'s ``<=`` → ``<`` and its ``return True`` → ``False``)."""
+    event = request_event("local")
+    await store.submit(event)
+    [(seen, _)] = await redis.xrange(keys.run(event.run_id))
+    async with running_hub(redis_url, keys, "resume-hub", block_ms=200) as hub:
+        listener = await hub.join(event.run_id, seen.decode(), maxsize=16)
+        async with asyncio.timeout(5):  # the hub's first read: that event, alone
+            while not hub._watches[event.run_id].frames:
+                await asyncio.sleep(0.02)
+        started = await runner.start(event.run_id)
+        data, final = await asyncio.wait_for(listener.drain(), 5)
+        hub.leave(listener)
+    assert not listener.dropped and not final
+    assert re.findall(rb"^id: (.+)$", data, re.MULTILINE) == [started.encode()]
+
+
+async def test_a_hung_up_listener_ends_its_stream_even_with_a_frame_queued_after_the_hang_up() -> None:
+    """The hub may queue a frame between the client's disconnect and the pump's next read: the
+    read still ends the stream (else the pump waits on, holding the user's stream slot)."""
+    listener = Listener("run", "0-0", maxsize=4)
+    listener.hang_up()
+    assert listener.offer(make_frame("1-0", "StepProgress", b"id: 1-0\n\n"))
+    data, final = await asyncio.wait_for(listener.drain(), 5)
+    assert final and b"1-0" not in data
