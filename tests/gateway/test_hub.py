@@ -204,6 +204,7 @@ async def test_a_resume_at_an_event_the_hub_reads_after_the_join_gets_only_the_l
         hub.leave(listener)
     assert not listener.dropped and not final
     assert re.findall(rb"^id: (.+)$", data, re.MULTILINE) == [started.encode()]
+    assert json.loads(data.split(b"data: ", 1)[1])["state"]["status"] == "running"  # a first frame: full
 
 
 async def test_a_hung_up_listener_ends_its_stream_even_with_a_frame_queued_after_the_hang_up() -> None:
@@ -214,3 +215,30 @@ async def test_a_hung_up_listener_ends_its_stream_even_with_a_frame_queued_after
     assert listener.offer(make_frame("1-0", "StepProgress", b"id: 1-0\n\n"))
     data, final = await asyncio.wait_for(listener.drain(), 5)
     assert final and b"1-0" not in data
+
+
+async def test_a_listener_whose_first_frames_come_as_a_batch_gets_the_full_state_first(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """A client resuming at the latest event, then two events appended in one step: the first
+    frame it gets carries the whole state, not a delta of a state it never had."""
+    store = EventStore(redis, keys)
+    event = request_event("local")
+    await store.submit(event)
+    [(seen, _)] = await redis.xrange(keys.run(event.run_id))
+    run_id, steps = event.run_id, plan_steps(ANALYSTS)
+    async with running_hub(redis_url, keys, "batch-first-hub", block_ms=200) as hub:
+        async with asyncio.timeout(5):  # the run already followed: the join replays nothing new
+            watcher = await hub.join(run_id, "0-0", maxsize=16)
+            while not hub._watches[run_id].frames:
+                await asyncio.sleep(0.02)
+        listener = await hub.join(run_id, seen.decode(), maxsize=16)
+        started = RunStarted(run_id=run_id, runner_id="r", attempt=1, steps=steps)
+        first = StepStarted(run_id=run_id, step=steps[0], index=0)
+        await store.append_batch([Appends((started, first), fence="f1")])
+        data, _ = await asyncio.wait_for(listener.drain(), 5)
+        for sink in (watcher, listener):
+            hub.leave(sink)
+    frames = [json.loads(part.split(b"data: ", 1)[1]) for part in data.split(b"\n\n") if part]
+    assert [f["event"]["type"] for f in frames] == ["RunStarted", "StepStarted"]
+    assert frames[0]["state"]["status"] == "running" and "delta" in frames[1]

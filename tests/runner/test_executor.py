@@ -38,7 +38,7 @@ from shared.results import JsonOutput, RunResult, StepOutput, Usage
 from shared.store import EventStore
 from tests.runner.support import STEP_USAGE, events_of, runner_settings, submit
 
-Ending = Literal["retry", "release", "step"]
+Ending = Literal["retry", "release", "step", "hang"]
 Act = Callable[[str], Awaitable[None]]
 
 
@@ -67,6 +67,8 @@ class Meanwhile:
         if self.ending == "step":
             await reporter.started("data_collection", 0)
             return None
+        if self.ending == "hang":
+            await asyncio.sleep(3600)
         assert self.executor is not None
         self.executor.running[request.run_id].stop("released")
         await asyncio.sleep(3600)  # cancelled by the stop
@@ -92,10 +94,16 @@ class Reports:
 
 
 async def _execute_once(
-    redis: Redis, redis_url: str, keys: Keys, pipeline: Meanwhile | Reports, deliveries: int = 1
+    redis: Redis,
+    redis_url: str,
+    keys: Keys,
+    pipeline: Meanwhile | Reports,
+    deliveries: int = 1,
+    before: Act | None = None,
+    **overrides: str,
 ) -> tuple[str, Executor]:
-    """Submit a run and let runner ``me`` execute its entry once with ``pipeline``."""
-    settings = runner_settings(redis_url, TT_RUNNER_ID="me")
+    """Submit a run, let ``before`` act on it, then let runner ``me`` execute its entry once."""
+    settings = runner_settings(redis_url, TT_RUNNER_ID="me", **overrides)
     store = EventStore(redis, keys)
     queue = WorkQueue(redis, redis, keys, "me", settings.lease_ms)
 
@@ -108,6 +116,8 @@ async def _execute_once(
         pipeline.executor = executor
     await ensure_group(redis, keys.queue, RUNNERS_GROUP)
     run_id = await submit(store)
+    if before is not None:
+        await before(run_id)
     [(job, raw)] = await queue.read_batch_with_runs([keys.queue], 1, keys.run(""))
     await executor.handle(Execution(replace(job, deliveries=deliveries)), store.decode_entries(raw))
     assert not executor.running and not watcher.watched, "an execution's bookkeeping outlived it"
@@ -178,3 +188,28 @@ async def test_a_steps_report_reaches_the_stream_as_reported(
     assert (started.step, started.index, started.attempt) == ("data_collection", 0, 2)
     assert (completed.output, completed.duration_s, completed.usage) == (Reports.output, 0.25, STEP_USAGE)
     assert isinstance(events[-1], RunCompleted) and events[-1].usage == STEP_USAGE
+
+
+async def test_a_resumed_run_has_only_what_is_left_of_its_deadline(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """Its first attempt started 2.1 s ago on Redis's clock and the deadline is 2 s: the next
+    attempt times out at once, not after a deadline of its own (kills the time before this attempt
+    dropped or added)."""
+    store = EventStore(redis, keys)
+
+    async def started_long_ago(run_id: str) -> None:
+        await store.append(RunStarted(run_id=run_id, runner_id="gone", attempt=1, steps=()), fence="gone")
+        await asyncio.sleep(2.1)
+
+    async def nothing(run_id: str) -> None:
+        pass
+
+    began = asyncio.get_running_loop().time()
+    run_id, _ = await _execute_once(
+        redis, redis_url, keys, Meanwhile(nothing, "hang"), 2, started_long_ago, TT_RUN_DEADLINE_S="2"
+    )
+    spent = asyncio.get_running_loop().time() - began - 2.1
+    last = (await events_of(store, run_id))[-1]
+    assert isinstance(last, RunFailed) and (last.status, last.code) == ("timeout", "timeout")
+    assert spent < 1.5, f"the resumed attempt ran {spent:.1f} s past the run's deadline"
