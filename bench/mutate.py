@@ -81,6 +81,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/runner/test_cancel.py",
             "tests/runner/test_leases.py",
             "tests/runner/test_cancel_before_start.py",
+            "tests/runner/test_executor.py",
         ),
     ),
     "sse": (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -15,8 +16,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.gateway.frames import Frame
-from services.gateway.hub import Hub, Watch
+from services.gateway.frames import Frame, make_frame
+from services.gateway.hub import Hub, Listener, Watch
 from shared.catalog import plan_steps
 from shared.events import RunStarted, StepProgress, StepStarted
 from shared.keys import Keys
@@ -209,3 +210,62 @@ async def test_a_followed_run_keeps_about_its_frames_bytes_not_a_state_view_per_
         await commands.aclose()
     assert watch.end is not None and len(watch.frames) == len(entries)
     assert kept < 4 * sum(len(frame.data) for frame in watch.frames)
+
+
+async def test_a_resume_at_an_event_the_hub_reads_after_the_join_gets_only_the_later_ones(
+    redis_url: str, redis: Redis, store: EventStore, keys: Keys, runner: Runner
+) -> None:
+    """A client resuming at an event this gateway has not read yet (it saw it through another
+    gateway): the hub's live frame of that very event is skipped, neither sent twice nor taken for
+    a full queue (kills ``Listener.offer``'s ``<=`` → ``<`` and its ``return True`` → ``False``)."""
+    event = request_event("local")
+    await store.submit(event)
+    [(seen, _)] = await redis.xrange(keys.run(event.run_id))
+    async with running_hub(redis_url, keys, "resume-hub", block_ms=200) as hub:
+        listener = await hub.join(event.run_id, seen.decode(), maxsize=16)
+        async with asyncio.timeout(5):  # the hub's first read: that event, alone
+            while not hub._watches[event.run_id].frames:
+                await asyncio.sleep(0.02)
+        started = await runner.start(event.run_id)
+        data, final = await asyncio.wait_for(listener.drain(), 5)
+        hub.leave(listener)
+    assert not listener.dropped and not final
+    assert re.findall(rb"^id: (.+)$", data, re.MULTILINE) == [started.encode()]
+    assert json.loads(data.split(b"data: ", 1)[1])["state"]["status"] == "running"  # a first frame: full
+
+
+async def test_a_hung_up_listener_ends_its_stream_even_with_a_frame_queued_after_the_hang_up() -> None:
+    """The hub may queue a frame between the client's disconnect and the pump's next read: the
+    read still ends the stream (else the pump waits on, holding the user's stream slot)."""
+    listener = Listener("run", "0-0", maxsize=4)
+    listener.hang_up()
+    assert listener.offer(make_frame("1-0", "StepProgress", b"id: 1-0\n\n"))
+    data, final = await asyncio.wait_for(listener.drain(), 5)
+    assert final and b"1-0" not in data
+
+
+async def test_a_listener_whose_first_frames_come_as_a_batch_gets_the_full_state_first(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """A client resuming at the latest event, then two events appended in one step: the first
+    frame it gets carries the whole state, not a delta of a state it never had."""
+    store = EventStore(redis, keys)
+    event = request_event("local")
+    await store.submit(event)
+    [(seen, _)] = await redis.xrange(keys.run(event.run_id))
+    run_id, steps = event.run_id, plan_steps(ANALYSTS)
+    async with running_hub(redis_url, keys, "batch-first-hub", block_ms=200) as hub:
+        async with asyncio.timeout(5):  # the run already followed: the join replays nothing new
+            watcher = await hub.join(run_id, "0-0", maxsize=16)
+            while not hub._watches[run_id].frames:
+                await asyncio.sleep(0.02)
+        listener = await hub.join(run_id, seen.decode(), maxsize=16)
+        started = RunStarted(run_id=run_id, runner_id="r", attempt=1, steps=steps)
+        first = StepStarted(run_id=run_id, step=steps[0], index=0)
+        await store.append_batch([Appends((started, first), fence="f1")])
+        data, _ = await asyncio.wait_for(listener.drain(), 5)
+        for sink in (watcher, listener):
+            hub.leave(sink)
+    frames = [json.loads(part.split(b"data: ", 1)[1]) for part in data.split(b"\n\n") if part]
+    assert [f["event"]["type"] for f in frames] == ["RunStarted", "StepStarted"]
+    assert frames[0]["state"]["status"] == "running" and "delta" in frames[1]

@@ -131,6 +131,9 @@ async def test_unknown_run_and_bad_cursor(client: httpx.AsyncClient) -> None:
     run_id = await submit(client)
     bad = await client.get(f"{RUNS}/{run_id}/events", headers={"Last-Event-ID": "yesterday"})
     assert bad.status_code == 422 and bad.json()["field"] == "Last-Event-ID"
+    bad_query = await client.get(f"{RUNS}/{run_id}/events", params={"after": "1-0-0"})
+    assert bad_query.status_code == 422 and bad_query.json()["field"] == "after"
+    assert "'1-0-0' is not a stream ID" in bad_query.json()["detail"]
 
 
 async def test_heartbeats_while_idle(client: httpx.AsyncClient, runner: Runner) -> None:

@@ -129,6 +129,19 @@ async def test_a_step_past_its_timeout_ends_the_run_with_timeout(
     assert "data_collection" in state.error.message
 
 
+async def test_the_step_timeout_counts_from_each_steps_own_start(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """Seven steps of 0.25 s under a 1.2 s step timeout, 1.75 s in all: none is late (kills a
+    step deadline counted from anything but the step's start, which the supervisor checks every
+    1.2 s; the slack per step is for busy cores)."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    async with running_worker(redis_url, CountingPipeline(redis, step_s=0.25), TT_STEP_TIMEOUT_S="1.2"):
+        state = await wait_state(store, run_id, timeout_s=10)
+    assert state.status == "completed", state.error
+
+
 async def test_an_entry_deleted_while_pending_is_acked_when_claimed(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:

@@ -7,8 +7,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from services.runner.leases import Leases
+from services.runner.queue import WorkQueue
 from shared.events import RunRetrying, RunStarted, StepStarted
 from shared.keys import RUNNERS_GROUP, Keys
+from shared.redis_io import ensure_group
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_event, wait_state
 
@@ -101,3 +104,39 @@ async def test_a_runner_stopped_past_its_grace_releases_the_run_to_the_next_at_o
     started = [e for e in await events_of(store, run_id) if isinstance(e, RunStarted)]
     assert [(e.runner_id, e.attempt) for e in started] == [(first.settings.runner_id, 1), ("second", 2)]
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
+
+
+async def test_a_renewal_round_keeps_parked_entries_and_stops_or_drops_those_taken_over(
+    redis: Redis, keys: Keys
+) -> None:
+    """Parked entries (read while a takeover held the slots) are renewed like held ones; one
+    another runner claimed meanwhile is dropped (executing it later would start a run that runner
+    owns), and a held one it claimed is stopped as ``lost``."""
+    store = EventStore(redis, keys)
+    queue = WorkQueue(redis, redis, keys, "me", 30_000)
+    await ensure_group(redis, keys.queue, RUNNERS_GROUP)
+    for _ in range(4):
+        await submit(store)
+    jobs = [job for job, _ in await queue.read_batch_with_runs([keys.queue], 4, "")]
+    leases = Leases(renew_s=10)
+    (kept, lost) = [ex for ex, _ in leases.hold([(job, None) for job in jobs[:2]])]
+    leases.parked = [(job, None) for job in jobs[2:]]
+    parked, taken = jobs[2:]
+    # every entry long idle (a renewal late), then two of them claimed by another runner
+    ids = [job.entry_id for job in jobs]
+    await redis.xclaim(keys.queue, RUNNERS_GROUP, "me", 0, ids, idle=60_000, justid=True)
+    await redis.xclaim(
+        keys.queue, RUNNERS_GROUP, "other", 0, [lost.job.entry_id, taken.entry_id], justid=True
+    )
+
+    await leases.renew_once(queue)
+
+    assert [job for job, _ in leases.parked] == [parked]
+    assert (kept.stop_reason, lost.stop_reason) == (None, "lost")
+    assert set(leases.ids()) == {kept.job.entry_id, lost.job.entry_id, parked.entry_id}
+    rows: Any = await redis.xpending_range(keys.queue, RUNNERS_GROUP, "-", "+", 10)
+    idle = {
+        row["message_id"].decode(): row["time_since_delivered"] for row in rows if row["consumer"] == b"me"
+    }
+    assert set(idle) == {kept.job.entry_id, parked.entry_id}
+    assert max(idle.values()) < 10_000, "a held or parked entry's lease was not renewed"
