@@ -9,13 +9,15 @@ connections are split over pools of at most ``SHARD_CONNECTIONS``, each an ordin
 last, so keep-alive connections are reused): the scan per call is bounded, whatever the runs in
 flight. Requests beyond the free connections wait in a pool's own queue, round robin.
 
-The client is built with an explicit transport, so it does not read proxies from the
-environment (``HTTPS_PROXY``…): model endpoints are reached directly.
+With a proxy in the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``) the client is
+httpx's own, which routes through it and honours ``NO_PROXY``: reaching the models at all comes
+before the cost per call at a thousand runs in flight.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import httpx
 
@@ -23,10 +25,15 @@ SHARD_CONNECTIONS = 8
 """Connections per pool: an assignment in a pool scans at most this many, squared."""
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 Body = httpx.SyncByteStream | httpx.AsyncByteStream
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
 
 
-def model_client(connections: int) -> httpx.AsyncClient:
-    """The client the pipelines call their models with: ``connections`` in pools of a few."""
+def model_client(connections: int, environ: Mapping[str, str] = os.environ) -> httpx.AsyncClient:
+    """The client the pipelines call their models with: ``connections`` in pools of a few, or,
+    behind a proxy, httpx's client with its proxy routing (an explicit transport turns it off)."""
+    if any(environ.get(name) or environ.get(name.lower()) for name in PROXY_VARIABLES):
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(timeout=TIMEOUT, limits=limits)
     return httpx.AsyncClient(timeout=TIMEOUT, transport=PooledTransport(connections))
 
 

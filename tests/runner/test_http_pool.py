@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from services.runner.http_pool import SHARD_CONNECTIONS, PooledTransport
+from services.runner.http_pool import SHARD_CONNECTIONS, PooledTransport, model_client
 
 
 class HeldServer:
@@ -96,3 +96,29 @@ async def test_a_failed_call_gives_its_connection_back() -> None:
             with pytest.raises(httpx.ConnectError):
                 await http.post(f"http://127.0.0.1:{port}/v1", json={})
         assert transport.in_use == 0
+
+
+async def test_a_proxy_in_the_environment_carries_the_model_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind a proxy the models are reached through it (the pools' explicit transport would go
+    around it, and a model behind a corporate proxy would be unreachable)."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    try:
+        async with model_client(4) as http:
+            response = await http.post("http://127.0.0.2:9/v1/chat/completions", json={})
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert response.status_code == 200
+    assert seen == [b"POST http://127.0.0.2:9/v1/chat/completions HTTP/1.1"]
