@@ -128,10 +128,12 @@ async def test_every_end_of_the_users_runs_reaches_the_operator_endpoint_signed_
     receiver.secrets["/own"] = own_secret = new_secret()
     receiver.codes["/ops"] = [503, 200]  # the operator endpoint is down for one attempt
     done = await run_of(store, "alice", webhook=receiver.url("/own"), secret=own_secret)
+    delivering = deliverer(redis, store, configured)
+    await settle(delivering, store, [done], want=2)  # first, so the 503 is its delivery's
     failed = await run_of(store, "alice", failed=True)
     other = await run_of(store, "carol")  # no endpoint configured for carol
 
-    states = await settle(deliverer(redis, store, configured), store, [done, failed, other], want=4)
+    states = await settle(delivering, store, [done, failed, other], want=4)
 
     failures = next(e for e in configured.of("alice") if e.url.endswith("/failures")).name
     assert sorted(receiver.seen) == sorted([
