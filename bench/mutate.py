@@ -63,7 +63,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
     ),
     "retention": (
-        ("services/projector/retention.py", "services/projector/clock.py"),
+        ("services/projector/retention.py", "shared/clock.py"),
         (
             "tests/projector/test_retention.py",
             "tests/projector/test_clock_skew.py",

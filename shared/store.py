@@ -142,9 +142,6 @@ class ScriptSender(Protocol):
         """The script's reply; an error reply raises."""
 
 
-SubmitSender = ScriptSender
-
-
 def transition_of(event: AnyEvent) -> Transition:
     """Which phase rule an event's append follows."""
     match event:

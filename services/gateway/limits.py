@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.problems import Problem
 from shared.keys import Keys
 from shared.scripts import ScriptCall
-from shared.store import SubmitSender
+from shared.store import ScriptSender
 
 STREAM_RETRY_AFTER_S = 5
 
@@ -25,7 +25,7 @@ class RateLimiter:
     """At most ``limit`` submissions per ``window_s`` per user (0 = unlimited)."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, limit: int, window_s: int, *, calls: SubmitSender | None = None
+        self, redis: Redis, keys: Keys, limit: int, window_s: int, *, calls: ScriptSender | None = None
     ) -> None:
         """``calls``: what sends the counting script (the gateway's ``ScriptBatcher``, so the
         counts of concurrent submits share a round trip); by default its own EVALSHA."""

@@ -41,11 +41,11 @@ import msgspec
 from opentelemetry import trace
 from redis.asyncio import Redis
 
-from services.projector.clock import Now, millis, now_of
 from services.projector.db import transaction
 from services.projector.metrics import metrics
 from services.projector.rows import micros
 from shared import streamids
+from shared.clock import Now, millis, now_of
 from shared.events import RunFailed, RunRequested
 from shared.keys import Keys
 from shared.reducer import RunState

@@ -11,7 +11,7 @@ replica's bound respects every other's needs, so running them from several repli
 harmless. A replica silent for longer than the horizon no longer holds the log back: it is gone,
 or so far behind that it must be reseeded from another replica's snapshot anyway.
 
-Every age is on Redis's clock (``services.projector.clock``): a run's is the time of the log
+Every age is on Redis's clock (``shared.clock``): a run's is the time of the log
 entry of its last event (``logged_ms``), never the event's ``at``, which the appending process
 stamped with its own, possibly skewed, clock.
 """
@@ -30,11 +30,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.projector import snapshots
-from services.projector.clock import Now, millis, now_of
 from services.projector.db import transaction
 from services.projector.metrics import metrics
 from services.projector.rows import micros
 from shared import streamids
+from shared.clock import Now, millis, now_of
 from shared.keys import DEFAULT_PROJECTOR, Keys, projector_of_group
 
 logger = logging.getLogger(__name__)

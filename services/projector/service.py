@@ -15,7 +15,6 @@ from redis.asyncio import Redis
 
 from services.projector import lag, snapshots
 from services.projector.app import create_app
-from services.projector.clock import Now
 from services.projector.consumer import Consumer
 from services.projector.db import open_db
 from services.projector.locking import exclusive
@@ -28,6 +27,7 @@ from services.projector.schema import migrate
 from services.projector.settings import ProjectorSettings
 from services.projector.webhooks import DeliveryPolicy, WebhookDeliverer
 from shared import streamids
+from shared.clock import Now
 from shared.lifecycle import Service
 from shared.redis_io import connect
 from shared.store import EventStore

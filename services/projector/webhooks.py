@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.projector.endpoints import NONE, Endpoints
+from shared.clock import millis, redis_now
 from shared.events import (
     DeliveryOutcome,
     RunCancellationConfirmed,
@@ -217,8 +218,7 @@ class WebhookDeliverer:
             await self._record_delivery(keys=[key, self.keys.webhooks_due], args=args)
 
     async def _now_ms(self) -> int:
-        seconds, micros = await self.redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        return millis(await redis_now(self.redis))
 
     async def deliver_due(self, limit: int = 20) -> int:
         """Attempt every delivery that is due (one by one); returns how many were attempted."""

@@ -124,10 +124,8 @@ class Worker(Service):
                 logger.warning("run durations not written to the ETA lists: %s", exc)
         with contextlib.suppress(Exception):
             await self.watcher.close()
-        scripts = getattr(self, "scripts", None)
-        if scripts is not None:
-            with contextlib.suppress(Exception):
-                await scripts.aclose()
+        with contextlib.suppress(Exception):  # AttributeError too: stopped before it was built
+            await self.scripts.aclose()
         if self.http is not None:
             with contextlib.suppress(Exception):
                 await self.http.aclose()

@@ -18,12 +18,12 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from services.projector.clock import millis, redis_now
 from services.projector.rows import COLUMNS, micros, row_of, upsert_sql
 from services.projector.schema import CURRENT_VERSION, migrate
 from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
 from shared import streamids
+from shared.clock import millis, redis_now
 from shared.keys import Keys
 from shared.store import EventStore
 from tests.projector.conftest import GRACE, Clock

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from services.projector.clock import redis_now
 from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
+from shared.clock import redis_now
 from shared.ids import new_run_id
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore

@@ -10,9 +10,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.projector.clock import millis, redis_now
 from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
+from shared.clock import millis, redis_now
 from shared.keys import Keys
 from shared.store import EventStore
 from tests.projector.conftest import Clock
@@ -46,7 +46,7 @@ async def test_a_projector_a_month_ahead_archives_no_fresh_run(
     make_settings: Callable[..., ProjectorSettings],
 ) -> None:
     """Kills: retention's "now" read from the projector's own clock (``redis_now`` or ``now_of``
-    in services/projector/clock.py returning ``utcnow()``): the run just ended would be archived
+    in shared/clock.py returning ``utcnow()``): the run just ended would be archived
     as 31 days old and its stream expired."""
     process: Any = make_process(**SKEWED).start()
     store = EventStore(redis, keys)

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 
 import msgspec
 from redis.asyncio import Redis
@@ -28,6 +27,7 @@ from services.runner.pipeline.base import PipelineError
 from services.runner.pipeline.data import MarketDataService
 from services.runner.pipeline.memory import Pending
 from services.runner.pipeline.settings import PipelineSettings
+from shared.clock import Now, millis, now_of
 from shared.events import EventCodec, OutcomeMeasured
 from shared.keys import Keys
 from shared.outcomes import outcome_of
@@ -36,7 +36,6 @@ from shared.scripts import OUTCOMES_CLAIM, OUTCOMES_SETTLE
 
 logger = logging.getLogger(__name__)
 
-Now = Callable[[], datetime]
 LEASE_MS = 10 * 60 * 1000
 """How long a claimed call is this sweeper's: longer than one sweep's fetches take."""
 BATCH = 100
@@ -46,7 +45,6 @@ MAX_TRIES = 8
 RETRY_BASE_MS = 6 * 3600 * 1000
 RETRY_CAP_MS = 7 * 24 * 3600 * 1000
 """Retries back off from six hours, doubling, to a week (eight tries span about a month)."""
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Fetched = dict[tuple[str, str], MarketData | None]
 """The data one sweep fetched, by (provider, symbol): calls on one symbol share one fetch."""
@@ -55,10 +53,6 @@ Fetched = dict[tuple[str, str], MarketData | None]
 def backoff_ms(tries: int) -> int:
     """How long after its ``tries``-th measurement a call is measured again."""
     return int(min(RETRY_BASE_MS * 2 ** max(tries - 1, 0), RETRY_CAP_MS))
-
-
-def millis(at: datetime) -> int:
-    return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
 def from_env(redis: Redis, keys: Keys) -> OutcomeSweep:
@@ -117,7 +111,7 @@ class OutcomeSweep:
         if not self._backfill_checked:
             await self.backfill()
             self._backfill_checked = True
-        now = await self._clock()
+        now = await now_of(self.redis, self._now)
         lease = millis(now) + LEASE_MS
         claimed = await self._claim(keys=[self.keys.outcomes_due], args=[millis(now), lease, BATCH])
         fetched: Fetched = {}
@@ -176,9 +170,3 @@ class OutcomeSweep:
             return self._pending.decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return None
-
-    async def _clock(self) -> datetime:
-        if self._now is not None:
-            return self._now()
-        seconds, micros = await self.redis.time()
-        return datetime.fromtimestamp(int(seconds), UTC) + timedelta(microseconds=int(micros))

@@ -1,9 +1,9 @@
-"""Redis's clock: the one time basis on which retention and reconciliation compare ages.
+"""Redis's clock: the one time basis on which ages, leases of slow work and due times compare.
 
-Every age they decide by is measured against stream IDs (the global log's, the queues'), which
-Redis stamps with its own clock; the runners, gateways and this projector each have their own,
-and any of them may be hours or days off. So "now" is Redis's ``TIME`` too, unless a test
-injects a clock.
+Every age the projector decides by is measured against stream IDs (the global log's, the
+queues'), which Redis stamps with its own clock; the runners, gateways and projectors each have
+their own, and any of them may be hours or days off. So "now" is Redis's ``TIME`` too (also for
+the runners' outcome sweep and the webhook schedule), unless a test injects a clock.
 """
 
 from __future__ import annotations
