@@ -40,7 +40,8 @@ async def test_sigkill_of_a_runner_under_load_loses_and_doubles_nothing(cluster:
     """20 runs in flight on 3 runners, one SIGKILLed mid-run: every run ends in exactly one
     terminal state, no step is completed twice, no entry stays pending, and the read model equals
     the fold of each run stream. Measures the recovery time (kill → a survivor restarts the run)."""
-    runners = [cluster.runner(f"r{i}") for i in range(3)]
+    # Eight slots each: the two others hold at most 16 of the 20 runs, so the victim holds some.
+    runners = [cluster.runner(f"r{i}", TT_RUNNER_CONCURRENCY="8") for i in range(3)]
     await cluster.start(cluster.projector, *runners)
     run_ids = [await submit(cluster.store) for _ in range(20)]
 
