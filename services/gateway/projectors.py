@@ -4,8 +4,10 @@ Each projector folds the whole log into its own SQLite file, so any healthy one 
 background probe every ``interval_s`` keeps a health flag per projector; a request goes to the
 healthy projector that is most caught up and, on an error, tries the next one at once. A refused
 connection marks a projector down at once; a slow one is marked down by two missed probes, so a
-busy moment does not take the only projector out. With none healthy a request fails at once (no
-timeout is paid): callers answer from the run stream or with 503.
+busy moment does not take the only projector out. With none healthy a request still asks those
+that were only slow (a late answer beats a 503 on a loaded host), never one that refused
+connections; with none of those either it fails at once and callers answer from the run stream
+or with 503.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class Projector:
     healthy: bool = False
     checkpoint: tuple[int, int] = (0, 0)
     missed: int = 0
+    refused: bool = False
+    """Down because it refused a connection (gone), not because it was slow."""
 
     def view(self) -> dict[str, Any]:
         ms, seq = self.checkpoint
@@ -100,17 +104,21 @@ class ProjectorPool(Service):
         """Healthy projectors, the most caught up first."""
         return sorted((m for m in self.members if m.healthy), key=lambda m: m.checkpoint, reverse=True)
 
+    def _candidates(self) -> list[Projector]:
+        """The healthy projectors or, with none, those that were only slow to answer probes."""
+        return self.healthy or [m for m in self.members if not m.refused]
+
     def status(self) -> list[dict[str, Any]]:
         return [m.view() for m in self.members]
 
     async def get(self, path: str, params: Mapping[str, str | int]) -> httpx.Response:
         """The first answer below 500 from a healthy projector; ProjectorUnavailable if none."""
-        candidates = self.healthy
+        candidates = self._candidates()
         for member in candidates:
             try:
                 response = await self.http.get(member.url + path, params=params)
             except httpx.ConnectError as exc:  # refused: it is gone, stop sending it requests
-                self._down(member, f"{type(exc).__name__} {exc}")
+                self._down(member, f"{type(exc).__name__} {exc}", refused=True)
                 continue
             except httpx.HTTPError as exc:  # slow: try the next one, the probes judge this one
                 logger.info("projector %s did not answer %s: %s", member.url, path, type(exc).__name__)
@@ -118,7 +126,7 @@ class ProjectorPool(Service):
             if response.status_code < 500:
                 return response
             self._down(member, f"answered {response.status_code}")
-        reason = "no projector is healthy" if not candidates else "every projector failed this request"
+        reason = "no projector is reachable" if not candidates else "every projector failed this request"
         raise ProjectorUnavailable(reason)
 
     async def probe(self) -> None:
@@ -132,7 +140,7 @@ class ProjectorPool(Service):
         try:
             response = await self.http.get(member.url + path, timeout=self.probe_timeout)
         except httpx.ConnectError as exc:
-            self._down(member, f"probe: {type(exc).__name__} {exc}")
+            self._down(member, f"probe: {type(exc).__name__} {exc}", refused=True)
             return
         except httpx.HTTPError as exc:
             self._missed(member, f"probe: {type(exc).__name__}")
@@ -158,10 +166,12 @@ class ProjectorPool(Service):
             logger.info("projector %s is healthy", member.url)
         member.healthy = True
         member.missed = 0
+        member.refused = False
         _up_gauge().labels(member.url).set(1)
 
-    def _down(self, member: Projector, reason: str) -> None:
+    def _down(self, member: Projector, reason: str, *, refused: bool = False) -> None:
         if member.healthy:
             logger.warning("projector %s is down: %s", member.url, reason)
         member.healthy = False
+        member.refused = refused
         _up_gauge().labels(member.url).set(0)

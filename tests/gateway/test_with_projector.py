@@ -15,6 +15,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.gateway.projectors import MISSES_DOWN, ProjectorPool, ProjectorUnavailable
 from services.gateway.settings import GatewaySettings
 from shared.config import ConfigError, Env
 from shared.events import EventCodec, StepStarted
@@ -375,3 +376,24 @@ def test_projector_urls_setting_lists_replicas_and_keeps_the_single_url() -> Non
     )
     with pytest.raises(ConfigError, match="TT_PROJECTOR_URLS"):
         GatewaySettings.from_env(Env({"TT_PROJECTOR_URLS": "a:8001"}))
+
+
+async def test_a_projector_only_slow_to_answer_probes_still_answers_reads(projector: ServiceProcess) -> None:
+    """Probes that time out mark a projector down, but with none healthy a read still asks it (a
+    late answer beats a 503 on a loaded host); one that refuses connections fails at once."""
+    slow = ProjectorPool([projector.url], timeout_s=5.0, interval_s=60, probe_timeout_s=1e-6)
+    gone = ProjectorPool([f"http://127.0.0.1:{free_port()}"], timeout_s=5.0, interval_s=60)
+    try:
+        for _ in range(MISSES_DOWN):
+            await slow.probe()
+        await gone.probe()
+        assert slow.healthy == [] and gone.healthy == []
+        answer = await slow.get("/internal/runs", {"user_id": "alice"})
+        assert answer.status_code == 200 and answer.json()["runs"] == []
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(ProjectorUnavailable):
+            await gone.get("/internal/runs", {"user_id": "alice"})
+        assert asyncio.get_running_loop().time() - began < 1.0, "no request is sent to a refusing one"
+    finally:
+        await slow.close()
+        await gone.close()
