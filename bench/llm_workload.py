@@ -33,7 +33,8 @@ from shared.events import RunCompleted, RunRequested, RunStarted, is_terminal
 from shared.ids import new_run_id
 from shared.keys import Keys
 from shared.redis_io import connect
-from shared.store import EventStore, Submitted
+from shared.store import EventStore
+from shared.submits import Submitted
 from tests.support.processes import ServiceProcess
 
 USER = "local"

@@ -41,6 +41,7 @@ from shared.events import (
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, Keys
 from shared.reducer import RunState, fold
 from shared.scripts import APPEND, APPEND_ALL, END_LOST, SUBMIT, ScriptCall, evalsha_pipelined
+from shared.submits import SubmitLayout, SubmitOutcome, outcome_of
 
 logger = logging.getLogger(__name__)
 
@@ -94,44 +95,6 @@ class Appends:
     fence: str = ""
     owner: str | None = None
     ack: tuple[str, str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    run_id: str
-    event_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Duplicate:
-    """The idempotency key was seen: ``value`` is what the first request stored."""
-
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """An identical request of the same user is pending or running: ``run_id`` is that run."""
-
-    run_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Capped:
-    cap: int
-
-
-@dataclass(frozen=True, slots=True)
-class Unreplicated:
-    """On the primary, but no replica confirmed it within the bound (``WAIT``): not acknowledged.
-    ``run_id``: the run just written; None for a repeat of a key whose run is not confirmed yet.
-    A repeat with the same idempotency key answers this run once a replica has it."""
-
-    run_id: str | None
-    replicas: int
-
-
-SubmitOutcome = Submitted | Duplicate | Joined | Capped | Unreplicated
 
 
 class ScriptSender(Protocol):
@@ -188,6 +151,7 @@ class EventStore:
         self._append_all = redis.register_script(APPEND_ALL)
         self._submit = redis.register_script(SUBMIT)
         self._end_lost = redis.register_script(END_LOST)
+        self._layout = SubmitLayout(keys, self.codec, run_ttl_s)
 
     async def submit(
         self,
@@ -211,32 +175,9 @@ class EventStore:
             webhook_secret: stored beside the run (its TTL), never in its events.
             carried: events of this run appended right after its request, in the same step.
         """
-        k = self.keys
-        queue = k.queue_high if event.priority == "high" else k.queue
-        idem_key, idem_value = idempotency or ("", "")
-        keys = [
-            k.run(event.run_id),
-            k.events,
-            k.meta(event.run_id),
-            k.active(event.user_id),
-            queue,
-            k.idem(event.user_id, idem_key) if idem_key else k.idem(event.user_id, "-"),
-            k.join(event.user_id, join[0] if join else "-"),
-            k.webhook_secret(event.run_id),
-        ]
-        argv: list[bytes | str | int] = [
-            self.codec.encode(event),
-            event.run_id,
-            event.user_id,
-            cap,
-            idem_value,
-            idempotency_ttl_s,
-            k.meta(""),
-            ("1" if join[1] else "0") if join else "",
-            webhook_secret,
-            self.run_ttl_s,
-            *(self.codec.encode(e) for e in carried),
-        ]
+        keys, argv = self._layout.of(
+            event, cap, idempotency, idempotency_ttl_s, join, webhook_secret, carried
+        )
         wanted = await self.replicas.needed() if self.replicas is not None else 0
         acked = wanted
         call = ScriptCall(self._submit.sha, SUBMIT, keys, argv)
@@ -246,16 +187,7 @@ class EventStore:
             reply = await self.submits.call(call)
         else:
             reply = await self._submit(keys=keys, args=argv)
-        status, value = _pair(reply)
-        if status == "capped":
-            return Capped(int(value))
-        if acked < wanted:
-            return Unreplicated(event.run_id if status == "ok" else None, acked)
-        if status == "duplicate":
-            return Duplicate(value)
-        if status == "joined":
-            return Joined(value)
-        return Submitted(event.run_id, value)
+        return outcome_of(event.run_id, _pair(reply), acked=acked, wanted=wanted)
 
     async def append(self, event: AnyEvent, *, fence: str = "", owner: str | None = None) -> str:
         """Append one event to its run stream and the global log; returns its run-stream ID.

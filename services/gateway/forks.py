@@ -22,7 +22,7 @@ from services.gateway.schemas import AnalystId
 from shared.catalog import planned_steps
 from shared.events import RunRequested, StepCompleted, utcnow
 from shared.ids import is_run_id, new_run_id
-from shared.store import Capped, Submitted
+from shared.submits import Capped, Submitted
 from shared.telemetry import current_traceparent
 
 CallerDep = Annotated[Caller, Depends(caller_of)]

@@ -17,7 +17,8 @@ from shared.events import RunCancelled, RunOptions, RunRequested, WebhookSpec
 from shared.ids import is_run_id, new_run_id
 from shared.models import unavailable
 from shared.reducer import RunState
-from shared.store import Capped, Duplicate, Joined, RefusalReason, Refused, Submitted, Unreplicated
+from shared.store import RefusalReason, Refused
+from shared.submits import Capped, Duplicate, Joined, Submitted, Unreplicated
 from shared.telemetry import current_traceparent
 from shared.webhooks import new_secret
 

@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 from shared.events import AnyEvent, RunOptions, RunRequested, RunStarted, StepCompleted, StepStarted
 from shared.ids import new_run_id
 from shared.keys import Keys
-from shared.store import EventStore, Submitted
+from shared.store import EventStore
+from shared.submits import Submitted
 from tests.runner.pipeline.chat_server import ChatServer, serve
 from tests.runner.support import events_of, report, wait_event, wait_state
 from tests.support.processes import ServiceProcess

@@ -19,7 +19,8 @@ from shared.events import (
 from shared.ids import new_run_id
 from shared.keys import Keys
 from shared.results import JsonOutput, Usage
-from shared.store import EventStore, Submitted
+from shared.store import EventStore
+from shared.submits import Submitted
 from tests.runner.support import events_of, report, running_worker, wait_event, wait_state
 
 NATIVE = "orchestrator=examples.orchestrator_pipeline:pipeline"

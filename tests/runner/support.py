@@ -27,7 +27,8 @@ from shared.events import AnyEvent, RunOptions, RunRequested
 from shared.ids import new_run_id
 from shared.reducer import RunState
 from shared.results import RunResult, StepOutput, Usage
-from shared.store import EventStore, Submitted
+from shared.store import EventStore
+from shared.submits import Submitted
 
 STEP_USAGE = Usage(calls=1, prompt_tokens=10, completion_tokens=5, cost_usd=0.001)
 

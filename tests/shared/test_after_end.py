@@ -9,7 +9,8 @@ from shared.events import RunCompleted, RunRequested, RunStarted, WebhookAttempt
 from shared.ids import new_run_id
 from shared.keys import Keys
 from shared.reducer import apply_mut, fold, initial
-from shared.store import EventStore, Joined, RefusalReason, Refused, Submitted
+from shared.store import EventStore, RefusalReason, Refused
+from shared.submits import Joined, Submitted
 
 
 def attempt(run_id: str, n: int, outcome: str) -> WebhookAttempted:

@@ -16,7 +16,8 @@ from shared.keys import Keys
 from shared.redis_io import connect
 from shared.redis_server import free_port
 from shared.scripts import ScriptCall
-from shared.store import Capped, EventStore, Submitted
+from shared.store import EventStore
+from shared.submits import Capped, Submitted
 
 ECHO = "return ARGV[1]"
 FAIL_ON_BAD = "if ARGV[1] == 'bad' then return redis.error_reply('bad argument') end return ARGV[1]"

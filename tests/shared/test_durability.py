@@ -15,7 +15,8 @@ from shared.durability import ReplicaWait
 from shared.keys import Keys
 from shared.redis_io import connect
 from shared.redis_server import RedisServer
-from shared.store import Duplicate, EventStore, Submitted, Unreplicated
+from shared.store import EventStore
+from shared.submits import Duplicate, Submitted, Unreplicated
 from tests.shared.test_store import request
 
 WAIT_MS = 300

@@ -18,7 +18,8 @@ from shared.events import (
 )
 from shared.ids import new_run_id
 from shared.keys import Keys
-from shared.store import Capped, Duplicate, EventStore, RefusalReason, Refused, Submitted
+from shared.store import EventStore, RefusalReason, Refused
+from shared.submits import Capped, Duplicate, Submitted
 
 
 def request(user: str = "alice", run_id: str | None = None) -> RunRequested:

@@ -9,7 +9,8 @@ from redis.asyncio import Redis
 from shared.events import RunCancelled, RunCompleted, RunFailed, RunRequested, RunStarted, StepStarted
 from shared.ids import new_run_id
 from shared.keys import Keys
-from shared.store import Appends, Capped, EventStore, RefusalReason, Refused, Submitted
+from shared.store import Appends, EventStore, RefusalReason, Refused
+from shared.submits import Capped, Submitted
 
 
 def _request() -> RunRequested:
