@@ -229,7 +229,7 @@ async def one(
         for proc in procs:
             proc.stop()
         projector.stop()
-        await _drop(redis, keys)
+        await drop_keys(redis, keys)
         await redis.aclose()
 
 
@@ -238,7 +238,7 @@ def _pid(service: ServiceProcess) -> int:
     return service.process.pid
 
 
-async def _drop(redis: Redis, keys: Keys) -> None:
+async def drop_keys(redis: Redis, keys: Keys) -> None:
     """Frees the repetition's keys so the next one starts from the same Redis footprint."""
     batch: list[bytes] = []
     async for key in redis.scan_iter(match=f"{keys.prefix}*", count=1000):

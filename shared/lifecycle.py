@@ -16,9 +16,10 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,11 @@ class Service:
 
         The server ends when the service stops (uvicorn's own graceful shutdown, bounded by the
         config's ``timeout_graceful_shutdown``); if it ends first (a signal it caught, a port in
-        use), the service stops too.
+        use), the service stops too. uvicorn is imported here, not with this module: the runner
+        serves no ASGI app, and its start (a restart after a crash too) should not wait for it.
         """
+        import uvicorn
+
         server = uvicorn.Server(config)
         self._servers.append(server)
         self.spawn(server.serve(), "http", fatal=True)

@@ -66,7 +66,10 @@ def connect_sync(
 
 
 def _options(blocking: bool, client_name: str | None) -> dict[str, Any]:
+    # The version sent with CLIENT SETINFO, given once: without it redis-py looks it up in the
+    # installed packages' metadata for every new connection (a scan of site-packages each time).
     return {
+        "driver_info": redis.DriverInfo(lib_version=redis.__version__),
         "socket_timeout": None if blocking else COMMAND_TIMEOUT_S,
         "socket_connect_timeout": COMMAND_TIMEOUT_S,
         "health_check_interval": 0 if blocking else 30,

@@ -161,19 +161,17 @@ def setup_tracing(service: str, exporter: str | None = None) -> None:
     ``otlp`` sends to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (read by the exporter itself). Tests
     install their own provider with an in-memory exporter before calling services.
     """
-    import os
-
+    choice = (exporter or os.environ.get("TT_OTEL_EXPORTER") or "none").lower()
+    if choice == "none":
+        # No provider at all, not one without an exporter: spans nobody receives would still be
+        # built, attributed and ended on every request (FastAPI skips its request telemetry when
+        # no provider is configured; figures in docs/benchmarks.md, row 1). Nor the SDK's imports.
+        return
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    choice = (exporter or os.environ.get("TT_OTEL_EXPORTER") or "none").lower()
-    if choice == "none":
-        # No provider at all, not one without an exporter: spans nobody receives would still be
-        # built, attributed and ended on every request (FastAPI skips its request telemetry when
-        # no provider is configured; figures in docs/benchmarks.md, row 1).
-        return
     provider = TracerProvider(resource=Resource.create({"service.name": f"tickertape-{service}"}))
     if choice == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
@@ -187,20 +185,25 @@ def setup_tracing(service: str, exporter: str | None = None) -> None:
 def current_traceparent() -> str | None:
     """The W3C traceparent of the active span, to store inside the event it produces."""
     from opentelemetry import trace
-    from opentelemetry.propagate import inject
 
     if not trace.get_current_span().get_span_context().is_valid:
         return None  # no span (tracing off): the propagators would write nothing
+    from opentelemetry.propagate import inject
+
     carrier: dict[str, str] = {}
     inject(carrier)
     return carrier.get("traceparent")
 
 
 def context_from_traceparent(traceparent: str | None) -> Any:
-    """An OpenTelemetry context continuing ``traceparent`` (the current one when None)."""
+    """An OpenTelemetry context continuing ``traceparent``; None (meaning the current one) when
+    there is none to continue, without the propagators: a run submitted with tracing off pays
+    neither their per-call work nor their import (entry points read from every installed package)."""
+    if not traceparent:
+        return None
     from opentelemetry.propagate import extract
 
-    return extract({"traceparent": traceparent} if traceparent else {})
+    return extract({"traceparent": traceparent})
 
 
 def span_context_of(traceparent: str | None) -> Any:

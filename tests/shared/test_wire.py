@@ -46,3 +46,13 @@ async def test_a_bounded_client_never_opens_more_connections_than_its_bound(
         assert len(named) == 2
     finally:
         await client.aclose()
+
+
+def test_clients_send_the_library_version_they_were_given() -> None:
+    """redis-py otherwise reads its version from the installed packages' metadata for every new
+    connection; ``connect`` gives it once."""
+    import redis
+
+    client = connect("redis://127.0.0.1:1/0", max_connections=2)
+    info = client.connection_pool.connection_kwargs["driver_info"]
+    assert info.lib_version == redis.__version__
