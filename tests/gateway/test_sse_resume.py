@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 
 import httpx
 from redis.asyncio import Redis
 
+from services.gateway.flight import SingleFlight
+from services.gateway.runtime import Runtime
 from shared.keys import Keys
+from shared.store import Entry
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.support import BODY, RUNS, Runner, SseLog, read_sse, stream_ids
 
@@ -144,3 +148,42 @@ async def test_the_per_user_stream_cap_counts_each_user_apart_and_frees_a_slot_a
         assert await _status_of_events(http, alices, _bearer(ALICE)) == 200
         assert (await http.delete(f"{RUNS}/{bobs}", headers=_bearer(BOB))).status_code == 202
         await bob_follows
+
+
+class _GatedFlight(SingleFlight[list[Entry]]):
+    """The gateway's single flight, its Redis reads held until ``expected`` opens are in it: the
+    opens then overlap for certain, whatever the machine's speed."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected, self.entered, self.gate = expected, 0, asyncio.Event()
+
+    async def run(self, key: str, call: Callable[[], Awaitable[list[Entry]]]) -> list[Entry]:
+        self.entered += 1
+        if self.entered >= self.expected:
+            self.gate.set()
+
+        async def gated() -> list[Entry]:
+            await self.gate.wait()
+            return await call()
+
+        return await super().run(key, gated)
+
+
+async def test_concurrent_opens_of_two_users_runs_each_get_their_own_run(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Kills: the first-event read shared under another key than the run's (``stream_events``'s
+    single flight): Bob's open, overlapping Alice's, would get her run's first event, so her
+    owner, and a 404 for his own run."""
+    tokens = {hashlib.sha256(t.encode()).hexdigest(): u for t, u in ((ALICE, "alice"), (BOB, "bob"))}
+    gateway = await start_gateway(auth=True, api_tokens=tokens, high_priority_users=frozenset())
+    runtime: Runtime = gateway.app.state.runtime
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=FAST_S) as http:
+        alices, bobs = await _submit(http, _bearer(ALICE)), await _submit(http, _bearer(BOB))
+        runtime.lookups = flight = _GatedFlight(expected=2)
+        statuses = await asyncio.gather(
+            _status_of_events(http, alices, _bearer(ALICE)), _status_of_events(http, bobs, _bearer(BOB))
+        )
+        assert flight.entered == 2
+        assert list(statuses) == [200, 200]
