@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from services.runner import runs
 from shared.catalog import plan_steps
-from shared.events import RunCancellationConfirmed, RunCancelled, RunStarted, StepCompleted, StepStarted
+from shared.events import (
+    RunCancellationConfirmed,
+    RunCancelled,
+    RunStarted,
+    StepCompleted,
+    StepStarted,
+    utcnow,
+)
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.store import EventStore, RefusalReason, Refused
 from tests.runner.support import (
@@ -72,6 +81,28 @@ async def test_a_run_cancelled_mid_step_stops_within_half_a_second(
     assert not await redis.get(completed_key(run_id, "data_collection"))
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
     assert not await redis.sismember(keys.active("local"), run_id)
+
+
+@pytest.mark.parametrize("seconds", [0.23456, -0.5])
+async def test_the_cancel_latency_is_recorded_in_milliseconds_and_seconds(
+    redis_url: str, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch, seconds: float
+) -> None:
+    """From the RunCancelled's time to the runner's confirmation: in the event, milliseconds to
+    one decimal; in the histogram, seconds, never below 0 (a runner's clock behind the gateway's).
+    The runner's clock is set to read ``seconds`` after the cancel, so the figures are exact."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="HANG")
+    cancelled_at = utcnow()
+    monkeypatch.setattr(runs, "utcnow", lambda: cancelled_at + timedelta(seconds=seconds))
+    summed, timed = _sample(LATENCIES.replace("_count", "_sum")), _sample(LATENCIES)
+    async with running_worker(redis_url, CountingPipeline(redis)):
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        await store.append(RunCancelled(run_id=run_id, user_id="local", at=cancelled_at))
+        await wait_state(store, run_id, timeout_s=5)
+    [confirmed] = [e for e in await events_of(store, run_id) if isinstance(e, RunCancellationConfirmed)]
+    assert confirmed.latency_ms == round(seconds * 1000, 1)
+    assert _sample(LATENCIES) == timed + 1
+    assert _sample(LATENCIES.replace("_count", "_sum")) - summed == pytest.approx(max(seconds, 0.0))
 
 
 async def test_cancelling_many_running_runs_confirms_each_once(
