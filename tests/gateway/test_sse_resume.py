@@ -83,6 +83,25 @@ async def test_a_resume_while_another_client_follows_gets_exactly_the_later_even
         assert log.events[-1] == "end"
 
 
+async def test_a_resume_at_the_first_event_a_trim_kept_gets_no_reset(
+    client: httpx.AsyncClient, runner: Runner, redis: Redis, keys: Keys
+) -> None:
+    """The client has the first retained event, so it lost nothing: the later events, no reset
+    (the reset is for a client whose next event is gone; it also costs a read-model lookup)."""
+    run_id = await _submit(client)
+    await runner.start(run_id)
+    await runner.step(run_id, "data_collection", 0)
+    await redis.xtrim(keys.run(run_id), maxlen=2, approximate=False)  # RunRequested is gone
+    kept = stream_ids(await redis.xrange(keys.run(run_id)))
+    log = SseLog()
+    following = asyncio.create_task(_follow(client, run_id, log, last_id=kept[0]))
+    await _until(log, len(kept) - 1)
+    await runner.complete(run_id)
+    await following
+    assert "reset" not in log.events
+    assert log.ids[: len(kept) - 1] == kept[1:]
+
+
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

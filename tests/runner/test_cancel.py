@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
+from collections.abc import Mapping
 from datetime import timedelta
 
 import pytest
@@ -11,16 +13,19 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from services.runner import runs
+from services.runner.pipeline.base import StepReporter
 from shared.catalog import plan_steps
 from shared.events import (
     RunCancellationConfirmed,
     RunCancelled,
+    RunRequested,
     RunStarted,
     StepCompleted,
     StepStarted,
     utcnow,
 )
 from shared.keys import RUNNERS_GROUP, Keys
+from shared.results import RunResult, StepOutput, Usage
 from shared.store import EventStore, RefusalReason, Refused
 from tests.runner.support import (
     CountingPipeline,
@@ -103,6 +108,40 @@ async def test_the_cancel_latency_is_recorded_in_milliseconds_and_seconds(
     assert confirmed.latency_ms == round(seconds * 1000, 1)
     assert _sample(LATENCIES) == timed + 1
     assert _sample(LATENCIES.replace("_count", "_sum")) - summed == pytest.approx(max(seconds, 0.0))
+
+
+class SwallowsACancel:
+    """A step whose client code swallows one cancellation (some libraries do) and goes on."""
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
+    ) -> RunResult | None:
+        await reporter.started(plan_steps(request.analysts)[0], 0)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+        await asyncio.sleep(3600)
+        return None
+
+
+async def test_a_pipeline_swallowing_the_cancel_is_stopped_at_once_all_the_same(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """The cancel wakes the supervisor (``Execution.stopping``), which cancels the pipeline until
+    it ends: not at the next step-timeout check (30 s here; the run must end within 10 s)."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    async with running_worker(redis_url, SwallowsACancel(), TT_STEP_TIMEOUT_S="30"):
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        await store.append(RunCancelled(run_id=run_id, user_id="local"))
+        state = await wait_state(store, run_id, timeout_s=10)
+    assert state.status == "cancelled"
 
 
 async def test_cancelling_many_running_runs_confirms_each_once(

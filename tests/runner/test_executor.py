@@ -31,6 +31,7 @@ from services.runner.runs import Executor
 from services.runner.watcher import CancelWatcher
 from shared.catalog import plan_steps
 from shared.events import (
+    RunCancelled,
     RunCompleted,
     RunFailed,
     RunRequested,
@@ -46,14 +47,14 @@ from shared.store import EventStore
 from shared.telemetry import current_traceparent
 from tests.runner.support import STEP_USAGE, events_of, runner_settings, submit
 
-Ending = Literal["retry", "release", "step", "hang", "complete"]
+Ending = Literal["retry", "release", "step", "hang", "complete", "cancel"]
 Act = Callable[[str], Awaitable[None]]
 
 
 class Meanwhile:
     """A pipeline during which someone else acts on the run (``act``), then ends in a transient
-    error (a retry), is stopped for a hand-over (a release, as on a runner's shutdown), or reports
-    a step (an append the script may refuse)."""
+    error (a retry), is stopped for a hand-over (a release, as on a runner's shutdown) or by the
+    user's cancel, completes, or reports a step (each an append the script may refuse)."""
 
     def __init__(self, act: Act, ending: Ending) -> None:
         self.act, self.ending = act, ending
@@ -86,7 +87,10 @@ class Meanwhile:
         if self.ending == "hang":
             await asyncio.sleep(3600)
         assert self.executor is not None
-        self.executor.running[request.run_id].stop("released")
+        if self.ending == "cancel":
+            self.executor.cancel(request.run_id, RunCancelled(run_id=request.run_id, user_id="local"))
+        else:
+            self.executor.running[request.run_id].stop("released")
         await asyncio.sleep(3600)  # cancelled by the stop
         return None
 
@@ -160,9 +164,10 @@ def _sample(name: str, **labels: str) -> float:
 
 
 DURATIONS = "tickertape_run_duration_seconds_count"
+LATENCIES = "tickertape_cancel_latency_seconds_count"
 
 
-@pytest.mark.parametrize("ending", ["retry", "release", "step", "complete"])
+@pytest.mark.parametrize("ending", ["retry", "release", "step", "complete", "cancel"])
 async def test_a_run_that_ended_meanwhile_has_its_entry_acked_and_nothing_appended(
     redis: Redis, redis_url: str, keys: Keys, ending: Ending
 ) -> None:
@@ -175,7 +180,7 @@ async def test_a_run_that_ended_meanwhile_has_its_entry_acked_and_nothing_append
         await store.abandon(RunFailed(run_id=run_id, code="max_attempts", message="given up elsewhere"))
 
     pipeline = Meanwhile(dead_lettered_elsewhere, ending)
-    durations = _sample(DURATIONS)
+    durations, latencies = _sample(DURATIONS), _sample(LATENCIES)
     run_id, executor = await _execute_once(redis, redis_url, keys, pipeline)
 
     events = await events_of(store, run_id)
@@ -183,12 +188,13 @@ async def test_a_run_that_ended_meanwhile_has_its_entry_acked_and_nothing_append
     assert await _pending(redis, keys) == []
     assert not executor.finished, "a refused append counted as a terminal event"
     assert _sample(DURATIONS) == durations, "a refused completion timed as a completed run"
+    assert _sample(LATENCIES) == latencies, "a refused cancel confirmation timed"
     assert pipeline.spent == Usage()
     if ending == "step":  # the pipeline is told which run refused it, and why
         assert pipeline.stopped == f"append to run {run_id} refused: ended"
 
 
-@pytest.mark.parametrize("ending", ["retry", "release", "step", "complete"])
+@pytest.mark.parametrize("ending", ["retry", "release", "step", "complete", "cancel"])
 async def test_a_run_taken_over_meanwhile_keeps_the_new_owners_entry_pending(
     redis: Redis, redis_url: str, keys: Keys, ending: Ending
 ) -> None:

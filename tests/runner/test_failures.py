@@ -60,6 +60,25 @@ async def test_a_poison_entry_is_dead_lettered_and_the_next_run_completes(
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
 
 
+async def test_a_poison_entry_found_on_a_later_delivery_is_ended_naming_that_attempt(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """A runner read the garbled run's entry and died; the runner claiming it finds the poison
+    on the entry's second delivery, and the run's RunFailed says so (not a default first)."""
+    store = EventStore(redis, keys)
+    await redis.xadd(keys.run("garbled"), {"not": "an event"})
+    await redis.hset(keys.meta("garbled"), mapping={"phase": "queued", "user": "local"})
+    await redis.xadd(keys.queue, {"r": "garbled"})
+    await redis.xgroup_create(keys.queue, RUNNERS_GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(RUNNERS_GROUP, "a-runner-that-died", {keys.queue: ">"})
+    async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.3"):
+        async with asyncio.timeout(10):
+            while not await _deadletters(redis, keys):
+                await asyncio.sleep(0.02)
+    (ended,) = [e for e in await events_of(store, "garbled") if isinstance(e, RunFailed)]
+    assert (ended.code, ended.attempt) == ("poison", 2)
+
+
 async def test_a_run_failing_every_attempt_is_dead_lettered_after_the_maximum(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:
