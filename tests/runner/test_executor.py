@@ -38,6 +38,7 @@ from shared.events import (
     RunRetrying,
     RunStarted,
     StepCompleted,
+    StepProgress,
     StepStarted,
 )
 from shared.keys import RUNNERS_GROUP, Keys
@@ -116,6 +117,7 @@ class Reports:
         self.task_name = asyncio.current_task().get_name()  # type: ignore[union-attr]
         for index, step in enumerate(plan_steps(request.analysts)[: self.steps]):
             await reporter.started(step, index)
+            await reporter.progress(step, 0.5)
             await reporter.completed(step, self.output, 0.25, STEP_USAGE)
         return None
 
@@ -230,7 +232,9 @@ async def test_a_steps_report_reaches_the_stream_as_reported(
     events = await events_of(store, run_id)
     [started] = [e for e in events if isinstance(e, StepStarted)]
     [completed] = [e for e in events if isinstance(e, StepCompleted)]
+    [progress] = [e for e in events if isinstance(e, StepProgress)]
     assert (started.step, started.index, started.attempt) == ("data_collection", 0, 2)
+    assert (progress.step, progress.progress, progress.message) == ("data_collection", 0.5, "")
     assert (completed.output, completed.duration_s, completed.usage) == (Reports.output, 0.25, STEP_USAGE)
     assert isinstance(events[-1], RunCompleted) and events[-1].usage == STEP_USAGE
 
