@@ -144,6 +144,55 @@ async def test_a_pipeline_swallowing_the_cancel_is_stopped_at_once_all_the_same(
     assert state.status == "cancelled"
 
 
+class IgnoresCancels:
+    """A step that ignores every cancellation until ``obey`` (a client library gone wrong)."""
+
+    def __init__(self) -> None:
+        self.obey, self.ignored = False, 0
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
+    ) -> RunResult | None:
+        await reporter.started(plan_steps(request.analysts)[0], 0)
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if self.obey:
+                    raise
+                self.ignored += 1
+
+
+async def test_a_runs_task_cancelled_cancels_its_pipeline_and_waits_for_it_only_so_long(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """The runner's hard stop cancels the task of a run still going: the supervisor cancels the
+    pipeline too, waits ``STOP_WAIT_S`` (5 s) for it and no longer, and the run's task ends
+    cancelled (not as an error of its clean-up)."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    pipeline = IgnoresCancels()
+    async with running_worker(redis_url, pipeline):
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        tasks = asyncio.all_tasks()
+        work = next(task for task in tasks if task.get_name() == f"pipeline-{run_id}")
+        try:
+            run = next(task for task in tasks if task.get_name().endswith(f"-run-{run_id}"))
+            run.cancel()
+            await asyncio.wait({run}, timeout=15)
+            assert run.done() and run.cancelled(), run
+            assert pipeline.ignored >= 1 and not work.done()
+        finally:
+            pipeline.obey = True
+            work.cancel()
+            await asyncio.wait({work})
+
+
 async def test_cancelling_many_running_runs_confirms_each_once(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:
