@@ -228,10 +228,14 @@ async def test_a_resume_at_an_event_the_hub_reads_after_the_join_gets_only_the_l
                 await asyncio.sleep(0.02)
         started = await runner.start(event.run_id)
         data, final = await asyncio.wait_for(listener.drain(), 5)
+        await runner.step(event.run_id, plan_steps(ANALYSTS)[0], 0)
+        later, _ = await asyncio.wait_for(listener.drain(), 5)
         hub.leave(listener)
     assert not listener.dropped and not final
     assert re.findall(rb"^id: (.+)$", data, re.MULTILINE) == [started.encode()]
     assert json.loads(data.split(b"data: ", 1)[1])["state"]["status"] == "running"  # a first frame: full
+    # primed by it: the frames after carry only the changes
+    assert all("delta" in json.loads(part.split(b"data: ", 1)[1]) for part in later.split(b"\n\n") if part)
 
 
 async def test_a_hung_up_listener_ends_its_stream_even_with_a_frame_queued_after_the_hang_up() -> None:

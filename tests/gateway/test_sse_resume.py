@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -108,6 +109,8 @@ def _bearer(token: str) -> dict[str, str]:
 
 async def _status_of_events(http: httpx.AsyncClient, run_id: str, headers: dict[str, str]) -> int:
     async with asyncio.timeout(FAST_S), http.stream("GET", f"{RUNS}/{run_id}/events", headers=headers) as r:
+        if r.status_code == 404:  # the problem names the run asked for
+            assert run_id in json.loads(await r.aread())["detail"]
         return r.status_code
 
 
