@@ -178,6 +178,7 @@ async def test_a_listener_too_slow_for_a_batch_is_dropped_and_the_rest_get_the_b
             while len(fast.frames) < 2:
                 await asyncio.sleep(0.02)
         assert slow.dropped and slower.dropped and hub.dropped == 2 and not fast.dropped
+        assert sorted(task.get_name() for task in hub._tasks) == ["sse-heartbeat", "sse-hub"]  # task dumps
         assert [f.final for f in slow.frames] == [True]
         batch = fast.frames[1]
         assert batch.data.count(b"id: ") == 2  # both events, as one queued frame
