@@ -9,6 +9,8 @@ reports reaches the run's stream as reported (a resumed run skips steps by their
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, Literal
@@ -45,7 +47,7 @@ from shared.keys import RUNNERS_GROUP, Keys
 from shared.redis_io import ensure_group
 from shared.results import JsonOutput, RunResult, StepOutput, Usage
 from shared.store import EventStore
-from shared.telemetry import current_traceparent
+from shared.telemetry import current_traceparent, run_id_var
 from tests.runner.support import STEP_USAGE, events_of, runner_settings, submit
 
 Ending = Literal["retry", "release", "step", "hang", "complete", "cancel"]
@@ -105,6 +107,7 @@ class Reports:
     def __init__(self, steps: int = 1) -> None:
         self.steps = steps
         self.task_name = ""
+        self.logged_as: str | None = None
 
     async def run(
         self,
@@ -113,13 +116,14 @@ class Reports:
         reporter: StepReporter,
         *,
         spent: Usage,
-    ) -> RunResult | None:
+    ) -> JsonOutput:
         self.task_name = asyncio.current_task().get_name()  # type: ignore[union-attr]
+        self.logged_as = run_id_var.get()
         for index, step in enumerate(plan_steps(request.analysts)[: self.steps]):
             await reporter.started(step, index)
             await reporter.progress(step, 0.5)
             await reporter.completed(step, self.output, 0.25, STEP_USAGE)
-        return None
+        return self.output
 
 
 async def _execute_once(
@@ -226,9 +230,12 @@ async def test_a_steps_report_reaches_the_stream_as_reported(
     """The output (what a resumed run skips the step with), time, usage and attempt of a step."""
     store = EventStore(redis, keys)
     pipeline = Reports()
+    began = time.monotonic()
     run_id, _ = await _execute_once(redis, redis_url, keys, pipeline, deliveries=2)
+    took = time.monotonic() - began
 
     assert pipeline.task_name == f"pipeline-{run_id}"  # what a task dump shows an operator
+    assert pipeline.logged_as == run_id  # every log line of the run carries its run_id
     events = await events_of(store, run_id)
     [started] = [e for e in events if isinstance(e, StepStarted)]
     [completed] = [e for e in events if isinstance(e, StepCompleted)]
@@ -237,6 +244,9 @@ async def test_a_steps_report_reaches_the_stream_as_reported(
     assert (progress.step, progress.progress, progress.message) == ("data_collection", 0.5, "")
     assert (completed.output, completed.duration_s, completed.usage) == (Reports.output, 0.25, STEP_USAGE)
     assert isinstance(events[-1], RunCompleted) and events[-1].usage == STEP_USAGE
+    assert events[-1].output == Reports.output.value  # a pipeline's JSON output is the run's
+    duration = events[-1].duration_s
+    assert 0 <= duration <= took and duration == round(duration, 3)  # seconds, to the millisecond
 
 
 async def test_a_resumed_run_has_only_what_is_left_of_its_deadline(
@@ -255,12 +265,16 @@ async def test_a_resumed_run_has_only_what_is_left_of_its_deadline(
         pass
 
     began = asyncio.get_running_loop().time()
-    run_id, _ = await _execute_once(
+    run_id, executor = await _execute_once(
         redis, redis_url, keys, Meanwhile(nothing, "hang"), 2, started_long_ago, TT_RUN_DEADLINE_S="2"
     )
     spent = asyncio.get_running_loop().time() - began - 2.1
-    last = (await events_of(store, run_id))[-1]
+    events = await events_of(store, run_id)
+    last = events[-1]
     assert isinstance(last, RunFailed) and (last.status, last.code) == ("timeout", "timeout")
+    assert executor.finished == Counter(timeout=1)
+    resumed = [e for e in events if isinstance(e, RunStarted)][-1]
+    assert resumed.queue_wait_s == 0.0  # only a run's first start waited in the queue
     assert spent < 1.5, f"the resumed attempt ran {spent:.1f} s past the run's deadline"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,9 +42,12 @@ async def test_a_run_completes_its_steps_and_its_entry_is_acked(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:
     store = EventStore(redis, keys)
+    submitted = time.time()
     run_id = await submit(store)
+    await asyncio.sleep(0.2)  # queued that long at least
     async with running_worker(redis_url, CountingPipeline(redis)):
         state = await wait_state(store, run_id)
+    queued_at_most = time.time() - submitted
     assert state.status == "completed"
     assert state.result is not None and state.result.decision == "HOLD"
     events = await events_of(store, run_id)
@@ -54,7 +58,9 @@ async def test_a_run_completes_its_steps_and_its_entry_is_acked(
     progress = [(e.step, e.progress, e.message) for e in events if isinstance(e, StepProgress)]
     assert progress == [(step, part / 4, f"{part}/4") for step in completed for part in range(1, 5)]
     started = [e for e in events if isinstance(e, RunStarted)]
-    assert len(started) == 1 and started[0].attempt == 1 and started[0].queue_wait_s >= 0
+    assert len(started) == 1 and started[0].attempt == 1
+    waited = started[0].queue_wait_s  # seconds, to the millisecond
+    assert 0.2 <= waited <= queued_at_most and waited == round(waited, 3)
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
     assert not await redis.sismember(keys.active("local"), run_id)
 
