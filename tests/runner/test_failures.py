@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from services.runner.pipeline.base import StepReporter
 from services.runner.runs import _elapsed_before
 from shared import streamids
-from shared.events import EventCodec, RunFailed, RunStarted
+from shared.catalog import plan_steps
+from shared.events import EventCodec, RunFailed, RunRequested, RunStarted
 from shared.keys import RUNNERS_GROUP, Keys
+from shared.results import RunResult, StepOutput, Usage
 from shared.store import Entry, EventStore
 from tests.runner.support import (
     CountingPipeline,
@@ -205,6 +210,50 @@ async def test_retries_wait_out_a_backoff_that_doubles(redis_url: str, redis: Re
         # and no later than the jitter's high end (plus polling and a busy machine): a retry that
         # fails to schedule its delay is taken over only when the 4 s lease runs out
         assert gap < base_s * 2 ** (attempt - 1) * 1.5 + 1.5, (attempt, gaps)
+
+
+async def test_a_permanent_error_on_a_later_attempt_names_that_attempt(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """A runner read the entry and died; the next attempt fails for good, and says which it was."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="PERM")
+    await redis.xgroup_create(keys.queue, RUNNERS_GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(RUNNERS_GROUP, "a-runner-that-died", {keys.queue: ">"})
+    async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.3"):
+        await wait_state(store, run_id)
+    (failed,) = [e for e in await events_of(store, run_id) if isinstance(e, RunFailed)]
+    assert (failed.code, failed.attempt) == ("bad_model", 2)
+
+
+class SwallowsTheTimeout:
+    """A step whose client code swallows one cancellation (here: the step timeout's) and goes on."""
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
+    ) -> RunResult | None:
+        await reporter.started(plan_steps(request.analysts)[0], 0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+        return None
+
+
+async def test_a_step_timeout_cancels_a_pipeline_that_swallows_it_again_at_once(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """After a timeout the supervisor cancels until the pipeline ends (``until_cancelled``), not
+    once and then a 5 s wait (``STOP_WAIT_S``): the run ends well within 3 s of its 0.3 s step."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    async with running_worker(redis_url, SwallowsTheTimeout(), TT_STEP_TIMEOUT_S="0.3"):
+        state = await wait_state(store, run_id, timeout_s=3)
+    assert state.status == "timeout" and state.error is not None and state.error.code == "step_timeout"
 
 
 def test_the_time_before_an_attempt_runs_from_the_first_start_on_redis_clock() -> None:
