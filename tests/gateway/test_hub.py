@@ -16,12 +16,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.gateway.frames import Frame, make_frame
+from services.gateway.frames import Frame, end_frame, make_frame, sse_frame
 from services.gateway.hub import Hub, Listener, Watch
 from shared.catalog import plan_steps
 from shared.events import RunStarted, StepProgress, StepStarted
 from shared.keys import Keys
 from shared.redis_io import connect
+from shared.reducer import apply, initial
 from shared.statedelta import merge
 from shared.store import Appends, EventStore
 from tests.gateway.support import ANALYSTS, Runner, request_event
@@ -154,6 +155,8 @@ async def test_every_delta_merged_into_the_state_before_it_is_the_full_state_aft
     for before, after, frame, data in zip(full[:-1], full[1:], frames[1:], sent[1:], strict=True):
         assert merge(before["state"], data["delta"], frame.id) == after["state"]
         assert data["event"] == after["event"] and set(data["event"]) <= {"type", "step"}
+    steps = [d["event"].get("step") for d in sent if d["event"]["type"].startswith("Step")]
+    assert steps and all(steps), "a step's event frame names its step"
 
 
 async def test_a_listener_too_slow_for_a_batch_is_dropped_and_the_rest_get_the_batch(
@@ -274,3 +277,22 @@ async def test_a_listener_whose_first_frames_come_as_a_batch_gets_the_full_state
     frames = [json.loads(part.split(b"data: ", 1)[1]) for part in data.split(b"\n\n") if part]
     assert [f["event"]["type"] for f in frames] == ["RunStarted", "StepStarted"]
     assert frames[0]["state"]["status"] == "running" and "delta" in frames[1]
+
+
+async def test_the_hub_between_a_join_and_its_first_read_knows_no_owner_and_skips_unwatched_runs(
+    redis_url: str, keys: Keys
+) -> None:
+    """A run joined but not read yet has no frames: its owner is unknown here ("", so the caller
+    asks Redis), not an error; entries of a run no longer watched are ignored, not an error."""
+    async with running_hub(redis_url, keys, "edge-hub", block_ms=200) as hub:
+        hub._watches["joined"] = Watch("joined", keys.run("joined"))
+        assert hub.owner("joined") == "" and hub.owner("never") == ""
+        hub._on_entries(keys.run("gone"), [(b"1-0", {b"e": b"{}"})])
+        assert "gone" not in hub._watches
+
+
+def test_frames_without_an_id_carry_no_id_line() -> None:
+    """An empty ``id:`` line would clear a browser's Last-Event-ID (the end and reset frames)."""
+    state = apply(initial("r"), request_event("local"), "1-0")
+    assert b"id:" not in end_frame(state).data
+    assert b"id:" not in sse_frame("reset", {"state": {}})
