@@ -287,7 +287,7 @@ async def test_the_hub_between_a_join_and_its_first_read_knows_no_owner_and_skip
     async with running_hub(redis_url, keys, "edge-hub", block_ms=200) as hub:
         hub._watches["joined"] = Watch("joined", keys.run("joined"))
         assert hub.owner("joined") == "" and hub.owner("never") == ""
-        hub._on_entries(keys.run("gone"), [(b"1-0", {b"e": b"{}"})])
+        hub._on_entries(keys.run("gone"), [("1-0", {b"e": b"{}"})])
         assert "gone" not in hub._watches
 
 
