@@ -91,8 +91,12 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/gateway/test_hub.py",
             "tests/gateway/test_sse_resume.py",
             "tests/gateway/test_isolation.py",
-            # Reset after a trim (a projector process serves the snapshot; ~4 s, so this one only).
+            # Resets from the read model (a projector process serves the snapshot; ~4 s each, so
+            # these only): a trim behind a followed run, a trimmed run nobody follows (its owner
+            # looked up in Redis), an expired stream (its owner check by the read model).
             "tests/gateway/test_with_projector.py::test_a_client_joining_a_followed_run_trimmed_meanwhile_gets_a_reset",
+            "tests/gateway/test_with_projector.py::test_every_client_of_a_trimmed_run_gets_a_reset_also_while_the_hub_follows_it",
+            "tests/gateway/test_with_projector.py::test_expired_run_stream_gives_reset_from_the_read_model",
             # Throughput and GC tuning, not a guarantee: 11 s a surviving mutant for nothing.
             "--deselect=tests/gateway/test_sse.py::test_200_clients_all_get_every_event_on_a_flat_connection_count",
             "--deselect=tests/gateway/test_hub.py::test_tune_gc_freezes_the_loaded_heap_and_raises_the_thresholds",

@@ -16,12 +16,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.gateway.frames import Frame, make_frame
+from services.gateway.frames import Frame, end_frame, make_frame, sse_frame
 from services.gateway.hub import Hub, Listener, Watch
 from shared.catalog import plan_steps
 from shared.events import RunStarted, StepProgress, StepStarted
 from shared.keys import Keys
 from shared.redis_io import connect
+from shared.reducer import apply, initial
 from shared.statedelta import merge
 from shared.store import Appends, EventStore
 from tests.gateway.support import ANALYSTS, Runner, request_event
@@ -154,19 +155,21 @@ async def test_every_delta_merged_into_the_state_before_it_is_the_full_state_aft
     for before, after, frame, data in zip(full[:-1], full[1:], frames[1:], sent[1:], strict=True):
         assert merge(before["state"], data["delta"], frame.id) == after["state"]
         assert data["event"] == after["event"] and set(data["event"]) <= {"type", "step"}
+    steps = [d["event"].get("step") for d in sent if d["event"]["type"].startswith("Step")]
+    assert steps and all(steps), "a step's event frame names its step"
 
 
 async def test_a_listener_too_slow_for_a_batch_is_dropped_and_the_rest_get_the_batch(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:
-    """Events appended in one step reach the hub as one read (a batch): a listener whose queue is
-    full is cut there, counted once, and the others get the whole batch."""
+    """Events appended in one step reach the hub as one read (a batch): each listener whose queue
+    is full is cut there and counted once (two here), and the others get the whole batch."""
     store = EventStore(redis, keys)
     event = request_event("local")
     await store.submit(event)
     run_id, steps = event.run_id, plan_steps(ANALYSTS)
     async with running_hub(redis_url, keys, "batch-hub", block_ms=500) as hub:
-        slow = await hub.join(run_id, "0-0", maxsize=1)
+        slow, slower = [await hub.join(run_id, "0-0", maxsize=1) for _ in range(2)]
         fast = await hub.join(run_id, "0-0", maxsize=100)
         async with asyncio.timeout(5):
             while len(fast.frames) < 1:  # the RunRequested: the slow listener's queue is full
@@ -177,11 +180,12 @@ async def test_a_listener_too_slow_for_a_batch_is_dropped_and_the_rest_get_the_b
         async with asyncio.timeout(5):
             while len(fast.frames) < 2:
                 await asyncio.sleep(0.02)
-        assert slow.dropped and hub.dropped == 1 and not fast.dropped
+        assert slow.dropped and slower.dropped and hub.dropped == 2 and not fast.dropped
+        assert sorted(task.get_name() for task in hub._tasks) == ["sse-heartbeat", "sse-hub"]  # task dumps
         assert [f.final for f in slow.frames] == [True]
         batch = fast.frames[1]
         assert batch.data.count(b"id: ") == 2  # both events, as one queued frame
-        for listener in (slow, fast):
+        for listener in (slow, slower, fast):
             hub.leave(listener)
         assert hub.listeners == 0
 
@@ -228,10 +232,14 @@ async def test_a_resume_at_an_event_the_hub_reads_after_the_join_gets_only_the_l
                 await asyncio.sleep(0.02)
         started = await runner.start(event.run_id)
         data, final = await asyncio.wait_for(listener.drain(), 5)
+        await runner.step(event.run_id, plan_steps(ANALYSTS)[0], 0)
+        later, _ = await asyncio.wait_for(listener.drain(), 5)
         hub.leave(listener)
     assert not listener.dropped and not final
     assert re.findall(rb"^id: (.+)$", data, re.MULTILINE) == [started.encode()]
     assert json.loads(data.split(b"data: ", 1)[1])["state"]["status"] == "running"  # a first frame: full
+    # primed by it: the frames after carry only the changes
+    assert all("delta" in json.loads(part.split(b"data: ", 1)[1]) for part in later.split(b"\n\n") if part)
 
 
 async def test_a_hung_up_listener_ends_its_stream_even_with_a_frame_queued_after_the_hang_up() -> None:
@@ -269,3 +277,22 @@ async def test_a_listener_whose_first_frames_come_as_a_batch_gets_the_full_state
     frames = [json.loads(part.split(b"data: ", 1)[1]) for part in data.split(b"\n\n") if part]
     assert [f["event"]["type"] for f in frames] == ["RunStarted", "StepStarted"]
     assert frames[0]["state"]["status"] == "running" and "delta" in frames[1]
+
+
+async def test_the_hub_between_a_join_and_its_first_read_knows_no_owner_and_skips_unwatched_runs(
+    redis_url: str, keys: Keys
+) -> None:
+    """A run joined but not read yet has no frames: its owner is unknown here ("", so the caller
+    asks Redis), not an error; entries of a run no longer watched are ignored, not an error."""
+    async with running_hub(redis_url, keys, "edge-hub", block_ms=200) as hub:
+        hub._watches["joined"] = Watch("joined", keys.run("joined"))
+        assert hub.owner("joined") == "" and hub.owner("never") == ""
+        hub._on_entries(keys.run("gone"), [("1-0", {b"e": b"{}"})])
+        assert "gone" not in hub._watches
+
+
+def test_frames_without_an_id_carry_no_id_line() -> None:
+    """An empty ``id:`` line would clear a browser's Last-Event-ID (the end and reset frames)."""
+    state = apply(initial("r"), request_event("local"), "1-0")
+    assert b"id:" not in end_frame(state).data
+    assert b"id:" not in sse_frame("reset", {"state": {}})

@@ -126,8 +126,12 @@ async def test_after_query_and_header_precedence(client: httpx.AsyncClient, runn
 
 
 async def test_unknown_run_and_bad_cursor(client: httpx.AsyncClient) -> None:
-    unknown = await client.get(f"{RUNS}/{new_run_id()}/events")  # fresh: 404 needs no projector
+    fresh = new_run_id()
+    unknown = await client.get(f"{RUNS}/{fresh}/events")  # fresh: 404 needs no projector
     assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
+    assert fresh in unknown.json()["detail"]  # the problem names the run asked for
+    malformed = await client.get(f"{RUNS}/not-a-run-id/events")
+    assert malformed.status_code == 404 and "not-a-run-id" in malformed.json()["detail"]
     run_id = await submit(client)
     bad = await client.get(f"{RUNS}/{run_id}/events", headers={"Last-Event-ID": "yesterday"})
     assert bad.status_code == 422 and bad.json()["field"] == "Last-Event-ID"

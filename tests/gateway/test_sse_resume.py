@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+from collections.abc import Awaitable, Callable
 
 import httpx
 from redis.asyncio import Redis
 
+from services.gateway.flight import SingleFlight
+from services.gateway.runtime import Runtime
 from shared.keys import Keys
+from shared.store import Entry
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.support import BODY, RUNS, Runner, SseLog, read_sse, stream_ids
 
@@ -79,12 +84,33 @@ async def test_a_resume_while_another_client_follows_gets_exactly_the_later_even
         assert log.events[-1] == "end"
 
 
+async def test_a_resume_at_the_first_event_a_trim_kept_gets_no_reset(
+    client: httpx.AsyncClient, runner: Runner, redis: Redis, keys: Keys
+) -> None:
+    """The client has the first retained event, so it lost nothing: the later events, no reset
+    (the reset is for a client whose next event is gone; it also costs a read-model lookup)."""
+    run_id = await _submit(client)
+    await runner.start(run_id)
+    await runner.step(run_id, "data_collection", 0)
+    await redis.xtrim(keys.run(run_id), maxlen=2, approximate=False)  # RunRequested is gone
+    kept = stream_ids(await redis.xrange(keys.run(run_id)))
+    log = SseLog()
+    following = asyncio.create_task(_follow(client, run_id, log, last_id=kept[0]))
+    await _until(log, len(kept) - 1)
+    await runner.complete(run_id)
+    await following
+    assert "reset" not in log.events
+    assert log.ids[: len(kept) - 1] == kept[1:]
+
+
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
 async def _status_of_events(http: httpx.AsyncClient, run_id: str, headers: dict[str, str]) -> int:
     async with asyncio.timeout(FAST_S), http.stream("GET", f"{RUNS}/{run_id}/events", headers=headers) as r:
+        if r.status_code == 404:  # the problem names the run asked for
+            assert run_id in json.loads(await r.aread())["detail"]
         return r.status_code
 
 
@@ -144,3 +170,42 @@ async def test_the_per_user_stream_cap_counts_each_user_apart_and_frees_a_slot_a
         assert await _status_of_events(http, alices, _bearer(ALICE)) == 200
         assert (await http.delete(f"{RUNS}/{bobs}", headers=_bearer(BOB))).status_code == 202
         await bob_follows
+
+
+class _GatedFlight(SingleFlight[list[Entry]]):
+    """The gateway's single flight, its Redis reads held until ``expected`` opens are in it: the
+    opens then overlap for certain, whatever the machine's speed."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected, self.entered, self.gate = expected, 0, asyncio.Event()
+
+    async def run(self, key: str, call: Callable[[], Awaitable[list[Entry]]]) -> list[Entry]:
+        self.entered += 1
+        if self.entered >= self.expected:
+            self.gate.set()
+
+        async def gated() -> list[Entry]:
+            await self.gate.wait()
+            return await call()
+
+        return await super().run(key, gated)
+
+
+async def test_concurrent_opens_of_two_users_runs_each_get_their_own_run(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Kills: the first-event read shared under another key than the run's (``stream_events``'s
+    single flight): Bob's open, overlapping Alice's, would get her run's first event, so her
+    owner, and a 404 for his own run."""
+    tokens = {hashlib.sha256(t.encode()).hexdigest(): u for t, u in ((ALICE, "alice"), (BOB, "bob"))}
+    gateway = await start_gateway(auth=True, api_tokens=tokens, high_priority_users=frozenset())
+    runtime: Runtime = gateway.app.state.runtime
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=FAST_S) as http:
+        alices, bobs = await _submit(http, _bearer(ALICE)), await _submit(http, _bearer(BOB))
+        runtime.lookups = flight = _GatedFlight(expected=2)
+        statuses = await asyncio.gather(
+            _status_of_events(http, alices, _bearer(ALICE)), _status_of_events(http, bobs, _bearer(BOB))
+        )
+        assert flight.entered == 2
+        assert list(statuses) == [200, 200]

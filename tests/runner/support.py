@@ -130,12 +130,13 @@ async def submit(
     symbol: str = "AAPL",
     analysts: tuple[str, ...] = ("market", "risk"),
     priority: str = "normal",
+    traceparent: str | None = None,
     **options: object,
 ) -> str:
     run_id = new_run_id()
     request = RunRequested(
         run_id=run_id, user_id="local", symbol=symbol, model_id="offline", analysts=analysts,
-        options=RunOptions(**options), priority=priority,  # type: ignore[arg-type]
+        options=RunOptions(**options), priority=priority, traceparent=traceparent,  # type: ignore[arg-type]
     )  # fmt: skip
     assert isinstance(await store.submit(request), Submitted)
     return run_id

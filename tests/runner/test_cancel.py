@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
+from collections.abc import Mapping
+from datetime import timedelta
 
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from services.runner import runs
+from services.runner.pipeline.base import StepReporter
 from shared.catalog import plan_steps
-from shared.events import RunCancellationConfirmed, RunCancelled, RunStarted, StepCompleted, StepStarted
+from shared.events import (
+    RunCancellationConfirmed,
+    RunCancelled,
+    RunRequested,
+    RunStarted,
+    StepCompleted,
+    StepStarted,
+    utcnow,
+)
 from shared.keys import RUNNERS_GROUP, Keys
+from shared.results import RunResult, StepOutput, Usage
 from shared.store import EventStore, RefusalReason, Refused
 from tests.runner.support import (
     CountingPipeline,
@@ -72,6 +86,111 @@ async def test_a_run_cancelled_mid_step_stops_within_half_a_second(
     assert not await redis.get(completed_key(run_id, "data_collection"))
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
     assert not await redis.sismember(keys.active("local"), run_id)
+
+
+@pytest.mark.parametrize("seconds", [0.23456, -0.5])
+async def test_the_cancel_latency_is_recorded_in_milliseconds_and_seconds(
+    redis_url: str, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch, seconds: float
+) -> None:
+    """From the RunCancelled's time to the runner's confirmation: in the event, milliseconds to
+    one decimal; in the histogram, seconds, never below 0 (a runner's clock behind the gateway's).
+    The runner's clock is set to read ``seconds`` after the cancel, so the figures are exact."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="HANG")
+    cancelled_at = utcnow()
+    monkeypatch.setattr(runs, "utcnow", lambda: cancelled_at + timedelta(seconds=seconds))
+    summed, timed = _sample(LATENCIES.replace("_count", "_sum")), _sample(LATENCIES)
+    async with running_worker(redis_url, CountingPipeline(redis)):
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        await store.append(RunCancelled(run_id=run_id, user_id="local", at=cancelled_at))
+        await wait_state(store, run_id, timeout_s=5)
+    [confirmed] = [e for e in await events_of(store, run_id) if isinstance(e, RunCancellationConfirmed)]
+    assert confirmed.latency_ms == round(seconds * 1000, 1)
+    assert _sample(LATENCIES) == timed + 1
+    assert _sample(LATENCIES.replace("_count", "_sum")) - summed == pytest.approx(max(seconds, 0.0))
+
+
+class SwallowsACancel:
+    """A step whose client code swallows one cancellation (some libraries do) and goes on."""
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
+    ) -> RunResult | None:
+        await reporter.started(plan_steps(request.analysts)[0], 0)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+        await asyncio.sleep(3600)
+        return None
+
+
+async def test_a_pipeline_swallowing_the_cancel_is_stopped_at_once_all_the_same(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """The cancel wakes the supervisor (``Execution.stopping``), which cancels the pipeline until
+    it ends: not at the next step-timeout check (30 s here; the run must end within 10 s)."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    async with running_worker(redis_url, SwallowsACancel(), TT_STEP_TIMEOUT_S="30"):
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        await store.append(RunCancelled(run_id=run_id, user_id="local"))
+        state = await wait_state(store, run_id, timeout_s=10)
+    assert state.status == "cancelled"
+
+
+class IgnoresCancels:
+    """A step that ignores every cancellation until ``obey`` (a client library gone wrong)."""
+
+    def __init__(self) -> None:
+        self.obey, self.ignored = False, 0
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
+    ) -> RunResult | None:
+        await reporter.started(plan_steps(request.analysts)[0], 0)
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if self.obey:
+                    raise
+                self.ignored += 1
+
+
+async def test_a_runs_task_cancelled_cancels_its_pipeline_and_waits_for_it_only_so_long(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """The runner's hard stop cancels the task of a run still going: the supervisor cancels the
+    pipeline too, waits ``STOP_WAIT_S`` (5 s) for it and no longer, and the run's task ends
+    cancelled (not as an error of its clean-up)."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    pipeline = IgnoresCancels()
+    async with running_worker(redis_url, pipeline):
+        await wait_event(store, run_id, lambda e: isinstance(e, StepStarted))
+        tasks = asyncio.all_tasks()
+        work = next(task for task in tasks if task.get_name() == f"pipeline-{run_id}")
+        try:
+            run = next(task for task in tasks if task.get_name().endswith(f"-run-{run_id}"))
+            run.cancel()
+            await asyncio.wait({run}, timeout=15)
+            assert run.done() and run.cancelled(), run
+            assert pipeline.ignored >= 1 and not work.done()
+        finally:
+            pipeline.obey = True
+            work.cancel()
+            await asyncio.wait({work})
 
 
 async def test_cancelling_many_running_runs_confirms_each_once(

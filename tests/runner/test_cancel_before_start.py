@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -60,15 +61,28 @@ async def _pending(redis: Redis, keys: Keys) -> int:
     return int((await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"])
 
 
-async def test_a_run_cancelled_after_a_runner_read_it_is_never_started(rig: Rig, redis: Redis) -> None:
+async def test_a_run_cancelled_after_a_runner_read_it_is_never_started(
+    rig: Rig, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Kills: the append script letting a start through after a cancel of the queued run ("start
-    after the end", "cancel while queued leaves it queued" in bench/mutate.py)."""
+    after the end", "cancel while queued leaves it queued" in bench/mutate.py), and the executor
+    running the pipeline after its start was refused."""
+    calls: list[str] = []
+    run = CountingPipeline.run
+
+    async def recorded(self: CountingPipeline, request: RunRequested, *args: Any, **kwargs: Any) -> Any:
+        calls.append(request.run_id)
+        return await run(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(CountingPipeline, "run", recorded)
     run_id = await submit(rig.store)
     job, entries = await _read_first(rig)
     assert [type(e) for _, e in entries] == [RunRequested]
     await rig.store.append(RunCancelled(run_id=run_id, user_id="local"))
 
     await rig.executor.handle(Execution(job), entries)
+
+    assert calls == [], "the pipeline ran a run whose start was refused"
 
     assert [type(e) for e in await events_of(rig.store, run_id)] == [RunRequested, RunCancelled]
     assert await redis.get(started_key(run_id, "data_collection")) is None

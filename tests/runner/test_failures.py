@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from services.runner.pipeline.base import StepReporter
+from services.runner.runs import _elapsed_before
 from shared import streamids
-from shared.events import RunFailed, RunStarted
+from shared.catalog import plan_steps
+from shared.events import EventCodec, RunFailed, RunRequested, RunStarted
 from shared.keys import RUNNERS_GROUP, Keys
-from shared.store import EventStore
+from shared.results import RunResult, StepOutput, Usage
+from shared.store import Entry, EventStore
 from tests.runner.support import (
     CountingPipeline,
     counted_finished,
@@ -60,6 +66,27 @@ async def test_a_poison_entry_is_dead_lettered_and_the_next_run_completes(
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
 
 
+async def test_a_poison_entry_found_on_a_later_delivery_is_ended_naming_that_attempt(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """A runner read the entry and died; the runner claiming it finds the poison (a run whose
+    first event is no RunRequested: its start was trimmed away) on the entry's second delivery,
+    and the run's RunFailed says so (not a default first)."""
+    store = EventStore(redis, keys)
+    stray = RunStarted(run_id="garbled", runner_id="gone", attempt=1, steps=())
+    await redis.xadd(keys.run("garbled"), {"e": EventCodec().encode(stray)})
+    await redis.hset(keys.meta("garbled"), mapping={"phase": "queued", "user": "local"})
+    await redis.xadd(keys.queue, {"r": "garbled"})
+    await redis.xgroup_create(keys.queue, RUNNERS_GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(RUNNERS_GROUP, "a-runner-that-died", {keys.queue: ">"})
+    async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.3"):
+        async with asyncio.timeout(10):
+            while not await _deadletters(redis, keys):
+                await asyncio.sleep(0.02)
+    (ended,) = [e for e in await events_of(store, "garbled") if isinstance(e, RunFailed)]
+    assert (ended.code, ended.attempt) == ("poison", 2)
+
+
 async def test_a_run_failing_every_attempt_is_dead_lettered_after_the_maximum(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:
@@ -90,8 +117,9 @@ async def test_a_run_failing_every_attempt_is_dead_lettered_after_the_maximum(
 async def test_a_permanent_error_fails_the_run_at_once(redis_url: str, redis: Redis, keys: Keys) -> None:
     store = EventStore(redis, keys)
     run_id = await submit(store, symbol="PERM")
-    async with running_worker(redis_url, CountingPipeline(redis)):
+    async with running_worker(redis_url, CountingPipeline(redis)) as worker:
         state = await wait_state(store, run_id)
+        await counted_finished(worker, Counter(failed=1))
     assert state.status == "failed" and state.error is not None and state.error.code == "bad_model"
     assert len([e for e in await events_of(store, run_id) if isinstance(e, RunStarted)]) == 1
     assert await redis.xlen(keys.deadletter) == 0
@@ -101,8 +129,9 @@ async def test_a_permanent_error_fails_the_run_at_once(redis_url: str, redis: Re
 async def test_the_run_deadline_ends_a_run_with_timeout(redis_url: str, redis: Redis, keys: Keys) -> None:
     store = EventStore(redis, keys)
     run_id = await submit(store, symbol="HANG", deadline_s=0.5)
-    async with running_worker(redis_url, CountingPipeline(redis)):
+    async with running_worker(redis_url, CountingPipeline(redis)) as worker:
         state = await wait_state(store, run_id, timeout_s=10)
+        await counted_finished(worker, Counter(timeout=1))
     assert state.status == "timeout" and state.error is not None and state.error.code == "timeout"
     assert state.duration_s is not None and 0.4 < state.duration_s < 3
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
@@ -181,3 +210,57 @@ async def test_retries_wait_out_a_backoff_that_doubles(redis_url: str, redis: Re
         # and no later than the jitter's high end (plus polling and a busy machine): a retry that
         # fails to schedule its delay is taken over only when the 4 s lease runs out
         assert gap < base_s * 2 ** (attempt - 1) * 1.5 + 1.5, (attempt, gaps)
+
+
+async def test_a_permanent_error_on_a_later_attempt_names_that_attempt(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """A runner read the entry and died; the next attempt fails for good, and says which it was."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="PERM")
+    await redis.xgroup_create(keys.queue, RUNNERS_GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(RUNNERS_GROUP, "a-runner-that-died", {keys.queue: ">"})
+    async with running_worker(redis_url, CountingPipeline(redis), TT_LEASE_S="0.3"):
+        await wait_state(store, run_id)
+    (failed,) = [e for e in await events_of(store, run_id) if isinstance(e, RunFailed)]
+    assert (failed.code, failed.attempt) == ("bad_model", 2)
+
+
+class SwallowsTheTimeout:
+    """A step whose client code swallows one cancellation (here: the step timeout's) and goes on."""
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
+    ) -> RunResult | None:
+        await reporter.started(plan_steps(request.analysts)[0], 0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+        return None
+
+
+async def test_a_step_timeout_cancels_a_pipeline_that_swallows_it_again_at_once(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """After a timeout the supervisor cancels until the pipeline ends (``until_cancelled``), not
+    once and then a 5 s wait (``STOP_WAIT_S``): the run ends well within 3 s of its 0.3 s step."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    async with running_worker(redis_url, SwallowsTheTimeout(), TT_STEP_TIMEOUT_S="0.3"):
+        state = await wait_state(store, run_id, timeout_s=3)
+    assert state.status == "timeout" and state.error is not None and state.error.code == "step_timeout"
+
+
+def test_the_time_before_an_attempt_runs_from_the_first_start_on_redis_clock() -> None:
+    """``_elapsed_before``: 0 for the first attempt, else from the first RunStarted's stream ID to
+    this attempt's, in seconds (what the run's deadline and duration add up)."""
+    first = RunStarted(run_id="r", runner_id="a", attempt=1, steps=())
+    entries: list[Entry] = [("1000-0", first), ("3500-1", first)]
+    assert _elapsed_before(entries, "1000-0") == 0.0
+    assert _elapsed_before(entries, "3500-1") == 2.5
+    assert _elapsed_before([], "3500-1") == 0.0

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from services.runner.eta import EtaBook, config_of
 from services.runner.leases import Leases
+from services.runner.pipeline.base import StepReporter
+from shared.catalog import plan_steps
 from shared.events import RunCancelled, RunCompleted, RunRequested, RunStarted, StepCompleted, StepProgress
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.redis_io import ensure_group
+from shared.results import RunResult, StepOutput, Usage
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_state
 
@@ -36,9 +42,12 @@ async def test_a_run_completes_its_steps_and_its_entry_is_acked(
     redis_url: str, redis: Redis, keys: Keys
 ) -> None:
     store = EventStore(redis, keys)
+    submitted = time.time()
     run_id = await submit(store)
+    await asyncio.sleep(0.2)  # queued that long at least
     async with running_worker(redis_url, CountingPipeline(redis)):
         state = await wait_state(store, run_id)
+    queued_at_most = time.time() - submitted
     assert state.status == "completed"
     assert state.result is not None and state.result.decision == "HOLD"
     events = await events_of(store, run_id)
@@ -49,9 +58,56 @@ async def test_a_run_completes_its_steps_and_its_entry_is_acked(
     progress = [(e.step, e.progress, e.message) for e in events if isinstance(e, StepProgress)]
     assert progress == [(step, part / 4, f"{part}/4") for step in completed for part in range(1, 5)]
     started = [e for e in events if isinstance(e, RunStarted)]
-    assert len(started) == 1 and started[0].attempt == 1 and started[0].queue_wait_s >= 0
+    assert len(started) == 1 and started[0].attempt == 1
+    waited = started[0].queue_wait_s  # seconds, to the millisecond
+    assert 0.2 <= waited <= queued_at_most and waited == round(waited, 3)
     assert (await redis.xpending(keys.queue, RUNNERS_GROUP))["pending"] == 0
     assert not await redis.sismember(keys.active("local"), run_id)
+
+
+class CompletesWithoutStarting:
+    """Reports each step completed without starting it (e.g. a pipeline that found it cached)."""
+
+    async def run(
+        self,
+        request: RunRequested,
+        done: Mapping[str, StepOutput | None],
+        reporter: StepReporter,
+        *,
+        spent: Usage,
+    ) -> RunResult | None:
+        for step in plan_steps(request.analysts):
+            await reporter.completed(step, None, 0.0, Usage())
+        return None
+
+
+async def test_steps_reported_completed_without_a_start_complete_the_run(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """The SDK's reporter takes ``completed`` alone (no span of the step to end, no error)."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store)
+    async with running_worker(redis_url, CompletesWithoutStarting()):
+        state = await wait_state(store, run_id)
+    assert state.status == "completed"
+    completed = [e.step for e in await events_of(store, run_id) if isinstance(e, StepCompleted)]
+    assert completed == list(plan_steps(("market", "risk")))
+
+
+async def test_the_executing_gauge_counts_the_runs_held_and_falls_back_to_zero(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """``tickertape_runs_executing``: one while the run executes, none once it ended."""
+    store = EventStore(redis, keys)
+    run_id = await submit(store, symbol="HANG")
+    async with running_worker(redis_url, CountingPipeline(redis)):
+        await wait_state(store, run_id, terminal=False)
+        assert REGISTRY.get_sample_value("tickertape_runs_executing") == 1
+        await store.append(RunCancelled(run_id=run_id, user_id="local"))
+        await wait_state(store, run_id)
+        async with asyncio.timeout(5):  # the worker frees the slot just after the terminal append
+            while REGISTRY.get_sample_value("tickertape_runs_executing") != 0:
+                await asyncio.sleep(0.02)
 
 
 async def test_a_noop_run_completes_without_the_pipeline(redis_url: str, redis: Redis, keys: Keys) -> None:
