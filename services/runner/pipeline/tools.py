@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from services.runner.pipeline.base import PipelineError
-from services.runner.pipeline.evidence import ANALYSES
+from services.runner.pipeline.evidence import of
 from services.runner.pipeline.llm import ChatRequest, Message
 from services.runner.pipeline.metering import MeteredModel
 from shared.results import MarketData, ToolUse
@@ -58,7 +58,7 @@ def call(data: MarketData, name: str, arguments: str) -> dict[str, Any]:
     """Run one tool on the collected data; a bad call gets an error the model can read."""
     by_name = {tool: analyst for analyst, (tool, _) in TOOL_OF.items()}
     if name in by_name:
-        evidence = ANALYSES[by_name[name]](data)
+        evidence = of(by_name[name], data)
         return {"numbers": evidence.numbers, "findings": [[f.text, f.weight] for f in evidence.findings]}
     if name == PRICE_TOOL:
         try:
