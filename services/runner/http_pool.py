@@ -154,6 +154,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -164,7 +165,15 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.error: httpx.TransportError | None = None
+        self.timed_out = False
         self._wake: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        self._stop_timer()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     @property
     def reusable(self) -> bool:
@@ -180,17 +189,34 @@ class _Connection(asyncio.Protocol):
         return int(self.parser.get_status_code())
 
     async def wait(self, timeout: float | None) -> None:
-        """Until the parser has more for us; raises what broke the exchange."""
+        """Until the parser has more for us; raises what broke the exchange.
+
+        The read timeout is one timer per exchange that moves its deadline on, not a timer per
+        wait: a streamed answer waits once per chunk."""
         if self.error is not None:
             raise self.error
-        self._wake = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._wake
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout(f"no answer within {timeout} s") from exc
+        loop = asyncio.get_running_loop()
+        self._wake = loop.create_future()
+        if timeout is not None:
+            self._deadline = loop.time() + timeout
+            if self._timer is None:
+                self._timer = loop.call_at(self._deadline, self._expire)
+        await self._wake
+        if self.timed_out:
+            raise httpx.ReadTimeout(f"no answer within {timeout} s")
         if self.error is not None and not self.chunks and not self.complete:
             raise self.error
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._wake is None or self._wake.done():
+            return  # not waiting: the next wait arms the timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._expire)
+        else:
+            self.timed_out = True
+            self._wake.set_result(None)
 
     def take(self) -> bytes:
         chunk = self.chunks.popleft()
@@ -201,6 +227,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
 

@@ -155,6 +155,36 @@ async def test_an_answer_cut_off_is_a_transport_error_and_its_connection_is_not_
     assert connections == 2 and transport.in_use == 0
 
 
+CHUNKED_SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+async def test_the_read_timeout_counts_from_the_last_chunk_not_the_request() -> None:
+    """A stream slower in total than the read timeout, but never silent that long, is read whole;
+    a stall as long as the timeout is a ReadTimeout."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(CHUNKED_SSE_HEAD)
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            writer.write(b"2\r\nok\r\n")
+        await asyncio.sleep(1.0)
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    received = b""
+    try:
+        async with httpx.AsyncClient(transport=ModelTransport(1)) as http:
+            async with http.stream("POST", url, json={}, timeout=0.3) as response:
+                with pytest.raises(httpx.ReadTimeout):
+                    async for chunk in response.aiter_raw():
+                        received += chunk
+    finally:
+        server.close()
+    assert received == b"ok" * 6
+
+
 async def sse_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counter: list[int]) -> None:
     """Chat-completions streams, chunked as uvicorn sends them, as long as the client keeps asking."""
     counter.append(1)
@@ -168,7 +198,7 @@ async def sse_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         while head := await reader.readuntil(b"\r\n\r\n"):
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(CHUNKED_SSE_HEAD)
             for frame in frames:
                 writer.write(b"%x\r\n%s\r\n" % (len(frame), frame))
                 await writer.drain()

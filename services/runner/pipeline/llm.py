@@ -23,6 +23,7 @@ from shared.models import ModelSpec
 logger = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_JSON = msgspec.json.Encoder()
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -137,7 +138,7 @@ class OpenAIChat:
     ) -> None:
         self.spec, self.http, self.policy = spec, http, policy
         self.timeout_s = spec.timeout_s or timeout_s
-        self.url = spec.base_url.rstrip("/") + "/chat/completions"
+        self.url = httpx.URL(spec.base_url.rstrip("/") + "/chat/completions")  # parsed once, not per call
         self._headers = self._auth_headers(environ)
         self._decoder = msgspec.json.Decoder(_ChatResponse)
 
@@ -147,7 +148,8 @@ class OpenAIChat:
             raise PipelineError(
                 "llm_config", f"model {self.spec.id!r} needs the environment variable {self.spec.api_key_env}"
             )
-        return {"authorization": f"Bearer {key}"} if key else {}
+        json_body = {"content-type": "application/json"}  # the body is encoded by msgspec
+        return {**json_body, "authorization": f"Bearer {key}"} if key else json_body
 
     async def complete(self, request: ChatRequest) -> Completion:
         body = self._body(request)
@@ -178,7 +180,7 @@ class OpenAIChat:
         last = 0.0
         try:
             async with self.http.stream(
-                "POST", self.url, json=body, headers=self._headers, timeout=self.timeout_s
+                "POST", self.url, content=_JSON.encode(body), headers=self._headers, timeout=self.timeout_s
             ) as response:
                 if response.status_code != 200:
                     await response.aread()
@@ -228,7 +230,7 @@ class OpenAIChat:
     async def _post(self, body: dict[str, Any]) -> Completion:
         try:
             response = await self.http.post(
-                self.url, json=body, headers=self._headers, timeout=self.timeout_s
+                self.url, content=_JSON.encode(body), headers=self._headers, timeout=self.timeout_s
             )
         except httpx.TimeoutException as exc:
             raise _Transient(f"timed out after {self.timeout_s}s") from exc
