@@ -90,13 +90,13 @@ class ModelTransport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(timeout):
                 await waiter
-        except TimeoutError as exc:
-            raise httpx.PoolTimeout("no model connection free in time") from exc
-        except BaseException:
+        except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
-                self._release()  # handed a slot as it was cancelled: pass it on
-            else:
+                self._release()  # handed a slot as it gave up: pass it on
+            elif waiter in self._waiters:
                 self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise httpx.PoolTimeout("no model connection free in time") from exc
             raise
 
     def _release(self) -> None:
@@ -126,6 +126,7 @@ class ModelTransport(httpx.AsyncBaseTransport):
         return await self._connect(origin, timeout)
 
     async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        self._make_room()
         scheme, host, port = origin
         tls = self._context() if scheme == b"https" else None
         loop = asyncio.get_running_loop()
@@ -140,6 +141,17 @@ class ModelTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"connecting to {host}:{port}: {exc}") from exc
         self.opened += 1
         return connection
+
+    def idle(self) -> list[_Connection]:
+        """Open connections waiting for a call, every origin."""
+        return [c for connections in self._idle.values() for c in connections if not c.closed]
+
+    def _make_room(self) -> None:
+        """Close an idle connection to another origin when the open ones are at the limit: the
+        limit is the sockets the runner's open-files check counts on, whatever the origins."""
+        idle = self.idle()
+        if len(idle) + self.in_use > self.limit:
+            idle[0].close()
 
     def _context(self) -> ssl.SSLContext:
         if self._tls is None:  # loading the CA bundle takes ~70 ms: once, and only for https

@@ -96,6 +96,18 @@ async def test_calls_beyond_the_limit_wait_for_a_connection() -> None:
         assert server.connections == 4 and transport.in_use == 0
 
 
+async def test_idle_connections_to_another_origin_make_room_within_the_limit() -> None:
+    """The limit counts sockets (the open-files check relies on it), not connections per origin."""
+    transport = ModelTransport(1)
+    http = httpx.AsyncClient(transport=transport)
+    async with held_server() as first, held_server() as second, http:
+        first.release.set()
+        second.release.set()
+        for server in (first, second, first):
+            assert (await http.post(f"http://127.0.0.1:{server.port}/v1", json={})).status_code == 200
+        assert len(transport.idle()) == 1 and (first.connections, second.connections) == (2, 1)
+
+
 async def test_a_cancelled_call_gives_its_connection_back() -> None:
     transport = ModelTransport(1)
     async with held_server() as server, httpx.AsyncClient(transport=transport) as http:
