@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import llm_peers
 from bench.common import Row, not_measured, percentile, quick
-from bench.llm_workload import CALLS_PER_RUN, Outcome, Shape, measure, pipeline
+from bench.llm_workload import Outcome, Shape, measure, pipeline
 
 P99_GOAL_MS = 100.0
 RSS_PER_RUN_GOAL_KB = 100.0
@@ -64,7 +64,9 @@ def inflight_rows(n: int, out: Outcome) -> list[Row]:
             rss_kb <= RSS_PER_RUN_GOAL_KB if n >= GOAL_SIZE else None,
             f"peak {out.runner_rss_peak_mb:.0f} MB, idle {out.runner_rss_idle_mb:.0f} MB"),
         Row(row, f"{label}: runner CPU per run", "ms", [1000 * out.runner_cpu_s / max(n, 1)],
-            note=f"{CALLS_PER_RUN} calls a run"),
+            note=f"{calls / max(n, 1):.0f} model calls a run"),
+        Row(row, f"{label}: simulator (the load) CPU per run", "ms", [1000 * out.sim_cpu_s / max(n, 1)],
+            note=f"{out.sim_cpu_s / max(out.wall_s, 1e-9):.2f} of a core over the wall time"),
         Row(row, f"{label}: Redis CPU per run", "ms", [1000 * out.redis_cpu_s / max(n, 1)],
             note=f"{out.redis_calls / max(n, 1):.0f} commands a run (all processes); top: {top}"),
         Row(row, f"{label}: overhead (run time beyond model time)", "%", [100 * out.overhead_share],

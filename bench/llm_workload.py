@@ -1,9 +1,10 @@
 """One LLM-bound workload, measured end to end (issue 20): what users run, not no-op jobs.
 
-A run is the built-in trading pipeline with five analysts: ten sequential model calls (five
-reports, bull, bear, the research manager, the trader's JSON, the final JSON) through the
-runner's own OpenAI-compatible client against ``python -m services.llmsim`` (1-3 s a call), with
-progress events between them. Processes, all real, on loopback: the simulator, one runner
+A run is the built-in trading pipeline with five analysts: eighteen sequential model calls (each
+analyst asks for its tool, then writes its report; bull, bear, the research manager; the
+trader's JSON; three risk voices; the final JSON) through the runner's own OpenAI-compatible
+client against ``python -m services.llmsim`` (1-3 s a call), with progress events between them.
+Processes, all real, on loopback: the simulator, one runner
 (``TT_RUNNER_CONCURRENCY`` = the runs in flight), one gateway serving the watchers, and watcher
 processes (``bench.watchers``) following runs over SSE. The runner starts idle (its baseline
 RSS and CPU), then every run is submitted at once (a burst of users), then the watchers open.
@@ -40,7 +41,6 @@ from tests.support.processes import ServiceProcess
 USER = "local"
 """The gateway's caller when auth is off: the watchers may read these runs."""
 ANALYSTS = ("market", "fundamentals", "news", "sentiment", "risk")
-CALLS_PER_RUN = len(ANALYSTS) + 5
 SIM_ENV = {
     "TT_LLMSIM_TTFT_S": "uniform:0.3,0.8",
     "TT_LLMSIM_TOKENS_PER_S": "uniform:80,160",
@@ -74,6 +74,8 @@ class Outcome:
     watchers_ended: int = 0
     loadgen_cpu_s: list[float] = field(default_factory=list)
     runner_cpu_s: float = 0.0
+    sim_cpu_s: float = 0.0
+    """The simulator's CPU over the same span: the load, on the same cores, not the runner's."""
     runner_rss_idle_mb: float = 0.0
     runner_rss_peak_mb: float = 0.0
     gateway_rss_before_mb: float = 0.0
@@ -281,6 +283,7 @@ async def _drive(
     runner_pid, gateway_pid = _pid(runner), _pid(gateway)
     await asyncio.sleep(0.5)
     out.runner_rss_idle_mb, cpu0 = rss_mb(runner_pid), cpu_seconds(runner_pid)
+    sim_cpu0 = cpu_seconds(_pid(sim))
     out.gateway_rss_before_mb = rss_mb(gateway_pid)
     out.gateway_connections.append(await gateway_connections(store, GATEWAY_ID))
     stop = asyncio.Event()
@@ -295,6 +298,7 @@ async def _drive(
         await wait_ended(store.redis, keys, timeout_s=WAIT_BASE_S + shape.runs * WAIT_PER_RUN_S)
         out.wall_s = time.monotonic() - began
         out.runner_cpu_s = cpu_seconds(runner_pid) - cpu0
+        out.sim_cpu_s = cpu_seconds(_pid(sim)) - sim_cpu0
         out.redis_cpu_s = await _redis_cpu(store.redis) - redis_cpu
         stats = await store.redis.info("commandstats")
         out.redis_calls = sum(int(v["calls"]) for v in stats.values())

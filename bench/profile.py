@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.profile runner [N]          # one runner draining N no-op runs
     .venv/bin/python -m bench.profile sse [ROUNDS]        # the gateway fanning out to 1,000 SSE clients
     .venv/bin/python -m bench.profile llm [N] [SECONDS]   # one runner with N LLM-bound runs in flight
+                                                          # (BENCH_LLM_PIPELINE: trading, default, or calls)
 
 The service runs as ``python -m pyinstrument -m services.<name>``; SIGINT ends it (uvicorn and
 the runner both stop cleanly on it) and pyinstrument writes its report to bench/results/.
@@ -94,14 +95,17 @@ def runner(redis_url: str, workdir: Path, n: int) -> Path:
 
 
 def llm(redis_url: str, workdir: Path, n: int, seconds: float) -> Path:
-    """``n`` runs of the calls pipeline (ten simulated model calls) in flight in a profiled runner."""
+    """``n`` runs of ten simulated model calls in flight in a profiled runner: the trading
+    pipeline, or the bare calls (``BENCH_LLM_PIPELINE=calls``)."""
     keys = Keys("tt:")
     sim = llm_workload.started_sim(workdir)
     env = {
         "REDIS_URL": redis_url, "TT_MODELS": str(llm_workload.models_file(workdir, sim.url)),
         "TT_LOG_LEVEL": "WARNING", "TT_RUNNER_CONCURRENCY": str(n), "TT_RUNNER_ID": "prof-llm",
-        "TT_RUNNER_PIPELINE": "bench.calls_pipeline:build", "TT_RUNNER_PORT": str(free_port()),
+        "TT_RUNNER_PORT": str(free_port()),
     }  # fmt: skip
+    if llm_workload.pipeline() == "calls":
+        env["TT_RUNNER_PIPELINE"] = "bench.calls_pipeline:build"
     report = OUT / "profile-llm.pyisession"
     proc = profiled("runner", env, report, workdir / "runner.log")
     try:

@@ -64,8 +64,10 @@ class Headline(msgspec.Struct, frozen=True, kw_only=True):
     sentiment: float = 0.0
 
 
-class MarketData(msgspec.Struct, frozen=True, kw_only=True, tag="data"):
-    """Data collection's output: everything later steps analyse (so a resume needs no refetch)."""
+class MarketData(msgspec.Struct, frozen=True, kw_only=True, tag="data", weakref=True):
+    """Data collection's output: everything later steps analyse (so a resume needs no refetch).
+
+    Weak-referenceable: the runner memoises the evidence computed from one (until it is gone)."""
 
     symbol: str
     provider: str

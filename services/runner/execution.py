@@ -127,10 +127,4 @@ def span_traceparent(span: trace.Span) -> str | None:
 
 def traceparent_of(span: trace.Span | None) -> str | None:
     """The traceparent of ``span`` (the current span when None), to store in an event."""
-    if span is None:
-        return current_traceparent()
-    from opentelemetry.propagate import inject
-
-    carrier: dict[str, str] = {}
-    inject(carrier, context=trace.set_span_in_context(span))
-    return carrier.get("traceparent")
+    return current_traceparent() if span is None else span_traceparent(span)

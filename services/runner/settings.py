@@ -12,12 +12,13 @@ from shared.catalog import PipelineSpecError, parse_pipelines
 from shared.config import CommonSettings, ConfigError, Env
 
 DEFAULT_PIPELINE = "services.runner.factory:build_pipeline"
-DEFAULT_CONCURRENCY = 100
+DEFAULT_CONCURRENCY = 200
 """Runs one process executes at a time. A run mostly waits on a model, so a slot costs little
-memory, but an LLM-bound run of the built-in pipeline costs the process ~160 ms of CPU, about a
-core's share of 18 s of model time at ~115 in flight: at 100 every run completed with 3.5 %
-overhead, at 1,000 every run completed but took ~5x its model time (docs/benchmarks.md, row 7;
-docs/capacity.md). More in flight is CPU-bound: add runner processes."""
+memory (~110 KB), and an LLM-bound run of the built-in pipeline (18 calls, ~33 s of model time)
+costs the process 40-80 ms of CPU: at 100 and at 300 in flight every run completed with no
+takeover, 0.8 % and 2.0 % overhead, with the gateway, the model simulator and Redis on the same
+two cores; 200 keeps a margin below that edge. At 1,000 every run completed too, but the cores
+were full (docs/benchmarks.md, row 7; docs/capacity.md). For more in flight, add processes."""
 RUNS_PER_REDIS_CONNECTION = 100
 """In-flight runs one pooled Redis connection serves. The runs' appends share pipelines (the
 store's batcher), but their other commands (reads, acks, the pipelines' own caches) take a

@@ -1,9 +1,8 @@
-"""The runner's model client: a connection per run in flight, in pools too small to be slow.
+"""The runner's model client: httpx on the runner's own HTTP/1.1 transport.
 
-httpcore's pool does work per request that grows with its connections, squared when idle
-(services/runner/http_pool.py): a client with one pool of 1,000 connections made the runner spend
-all its CPU there. These tests hold the client to small pools that, together, still serve every
-run in flight at once and reuse their connections.
+A connection per run in flight, kept alive for the run's next call, never more than the limit;
+httpx's errors for what breaks (refused, timed out, cut mid-answer); a streamed answer read to
+its end leaves its connection for the next call.
 """
 
 from __future__ import annotations
@@ -15,7 +14,9 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from services.runner.http_pool import SHARD_CONNECTIONS, PooledTransport, model_client
+from services.runner.http_pool import ModelTransport, model_client
+from services.runner.pipeline.llm import ChatRequest, Message, OpenAIChat, RetryPolicy
+from shared.models import ModelSpec
 
 
 class HeldServer:
@@ -61,16 +62,9 @@ async def held_server() -> AsyncIterator[HeldServer]:
         server.close()
 
 
-@pytest.mark.parametrize("connections", [1, 7, 8, 100, 1000, 5000])
-def test_connections_are_split_in_pools_of_a_few(connections: int) -> None:
-    transport = PooledTransport(connections)
-    assert transport.per_pool <= min(SHARD_CONNECTIONS, 16)  # a scan of 16² is ~0.1 ms
-    assert connections <= transport.per_pool * len(transport.pools) < connections + len(transport.pools)
-
-
 async def test_every_run_in_flight_has_a_connection_at_once_and_reuses_it() -> None:
     n = 100
-    transport = PooledTransport(n)
+    transport = ModelTransport(n)
     async with held_server() as server, httpx.AsyncClient(transport=transport) as http:
         url = f"http://127.0.0.1:{server.port}/v1"
         for _ in range(2):
@@ -84,18 +78,172 @@ async def test_every_run_in_flight_has_a_connection_at_once_and_reuses_it() -> N
             server.release.set()
             assert all(r.status_code == 200 for r in await asyncio.gather(*calls))
             assert transport.in_use == 0
-        assert server.connections == n  # the second round reused the first one's connections
+        assert server.connections == n == transport.opened  # the second round reused the first's
+
+
+async def test_calls_beyond_the_limit_wait_for_a_connection() -> None:
+    transport = ModelTransport(4)
+    async with held_server() as server, httpx.AsyncClient(transport=transport) as http:
+        url = f"http://127.0.0.1:{server.port}/v1"
+        calls = [asyncio.create_task(http.post(url, json={"n": i})) for i in range(10)]
+        async with asyncio.timeout(10):
+            while server.waiting < 4:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert server.waiting == 4 and transport.in_use == 4
+        server.release.set()
+        assert all(r.status_code == 200 for r in await asyncio.gather(*calls))
+        assert server.connections == 4 and transport.in_use == 0
+
+
+async def test_idle_connections_to_another_origin_make_room_within_the_limit() -> None:
+    """The limit counts sockets (the open-files check relies on it), not connections per origin."""
+    transport = ModelTransport(1)
+    http = httpx.AsyncClient(transport=transport)
+    async with held_server() as first, held_server() as second, http:
+        first.release.set()
+        second.release.set()
+        for server in (first, second, first):
+            assert (await http.post(f"http://127.0.0.1:{server.port}/v1", json={})).status_code == 200
+        assert len(transport.idle()) == 1 and (first.connections, second.connections) == (2, 1)
+
+
+async def test_a_cancelled_call_gives_its_connection_back() -> None:
+    transport = ModelTransport(1)
+    async with held_server() as server, httpx.AsyncClient(transport=transport) as http:
+        url = f"http://127.0.0.1:{server.port}/v1"
+        first = asyncio.create_task(http.post(url, json={}))
+        queued = asyncio.create_task(http.post(url, json={}))
+        async with asyncio.timeout(10):
+            while server.waiting < 1:
+                await asyncio.sleep(0.01)
+        queued.cancel()
+        first.cancel()
+        await asyncio.gather(first, queued, return_exceptions=True)
+        assert transport.in_use == 0
+        server.release.set()
+        assert (await http.post(url, json={})).status_code == 200
 
 
 async def test_a_failed_call_gives_its_connection_back() -> None:
     async with held_server() as server:
         port = server.port
-    transport = PooledTransport(4)
+    transport = ModelTransport(4)
     async with httpx.AsyncClient(transport=transport) as http:
         for _ in range(6):
             with pytest.raises(httpx.ConnectError):
                 await http.post(f"http://127.0.0.1:{port}/v1", json={})
         assert transport.in_use == 0
+
+
+async def test_an_answer_that_never_comes_times_out_as_httpx_says() -> None:
+    async with held_server() as server, httpx.AsyncClient(transport=ModelTransport(2)) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(f"http://127.0.0.1:{server.port}/v1", json={}, timeout=0.2)
+        server.release.set()
+
+
+async def test_an_answer_cut_off_is_a_transport_error_and_its_connection_is_not_reused() -> None:
+    connections = 0
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(cut, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    transport = ModelTransport(1)
+    try:
+        async with httpx.AsyncClient(transport=transport) as http:
+            for _ in range(2):
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await http.post(url, json={})
+    finally:
+        server.close()
+    assert connections == 2 and transport.in_use == 0
+
+
+CHUNKED_SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+async def test_the_read_timeout_counts_from_the_last_chunk_not_the_request() -> None:
+    """A stream slower in total than the read timeout, but never silent that long, is read whole;
+    a stall as long as the timeout is a ReadTimeout."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(CHUNKED_SSE_HEAD)
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            writer.write(b"2\r\nok\r\n")
+        await asyncio.sleep(1.0)
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    received = b""
+    try:
+        async with httpx.AsyncClient(transport=ModelTransport(1)) as http:
+            async with http.stream("POST", url, json={}, timeout=0.3) as response:
+                with pytest.raises(httpx.ReadTimeout):
+                    async for chunk in response.aiter_raw():
+                        received += chunk
+    finally:
+        server.close()
+    assert received == b"ok" * 6
+
+
+async def sse_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counter: list[int]) -> None:
+    """Chat-completions streams, chunked as uvicorn sends them, as long as the client keeps asking."""
+    counter.append(1)
+    frames = [
+        b'data: {"choices": [{"delta": {"content": "Hello"}}]}\n\n',
+        b'data: {"choices": [{"delta": {"content": " there"}}]}\n\n',
+        b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    try:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(CHUNKED_SSE_HEAD)
+            for frame in frames:
+                writer.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+                await writer.drain()
+            await asyncio.sleep(0.05)  # the body's end comes after [DONE], as over a network
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_streamed_answer_is_read_to_its_end_and_its_connection_reused() -> None:
+    """The stream ends at ``[DONE]`` for the reader, but the body goes on (the chunked end):
+    stopping there made every streamed call open a new connection."""
+    counter: list[int] = []
+    server = await asyncio.start_server(lambda r, w: sse_answer(r, w, counter), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    spec = ModelSpec(id="m", provider="openai", base_url=f"http://127.0.0.1:{port}/v1", model="m")
+    seen: list[str] = []
+
+    async def sink(text: str) -> None:
+        seen.append(text)
+
+    try:
+        async with model_client(4, environ={}) as http:
+            chat = OpenAIChat(spec, http, timeout_s=5, policy=RetryPolicy(retries=0))
+            for _ in range(3):
+                answer = await chat.stream(ChatRequest(task="t", messages=[Message("user", "hi")]), sink)
+                assert (answer.text, answer.completion_tokens) == ("Hello there", 2)
+    finally:
+        server.close()
+    assert len(counter) == 1 and seen[-1] == "Hello there"
 
 
 async def test_a_proxy_in_the_environment_carries_the_model_calls(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from services.runner.pipeline import decide
-from services.runner.pipeline.evidence import ANALYSES, risk
+from services.runner.pipeline import decide, evidence
+from services.runner.pipeline.evidence import ANALYSES
 from shared.results import (
     AnalystReport,
     Assessment,
@@ -39,7 +39,7 @@ LEANS: dict[str, Signal] = {"BUY": "bullish", "SELL": "bearish", "HOLD": "neutra
 
 def side_points(data: MarketData, analysts: Sequence[str], bullish: bool) -> list[Point]:
     """One side's findings across the run's analysts, strongest first."""
-    found = [(a, f.text, f.weight) for a in analysts if a in ANALYSES for f in ANALYSES[a](data).findings]
+    found = [(a, f.text, f.weight) for a in analysts if a in ANALYSES for f in evidence.of(a, data).findings]
     chosen = [p for p in found if (p[2] > 0 if bullish else p[2] < 0)]
     return sorted(chosen, key=lambda p: abs(p[2]), reverse=True)
 
@@ -51,7 +51,7 @@ def round_points(points: Sequence[Point], round_: int, per: int = 2) -> list[Poi
 
 def risk_numbers(data: MarketData) -> dict[str, float]:
     """Volatility, drawdown, VaR and beta, whether or not the risk analyst was asked."""
-    return {k: v for k, v in risk(data).numbers.items() if isinstance(v, float)}
+    return {k: v for k, v in evidence.of("risk", data).numbers.items() if isinstance(v, float)}
 
 
 def sizes(trade: TradeProposal) -> dict[Stance, float]:

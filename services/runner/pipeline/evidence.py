@@ -7,6 +7,7 @@ the final decision follow from the numbers whatever model writes the prose.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import msgspec
@@ -299,3 +300,20 @@ ANALYSES: dict[str, Callable[[MarketData], Evidence]] = {
     "risk": risk,
     "invest": invest,
 }
+
+
+_BOOKS: dict[int, dict[str, Evidence]] = {}
+
+
+def of(analyst: str, data: MarketData) -> Evidence:
+    """``ANALYSES[analyst](data)``, computed once per data object: a run asks for an analyst's
+    evidence in its report, tools, debate sides, risk numbers and key risks, and the runs of a
+    process on one symbol and day share one data object (data.MarketDataService)."""
+    book = _BOOKS.get(id(data))
+    if book is None:
+        book = _BOOKS[id(data)] = {}
+        weakref.finalize(data, _BOOKS.pop, id(data), None)  # ids are reused once data is gone
+    found = book.get(analyst)
+    if found is None:
+        found = book[analyst] = ANALYSES[analyst](data)
+    return found

@@ -17,6 +17,7 @@ from services.runner.pipeline.base import PipelineError, StepReporter
 from services.runner.pipeline.data import MarketDataService
 from services.runner.pipeline.desk import Point
 from services.runner.pipeline.evidence import ANALYSES, Evidence
+from services.runner.pipeline.evidence import of as evidence_of
 from services.runner.pipeline.llm import ChatModel, OpenAIChat, RetryPolicy, TextSink
 from services.runner.pipeline.metering import Budget, MeteredModel, capped
 from services.runner.pipeline.offline import OfflineModel
@@ -197,7 +198,7 @@ class Pipeline:
         analyst = step.removeprefix(ANALYST_STEP_PREFIX)
         data = await self._market(run)
         await ticker.tick(0.1, "computing evidence")
-        evidence = ANALYSES[analyst](data)
+        evidence = evidence_of(analyst, data)
         await ticker.tick(0.4, f"evidence score {evidence.score:+.2f} ({evidence.signal}); writing report")
         name = step_label(step)
         sink = ticker.writing(0.5, name)

@@ -8,13 +8,14 @@ or a server that rejects them) gets today's evidence-in-prompt request instead.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 import msgspec
 
 from services.runner.pipeline.base import PipelineError
-from services.runner.pipeline.evidence import ANALYSES
+from services.runner.pipeline.evidence import of
 from services.runner.pipeline.llm import ChatRequest, Message
 from services.runner.pipeline.metering import MeteredModel
 from shared.results import MarketData, ToolUse
@@ -58,7 +59,7 @@ def call(data: MarketData, name: str, arguments: str) -> dict[str, Any]:
     """Run one tool on the collected data; a bad call gets an error the model can read."""
     by_name = {tool: analyst for analyst, (tool, _) in TOOL_OF.items()}
     if name in by_name:
-        evidence = ANALYSES[by_name[name]](data)
+        evidence = of(by_name[name], data)
         return {"numbers": evidence.numbers, "findings": [[f.text, f.weight] for f in evidence.findings]}
     if name == PRICE_TOOL:
         try:
@@ -131,12 +132,18 @@ def _forms(value: float) -> set[str]:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _sourced(result: str) -> frozenset[str]:
+    """Every written form of a tool result's numbers (the runs on one symbol and day get the same
+    results, so each is worked out once)."""
+    return frozenset(form for token in NUMBER.findall(result) for form in _forms(float(token)))
+
+
 def unsourced(text: str, uses: list[ToolUse]) -> list[str]:
     """Numbers in ``text`` that no tool result holds (small counts like "3 calls" aside): the
     report is kept, and these are shown beside it rather than trusted."""
     known: set[str] = set()
     for use in uses:
-        for token in NUMBER.findall(use.result):
-            known |= _forms(float(token))
+        known |= _sourced(use.result)
     found = [t for t in NUMBER.findall(text) if "." in t or abs(float(t)) > 31]
     return [t for t in dict.fromkeys(found) if t.lstrip("+-") not in known]

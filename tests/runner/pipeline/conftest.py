@@ -6,12 +6,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.runner.http_pool import model_client
+
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "market"
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    """The runner's own model client (its transport), as the pipelines get it in production."""
+    async with model_client(64, environ={}) as client:
         yield client
 
 
