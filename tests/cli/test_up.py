@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.gateway.settings import auto_workers
 from shared.redis_server import free_port
 
 
@@ -272,7 +273,10 @@ def test_a_port_in_use_is_named_with_its_variable_and_nothing_starts(tmp_path: P
 def test_a_killed_launcher_takes_its_services_and_redis_down_with_it(up: Up) -> None:
     processes = {pid: cmdline(pid) for pid in children_of(up.process.pid)}
     services = [pid for pid, cmd in processes.items() if "services." in cmd or "redis-server" in cmd]
-    assert len(services) == 4
+    workers = [pid for pid in services if "services.gateway" in processes[pid]]
+    # redis, projector, runner and the gateway, whose workers (one per CPU) are its own children
+    assert len(services) - len(workers) == 3
+    assert len(workers) == 1 + (auto_workers() if auto_workers() > 1 else 0)
 
     up.process.kill()  # SIGKILL: no handler runs; the parent-death signal does the work
     up.process.wait()
