@@ -136,6 +136,10 @@ async def run_clients(port: int, path: str, n: int) -> None:
         print("opened", flush=True)
         await signals["ended"].wait()
         cpu, chunks = time.process_time() - cpu, sum(len(c.chunks) for c in clients) - chunks
+        # Hold still until every client process has seen the end: closing sockets and splitting
+        # chunks here would take CPU from the gateway while it still writes the end to the others.
+        print("ended", flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)
     for transport in transports:
         transport.close()
     received = [arrivals(c.chunks) for c in clients]
@@ -213,7 +217,7 @@ def shares(n: int) -> list[int]:
 async def spawn_clients(port: int, path: str, n: int) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.sse_fanout", "clients", str(port), path, str(n),
-        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         limit=64 * 1024 * 1024,
     )  # fmt: skip
 
@@ -250,6 +254,11 @@ async def one_round(
             rss = rss_mb(pid) if pid else float("nan")
             cpu = cpu_seconds(pid) if pid else float("nan")
             sent = await append_events(store, run_id)
+            for proc in procs:
+                assert (await expect_line(proc)).strip() == b"ended"
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"report\n")
             reports = [json.loads(await expect_line(proc)) for proc in procs]
             cpu = (cpu_seconds(pid) - cpu) if pid else float("nan")
     finally:

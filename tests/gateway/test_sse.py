@@ -14,9 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+from starlette.types import Message
 
 from services.gateway.frames import make_frame
 from services.gateway.hub import Hub, Listener
+from services.gateway.runtime import open_runtime
+from services.gateway.sse import EventStream, Follow
 from shared.catalog import plan_steps
 from shared.events import StepProgress
 from shared.ids import new_run_id
@@ -24,7 +27,7 @@ from shared.keys import Keys
 from shared.redis_io import connect
 from shared.statedelta import merge
 from shared.store import EventStore
-from tests.gateway.conftest import GatewayFactory, RunningGateway
+from tests.gateway.conftest import GatewayFactory, RunningGateway, make_settings
 from tests.gateway.support import BODY, RUNS, Runner, SseLog, read_sse, request_event, stream_ids
 
 
@@ -387,3 +390,31 @@ async def test_frames_queued_behind_a_slow_send_go_out_as_one_write_up_to_the_en
     listener.frames.extend((one, two, end, late))
     assert await listener.drain() == (b"f1;f2;f3;", True)
     assert list(listener.frames) == [late]  # the frame after the end stays unsent
+
+
+async def test_a_runs_end_is_written_to_every_client_before_any_stream_is_torn_down(
+    redis: Redis, redis_url: str, state_dir: Path, store: EventStore, runner: Runner
+) -> None:
+    """All of a run's clients wake at its end: each writes its last frame before any of them runs
+    the request's teardown (which would otherwise come between one client's end and the next's)."""
+    event = request_event("local")
+    await store.submit(event)
+    held_at_end: list[int] = []
+    async with open_runtime(make_settings(redis_url, state_dir)) as runtime:
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message["more_body"]:
+                held_at_end.append(runtime.hub.listeners)
+
+        async def receive() -> Message:
+            await asyncio.Event().wait()  # the clients never hang up
+            return {"type": "http.disconnect"}
+
+        streams = [EventStream(Follow(runtime, event.run_id, "0-0", None, "local")) for _ in range(3)]
+        tasks = [asyncio.create_task(s({"type": "http"}, receive, send)) for s in streams]
+        while runtime.hub.listeners < 3:
+            await asyncio.sleep(0.01)
+        await runner.run_all(event.run_id)
+        async with asyncio.timeout(10):
+            await asyncio.gather(*tasks)
+    assert held_at_end == [3, 3, 3]
