@@ -137,6 +137,7 @@ async def _pump(follow: Follow, receive: Receive, send: Send) -> None:
         while not final:
             data, final = await listener.drain()
             await send({"type": "http.response.body", "body": data, "more_body": not final})
+            del data  # a replay is this client's own bytes: not held while it waits for more
         # A run's end wakes all its clients at once: let every one of them write its last frame
         # before any stream's teardown (the request's end in every layer) runs in between.
         await asyncio.sleep(0)

@@ -8,6 +8,7 @@ import json
 import shutil
 import socket
 import subprocess
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -418,3 +419,49 @@ async def test_a_runs_end_is_written_to_every_client_before_any_stream_is_torn_d
         async with asyncio.timeout(10):
             await asyncio.gather(*tasks)
     assert held_at_end == [3, 3, 3]
+
+
+async def test_a_waiting_client_holds_no_copy_of_what_it_was_sent(
+    redis: Redis, redis_url: str, state_dir: Path, store: EventStore, runner: Runner
+) -> None:
+    """A client joining mid-run is sent its replay as bytes of its own (its first frame carries the
+    full state); once written, a stream waiting for the next frame keeps none of it: with
+    thousands of watchers, a replay each would be most of the gateway's memory."""
+    event = request_event("local")
+    await store.submit(event)
+    await runner.start(event.run_id)
+    await runner.run_all_steps(event.run_id)
+    sent: list[int] = []
+    async with open_runtime(make_settings(redis_url, state_dir)) as runtime:
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.body" and len(message["body"]) > 1000:
+                sent.append(len(message["body"]))
+
+        async def receive() -> Message:
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        def follow() -> asyncio.Task[None]:
+            stream = EventStream(Follow(runtime, event.run_id, "0-0", None, "local"))
+            return asyncio.create_task(stream({"type": "http"}, receive, send))
+
+        async def replayed(n: int) -> None:
+            async with asyncio.timeout(10):
+                while len(sent) < n:
+                    await asyncio.sleep(0.01)
+
+        tasks = [follow()]  # the hub reads and folds the run for this one
+        await replayed(1)
+        tracemalloc.start()
+        try:
+            tasks += [follow() for _ in range(50)]
+            await replayed(51)
+            await asyncio.sleep(0.05)
+            grown, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert grown / 50 < sent[0], (grown / 50, sent[0])  # ~0.6 of a replay: the stream itself
