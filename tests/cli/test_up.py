@@ -38,6 +38,13 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -112,9 +119,11 @@ class Up:
         return "\n".join(self.output)
 
     def pid_of(self, name: str) -> int:
-        """The pid of the child whose command line names ``name`` (a service or redis-server)."""
+        """The pid of the child whose command line names ``name`` (a service or redis-server; the
+        gateway's own, not one of its workers)."""
         pattern = "redis-server" if name == "redis" else f"services.{name}"
-        return next(pid for pid in children_of(self.process.pid) if pattern in cmdline(pid))
+        direct = [pid for pid in children_of(self.process.pid) if parent_of(pid) == self.process.pid]
+        return next(pid for pid in direct if pattern in cmdline(pid))
 
     @property
     def api(self) -> str:
