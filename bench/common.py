@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import statistics
@@ -159,8 +160,26 @@ def run_json(module: str, args: Iterable[str], timeout_s: float) -> dict[str, An
     return doc
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a gateway's supervisor and its workers), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far, from /proc (0 once it is gone)."""
+    """User + system CPU seconds of a process and its descendants so far, from /proc (0 once gone)."""
+    return sum(_own_cpu_seconds(p) for p in process_tree(pid))
+
+
+def _own_cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -169,7 +188,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident set size in MiB (nan once the process is gone)."""
+    """Resident set size in MiB of a process and its descendants (nan once it is gone)."""
+    root, *children = [_own_rss_mb(p) for p in process_tree(pid)]
+    return root + sum(size for size in children if not math.isnan(size))
+
+
+def _own_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

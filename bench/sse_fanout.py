@@ -1,6 +1,7 @@
 """SSE fan-out: delivery latency, Redis connections and RSS for 1, 100 and 1000 clients on one gateway.
 
-One gateway process (``python -m services.gateway``) on loopback, its own Redis. For each size,
+One gateway (``python -m services.gateway``, as ``tickertape up`` starts it: by default a supervisor
+and a worker per CPU, ``TT_GATEWAY_WORKERS``) on loopback, its own Redis. For each size,
 N raw SSE clients follow one run. The clients live in client processes of their own (up to
 ``MAX_CLIENT_PROCS``, each holding a share of the connections, on uvloop with a bare
 ``asyncio.Protocol`` so a client costs little CPU); this process only appends the runner's
@@ -8,8 +9,9 @@ events through ``EventStore.append`` (the real write path), stamping ``time.time
 each append. A client stamps ``time.time()`` when the bytes holding a frame's ``id:`` line arrive
 (same machine, same clock). Latency is the difference, for every client and every live event.
 Redis connections are the gateway's own (they carry its process id in CLIENT NAME), sampled
-while all N clients listen; RSS is the gateway's at that moment. "CPU us/frame" is the gateway's
-CPU time during the live phase over the frames delivered (fixed costs dominate it at 1 client).
+while all N clients listen; RSS is the gateway's at that moment (its processes' summed). "CPU
+us/frame" is the gateway's CPU time (all its processes) during the live phase over the frames
+delivered (fixed costs dominate it at 1 client).
 
     .venv/bin/python -m bench.sse_fanout           # 1, 100, 1000 clients, BENCH_REPS (3) rounds each
     BENCH_QUICK=1 .venv/bin/python -m bench.sse_fanout
@@ -26,6 +28,7 @@ import gc
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -133,6 +136,10 @@ async def run_clients(port: int, path: str, n: int) -> None:
         print("opened", flush=True)
         await signals["ended"].wait()
         cpu, chunks = time.process_time() - cpu, sum(len(c.chunks) for c in clients) - chunks
+        # Hold still until every client process has seen the end: closing sockets and splitting
+        # chunks here would take CPU from the gateway while it still writes the end to the others.
+        print("ended", flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)
     for transport in transports:
         transport.close()
     received = [arrivals(c.chunks) for c in clients]
@@ -195,9 +202,10 @@ async def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 async def gateway_connections(store: EventStore, process_id: str = PROCESS_ID) -> int:
+    """The gateway's Redis connections: its own, or its workers' (``{process_id}-w{k}``)."""
     clients = await store.redis.client_list()
-    name = f"tt-gateway:{process_id}"
-    return sum(1 for c in clients if c.get("name", "") in (name, f"{name}:sse"))
+    own = re.compile(rf"tt-gateway:{re.escape(process_id)}(-w\d+)?(:sse)?")
+    return sum(1 for c in clients if own.fullmatch(c.get("name", "")))
 
 
 def shares(n: int) -> list[int]:
@@ -209,7 +217,7 @@ def shares(n: int) -> list[int]:
 async def spawn_clients(port: int, path: str, n: int) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.sse_fanout", "clients", str(port), path, str(n),
-        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         limit=64 * 1024 * 1024,
     )  # fmt: skip
 
@@ -246,6 +254,11 @@ async def one_round(
             rss = rss_mb(pid) if pid else float("nan")
             cpu = cpu_seconds(pid) if pid else float("nan")
             sent = await append_events(store, run_id)
+            for proc in procs:
+                assert (await expect_line(proc)).strip() == b"ended"
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"report\n")
             reports = [json.loads(await expect_line(proc)) for proc in procs]
             cpu = (cpu_seconds(pid) - cpu) if pid else float("nan")
     finally:
@@ -369,8 +382,9 @@ async def bench(redis_url: str, state: Path, compare: str | None = None) -> None
             gateway.wait(15)
         await redis.aclose()
     pace = f"{PACE_S * 1000:.0f} ms apart"
-    print(f"SSE fan-out on one gateway process ({EVENTS + 1} live events a run, {pace}; "
-          f"clients in {MAX_CLIENT_PROCS} processes at most; median [min-max] of {reps()}; "
+    workers = os.environ.get("TT_GATEWAY_WORKERS", "default")
+    print(f"SSE fan-out on one gateway (TT_GATEWAY_WORKERS {workers}; {EVENTS + 1} live events a run, "
+          f"{pace}; clients in {MAX_CLIENT_PROCS} processes at most; median [min-max] of {reps()}; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")  # fmt: skip
     for name, rows in found.items():
         if compare:

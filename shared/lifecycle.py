@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1
 CANCEL_DEADLINE_S = 5.0
 """How long cancelled tasks get to unwind before they are reported as stuck."""
 
@@ -99,8 +102,11 @@ class Service:
         task.add_done_callback(self._discard if not fatal else self._fatal_done)
         return task
 
-    def serve_http(self, config: uvicorn.Config) -> uvicorn.Server:
-        """Serve an ASGI app with uvicorn as one of the service's tasks.
+    def serve_http(
+        self, config: uvicorn.Config, sockets: list[socket.socket] | None = None
+    ) -> uvicorn.Server:
+        """Serve an ASGI app with uvicorn as one of the service's tasks (on ``sockets`` if given,
+        else on the config's host and port).
 
         The server ends when the service stops (uvicorn's own graceful shutdown, bounded by the
         config's ``timeout_graceful_shutdown``); if it ends first (a signal it caught, a port in
@@ -111,7 +117,7 @@ class Service:
 
         server = uvicorn.Server(config)
         self._servers.append(server)
-        self.spawn(server.serve(), "http", fatal=True)
+        self.spawn(server.serve(sockets=sockets), "http", fatal=True)
         return server
 
     @property
@@ -207,6 +213,21 @@ async def serve(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+def parent_death_hook(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A pre-exec hook that makes the child get ``sig`` when its parent dies, however it dies.
+
+    The libc function is looked up here, in the parent: the hook itself runs between fork and
+    exec, where only already-resolved calls are safe. The signal follows the *thread* that forked,
+    so every child is started from the parent's main thread.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: the parent's signal handlers are the only guard
+    number = int(sig)
+    return lambda: prctl(PR_SET_PDEATHSIG, number, 0, 0, 0)
 
 
 def main(service_factory: Callable[[], Service]) -> None:

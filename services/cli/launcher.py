@@ -24,11 +24,11 @@ from services.cli.processes import (
     RedisProcess,
     ServiceProcess,
     ServiceSpec,
-    parent_death_hook,
 )
 from services.cli.settings import LaunchSettings
 from services.cli.supervisor import CrashLoop, Supervisor
 from shared.config import DEFAULT_REDIS_URL, Env, sentinel_from_env
+from shared.lifecycle import parent_death_hook
 from shared.redis_server import RedisLaunchError, RedisServer
 
 

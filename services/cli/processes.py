@@ -8,7 +8,6 @@ neighbour's process), and keep their last log lines for a crash report.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -16,33 +15,18 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
 import httpx
 import redis
 
+from shared.lifecycle import parent_death_hook
 from shared.redis_server import RedisLaunchError, RedisServer
 
 COLOURS = {"redis": "31", "projector": "35", "runner": "33", "gateway": "36", "up": "32"}
-PR_SET_PDEATHSIG = 1
 LAST_LINES = 20
-
-
-def parent_death_hook() -> Callable[[], None] | None:
-    """A pre-exec hook that makes the child get SIGTERM when the launcher dies, however it dies.
-
-    The libc function is looked up here, in the parent: the hook itself runs between fork and
-    exec, where only already-resolved calls are safe. The signal follows the *thread* that forked,
-    so every child is started from the launcher's main thread.
-    """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None  # not Linux: the launcher's signal handlers are the only guard
-    sigterm = int(signal.SIGTERM)
-    return lambda: prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
 
 
 class Console:

@@ -1,12 +1,16 @@
-"""``python -m services.gateway``: one process serving the gateway with uvicorn."""
+"""``python -m services.gateway``: the gateway with uvicorn, in one process or several.
+
+With ``TT_GATEWAY_WORKERS`` above one (the default on a machine with several CPUs) this process
+supervises that many workers, each this same module with ``TT_GATEWAY_WORKERS=1``
+(``services.gateway.workers``).
+"""
 
 from __future__ import annotations
 
 import gc
 
-from services.gateway.app import create_app
-from services.gateway.server import uvicorn_config
 from services.gateway.settings import GatewaySettings
+from services.gateway.workers import Supervisor, shared_port
 from shared import lifecycle
 from shared.telemetry import setup_logging, setup_tracing
 
@@ -36,17 +40,31 @@ class GatewayService(lifecycle.Service):
         self.settings = settings
 
     async def start(self) -> None:
-        config = uvicorn_config(create_app(self.settings), self.settings.host, self.settings.port)
+        # Imported here: a supervisor never loads the app, it only starts the workers that do.
+        from services.gateway.app import create_app
+        from services.gateway.server import uvicorn_config
+
+        settings = self.settings
+        config = uvicorn_config(create_app(settings), settings.host, settings.port)
         config.load()  # the server's own imports, before the freeze
         tune_gc()
-        self.serve_http(config)
+        # A worker listens on a socket of its own on the shared port; alone, uvicorn binds it.
+        sockets = [shared_port(settings.host, settings.port)] if settings.supervisor_pid else None
+        self.serve_http(config, sockets)
+
+
+def service(settings: GatewaySettings) -> lifecycle.Service:
+    """This process's part: a supervisor of workers, or the gateway itself."""
+    if settings.workers > 1 and not settings.supervisor_pid:
+        return Supervisor(settings)
+    return GatewayService(settings)
 
 
 def main() -> None:
     settings = GatewaySettings.from_env()
     setup_logging("gateway", settings.common.log_format, settings.common.log_level)
     setup_tracing("gateway")
-    lifecycle.main(lambda: GatewayService(settings))
+    lifecycle.main(lambda: service(settings))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.gateway.auth import CSRF_COOKIE, SESSION_COOKIE, Caller
+from services.gateway.metrics import exposition
 from services.gateway.problems import Problem
 from services.gateway.runtime import Runtime, caller_of, runtime_of
 from services.gateway.schemas import SessionRequest
@@ -33,8 +34,9 @@ def build_router() -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz", tags=["ops"], summary="Process alive (never touches Redis)")
-    async def healthz() -> dict[str, str | int]:
-        return {"status": "ok", "pid": os.getpid()}  # `tickertape up` checks it started this process
+    async def healthz(runtime: RuntimeDep) -> dict[str, str | int]:
+        # `tickertape up` checks it started this process: a worker names its supervisor
+        return {"status": "ok", "pid": runtime.settings.supervisor_pid or os.getpid(), "worker": os.getpid()}
 
     # Only Redis decides readiness: with every projector down the gateway still submits, follows
     # and cancels runs (folded from their streams), so taking it out of rotation would turn a
@@ -51,7 +53,7 @@ def build_router() -> APIRouter:
 
     @router.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/api/trading/models", tags=["catalog"], summary="Models a run may use")
     async def models(runtime: RuntimeDep) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -27,9 +28,20 @@ def metrics() -> GatewayMetrics:
             "tickertape_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
         ),
         duration=Histogram("tickertape_http_request_duration_seconds", "Time to answer", ["route"]),
-        sse_connections=Gauge("tickertape_sse_connections", "Open SSE streams"),
+        # livesum: with several workers (multiprocess mode) the streams open in the live ones
+        sse_connections=Gauge("tickertape_sse_connections", "Open SSE streams", multiprocess_mode="livesum"),
         sse_dropped=Counter("tickertape_sse_dropped_total", "SSE clients dropped for being too slow"),
     )
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus's text format: this process's, or every worker's summed when
+    the gateway runs several (``PROMETHEUS_MULTIPROC_DIR``, set by ``services.gateway.workers``)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+    return generate_latest(registry)
 
 
 def route_template(scope: Scope) -> str:

@@ -6,6 +6,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,18 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _RATE = re.compile(r"^(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)$")
 _WINDOWS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+MAX_AUTO_WORKERS = 4
+"""``TT_GATEWAY_WORKERS=0`` takes one per usable CPU up to this: each worker is ~110 MB at rest."""
+
+
+def auto_workers() -> int:
+    """One gateway process per CPU this process may run on, at most ``MAX_AUTO_WORKERS``; one off
+    Linux, where a port shared with SO_REUSEPORT is not balanced over its sockets."""
+    if sys.platform != "linux":
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
 
 
 def default_process_id() -> str:
@@ -160,6 +173,13 @@ class GatewaySettings:
     sse_block_ms: int = 5000
     redis_pool_size: int = 10
     process_id: str = field(default_factory=default_process_id)
+    workers: int = 1
+    """Gateway processes serving the port (``TT_GATEWAY_WORKERS``; 0, the default: one per usable
+    CPU, at most ``MAX_AUTO_WORKERS``). Each is a whole gateway: its own hub, Redis clients and
+    per-user stream count (see ``services.gateway.workers``)."""
+    supervisor_pid: int = 0
+    """Set by the supervisor in the environment of the workers it starts (not for operators):
+    a worker binds its port shared (SO_REUSEPORT) and ``/healthz`` names the supervisor."""
     static_dir: Path = STATIC_DIR
     pipelines: Mapping[str, str] = field(default_factory=dict)
     """Registered pipelines (``TT_PIPELINES``): only their names are used here, the gateway never
@@ -210,6 +230,8 @@ class GatewaySettings:
             sse_block_ms=env.integer("SSE_BLOCK_MS", 5000, minimum=10),
             redis_pool_size=env.integer("GATEWAY_REDIS_POOL", 10, minimum=2),
             process_id=env.text("GATEWAY_PROCESS_ID", default_process_id()),
+            workers=env.integer("GATEWAY_WORKERS", 0, minimum=0) or auto_workers(),
+            supervisor_pid=env.integer("GATEWAY_SUPERVISOR_PID", 0, minimum=0),
             pipelines=_pipelines(env),
             data_provider=_data_provider(env),
         )

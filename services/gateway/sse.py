@@ -137,6 +137,10 @@ async def _pump(follow: Follow, receive: Receive, send: Send) -> None:
         while not final:
             data, final = await listener.drain()
             await send({"type": "http.response.body", "body": data, "more_body": not final})
+            del data  # a replay is this client's own bytes: not held while it waits for more
+        # A run's end wakes all its clients at once: let every one of them write its last frame
+        # before any stream's teardown (the request's end in every layer) runs in between.
+        await asyncio.sleep(0)
         if listener.dropped:
             logger.info("SSE client of run %s fell behind and was cut; it resumes with Last-Event-ID", run_id)
     finally:

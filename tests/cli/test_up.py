@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.gateway.settings import auto_workers
 from shared.redis_server import free_port
 
 
@@ -35,6 +36,13 @@ def children_of(pid: int) -> set[int]:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
     return found
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
 
 
 def alive(pid: int) -> bool:
@@ -111,9 +119,11 @@ class Up:
         return "\n".join(self.output)
 
     def pid_of(self, name: str) -> int:
-        """The pid of the child whose command line names ``name`` (a service or redis-server)."""
+        """The pid of the child whose command line names ``name`` (a service or redis-server; the
+        gateway's own, not one of its workers)."""
         pattern = "redis-server" if name == "redis" else f"services.{name}"
-        return next(pid for pid in children_of(self.process.pid) if pattern in cmdline(pid))
+        direct = [pid for pid in children_of(self.process.pid) if parent_of(pid) == self.process.pid]
+        return next(pid for pid in direct if pattern in cmdline(pid))
 
     @property
     def api(self) -> str:
@@ -272,7 +282,10 @@ def test_a_port_in_use_is_named_with_its_variable_and_nothing_starts(tmp_path: P
 def test_a_killed_launcher_takes_its_services_and_redis_down_with_it(up: Up) -> None:
     processes = {pid: cmdline(pid) for pid in children_of(up.process.pid)}
     services = [pid for pid, cmd in processes.items() if "services." in cmd or "redis-server" in cmd]
-    assert len(services) == 4
+    workers = [pid for pid in services if "services.gateway" in processes[pid]]
+    # redis, projector, runner and the gateway, whose workers (one per CPU) are its own children
+    assert len(services) - len(workers) == 3
+    assert len(workers) == 1 + (auto_workers() if auto_workers() > 1 else 0)
 
     up.process.kill()  # SIGKILL: no handler runs; the parent-death signal does the work
     up.process.wait()

@@ -99,7 +99,8 @@ async def test_catalog_health_and_metrics(client: httpx.AsyncClient) -> None:
     assert {"id", "label", "provider", "promptUsdPerM", "completionUsdPerM"} <= set(models[0])
     analysts = (await client.get(f"{API}/analysts")).json()["analysts"]
     assert [a["id"] for a in analysts][:2] == ["market", "fundamentals"]
-    assert (await client.get("/healthz")).json() == {"status": "ok", "pid": os.getpid()}
+    health = (await client.get("/healthz")).json()
+    assert health == {"status": "ok", "pid": os.getpid(), "worker": os.getpid()}  # one process: both
     ready = await client.get("/readyz")  # no projector here: reported, and ready all the same
     assert ready.status_code == 200 and ready.json()["checks"] == {"redis": True}
     assert [p["healthy"] for p in ready.json()["projectors"]] == [False]

@@ -8,15 +8,19 @@ import json
 import shutil
 import socket
 import subprocess
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
+from starlette.types import Message
 
 from services.gateway.frames import make_frame
 from services.gateway.hub import Hub, Listener
+from services.gateway.runtime import open_runtime
+from services.gateway.sse import EventStream, Follow
 from shared.catalog import plan_steps
 from shared.events import StepProgress
 from shared.ids import new_run_id
@@ -24,7 +28,7 @@ from shared.keys import Keys
 from shared.redis_io import connect
 from shared.statedelta import merge
 from shared.store import EventStore
-from tests.gateway.conftest import GatewayFactory, RunningGateway
+from tests.gateway.conftest import GatewayFactory, RunningGateway, make_settings
 from tests.gateway.support import BODY, RUNS, Runner, SseLog, read_sse, request_event, stream_ids
 
 
@@ -391,3 +395,77 @@ async def test_frames_queued_behind_a_slow_send_go_out_as_one_write_up_to_the_en
     listener.frames.extend((one, two, end, late))
     assert await listener.drain() == (b"f1;f2;f3;", True)
     assert list(listener.frames) == [late]  # the frame after the end stays unsent
+
+
+async def test_a_runs_end_is_written_to_every_client_before_any_stream_is_torn_down(
+    redis: Redis, redis_url: str, state_dir: Path, store: EventStore, runner: Runner
+) -> None:
+    """All of a run's clients wake at its end: each writes its last frame before any of them runs
+    the request's teardown (which would otherwise come between one client's end and the next's)."""
+    event = request_event("local")
+    await store.submit(event)
+    held_at_end: list[int] = []
+    async with open_runtime(make_settings(redis_url, state_dir)) as runtime:
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message["more_body"]:
+                held_at_end.append(runtime.hub.listeners)
+
+        async def receive() -> Message:
+            await asyncio.Event().wait()  # the clients never hang up
+            return {"type": "http.disconnect"}
+
+        streams = [EventStream(Follow(runtime, event.run_id, "0-0", None, "local")) for _ in range(3)]
+        tasks = [asyncio.create_task(s({"type": "http"}, receive, send)) for s in streams]
+        while runtime.hub.listeners < 3:
+            await asyncio.sleep(0.01)
+        await runner.run_all(event.run_id)
+        async with asyncio.timeout(10):
+            await asyncio.gather(*tasks)
+    assert held_at_end == [3, 3, 3]
+
+
+async def test_a_waiting_client_holds_no_copy_of_what_it_was_sent(
+    redis: Redis, redis_url: str, state_dir: Path, store: EventStore, runner: Runner
+) -> None:
+    """A client joining mid-run is sent its replay as bytes of its own (its first frame carries the
+    full state); once written, a stream waiting for the next frame keeps none of it: with
+    thousands of watchers, a replay each would be most of the gateway's memory."""
+    event = request_event("local")
+    await store.submit(event)
+    await runner.start(event.run_id)
+    await runner.run_all_steps(event.run_id)
+    sent: list[int] = []
+    async with open_runtime(make_settings(redis_url, state_dir)) as runtime:
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.body" and len(message["body"]) > 1000:
+                sent.append(len(message["body"]))
+
+        async def receive() -> Message:
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        def follow() -> asyncio.Task[None]:
+            stream = EventStream(Follow(runtime, event.run_id, "0-0", None, "local"))
+            return asyncio.create_task(stream({"type": "http"}, receive, send))
+
+        async def replayed(n: int) -> None:
+            async with asyncio.timeout(10):
+                while len(sent) < n:
+                    await asyncio.sleep(0.01)
+
+        tasks = [follow()]  # the hub reads and folds the run for this one
+        await replayed(1)
+        tracemalloc.start()
+        try:
+            tasks += [follow() for _ in range(50)]
+            await replayed(51)
+            await asyncio.sleep(0.05)
+            grown, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert grown / 50 < sent[0], (grown / 50, sent[0])  # ~0.6 of a replay: the stream itself

@@ -66,6 +66,8 @@ def secured_cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory, mo
         TT_SUBMIT_RATE="0/min",
         TT_MAX_WAIT_S="0.3",
         TT_SSE_MAX_PER_USER="20",
+        # the stream cap is per gateway process (per worker): one, so the cap test counts it exactly
+        TT_GATEWAY_WORKERS="1",
         TT_LOG_LEVEL="DEBUG",
     )
     gateway = cluster.gateway(**users)
