@@ -187,9 +187,11 @@ def load_main(url: str, seconds: float, conns: int, warmup_s: float) -> None:
 
 
 def gateway_env(redis_url: str, workdir: Path) -> dict[str, str]:
-    """Shipped defaults, except no per-user cap and no rate limit (one user sends everything)."""
+    """Shipped defaults, except no per-user cap and no rate limit (one user sends everything), and
+    one worker process: the ceiling is one uvicorn process, so the ratio compares like with like."""
     return {
         "REDIS_URL": redis_url,
+        "TT_GATEWAY_WORKERS": "1",
         "TT_PREFIX": "sb:",
         "TT_STATE_DIR": str(workdir / "gateway"),
         "TT_MAX_ACTIVE_RUNS": "0",
