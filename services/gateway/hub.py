@@ -121,7 +121,7 @@ class Listener:
             parts.append(frame.data)
             if frame.final:
                 break  # nothing after the end is sent: the stream closes with it
-        frames.clear()
+        del frames[: len(parts)]
         return b"".join(parts), frame.final
 
     def cut(self) -> None:
