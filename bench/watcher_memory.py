@@ -19,6 +19,9 @@ import tracemalloc
 from pathlib import Path
 
 import uvicorn
+from starlette.requests import Request
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from bench.common import ROOT, _own_rss_mb
 from shared.events import RunRequested, RunStarted
@@ -27,6 +30,23 @@ from shared.keys import Keys
 from shared.redis_io import connect
 from shared.redis_server import RedisServer, free_port
 from shared.store import EventStore
+
+
+class RawEvents:
+    """A what-if, not the gateway's route: the events endpoint as a bare ASGI app on a Starlette
+    ``Route`` (no FastAPI dependencies, exit stacks or per-route exception wrapper), to size
+    what FastAPI's request machinery holds per stream."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from services.gateway.sse import stream_events
+
+        request = Request(scope, receive)
+        runtime = request.app.state.runtime
+        caller = await runtime.auth.caller(request)
+        after, last = request.query_params.get("after"), request.headers.get("last-event-id")
+        response = await stream_events(runtime, caller, scope["path_params"]["run_id"], after, last)
+        await response(scope, receive, send)
+
 
 TOP = int(os.environ.get("PROBE_TOP", "18"))
 
@@ -81,6 +101,8 @@ async def probe(n: int, runs: int, redis_url: str, workdir: Path) -> None:
         k: os.environ[f"PROBE_{k.upper()}"] for k in ("loop", "http") if f"PROBE_{k.upper()}" in os.environ
     }
     app = create_app(GatewaySettings.from_env())
+    if os.environ.get("PROBE_RAW_ROUTE") == "1":
+        app.router.routes.insert(0, Route("/api/trading/runs/{run_id}/events", RawEvents()))
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, **overrides))
     serving = asyncio.create_task(server.serve())
     redis = connect(redis_url)
