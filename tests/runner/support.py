@@ -25,8 +25,8 @@ from shared.catalog import plan_steps
 from shared.config import Env
 from shared.events import AnyEvent, RunOptions, RunRequested
 from shared.ids import new_run_id
-from shared.reducer import RunState
 from shared.results import RunResult, StepOutput, Usage
+from shared.run_state import RunState
 from shared.store import EventStore
 from shared.submits import Submitted
 
