@@ -125,7 +125,7 @@ def _retrying(s: RunState, e: RunRetrying) -> None:
 
 
 def _failed(s: RunState, e: RunFailed) -> None:
-    if e.will_retry is True:  # as the match it replaces: `case RunFailed(will_retry=True)`
+    if e.will_retry is True:  # True itself, not any truthy value
         s.error = ErrorInfo(code=e.code, message=e.message)
         _back_to_queue(s, e.attempt + 1, e.message)
     else:
