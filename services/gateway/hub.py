@@ -35,7 +35,8 @@ from services.gateway.frames import (
 from shared.events import AnyEvent
 from shared.keys import Keys
 from shared.multiplex import Entries, Multiplexer
-from shared.reducer import RunState, apply, initial
+from shared.reducer import apply
+from shared.run_state import RunState, initial
 from shared.store import EventStore
 from shared.streamids import parse as parse_id
 

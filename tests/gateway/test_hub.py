@@ -22,7 +22,8 @@ from shared.catalog import plan_steps
 from shared.events import RunStarted, StepProgress, StepStarted
 from shared.keys import Keys
 from shared.redis_io import connect
-from shared.reducer import apply, initial
+from shared.reducer import apply
+from shared.run_state import initial
 from shared.statedelta import merge
 from shared.store import Appends, EventStore
 from tests.gateway.support import ANALYSTS, Runner, request_event
