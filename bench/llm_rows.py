@@ -171,20 +171,23 @@ def system_rows(
 
 
 def peer_system_rows(run: llm_peers.PeerRun) -> list[Row]:
-    if run.error:
+    """A peer's figures; one cut at its limit still shows what it completed (k/n in the limit)."""
+    if run.error and not run.latencies_ms:
         return [not_measured(PEER_ROW, f"peer {run.peer}: {run.n:,} in flight", "", "", run.error)]
     cpu_ms = 1000 * run.worker_cpu_s / max(run.n, 1)
     rss_kb = max(run.worker_rss_peak_mb - run.worker_rss_idle_mb, 0.0) * 1024 / max(run.n, 1)
+    cut = f"cut at its {run.limit_s:.0f} s limit; " if run.completed < run.n else ""
     note = (
-        f"progress: {llm_peers.PROGRESS[run.peer]}; worker CPU {cpu_ms:.0f} ms/job, "
+        f"{cut}progress: {llm_peers.PROGRESS[run.peer]}; worker CPU {cpu_ms:.0f} ms/job, "
         f"RSS {rss_kb:.0f} KB/job, model time {run.simulated_s / max(run.completed, 1):.1f} s/job"
+        + (f"; {run.error}" if run.error else "")
     )
     return system_rows(f"peer {run.peer}", run.n, run.completed, run.wall_s, run.latencies_ms, note)
 
 
 def ratio_rows(n: int, ours: Outcome, peers: list[llm_peers.PeerRun]) -> list[Row]:
     """Tickertape over the best peer on each figure: < 1 is ahead, the moonshot is <= 0.5."""
-    whole = [p for p in peers if not p.error and p.completed == n]
+    whole = [p for p in peers if p.completed == n]
     if not whole or ours.completed != n:
         return [
             not_measured(PEER_ROW, "tickertape / best peer", "", "ahead of every peer", "no complete pair")
