@@ -48,6 +48,7 @@ GRACE_S = 10.0
 
 async def ten_calls(http, sim_url, i, report):
     """The job: ten model calls, a progress report after each."""
+    http = http[i % len(http)] if isinstance(http, list) else http
     for k in range(CALLS):
         body = {"model": "sim-1", "messages": [{"role": "user", "content": f"job {i} step {k}"}],
                 "max_tokens": 300, "temperature": 0.2}  # fmt: skip
@@ -57,8 +58,22 @@ async def ten_calls(http, sim_url, i, report):
         await report(k + 1, time.time(), tokens)
 
 
+SHARD = 8
+"""Connections per client when PEER_HTTP=sharded (as Tickertape's runner splits its model client)."""
+
+
 def http_client(n):
+    """One kept-alive client with a pool of ``n``; PEER_HTTP=sharded: clients of SHARD connections,
+    a job sticking to one, so httpcore's pool walk (quadratic in its connections) stays small."""
+    if os.environ.get("PEER_HTTP") == "sharded":
+        limits = httpx.Limits(max_connections=SHARD, max_keepalive_connections=SHARD)
+        return [httpx.AsyncClient(limits=limits) for _ in range(max(n // SHARD, 1))]
     return httpx.AsyncClient(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+
+
+async def close_http(http):
+    for client in http if isinstance(http, list) else [http]:
+        await client.aclose()
 
 
 def ready():
@@ -101,7 +116,7 @@ def arq_worker(n, url, sim_url):
         ready()
 
     async def shutdown(ctx):
-        await ctx["http"].aclose()
+        await close_http(ctx["http"])
 
     settings = RedisSettings.from_dsn(url)
     Worker(functions=[func(job, name="llm")], redis_settings=settings, max_jobs=n, poll_delay=0.01,
@@ -158,7 +173,7 @@ def saq_worker(n, url, sim_url):
         ready()
 
     async def shutdown(ctx):
-        await ctx["http"].aclose()
+        await close_http(ctx["http"])
 
     async def main():
         queue = saq_queue(url)
@@ -303,7 +318,7 @@ def bullmq_worker(n, url, sim_url):
         ready()
         await stop.wait()
         await worker.close()
-        await http.aclose()
+        await close_http(http)
 
     asyncio.run(main())
 
