@@ -5,6 +5,10 @@ each peer is installed once, by pip, into ``$PEERS_HOME/llm-<peer>`` (default
 ``~/.cache/tickertape-peers``, beside the team harness's no-op venvs) with the versions the team
 harness pins, and ``bench/peer_llm_jobs.py`` runs there. Each peer gets a fresh simulator
 (the same latency distributions and seed as Tickertape's run) whose ``/stats`` give the model time.
+
+Each peer has a wall-time limit (``BENCH_PEER_LIMIT_S``, default 150 s + 50 ms a job): at the limit
+it reports the jobs completed so far; a child that does not answer ``GRACE_S`` after it is killed
+with its worker (one process group) and reported as such, so no peer can hold up the others.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -35,6 +40,8 @@ PINS = {
 }
 """The team harness's pins (../shared/peers/run-peers.sh), so rows 2 and 9 measure the same releases."""
 EXTRAS = ["httpx", "redis", "hiredis", "psutil"]
+GRACE_S = 60.0
+"""How long past its limit a peer's measurement may take to stop and print (stopping its worker)."""
 HOME = Path(os.environ.get("PEERS_HOME", str(Path.home() / ".cache" / "tickertape-peers")))
 JOBS = ROOT / "bench" / "peer_llm_jobs.py"
 PROGRESS = {
@@ -59,19 +66,45 @@ class PeerRun:
     worker_rss_idle_mb: float = 0.0
     worker_rss_peak_mb: float = 0.0
     simulated_s: float = 0.0
+    limit_s: float = 0.0
     error: str = ""
 
 
+def limit_s(n: int) -> float:
+    """BENCH_PEER_LIMIT_S: one peer's wall-time limit at ``n`` in flight."""
+    raw = os.environ.get("BENCH_PEER_LIMIT_S", "")
+    return float(raw) if raw else 150.0 + 0.05 * n
+
+
 def venv(peer: str) -> Path:
-    """The peer's interpreter, installed on first use (minutes; cached afterwards)."""
+    """The peer's interpreter, installed on first use (a minute; cached afterwards). The marker is
+    written only after pip succeeded, so an interrupted install is redone, not half-used."""
     home = HOME / f"llm-{peer}"
-    python = home / "bin" / "python"
-    if not python.exists():
+    python, marker = home / "bin" / "python", home / "installed.txt"
+    wanted = " ".join([*PINS[peer], *EXTRAS])
+    if not marker.exists() or marker.read_text() != wanted:
         logger.info("installing %s into %s", peer, home)
         subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, capture_output=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         *PINS[peer], *EXTRAS], check=True, capture_output=True, timeout=900)  # fmt: skip
+        marker.write_text(wanted)
     return python
+
+
+def run_child(argv: list[str], limit: float) -> tuple[int, str, str]:
+    """The measurement in a process group of its own: past its limit and grace the group (the
+    measurement and the peer's worker) is killed, and what it printed so far is kept."""
+    child = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": ""}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = child.communicate(timeout=limit + GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        out, err = child.communicate()
+        err += f"\nkilled: no answer {limit + GRACE_S:.0f} s after the start (limit {limit:.0f} s)"
+    return child.returncode, out, err
 
 
 def run_peer(peer: str, n: int, redis_url: str, workdir: Path) -> PeerRun:
@@ -84,20 +117,15 @@ def run_peer(peer: str, n: int, redis_url: str, workdir: Path) -> PeerRun:
         sim = started(
             stop, ServiceProcess("llmsim", sim_env(), port_var="TT_LLMSIM_PORT", log_dir=workdir / "logs")
         )
-        try:
-            done = subprocess.run(
-                [str(python), str(JOBS), "run", peer, str(n), redis_url, sim.url],
-                cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-                env={**os.environ, "PYTHONPATH": ""},
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            return PeerRun(peer, n, error="no answer within 900 s")
-        (workdir / f"peer-{peer}-{n}.log").write_text(done.stdout + done.stderr)
+        limit = limit_s(n)
+        argv = [str(python), str(JOBS), "run", peer, str(n), redis_url, sim.url, str(limit)]
+        code, out, err = run_child(argv, limit)
+        (workdir / f"peer-{peer}-{n}.log").write_text(out + err)
         stats = httpx.get(f"{sim.url}/stats", timeout=10).json()
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return PeerRun(peer, n, error=f"exit {done.returncode}: {tail}"[:200])
+        tail = (err.strip().splitlines() or ["no output"])[-1]
+        return PeerRun(peer, n, limit_s=limit, error=f"exit {code}: {tail}"[:200])
     doc = json.loads(lines[-1])
     doc.pop("peer", None)
     doc.pop("n", None)

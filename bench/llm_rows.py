@@ -180,20 +180,36 @@ def system_rows(
 
 
 def peer_system_rows(run: llm_peers.PeerRun) -> list[Row]:
-    if run.error:
+    """A peer's figures; one cut at its limit still shows what it completed (k/n in the limit)."""
+    if run.error and not run.latencies_ms:
         return [not_measured(PEER_ROW, f"peer {run.peer}: {run.n:,} in flight", "", "", run.error)]
     cpu_ms = 1000 * run.worker_cpu_s / max(run.n, 1)
     rss_kb = max(run.worker_rss_peak_mb - run.worker_rss_idle_mb, 0.0) * 1024 / max(run.n, 1)
+    cut = f"cut at its {run.limit_s:.0f} s limit; " if run.completed < run.n else ""
     note = (
-        f"progress: {llm_peers.PROGRESS[run.peer]}; worker CPU {cpu_ms:.0f} ms/job, "
-        f"RSS {rss_kb:.0f} KB/job, model time {run.simulated_s / max(run.completed, 1):.1f} s/job"
+        f"{cut}progress: {llm_peers.PROGRESS[run.peer]}; worker CPU {cpu_ms:.0f} ms/job, "
+        f"RSS {rss_kb:.0f} KB/job, "
+        + (
+            f"model time {run.simulated_s / run.n:.1f} s/job"
+            if not cut
+            else f"model time {run.simulated_s:.0f} s in all"
+        )
+        + (f"; {run.error}" if run.error else "")
     )
     return system_rows(f"peer {run.peer}", run.n, run.completed, run.wall_s, run.latencies_ms, note)
 
 
 def ratio_rows(n: int, ours: Outcome, peers: list[llm_peers.PeerRun]) -> list[Row]:
     """Tickertape over the best peer on each figure: < 1 is ahead, the moonshot is <= 0.5."""
-    whole = [p for p in peers if not p.error and p.completed == n]
+    whole = [p for p in peers if p.completed == n]
+    bound = ""
+    if not whole and ours.completed == n:
+        # no peer finished within its limit: its completion time is at least the limit, so the
+        # ratio over the partial figures is an upper bound
+        whole, bound = (
+            [p for p in peers if p.latencies_ms],
+            " (no peer finished: over their partial runs; for completion an upper bound)",
+        )
     if not whole or ours.completed != n:
         return [
             not_measured(PEER_ROW, "tickertape / best peer", "", "ahead of every peer", "no complete pair")
@@ -206,7 +222,7 @@ def ratio_rows(n: int, ours: Outcome, peers: list[llm_peers.PeerRun]) -> list[Ro
     ):  # fmt: skip
         best = min(theirs, key=lambda k: theirs[k])
         ratio = mine / max(theirs[best], 1e-9)
-        moon = "moonshot holds" if ratio <= 0.5 else f"moonshot 0.5 missed by {ratio / 0.5:.1f}x"
+        moon = ("moonshot holds" if ratio <= 0.5 else f"moonshot 0.5 missed by {ratio / 0.5:.1f}x") + bound
         rows.append(Row(PEER_ROW, f"tickertape / best peer ({best}): {figure} at {n:,}", "ratio", [ratio],
                         "< 1 (ahead); moonshot <= 0.5", ratio < 1.0, moon))  # fmt: skip
     return rows

@@ -1,11 +1,12 @@
 """A peer job queue on the LLM-bound workload (row 9): run inside the peer's own virtualenv.
 
-    <venv>/bin/python bench/peer_llm_jobs.py run PEER N REDIS_URL SIM_URL
+    <venv>/bin/python bench/peer_llm_jobs.py run PEER N REDIS_URL SIM_URL [LIMIT_S]
 
 imports nothing of Tickertape (the peers pin other Redis clients): only the peer, httpx, redis
 and psutil. Per measurement: FLUSHDB (a Redis of its own), start ONE worker process of the peer
 with concurrency N, start the progress observer, enqueue N jobs at once (a burst of users),
-wait until every job's last progress report arrived, stop the worker, print one JSON line.
+wait until every job's last progress report arrived or LIMIT_S passed (then it reports the jobs
+completed so far: "k/N in LIMIT_S s", never nothing), stop the worker, print one JSON line.
 
 The job is bench/calls_pipeline.py's: ten sequential ``POST /v1/chat/completions`` to the
 simulator, each followed by a progress report through the peer's own mechanism, carrying the
@@ -26,6 +27,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -39,11 +41,14 @@ POLL_S = 0.05
 TIMEOUT_S = 900.0
 """How long a job may run."""
 WAIT_BASE_S, WAIT_PER_JOB_S = 150.0, 0.05
-"""How long the measurement waits for the last job (as bench/llm_workload.py waits for runs)."""
+"""How long the measurement waits for the last job by default (as bench/llm_workload.py waits)."""
+GRACE_S = 10.0
+"""How long the observer and the worker get to stop before they are cut."""
 
 
 async def ten_calls(http, sim_url, i, report):
     """The job: ten model calls, a progress report after each."""
+    http = http[i % len(http)] if isinstance(http, list) else http
     for k in range(CALLS):
         body = {"model": "sim-1", "messages": [{"role": "user", "content": f"job {i} step {k}"}],
                 "max_tokens": 300, "temperature": 0.2}  # fmt: skip
@@ -53,8 +58,22 @@ async def ten_calls(http, sim_url, i, report):
         await report(k + 1, time.time(), tokens)
 
 
+SHARD = 8
+"""Connections per client when PEER_HTTP=sharded (as Tickertape's runner splits its model client)."""
+
+
 def http_client(n):
+    """One kept-alive client with a pool of ``n``; PEER_HTTP=sharded: clients of SHARD connections,
+    a job sticking to one, so httpcore's pool walk (quadratic in its connections) stays small."""
+    if os.environ.get("PEER_HTTP") == "sharded":
+        limits = httpx.Limits(max_connections=SHARD, max_keepalive_connections=SHARD)
+        return [httpx.AsyncClient(limits=limits) for _ in range(max(n // SHARD, 1))]
     return httpx.AsyncClient(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+
+
+async def close_http(http):
+    for client in http if isinstance(http, list) else [http]:
+        await client.aclose()
 
 
 def ready():
@@ -97,7 +116,7 @@ def arq_worker(n, url, sim_url):
         ready()
 
     async def shutdown(ctx):
-        await ctx["http"].aclose()
+        await close_http(ctx["http"])
 
     settings = RedisSettings.from_dsn(url)
     Worker(functions=[func(job, name="llm")], redis_settings=settings, max_jobs=n, poll_delay=0.01,
@@ -154,7 +173,7 @@ def saq_worker(n, url, sim_url):
         ready()
 
     async def shutdown(ctx):
-        await ctx["http"].aclose()
+        await close_http(ctx["http"])
 
     async def main():
         queue = saq_queue(url)
@@ -299,7 +318,7 @@ def bullmq_worker(n, url, sim_url):
         ready()
         await stop.wait()
         await worker.close()
-        await http.aclose()
+        await close_http(http)
 
     asyncio.run(main())
 
@@ -347,15 +366,36 @@ PEERS = {
 
 
 def spawn_worker(peer, n, url, sim_url):
+    """The worker stays in this process's group, so the harness's kill of the group reaches it."""
     worker = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "worker", peer, str(n), url, sim_url],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     line = worker.stdout.readline()
     if line.strip() != b"ready":
         worker.kill()
         raise RuntimeError(f"{peer} worker did not start: {line!r}")
+    # a worker that prints would otherwise block on a full pipe once 64 KB are unread
+    threading.Thread(target=worker.stdout.read, daemon=True).start()
     return worker
+
+
+def stop_worker(worker):
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(GRACE_S)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+async def stopped(tasks):
+    """The observer's and sampler's outcomes; one that does not stop within GRACE_S is cancelled."""
+    done, pending = await asyncio.wait(tasks, timeout=GRACE_S)
+    for task in pending:
+        task.cancel()
+    outcomes = [t.exception() for t in done if not t.cancelled()]
+    return outcomes + [TimeoutError(f"{len(pending)} task(s) did not stop")] * bool(pending)
 
 
 async def sample_rss(proc, peak, stop):
@@ -364,7 +404,7 @@ async def sample_rss(proc, peak, stop):
         await asyncio.sleep(0.25)
 
 
-async def measure(peer, n, url, sim_url):
+async def measure(peer, n, url, sim_url, limit_s):
     _, enqueue, observe = PEERS[peer]
     await aredis.Redis.from_url(url).flushdb()
     worker = spawn_worker(peer, n, url, sim_url)
@@ -380,7 +420,7 @@ async def measure(peer, n, url, sim_url):
         began = await enqueue(n, url)  # from the first job enqueued (the client connected)
         enqueued_s = time.time() - began
         try:
-            await asyncio.wait_for(tally.finished.wait(), WAIT_BASE_S + n * WAIT_PER_JOB_S)
+            await asyncio.wait_for(tally.finished.wait(), max(limit_s - (time.time() - began), 0.0))
         except TimeoutError:
             pass
         wall = time.time() - began
@@ -388,18 +428,13 @@ async def measure(peer, n, url, sim_url):
     finally:
         stop.set()
         tally.finished.set()
-        failures = await asyncio.gather(observer, sampler, return_exceptions=True)
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        failures = await stopped([observer, sampler])
+        stop_worker(worker)
     cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     return {"peer": peer, "n": n, "completed": tally.done, "wall_s": wall, "enqueue_s": enqueued_s,
             "latencies_ms": tally.latencies, "worker_cpu_s": cpu, "worker_rss_idle_mb": idle_mb,
-            "worker_rss_peak_mb": peak[0],
-            "error": "; ".join(repr(f) for f in failures if isinstance(f, BaseException))[:300]}  # fmt: skip
+            "worker_rss_peak_mb": peak[0], "limit_s": limit_s,
+            "error": "; ".join(repr(f) for f in failures if f is not None)[:300]}  # fmt: skip
 
 
 def main(argv):
@@ -407,7 +442,8 @@ def main(argv):
     if mode == "worker":
         PEERS[peer][0](n, url, sim_url)
     else:
-        print(json.dumps(asyncio.run(measure(peer, n, url, sim_url))), flush=True)
+        limit_s = float(argv[5]) if len(argv) > 5 else WAIT_BASE_S + n * WAIT_PER_JOB_S
+        print(json.dumps(asyncio.run(measure(peer, n, url, sim_url, limit_s))), flush=True)
 
 
 if __name__ == "__main__":
