@@ -98,7 +98,7 @@ def test_a_completed_steps_message_describes_its_result(output: StepOutput | Non
 
 def test_a_steps_progress_is_clamped_to_its_end_and_each_completed_step_counts_once() -> None:
     """A step reporting past 1 counts as one step; two completed steps count as two."""
-    first_done = [
+    first_done: list[AnyEvent] = [
         StepCompleted(run_id="r", at=T0, step=STEPS[0]),
         StepStarted(run_id="r", at=T0, step=STEPS[1], index=1),
     ]
