@@ -327,7 +327,7 @@ async def test_an_idle_hub_blocks_in_its_read_instead_of_polling(redis_url: str,
     does not spin on Redis (a non-blocking read comes back at once, hundreds of times a second)."""
     async with running_hub(redis_url, keys, "test-hub-idle", block_ms=1000) as hub:
         await asyncio.sleep(1.5)
-        assert 1 <= hub.rounds <= 5
+        assert hub.rounds <= 5  # a blocking read ends each second at most
 
 
 class BeatClock:
