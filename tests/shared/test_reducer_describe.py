@@ -1,15 +1,29 @@
-"""What the fold shows a user of each step's result (the step's message), and the progress bar
-of a step reporting past its end or several steps completed: exact values, through the fold's
-public output (``fold`` folds in place, ``apply`` copies; both are checked)."""
+"""What the fold shows a user beside the status: each step's result described (the step's
+message), the progress bar, demo data, a run's duration, why it waits to resume, its webhook
+deliveries and share links — exact values, through the fold's public output (``fold``/``apply``
+copy, ``apply_mut`` folds in place; both are checked)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.events import AnyEvent, RunRequested, RunStarted, StepCompleted, StepProgress, StepStarted
-from shared.reducer import RunState, apply, fold, initial
+from shared.events import (
+    AnyEvent,
+    RunCompleted,
+    RunFailed,
+    RunRequested,
+    RunRetrying,
+    RunStarted,
+    ShareCreated,
+    ShareRevoked,
+    StepCompleted,
+    StepProgress,
+    StepStarted,
+    WebhookAttempted,
+)
+from shared.reducer import DeliveryState, RunState, ShareState, apply, apply_mut, fold, initial
 from shared.results import (
     AnalystReport,
     Assessment,
@@ -18,6 +32,7 @@ from shared.results import (
     MarketData,
     PriceSeries,
     RiskDebate,
+    RunResult,
     StepOutput,
     TradeProposal,
 )
@@ -34,7 +49,7 @@ LONG = "x" * 250
 
 
 def _both(*tail: AnyEvent) -> RunState:
-    """The run after ``tail``, folded in place and applied event by event (they must agree)."""
+    """The run after ``tail``, by ``fold`` and in place by ``apply_mut`` (they must agree)."""
     head: list[AnyEvent] = [
         RunRequested(run_id="r", at=T0, user_id="u", symbol="AAPL", model_id="m", analysts=("market",)),
         RunStarted(run_id="r", at=T0, runner_id="w1", attempt=1, steps=STEPS),
@@ -42,10 +57,10 @@ def _both(*tail: AnyEvent) -> RunState:
     ]
     entries = [(f"{i + 1}-0", e) for i, e in enumerate([*head, *tail])]
     folded = fold("r", entries)
-    applied = initial("r")
+    in_place = initial("r")
     for entry_id, event in entries:
-        applied = apply(applied, event, entry_id)
-    assert applied == folded
+        apply_mut(in_place, event, entry_id)
+    assert in_place == folded
     return folded
 
 
@@ -108,3 +123,114 @@ def test_a_steps_progress_is_clamped_to_its_end_and_each_completed_step_counts_o
     assert (under.steps[1].progress, under.progress) == (0.0, 33.3)
     two = _both(*first_done, StepCompleted(run_id="r", at=T0, step=STEPS[1]))
     assert two.progress == 66.7
+
+
+def test_a_completed_step_is_whole_and_its_market_data_says_whether_the_run_is_on_demo_data() -> None:
+    real = MarketData(symbol="AAPL", provider="yahoo", demo=False, prices=BARS)
+    state = _both(StepCompleted(run_id="r", at=T0, step=STEPS[0], output=real))
+    assert (state.steps[0].status, state.steps[0].progress, state.demo) == ("completed", 1.0, False)
+    demo = MarketData(symbol="AAPL", provider="demo", demo=True, prices=BARS)
+    assert _both(StepCompleted(run_id="r", at=T0, step=STEPS[0], output=demo)).demo is True
+
+
+def test_a_completed_run_takes_demo_from_its_result_and_its_duration_to_the_millisecond() -> None:
+    demo = MarketData(symbol="AAPL", provider="demo", demo=True, prices=BARS)
+    result = RunResult(
+        symbol="AAPL", decision="HOLD", rating="Hold", confidence=0.5, horizon="3m", rationale="r",
+        key_risks=[], reports=[], provider="yahoo", demo=False,
+    )  # fmt: skip
+    later = T0 + timedelta(microseconds=1_234_568)
+    steps: list[AnyEvent] = [StepCompleted(run_id="r", at=T0, step=STEPS[0], output=demo)]
+    done = _both(*steps, RunCompleted(run_id="r", at=later, result=result))
+    assert (done.status, done.demo, done.duration_s) == ("completed", False, 1.235)
+    assert _both(*steps, RunCompleted(run_id="r", at=later)).demo is True  # no result: as before
+
+
+def test_a_run_waiting_to_resume_says_why_and_keeps_the_attempt_that_failed() -> None:
+    retrying = _both(RunRetrying(run_id="r", at=T0, attempt=2, reason="lease lost"))
+    assert (retrying.status, retrying.message) == ("pending", "waiting to resume: lease lost")
+    failed = _both(
+        RunFailed(run_id="r", at=T0, code="llm", message="rate limited", attempt=2, will_retry=True)
+    )
+    assert (failed.status, failed.attempt, failed.message) == (
+        "pending",
+        2,
+        "waiting to resume: rate limited",
+    )
+
+
+def test_a_resumed_run_keeps_the_steps_an_earlier_attempt_reported_beyond_the_new_plan() -> None:
+    """A graph's steps appear as it runs: one completed by attempt 1 stays when attempt 2 starts."""
+    state = _both(
+        StepCompleted(run_id="r", at=T0, step=STEPS[0]),
+        StepStarted(run_id="r", at=T0, step="graph:extra", index=3),
+        StepCompleted(run_id="r", at=T0, step="graph:extra"),
+        RunRetrying(run_id="r", at=T0, attempt=2),
+        RunStarted(run_id="r", at=T0, runner_id="w2", attempt=2, steps=STEPS[:2]),
+    )
+    assert [(st.name, st.status) for st in state.steps] == [
+        (STEPS[0], "completed"), (STEPS[1], "pending"), ("graph:extra", "completed"),
+    ]  # fmt: skip
+
+
+def test_webhook_deliveries_are_folded_after_the_end_one_per_webhook_id() -> None:
+    t1, t2, t3 = (T0 + timedelta(seconds=k) for k in (1, 2, 3))
+    ended: list[AnyEvent] = [RunCompleted(run_id="r", at=T0)]
+    first = WebhookAttempted(
+        run_id="r", at=t1, webhook_id="w1", event_type="run.completed", attempt=1, outcome="retrying",
+        status_code=503, error="busy", next_attempt_at=t3,
+    )  # fmt: skip
+    other = WebhookAttempted(
+        run_id="r",
+        at=t1,
+        webhook_id="w2",
+        event_type="run.completed",
+        attempt=1,
+        outcome="dead",
+        endpoint="ops",
+    )
+    second = WebhookAttempted(
+        run_id="r",
+        at=t2,
+        webhook_id="w1",
+        event_type="run.completed",
+        attempt=2,
+        outcome="delivered",
+        status_code=200,
+    )
+    late = WebhookAttempted(
+        run_id="r", at=t3, webhook_id="w1", event_type="run.completed", attempt=1, outcome="delivered"
+    )
+    before = _both(*ended, first, other)
+    assert before.deliveries == [
+        DeliveryState(webhook_id="w1", event_type="run.completed", status="retrying", attempts=1,
+                      status_code=503, error="busy", last_attempt_at=t1, next_attempt_at=t3),
+        DeliveryState(webhook_id="w2", event_type="run.completed", endpoint="ops", status="dead", attempts=1,
+                      last_attempt_at=t1),
+    ]  # fmt: skip
+    after = apply(before, second, "9-0")
+    assert before.deliveries[0].status == "retrying"  # apply leaves its input untouched
+    assert after.deliveries[0] == DeliveryState(
+        webhook_id="w1",
+        event_type="run.completed",
+        status="delivered",
+        attempts=2,
+        status_code=200,
+        last_attempt_at=t2,
+    )
+    assert after.deliveries[1] == before.deliveries[1]
+    assert apply(after, late, "10-0").deliveries[0].attempts == 2  # the most attempts seen
+
+
+def test_share_links_are_recorded_and_a_revocation_keeps_its_first_time() -> None:
+    t1, t2, t3 = (T0 + timedelta(seconds=k) for k in (1, 2, 3))
+    state = _both(
+        ShareCreated(run_id="r", at=t1, share_id="s1", user_id="u", token_sha256="h1", expires_at=t3),
+        ShareCreated(run_id="r", at=t1, share_id="s2", user_id="u", token_sha256="h2"),
+        ShareRevoked(run_id="r", at=t2, share_id="s1", user_id="u"),
+        ShareRevoked(run_id="r", at=t3, share_id="s1", user_id="u"),
+    )
+    assert state.shares == [
+        ShareState(share_id="s1", token_sha256="h1", created_at=t1, expires_at=t3, revoked_at=t2),
+        ShareState(share_id="s2", token_sha256="h2", created_at=t1),
+    ]
