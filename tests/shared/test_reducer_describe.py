@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from shared.events import (
     AnyEvent,
+    OutcomeMeasured,
     RunCompleted,
     RunFailed,
     RunRequested,
@@ -30,6 +32,7 @@ from shared.results import (
     Debate,
     JsonOutput,
     MarketData,
+    Outcome,
     PriceSeries,
     RiskDebate,
     RunResult,
@@ -234,3 +237,29 @@ def test_share_links_are_recorded_and_a_revocation_keeps_its_first_time() -> Non
         ShareState(share_id="s1", token_sha256="h1", created_at=t1, expires_at=t3, revoked_at=t2),
         ShareState(share_id="s2", token_sha256="h2", created_at=t1),
     ]
+
+
+def test_a_graph_run_counts_one_step_more_and_an_event_the_fold_does_not_handle_changes_nothing() -> None:
+    """A graph's next step is not known yet: its bar never shows 100 % early. An event with no
+    handler (``OutcomeMeasured`` belongs to the projector's row) is only counted."""
+    graph = RunRequested(
+        run_id="g", at=T0, user_id="u", symbol="AAPL", model_id="m", analysts=(), pipeline="graph"
+    )
+    started = RunStarted(run_id="g", at=T0, runner_id="w1", attempt=1, steps=("a", "b"))
+    done: list[AnyEvent] = [
+        StepStarted(run_id="g", at=T0, step="a", index=0),
+        StepCompleted(run_id="g", at=T0, step="a"),
+    ]
+    entries: list[tuple[str, AnyEvent]] = [(f"{i + 1}-0", e) for i, e in enumerate([graph, started, *done])]
+    state = fold("g", entries)
+    assert state.progress == 33.3  # 1 of 2 steps and the unknown next one
+    outcome = Outcome(realised_return=0.1, correct=True, horizon_days=5, demo=False)
+    measured = OutcomeMeasured(run_id="g", at=T0, user_id="u", outcome=outcome)
+    after = fold("g", [*entries, ("9-0", measured)])
+    assert (
+        msgspec.structs.replace(after, event_count=state.event_count, last_event_id=state.last_event_id)
+        == state
+    )
+    in_place = fold("g", entries)
+    apply_mut(in_place, measured, "9-0")
+    assert in_place == after
