@@ -11,52 +11,39 @@ workload a peer job queue can run the same way.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 import httpx
 from redis.asyncio import Redis
 
+from bench.steps_pipeline import StepsPipeline
 from services.runner.pipeline.base import StepReporter
 from services.runner.pipeline.llm import ChatRequest, Message, OpenAIChat, RetryPolicy
 from shared.events import RunRequested
 from shared.models import load_registry
-from shared.results import RunResult, StepOutput, Usage
+from shared.results import Usage
 
 CALLS = int(os.environ.get("BENCH_CALLS", "10"))
 
 
-class CallsPipeline:
+class CallsPipeline(StepsPipeline):
     """``CALLS`` steps of one model call each."""
 
+    prefix = "call"
+    kind = "calls"
+
     def __init__(self, model: OpenAIChat) -> None:
+        super().__init__(CALLS)
         self.model = model
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> RunResult | None:
-        for index in range(CALLS):
-            step = f"call_{index}"
-            if step in done:
-                continue
-            await reporter.started(step, index)
-            ask = ChatRequest(
-                task=step, messages=[Message("user", f"{request.run_id} step {index}")], max_tokens=300
-            )
-            answer = await self.model.complete(ask)
-            await reporter.progress(step, 0.9, f"{answer.completion_tokens} tokens")
-            usage = Usage(
-                calls=1, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens
-            )
-            await reporter.completed(step, None, 0.0, usage)
-        return RunResult(
-            symbol=request.symbol, decision="HOLD", rating="Hold", confidence=0.5, horizon="1 week",
-            rationale="bench calls pipeline", key_risks=[], reports=[],
-        )  # fmt: skip
+    async def step(self, request: RunRequested, step: str, index: int, reporter: StepReporter) -> None:
+        await reporter.started(step, index)
+        ask = ChatRequest(
+            task=step, messages=[Message("user", f"{request.run_id} step {index}")], max_tokens=300
+        )
+        answer = await self.model.complete(ask)
+        await reporter.progress(step, 0.9, f"{answer.completion_tokens} tokens")
+        usage = Usage(calls=1, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
+        await reporter.completed(step, None, 0.0, usage)
 
 
 def build(redis: Redis, http: httpx.AsyncClient) -> CallsPipeline:

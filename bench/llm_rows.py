@@ -109,6 +109,7 @@ def watcher_rows(label: str, out: Outcome, gated: bool) -> list[Row]:
     steady = connections[1:] or connections
     spread = f"{min(steady)}-{max(steady)}"
     busiest = max(cpu, default=0) * 100 / max(out.wall_s, 1e-9)
+    wall = max(out.wall_s, 1e-9)
     return [
         Row(row, f"{label}: append → client p99", "ms", [p99], P99_TEXT if gated else "",
             p99 <= P99_GOAL_MS if gated else None,
@@ -120,6 +121,9 @@ def watcher_rows(label: str, out: Outcome, gated: bool) -> list[Row]:
             growth <= GATEWAY_RSS_GOAL_MB),
         Row(row, f"{label}: load generator CPU ({len(cpu)} processes)", "% of a core", [busiest],
             note=f"each: {load}; below 100 % = not the bottleneck"),
+        Row(row, f"{label}: gateway CPU (one process)", "% of a core", [100 * out.gateway_cpu_s / wall],
+            note=f"over {out.wall_s:.0f} s; same 2 cores: runner {100 * out.runner_cpu_s / wall:.0f} %, "
+            f"simulator {100 * out.sim_cpu_s / wall:.0f} %, Redis {100 * out.redis_cpu_s / wall:.0f} %"),
     ]  # fmt: skip
 
 
@@ -128,8 +132,13 @@ def measure_watchers(redis_url: str, workdir: Path) -> list[Row]:
     one = count("BENCH_WATCH_ONE", 1000, 20)
     rows: list[Row] = []
     for label, shape, gated in (
-        (f"{runs * per_run:,} watchers on {runs:,} runs", Shape(runs, per_run, runs), True),
-        (f"{one:,} watchers on one run", Shape(1, 0, 0, one), True),
+        # one gateway process (the row's unit), not the supervisor and a worker per CPU
+        (
+            f"{runs * per_run:,} watchers on {runs:,} runs",
+            Shape(runs, per_run, runs, gateway_workers=1),
+            True,
+        ),
+        (f"{one:,} watchers on one run", Shape(1, 0, 0, one, gateway_workers=1), True),
     ):
         try:
             out = asyncio.run(measure(redis_url, workdir / f"watch-{shape.runs}-{shape.on_one}", shape))

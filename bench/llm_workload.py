@@ -81,6 +81,8 @@ class Outcome:
     gateway_rss_before_mb: float = 0.0
     gateway_rss_peak_mb: float = 0.0
     gateway_connections: list[int] = field(default_factory=list)
+    gateway_cpu_s: float = 0.0
+    """The gateway's CPU (every process of it) from the submits to the last run's end."""
     redis_cpu_s: float = 0.0
     """Redis's whole CPU (commands and network) from the submits to the last run's end."""
     redis_calls: int = 0
@@ -106,6 +108,9 @@ class Shape:
     watched: int = 0
     on_one: int = 0
     pipeline: str = ""
+    gateway_workers: int = 0
+    """``TT_GATEWAY_WORKERS`` (0: the gateway's default, as ``tickertape up`` starts it; row 8
+    measures one process, 1)."""
 
     def paths(self, runs: Sequence[str]) -> list[str]:
         path = "/api/trading/runs/{}/events"
@@ -169,6 +174,8 @@ def stack(redis_url: str, workdir: Path, shape: Shape) -> Iterator[tuple[Service
             "TT_MAX_ACTIVE_RUNS": "0", "TT_SUBMIT_RATE": "0/min",
             "TT_PROJECTOR_URL": "http://127.0.0.1:9", "TT_PROJECTOR_TIMEOUT_S": "0.2",
         }  # fmt: skip
+        if shape.gateway_workers:
+            gateway_env["TT_GATEWAY_WORKERS"] = str(shape.gateway_workers)
         gateway = started(stop, ServiceProcess("gateway", gateway_env, log_dir=logs))
         yield sim, runner, gateway
 
@@ -284,6 +291,7 @@ async def _drive(
     await asyncio.sleep(0.5)
     out.runner_rss_idle_mb, cpu0 = rss_mb(runner_pid), cpu_seconds(runner_pid)
     sim_cpu0 = cpu_seconds(_pid(sim))
+    gateway_cpu0 = cpu_seconds(gateway_pid)
     out.gateway_rss_before_mb = rss_mb(gateway_pid)
     out.gateway_connections.append(await gateway_connections(store, GATEWAY_ID))
     stop = asyncio.Event()
@@ -299,6 +307,7 @@ async def _drive(
         out.wall_s = time.monotonic() - began
         out.runner_cpu_s = cpu_seconds(runner_pid) - cpu0
         out.sim_cpu_s = cpu_seconds(_pid(sim)) - sim_cpu0
+        out.gateway_cpu_s = cpu_seconds(gateway_pid) - gateway_cpu0
         out.redis_cpu_s = await _redis_cpu(store.redis) - redis_cpu
         stats = await store.redis.info("commandstats")
         out.redis_calls = sum(int(v["calls"]) for v in stats.values())

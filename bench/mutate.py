@@ -43,7 +43,7 @@ STORE_TESTS = (
 
 MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "reducer": (
-        ("shared/reducer.py",),
+        ("shared/reducer.py", "shared/run_state.py"),
         (
             "tests/shared/test_reducer.py",
             "tests/shared/test_reducer_endings.py",

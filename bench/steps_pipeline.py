@@ -2,7 +2,9 @@
 
 It measures what a step costs the runner (two fenced appends: StepStarted and StepCompleted),
 not the analysis: ``TT_RUNNER_PIPELINE=bench.steps_pipeline:build``. The trading-agents pipeline
-plans 4 + analysts steps (5 to 10), so 1 and 50 steps need this stand-in.
+plans 4 + analysts steps (5 to 10), so 1 and 50 steps need this stand-in. Its loop over numbered
+steps is the bench's one statement of the pipeline protocol: bench/calls_pipeline.py only
+changes what a step does.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ NO_USAGE = Usage()
 
 
 class StepsPipeline:
-    """``steps`` steps that each only report started and completed."""
+    """``steps`` steps named ``{prefix}_{index}``; each only reports started and completed."""
+
+    prefix = "bench"
+    kind = "steps"
 
     def __init__(self, steps: int) -> None:
         self.steps = steps
@@ -35,14 +40,18 @@ class StepsPipeline:
         spent: Usage,
     ) -> RunResult | None:
         for index in range(self.steps):
-            step = f"bench_{index}"
+            step = f"{self.prefix}_{index}"
             if step not in done:
-                await reporter.started(step, index)
-                await reporter.completed(step, None, 0.0, NO_USAGE)
+                await self.step(request, step, index, reporter)
         return RunResult(
             symbol=request.symbol, decision="HOLD", rating="Hold", confidence=0.5, horizon="1 week",
-            rationale="bench steps pipeline", key_risks=[], reports=[],
+            rationale=f"bench {self.kind} pipeline", key_risks=[], reports=[],
         )  # fmt: skip
+
+    async def step(self, request: RunRequested, step: str, index: int, reporter: StepReporter) -> None:
+        """One step an earlier attempt did not complete."""
+        await reporter.started(step, index)
+        await reporter.completed(step, None, 0.0, NO_USAGE)
 
 
 def build(redis: Redis, http: httpx.AsyncClient) -> StepsPipeline:

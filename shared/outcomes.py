@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from shared.events import OutcomeMeasured, RunCompleted
-from shared.reducer import RunState
 from shared.results import Outcome, PastCall
+from shared.run_state import RunState
 
 
 def outcome_of(call: PastCall, at: datetime) -> Outcome | None:

@@ -1,7 +1,8 @@
 """The one pure fold of a run's events into its state.
 
 The projector persists it, the gateway answers with it before the projection catches up and
-attaches it to every SSE message, and the runner replays it to resume. No I/O here.
+attaches it to every SSE message, and the runner replays it to resume. No I/O here; the state
+types it folds into live in ``shared.run_state``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -22,7 +23,6 @@ from shared.events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
-    RunOptions,
     RunRequested,
     RunRetrying,
     RunStarted,
@@ -32,7 +32,6 @@ from shared.events import (
     StepProgress,
     StepStarted,
     WebhookAttempted,
-    WebhookSpec,
 )
 from shared.results import (
     AnalystReport,
@@ -40,120 +39,21 @@ from shared.results import (
     Debate,
     JsonOutput,
     MarketData,
-    Outcome,
     RiskDebate,
-    RunResult,
     StepOutput,
     TradeProposal,
-    Usage,
 )
-
-Status = Literal["pending", "running", "completed", "failed", "timeout", "cancelled"]
-StepStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "timeout", "cancelled"})
-ACTIVE: frozenset[str] = frozenset({"pending", "running"})
-STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "timeout", "cancelled")
-
-
-class StepState(msgspec.Struct, kw_only=True):
-    name: str
-    label: str
-    status: StepStatus = "pending"
-    progress: float = 0.0
-    message: str = ""
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    duration_s: float | None = None
-    attempt: int = 0
-    usage: Usage = Usage()
-    """The LLM calls of this step (the run's ``usage`` is their sum, or the runner's total)."""
-
-
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
-    code: str
-    message: str
-
-
-class DeliveryState(msgspec.Struct, kw_only=True):
-    """A webhook delivery as its attempts tell it (``status`` is the last attempt's outcome)."""
-
-    webhook_id: str
-    event_type: str
-    endpoint: str | None = None
-    """The operator endpoint's name; None: the run's own webhook."""
-    status: str = "retrying"
-    attempts: int = 0
-    status_code: int | None = None
-    error: str = ""
-    last_attempt_at: datetime | None = None
-    next_attempt_at: datetime | None = None
-
-
-class ShareState(msgspec.Struct, kw_only=True):
-    share_id: str
-    token_sha256: str
-    created_at: datetime
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
-
-
-class RunState(msgspec.Struct, kw_only=True):
-    """Everything known about one run after folding its events."""
-
-    run_id: str
-    user_id: str = ""
-    symbol: str = ""
-    model_id: str = ""
-    analysts: tuple[str, ...] = ()
-    options: RunOptions = RunOptions()
-    priority: str = "normal"
-    pipeline: str = TRADING
-    status: Status = "pending"
-    attempt: int = 0
-    runner_id: str | None = None
-    steps: list[StepState] = []
-    current_step: str | None = None
-    message: str = ""
-    progress: float = 0.0
-    """Percent, 0 … 100."""
-    eta_s: float | None = None
-    expected_s: float | None = None
-    result: RunResult | None = None
-    output: Any = None
-    """The final JSON value of a pipeline other than the built-in one."""
-    error: ErrorInfo | None = None
-    cancel_requested: bool = False
-    requested_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    updated_at: datetime | None = None
-    duration_s: float | None = None
-    queue_wait_s: float | None = None
-    usage: Usage = Usage()
-    last_event_id: str = ""
-    event_count: int = 0
-    webhook: WebhookSpec | None = None
-    deliveries: list[DeliveryState] = []
-    shares: list[ShareState] = []
-    parent_run_id: str | None = None
-    from_step: str | None = None
-    demo: bool | None = None
-    """Whether the run's data is demo (synthetic) data; None until its data step says."""
-    outcome: Outcome | None = None
-    """What the price did after the call, as a later run measured it: the read model sets it
-    (``shared.outcomes``), a fold of the run's own events never does."""
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-
-def initial(run_id: str) -> RunState:
-    return RunState(run_id=run_id)
+from shared.run_state import (
+    TERMINAL,
+    DeliveryState,
+    ErrorInfo,
+    RunState,
+    ShareState,
+    Status,
+    StepState,
+    StepStatus,
+    initial,
+)
 
 
 def fold(run_id: str, entries: Iterable[tuple[str, AnyEvent]]) -> RunState:
@@ -225,7 +125,7 @@ def _retrying(s: RunState, e: RunRetrying) -> None:
 
 
 def _failed(s: RunState, e: RunFailed) -> None:
-    if e.will_retry is True:  # as the match it replaces: `case RunFailed(will_retry=True)`
+    if e.will_retry is True:  # True itself, not any truthy value
         s.error = ErrorInfo(code=e.code, message=e.message)
         _back_to_queue(s, e.attempt + 1, e.message)
     else:

@@ -39,7 +39,8 @@ from shared.events import (
     is_terminal,
 )
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, Keys
-from shared.reducer import RunState, fold
+from shared.reducer import fold
+from shared.run_state import RunState
 from shared.scripts import APPEND, APPEND_ALL, END_LOST, SUBMIT, ScriptCall, evalsha_pipelined
 from shared.submits import SubmitLayout, SubmitOutcome, outcome_of
 

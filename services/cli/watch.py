@@ -23,7 +23,8 @@ from services.cli.cursors import Cursors
 from services.cli.display import Display, is_terminal
 from shared.events import AnyEvent, EventCodec, EventError
 from shared.keys import EVENT_FIELD, Keys
-from shared.reducer import RunState, apply, initial
+from shared.reducer import apply
+from shared.run_state import RunState, initial
 from shared.statedelta import merge
 
 Json = dict[str, Any]

@@ -13,7 +13,7 @@ from services.gateway.problems import not_found
 from services.gateway.runtime import Runtime, caller_of, reader_of, runtime_of
 from services.gateway.schemas import camelize
 from shared.ids import is_run_id
-from shared.reducer import RunState
+from shared.run_state import RunState
 
 CallerDep = Annotated[Caller, Depends(caller_of)]
 RuntimeDep = Annotated[Runtime, Depends(runtime_of)]

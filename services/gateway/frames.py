@@ -14,7 +14,8 @@ import msgspec
 
 from services.gateway.schemas import state_view
 from shared.events import AnyEvent
-from shared.reducer import RunState, apply, initial
+from shared.reducer import apply
+from shared.run_state import RunState, initial
 from shared.statedelta import delta
 from shared.streamids import parse as parse_id
 

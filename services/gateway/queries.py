@@ -13,7 +13,8 @@ from services.gateway.projectors import ProjectorPool
 from services.gateway.projectors import ProjectorUnavailable as ProjectorUnavailable
 from shared import streamids
 from shared.ids import is_run_id
-from shared.reducer import RunState, fold_onto
+from shared.reducer import fold_onto
+from shared.run_state import RunState
 from shared.store import EventStore
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from services.gateway.schemas import IDEMPOTENCY_KEY_PATTERN, Accepted, RunReque
 from services.gateway.sse import stream_events
 from services.gateway.submit import cancel_run, submit_run
 from shared.ids import is_run_id
-from shared.reducer import RunState
+from shared.run_state import RunState
 
 StatusFilter = Literal["active", "pending", "running", "completed", "failed", "timeout", "cancelled"]
 CallerDep = Annotated[Caller, Depends(caller_of)]

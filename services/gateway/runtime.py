@@ -23,7 +23,7 @@ from shared.batcher import ScriptBatcher
 from shared.durability import ReplicaWait
 from shared.models import ModelSpec, load_registry
 from shared.redis_io import connect
-from shared.reducer import RunState
+from shared.run_state import RunState
 from shared.store import Entry, EventStore
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pydantic import (
 
 from shared.catalog import ANALYST_IDS, PIPELINES, DataProvider
 from shared.events import WEBHOOK_EVENT_TYPES, WebhookEventType
-from shared.reducer import RunState
+from shared.run_state import RunState
 
 SYMBOL_PATTERN = r"^[A-Za-z0-9^][A-Za-z0-9.\-^=]*$"
 """Tickers such as AAPL, BRK.B, ^GSPC, EURUSD=X, BTC-USD; never '.', '..' or a leading '-'/'='

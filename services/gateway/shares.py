@@ -29,7 +29,7 @@ from services.gateway.schemas import state_view
 from services.gateway.sse import stream_events
 from shared.events import ShareCreated, ShareRevoked
 from shared.ids import is_run_id
-from shared.reducer import RunState, ShareState
+from shared.run_state import RunState, ShareState
 from shared.store import Refused
 from shared.telemetry import current_traceparent
 

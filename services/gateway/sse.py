@@ -19,7 +19,7 @@ from services.gateway.runtime import Runtime
 from services.gateway.schemas import state_view
 from shared.events import RunRequested
 from shared.ids import is_run_id
-from shared.reducer import RunState
+from shared.run_state import RunState
 from shared.streamids import is_valid as is_stream_id
 from shared.streamids import parse as parse_id
 

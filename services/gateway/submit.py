@@ -16,7 +16,7 @@ from shared.catalog import PIPELINE_FULL, PIPELINES, TRADING
 from shared.events import RunCancelled, RunOptions, RunRequested, WebhookSpec
 from shared.ids import is_run_id, new_run_id
 from shared.models import unavailable
-from shared.reducer import RunState
+from shared.run_state import RunState
 from shared.store import RefusalReason, Refused
 from shared.submits import Capped, Duplicate, Joined, Submitted, Unreplicated
 from shared.telemetry import current_traceparent

@@ -23,8 +23,9 @@ from shared.events import (
     UnknownEvent,
 )
 from shared.keys import EVENT_FIELD, RUN_ID_FIELD, SOURCE_ID_FIELD
-from shared.reducer import ACTIVE, TERMINAL, RunState, apply_mut, initial
+from shared.reducer import apply_mut
 from shared.results import Outcome
+from shared.run_state import ACTIVE, TERMINAL, RunState, initial
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import binascii
 import aiosqlite
 import msgspec
 
-from shared.reducer import STATUSES
+from shared.run_state import STATUSES
 
 ACTIVE = "active"
 MAX_LIMIT = 200

@@ -48,7 +48,7 @@ from shared import streamids
 from shared.clock import Now, millis, now_of
 from shared.events import RunFailed, RunRequested
 from shared.keys import Keys
-from shared.reducer import RunState
+from shared.run_state import RunState
 from shared.store import EventStore, Refused
 from shared.telemetry import current_traceparent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from shared import streamids
-from shared.reducer import RunState
+from shared.run_state import RunState
 
 COLUMNS: tuple[str, ...] = (
     "run_id",

@@ -12,7 +12,7 @@ import msgspec
 
 from services.projector.db import sync_transaction
 from services.projector.rows import COLUMNS, redis_ms, row_of, upsert_sql
-from shared.reducer import RunState
+from shared.run_state import RunState
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from shared.events import (
     WebhookEventType,
 )
 from shared.keys import WEBHOOKS_GROUP, Keys
-from shared.reducer import RunState
+from shared.run_state import RunState
 from shared.store import EventStore, Refused, entry_run_id
 from shared.webhooks import AllowList, Resolver, Target, UnsafeTarget, headers, resolve, resolve_target
 

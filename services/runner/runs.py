@@ -50,8 +50,9 @@ from shared.events import (
     StepCompleted,
     utcnow,
 )
-from shared.reducer import RunState, fold
+from shared.reducer import fold
 from shared.results import StepOutput, Usage
+from shared.run_state import RunState
 from shared.store import Appends, Entry, EventStore, RefusalReason, Refused
 from shared.telemetry import context_from_traceparent, run_id_var
 

@@ -23,7 +23,8 @@ from redis.asyncio import Redis
 from shared.events import AnyEvent, RunStarted, StepCompleted, is_terminal
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.redis_io import connect
-from shared.reducer import RunState, apply, fold, initial
+from shared.reducer import apply, fold
+from shared.run_state import RunState, initial
 from shared.store import EventStore
 from tests.projector.support import checksum, db_states, wait_caught_up
 from tests.support.processes import ROOT, ServiceProcess

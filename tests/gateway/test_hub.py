@@ -18,13 +18,14 @@ import pytest
 from redis.asyncio import Redis
 
 from services.gateway import hub as hub_module
-from services.gateway.frames import Frame, end_frame, make_frame, sse_frame
+from services.gateway.frames import HEARTBEAT, Frame, end_frame, make_frame, sse_frame
 from services.gateway.hub import Hub, Listener, Watch
 from shared.catalog import plan_steps
 from shared.events import RunStarted, StepProgress, StepStarted
 from shared.keys import Keys
 from shared.redis_io import connect
-from shared.reducer import apply, initial
+from shared.reducer import apply
+from shared.run_state import initial
 from shared.statedelta import merge
 from shared.store import Appends, EventStore
 from tests.gateway.support import ANALYSTS, Runner, request_event
@@ -216,6 +217,24 @@ async def test_a_followed_run_keeps_about_its_frames_bytes_not_a_state_view_per_
         await commands.aclose()
     assert watch.end is not None and len(watch.frames) == len(entries)
     assert kept < 4 * sum(len(frame.data) for frame in watch.frames)
+
+
+async def test_a_waiting_listener_is_a_few_hundred_bytes() -> None:
+    """Each of 10,000 watchers on one gateway process holds a listener while it waits for the
+    next frame (docs/benchmarks.md, row 8): its queue, empty then, must not cost a deque's
+    ~600-byte first block (fails at ~760 bytes a listener with one)."""
+    n = 1000
+    tracemalloc.start()
+    try:
+        listeners = [Listener("run", "0-0", 100) for _ in range(n)]
+        for listener in listeners:  # a frame in and out, as a client's first heartbeat
+            assert listener.offer(HEARTBEAT)
+            assert await listener.drain() == (HEARTBEAT.data, False)
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert all(not listener.frames for listener in listeners)
+    assert kept / n < 300, kept / n
 
 
 async def test_a_resume_at_an_event_the_hub_reads_after_the_join_gets_only_the_later_ones(

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 from redis.asyncio import Redis
+from starlette.types import Message, Receive, Scope, Send
 
+from services.gateway.limits import BodyLimit
 from shared.ids import new_run_id
 from shared.keys import Keys
 from shared.store import EventStore
@@ -209,3 +211,23 @@ async def test_high_priority_needs_permission(
         refused = await http.post(RUNS, json={**BODY, "priority": "high"})
     assert refused.status_code == 403 and refused.json()["field"] == "priority"
     assert await redis.exists(keys.queue_high) == 0
+
+
+async def test_a_request_without_a_body_reaches_the_app_unwrapped() -> None:
+    """The body limit buffers and wraps only requests that have a body: a GET (an SSE stream held
+    for hours, 10,000 a process in row 8) keeps no buffer and no wrapper of ``receive``."""
+    seen: list[Receive] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(receive)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    limit = BodyLimit(app, max_bytes=10)
+    await limit({"type": "http", "method": "GET", "headers": [(b"accept", b"*/*")]}, receive, send)
+    await limit({"type": "http", "method": "POST", "headers": [(b"content-length", b"2")]}, receive, send)
+    assert seen[0] is receive and seen[1] is not receive

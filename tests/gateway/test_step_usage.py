@@ -7,8 +7,9 @@ import json
 from services.gateway.frames import Source, event_frame
 from services.gateway.schemas import state_view
 from shared.events import AnyEvent, RunRequested, RunStarted, StepCompleted, StepStarted
-from shared.reducer import apply, initial
+from shared.reducer import apply
 from shared.results import MarketData, PriceSeries, Usage
+from shared.run_state import initial
 from shared.statedelta import merge
 
 RUN = "r1"

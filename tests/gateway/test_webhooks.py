@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from services.projector.webhooks import DeliveryPolicy, WebhookDeliverer
 from shared.events import RunCancelled, RunCompleted, RunStarted
 from shared.keys import Keys
-from shared.reducer import RunState
+from shared.run_state import RunState
 from shared.store import EventStore
 from shared.webhooks import AllowList
 from tests.gateway.conftest import RunningGateway

@@ -28,8 +28,9 @@ from shared.events import (
 )
 from shared.ids import new_run_id
 from shared.keys import Keys
-from shared.reducer import RunState, fold
+from shared.reducer import fold
 from shared.results import Usage
+from shared.run_state import RunState
 from shared.store import EventStore
 
 ENDINGS = ("completed", "failed", "cancelled", "running", "queued", "cancel-queued")

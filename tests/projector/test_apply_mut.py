@@ -23,8 +23,9 @@ from shared.events import (
     StepProgress,
     StepStarted,
 )
-from shared.reducer import RunState, apply, apply_mut, fold, initial
+from shared.reducer import apply, apply_mut, fold
 from shared.results import RunResult, Usage
+from shared.run_state import RunState, initial
 
 RUN = "run-1"
 STEP_NAMES = (DATA_STEP, FINAL_STEP, "trader", analyst_step("market"), analyst_step("news"), "mystery")

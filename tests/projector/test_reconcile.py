@@ -21,7 +21,8 @@ from services.projector.service import ProjectorService
 from services.projector.settings import ProjectorSettings
 from shared.events import RunFailed, RunRequested
 from shared.keys import Keys
-from shared.reducer import RunState, fold
+from shared.reducer import fold
+from shared.run_state import RunState
 from shared.store import EventStore, Refused
 from tests.projector.conftest import GRACE, Clock
 from tests.projector.support import db_states, lose, queued_ids, until_caught_up, write_runs

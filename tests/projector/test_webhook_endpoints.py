@@ -26,7 +26,7 @@ from shared.config import ConfigError
 from shared.events import RunCompleted, RunFailed, RunRequested, RunStarted, WebhookSpec
 from shared.ids import new_run_id
 from shared.keys import Keys
-from shared.reducer import RunState
+from shared.run_state import RunState
 from shared.store import EventStore
 from shared.webhooks import AllowList, new_secret
 from tests.projector.conftest import projector_env

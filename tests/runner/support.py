@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -25,10 +25,11 @@ from shared.catalog import plan_steps
 from shared.config import Env
 from shared.events import AnyEvent, RunOptions, RunRequested
 from shared.ids import new_run_id
-from shared.reducer import RunState
-from shared.results import RunResult, StepOutput, Usage
+from shared.results import RunResult, Usage
+from shared.run_state import RunState
 from shared.store import EventStore
 from shared.submits import Submitted
+from tests.support.pipelines import Attempt, PipelineDouble
 
 STEP_USAGE = Usage(calls=1, prompt_tokens=10, completion_tokens=5, cost_usd=0.001)
 
@@ -41,7 +42,7 @@ def completed_key(run_id: str, step: str) -> str:
     return f"test:completed:{run_id}:{step}"
 
 
-class CountingPipeline:
+class CountingPipeline(PipelineDouble):
     """Each planned step sleeps ``step_s`` (in slices, with progress) and counts its runs.
 
     Symbols steer failures: ``FAIL`` raises a transient error in every attempt, ``FLAKY`` (first step) in the
@@ -54,17 +55,11 @@ class CountingPipeline:
         self.redis = redis
         self.step_s = step_s
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> RunResult | None:
+    async def body(self, attempt: Attempt) -> RunResult:
+        request = attempt.request
         for index, step in enumerate(plan_steps(request.analysts, request.options.pipeline)):
-            if step not in done:
-                await self._step(request, step, index, reporter)
+            if step not in attempt.done:
+                await self._step(request, step, index, attempt.reporter)
         return RunResult(
             symbol=request.symbol, decision="HOLD", rating="Hold", confidence=0.5, horizon="1 week",
             rationale="test pipeline", key_risks=[], reports=[],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Mapping
 from datetime import timedelta
 
 import pytest
@@ -13,19 +12,16 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from services.runner import runs
-from services.runner.pipeline.base import StepReporter
 from shared.catalog import plan_steps
 from shared.events import (
     RunCancellationConfirmed,
     RunCancelled,
-    RunRequested,
     RunStarted,
     StepCompleted,
     StepStarted,
     utcnow,
 )
 from shared.keys import RUNNERS_GROUP, Keys
-from shared.results import RunResult, StepOutput, Usage
 from shared.store import EventStore, RefusalReason, Refused
 from tests.runner.support import (
     CountingPipeline,
@@ -38,6 +34,7 @@ from tests.runner.support import (
     wait_event,
     wait_state,
 )
+from tests.support.pipelines import Attempt, PipelineDouble
 
 FINISHED, LATENCIES = "tickertape_runs_finished_total", "tickertape_cancel_latency_seconds_count"
 
@@ -110,18 +107,11 @@ async def test_the_cancel_latency_is_recorded_in_milliseconds_and_seconds(
     assert _sample(LATENCIES.replace("_count", "_sum")) - summed == pytest.approx(max(seconds, 0.0))
 
 
-class SwallowsACancel:
+class SwallowsACancel(PipelineDouble):
     """A step whose client code swallows one cancellation (some libraries do) and goes on."""
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> RunResult | None:
-        await reporter.started(plan_steps(request.analysts)[0], 0)
+    async def body(self, attempt: Attempt) -> None:
+        await attempt.reporter.started(plan_steps(attempt.request.analysts)[0], 0)
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -144,21 +134,14 @@ async def test_a_pipeline_swallowing_the_cancel_is_stopped_at_once_all_the_same(
     assert state.status == "cancelled"
 
 
-class IgnoresCancels:
+class IgnoresCancels(PipelineDouble):
     """A step that ignores every cancellation until ``obey`` (a client library gone wrong)."""
 
     def __init__(self) -> None:
         self.obey, self.ignored = False, 0
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> RunResult | None:
-        await reporter.started(plan_steps(request.analysts)[0], 0)
+    async def body(self, attempt: Attempt) -> None:
+        await attempt.reporter.started(plan_steps(attempt.request.analysts)[0], 0)
         while True:
             try:
                 await asyncio.sleep(3600)

@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from services.runner import runs as runs_module
 from services.runner.eta import EtaBook
 from services.runner.execution import Execution, ExecutionStopped
 from services.runner.metrics import metrics
-from services.runner.pipeline.base import PipelineError, Runnable, StepReporter
+from services.runner.pipeline.base import PipelineError, Runnable
 from services.runner.queue import WorkQueue
 from services.runner.runs import Executor
 from services.runner.watcher import CancelWatcher
@@ -46,16 +46,17 @@ from shared.events import (
 )
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.redis_io import ensure_group
-from shared.results import JsonOutput, RunResult, StepOutput, Usage
+from shared.results import JsonOutput, Usage
 from shared.store import EventStore
 from shared.telemetry import current_traceparent, run_id_var
 from tests.runner.support import STEP_USAGE, events_of, runner_settings, submit
+from tests.support.pipelines import Attempt, PipelineDouble
 
 Ending = Literal["retry", "release", "step", "hang", "complete", "cancel"]
 Act = Callable[[str], Awaitable[None]]
 
 
-class Meanwhile:
+class Meanwhile(PipelineDouble):
     """A pipeline during which someone else acts on the run (``act``), then ends in a transient
     error (a retry), is stopped for a hand-over (a release, as on a runner's shutdown) or by the
     user's cancel, completes, or reports a step (each an append the script may refuse)."""
@@ -67,21 +68,14 @@ class Meanwhile:
         self.stopped: str | None = None
         """What the refused step report told the pipeline (``ExecutionStopped``'s message)."""
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> RunResult | None:
-        self.spent = spent
-        await self.act(request.run_id)
+    async def body(self, attempt: Attempt) -> None:
+        self.spent, run_id = attempt.spent, attempt.request.run_id
+        await self.act(run_id)
         if self.ending == "retry":
             raise PipelineError("llm_unavailable", "the model answered 503", transient=True)
         if self.ending == "step":
             try:
-                await reporter.started("data_collection", 0)
+                await attempt.reporter.started("data_collection", 0)
             except ExecutionStopped as exc:
                 self.stopped = str(exc)
                 raise
@@ -92,14 +86,14 @@ class Meanwhile:
             await asyncio.sleep(3600)
         assert self.executor is not None
         if self.ending == "cancel":
-            self.executor.cancel(request.run_id, RunCancelled(run_id=request.run_id, user_id="local"))
+            self.executor.cancel(run_id, RunCancelled(run_id=run_id, user_id="local"))
         else:
-            self.executor.running[request.run_id].stop("released")
+            self.executor.running[run_id].stop("released")
         await asyncio.sleep(3600)  # cancelled by the stop
         return None
 
 
-class Reports:
+class Reports(PipelineDouble):
     """A pipeline of one step that reports an output, its time and its usage (``steps``: that
     many steps of the plan, each alike)."""
 
@@ -110,20 +104,13 @@ class Reports:
         self.task_name = ""
         self.logged_as: str | None = None
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> JsonOutput:
+    async def body(self, attempt: Attempt) -> JsonOutput:
         self.task_name = asyncio.current_task().get_name()  # type: ignore[union-attr]
         self.logged_as = run_id_var.get()
-        for index, step in enumerate(plan_steps(request.analysts)[: self.steps]):
-            await reporter.started(step, index)
-            await reporter.progress(step, 0.5)
-            await reporter.completed(step, self.output, 0.25, STEP_USAGE)
+        for index, step in enumerate(plan_steps(attempt.request.analysts)[: self.steps]):
+            await attempt.reporter.started(step, index)
+            await attempt.reporter.progress(step, 0.5)
+            await attempt.reporter.completed(step, self.output, 0.25, STEP_USAGE)
         return self.output
 
 
@@ -380,17 +367,10 @@ class CountedChecks(Execution):
         return super().step_deadline(step_timeout_s)
 
 
-class HangsInAStep:
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> RunResult | None:
+class HangsInAStep(PipelineDouble):
+    async def body(self, attempt: Attempt) -> None:
         await asyncio.sleep(0.4)  # well into the supervisor's first wait
-        await reporter.started(plan_steps(request.analysts)[0], 0)
+        await attempt.reporter.started(plan_steps(attempt.request.analysts)[0], 0)
         await asyncio.sleep(3600)
         return None
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from services.runner.pipeline.base import StepReporter
 from services.runner.runs import _elapsed_before
 from shared import streamids
 from shared.catalog import plan_steps
-from shared.events import EventCodec, RunFailed, RunRequested, RunStarted
+from shared.events import EventCodec, RunFailed, RunStarted
 from shared.keys import RUNNERS_GROUP, Keys
-from shared.results import RunResult, StepOutput, Usage
 from shared.store import Entry, EventStore
 from tests.runner.support import (
     CountingPipeline,
@@ -28,6 +25,7 @@ from tests.runner.support import (
     submit,
     wait_state,
 )
+from tests.support.pipelines import Attempt, PipelineDouble
 
 
 def _sample(name: str, **labels: str) -> float:
@@ -226,18 +224,11 @@ async def test_a_permanent_error_on_a_later_attempt_names_that_attempt(
     assert (failed.code, failed.attempt) == ("bad_model", 2)
 
 
-class SwallowsTheTimeout:
+class SwallowsTheTimeout(PipelineDouble):
     """A step whose client code swallows one cancellation (here: the step timeout's) and goes on."""
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> RunResult | None:
-        await reporter.started(plan_steps(request.analysts)[0], 0)
+    async def body(self, attempt: Attempt) -> None:
+        await attempt.reporter.started(plan_steps(attempt.request.analysts)[0], 0)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(3600)
         await asyncio.sleep(3600)

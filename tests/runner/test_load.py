@@ -13,21 +13,20 @@ import logging
 import re
 import statistics
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from services.runner.pipeline.base import StepReporter
 from shared import streamids
 from shared.events import RunCompleted, RunRequested, RunStarted, is_terminal
 from shared.keys import Keys
 from shared.redis_io import connect
-from shared.results import RunResult, StepOutput, Usage
+from shared.results import Usage
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, report, running_worker, submit
+from tests.support.pipelines import Attempt, PipelineDouble
 from tests.support.processes import ServiceProcess
 
 POOL_ERRORS = re.compile(r"Too many connections|No connection available|MaxConnectionsError")
@@ -127,23 +126,16 @@ async def test_one_runner_process_completes_1000_concurrent_runs(
     assert tally.max_s <= 3 * tally.median_s
 
 
-class ReportingPipeline:
+class ReportingPipeline(PipelineDouble):
     """Three steps of a few progress events each and nothing else (no Redis of its own)."""
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> RunResult | None:
+    async def body(self, attempt: Attempt) -> None:
         for index, step in enumerate(("one", "two", "three")):
-            await reporter.started(step, index)
+            await attempt.reporter.started(step, index)
             for part in (1, 2, 3):
                 await asyncio.sleep(0.02)
-                await reporter.progress(step, part / 4)
-            await reporter.completed(step, None, 0.06, Usage())
+                await attempt.reporter.progress(step, part / 4)
+            await attempt.reporter.completed(step, None, 0.06, Usage())
         return None
 
 

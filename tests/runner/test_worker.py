@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -13,14 +12,14 @@ from redis.asyncio import Redis
 
 from services.runner.eta import EtaBook, config_of
 from services.runner.leases import Leases
-from services.runner.pipeline.base import StepReporter
 from shared.catalog import plan_steps
 from shared.events import RunCancelled, RunCompleted, RunRequested, RunStarted, StepCompleted, StepProgress
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.redis_io import ensure_group
-from shared.results import RunResult, StepOutput, Usage
+from shared.results import Usage
 from shared.store import EventStore
 from tests.runner.support import CountingPipeline, events_of, running_worker, submit, wait_state
+from tests.support.pipelines import Attempt, PipelineDouble
 
 
 @pytest.fixture
@@ -65,19 +64,12 @@ async def test_a_run_completes_its_steps_and_its_entry_is_acked(
     assert not await redis.sismember(keys.active("local"), run_id)
 
 
-class CompletesWithoutStarting:
+class CompletesWithoutStarting(PipelineDouble):
     """Reports each step completed without starting it (e.g. a pipeline that found it cached)."""
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> RunResult | None:
-        for step in plan_steps(request.analysts):
-            await reporter.completed(step, None, 0.0, Usage())
+    async def body(self, attempt: Attempt) -> None:
+        for step in plan_steps(attempt.request.analysts):
+            await attempt.reporter.completed(step, None, 0.0, Usage())
         return None
 
 

@@ -8,7 +8,8 @@ from redis.asyncio import Redis
 from shared.events import RunCompleted, RunRequested, RunStarted, WebhookAttempted, WebhookSpec
 from shared.ids import new_run_id
 from shared.keys import Keys
-from shared.reducer import apply_mut, fold, initial
+from shared.reducer import apply_mut, fold
+from shared.run_state import initial
 from shared.store import EventStore, RefusalReason, Refused
 from shared.submits import Joined, Submitted
 

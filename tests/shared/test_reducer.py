@@ -16,7 +16,8 @@ from shared.events import (
     StepProgress,
     StepStarted,
 )
-from shared.reducer import apply, fold, initial
+from shared.reducer import apply, fold
+from shared.run_state import initial
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -25,7 +25,7 @@ from shared.events import (
     StepStarted,
     WebhookAttempted,
 )
-from shared.reducer import DeliveryState, RunState, ShareState, apply, apply_mut, fold, initial
+from shared.reducer import apply, apply_mut, fold
 from shared.results import (
     AnalystReport,
     Assessment,
@@ -39,6 +39,7 @@ from shared.results import (
     StepOutput,
     TradeProposal,
 )
+from shared.run_state import DeliveryState, RunState, ShareState, initial
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STEPS = ("data_collection", "analyst:market", "final_assessment")

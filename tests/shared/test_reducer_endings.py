@@ -17,8 +17,9 @@ from shared.events import (
     StepCompleted,
     StepStarted,
 )
-from shared.reducer import ErrorInfo, RunState, fold
+from shared.reducer import fold
 from shared.results import RunResult, Usage
+from shared.run_state import ErrorInfo, RunState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STEPS = ("data_collection", "analyst:market", "final_assessment")

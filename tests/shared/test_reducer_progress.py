@@ -14,7 +14,8 @@ from shared.events import (
     StepProgress,
     StepStarted,
 )
-from shared.reducer import RunState, fold
+from shared.reducer import fold
+from shared.run_state import RunState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STEPS = ("data_collection", "analyst:market", "final_assessment")

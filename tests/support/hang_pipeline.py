@@ -4,24 +4,17 @@ waits until it is cancelled: a run a test cancels, or one that ends by ``TT_STEP
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
-from shared.pipeline_sdk import JsonOutput, RunRequested, StepOutput, StepReporter, Steps, Usage
+from shared.pipeline_sdk import JsonOutput, Steps
+from tests.support.pipelines import Attempt, PipelineDouble
 
 
-class Hang:
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> JsonOutput:
+class Hang(PipelineDouble):
+    async def body(self, attempt: Attempt) -> JsonOutput:
         async def wait(progress: object) -> None:
             await asyncio.Event().wait()
 
-        await Steps(request, done, reporter, spent).run("wait", wait)
+        await Steps(attempt.request, attempt.done, attempt.reporter, attempt.spent).run("wait", wait)
         return JsonOutput(value=None)
 
 

@@ -65,6 +65,20 @@ def market(data: MarketData) -> Evidence:
         "volume_trend": vol_trend,
         "return_3m": ret_3m,
     }
+    findings = _average_findings(last, sma50, sma200)
+    if rsi is not None:
+        findings.append(_rsi_finding(rsi))
+    if macd is not None:
+        findings.append(_macd_finding(macd))
+    if ret_3m is not None:
+        findings.append(Finding(f"three-month return {_pct(ret_3m)}", max(-0.25, min(0.25, ret_3m))))
+    if vol_trend is not None and abs(vol_trend) > 0.1:
+        findings.append(Finding(f"volume running {_pct(vol_trend)} against its 60-day average", 0.0))
+    return _evidence("market", numbers, findings)
+
+
+def _average_findings(last: float, sma50: float | None, sma200: float | None) -> list[Finding]:
+    """The close against the 50-day average, and the 50-day against the 200-day."""
     findings: list[Finding] = []
     if sma50 is not None:
         above = last > sma50
@@ -82,22 +96,16 @@ def market(data: MarketData) -> Evidence:
                 0.2 if golden else -0.2,
             )
         )
-    if rsi is not None:
-        findings.append(_rsi_finding(rsi))
-    if macd is not None:
-        up = macd.histogram > 0
-        findings.append(
-            Finding(
-                f"MACD {macd.line:.2f} is {'above' if up else 'below'} its signal {macd.signal:.2f}"
-                f" (histogram {macd.histogram:+.2f})",
-                0.2 if up else -0.2,
-            )
-        )
-    if ret_3m is not None:
-        findings.append(Finding(f"three-month return {_pct(ret_3m)}", max(-0.25, min(0.25, ret_3m))))
-    if vol_trend is not None and abs(vol_trend) > 0.1:
-        findings.append(Finding(f"volume running {_pct(vol_trend)} against its 60-day average", 0.0))
-    return _evidence("market", numbers, findings)
+    return findings
+
+
+def _macd_finding(macd: ind.Macd) -> Finding:
+    up = macd.histogram > 0
+    return Finding(
+        f"MACD {macd.line:.2f} is {'above' if up else 'below'} its signal {macd.signal:.2f}"
+        f" (histogram {macd.histogram:+.2f})",
+        0.2 if up else -0.2,
+    )
 
 
 def _rsi_finding(rsi: float) -> Finding:
