@@ -415,16 +415,9 @@ class SubMillisecond(Reports):
         super().__init__()
         self.clock = clock
 
-    async def run(
-        self,
-        request: RunRequested,
-        done: Mapping[str, StepOutput | None],
-        reporter: StepReporter,
-        *,
-        spent: Usage,
-    ) -> JsonOutput:
+    async def body(self, attempt: Attempt) -> JsonOutput:
         self.clock.extra = 0.0004567
-        return await super().run(request, done, reporter, spent=spent)
+        return await super().body(attempt)
 
 
 async def test_a_runs_duration_is_its_elapsed_time_rounded_to_the_millisecond(
