@@ -48,6 +48,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/shared/test_reducer.py",
             "tests/shared/test_reducer_endings.py",
             "tests/shared/test_reducer_progress.py",
+            "tests/shared/test_reducer_describe.py",
             "tests/projector/test_apply_mut.py",
             "tests/shared/test_events.py",
             "tests/projector/test_projection.py",

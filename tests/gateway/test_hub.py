@@ -14,8 +14,10 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
+from services.gateway import hub as hub_module
 from services.gateway.frames import HEARTBEAT, Frame, end_frame, make_frame, sse_frame
 from services.gateway.hub import Hub, Listener, Watch
 from shared.catalog import plan_steps
@@ -315,3 +317,82 @@ def test_frames_without_an_id_carry_no_id_line() -> None:
     state = apply(initial("r"), request_event("local"), "1-0")
     assert b"id:" not in end_frame(state).data
     assert b"id:" not in sse_frame("reset", {"state": {}})
+
+
+async def test_the_first_frame_names_its_event_and_the_last_watchers_leave_stops_the_reads(
+    redis_url: str, store: EventStore, keys: Keys, runner: Runner
+) -> None:
+    """A run's first frame carries the event beside the full state, as a delta frame does; once
+    nobody watches a run, the hub no longer reads its stream (nor keeps its frames)."""
+    event = request_event("local")
+    await store.submit(event)
+    async with running_hub(redis_url, keys, "test-hub-leave", block_ms=200) as hub:
+        listener = await hub.join(event.run_id, "0-0", 10)
+        await runner.start(event.run_id)
+        data, _ = await asyncio.wait_for(listener.drain(), 5)
+        while b"RunStarted" not in data:
+            more, _ = await asyncio.wait_for(listener.drain(), 5)
+            data += more
+        first, second = (json.loads(line[6:]) for line in data.split(b"\n") if line.startswith(b"data: "))
+        assert first["event"] == {"type": "RunRequested"} and first["state"]["runId"] == event.run_id
+        assert second["event"] == {"type": "RunStarted"} and "delta" in second
+        assert keys.run(event.run_id) in hub.streams
+        hub.leave(listener)
+        assert keys.run(event.run_id) not in hub.streams and hub.listeners == 0
+
+
+async def test_an_idle_hub_blocks_in_its_read_instead_of_polling(redis_url: str, keys: Keys) -> None:
+    """The multiplexer is given the hub's ``block_ms``: an idle gateway waits in one XREAD, it
+    does not spin on Redis (a non-blocking read comes back at once, hundreds of times a second)."""
+    async with running_hub(redis_url, keys, "test-hub-idle", block_ms=1000) as hub:
+        await asyncio.sleep(1.5)
+        assert hub.rounds <= 5  # a blocking read ends each second at most
+
+
+class BeatClock:
+    """The hub's ``time`` and ``asyncio`` as its heartbeat timer sees them: each sleep it asks
+    for is recorded, and returns when the test sets the clock to the next instant."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.asked: asyncio.Queue[float] = asyncio.Queue()
+        self.ticks: asyncio.Queue[float] = asyncio.Queue()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        await self.asked.put(delay)
+        self.now = await self.ticks.get()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)  # everything but ``sleep`` is asyncio's own
+
+
+async def test_the_heartbeat_is_checked_four_times_a_period_and_sent_after_three_quarters_of_silence(
+    redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a hand-set clock (no timing): the timer wakes every ``heartbeat_s / 4`` and sends a
+    heartbeat to a run silent for 3/4 of ``heartbeat_s`` or more, not sooner, so no client goes
+    a whole period without a byte and a busy run gets none."""
+    clock = BeatClock()
+    monkeypatch.setattr(hub_module, "time", clock)
+    monkeypatch.setattr(hub_module, "asyncio", clock)
+    log: list[tuple[str, str]] = []
+    reader, commands = connect(redis_url, blocking=True), connect(redis_url)
+    hub = Hub(reader, commands, EventStore(commands, keys), keys, "beat-clock", heartbeat_s=4.0)
+    await hub.attach(Recorder("quiet", "quiet", log))
+    hub._watches["quiet"].sent_at = 100.0
+    beat = asyncio.create_task(hub._beat())
+    try:
+        assert await clock.asked.get() == 1.0
+        for now, beats in ((102.9, 0), (103.0, 1), (104.0, 1), (105.9, 1), (106.0, 2)):
+            await clock.ticks.put(now)
+            assert await clock.asked.get() == 1.0
+            assert log.count(("quiet", "heartbeat")) == beats, f"at {now}"
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+        await reader.aclose()
+        await commands.aclose()

@@ -6,7 +6,7 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -33,6 +33,7 @@ from tests.projector.support import (
 )
 from tests.support.processes import ServiceProcess
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MakeSettings = Callable[..., ProjectorSettings]
 MakeProcess = Callable[..., ServiceProcess]
 
@@ -101,6 +102,13 @@ async def test_trimming_the_log_waits_for_the_slowest_replica_until_the_horizon(
         first: Any = await redis.xrange(keys.events, count=1)
         assert streamids.after(first[0][0].decode(), slow_at)  # only what "slow" had applied went
         assert await redis.xlen(keys.events) > 0
+
+        trimmed_to = await redis.xlen(keys.events)
+        slow_said: Any = await redis.hget(keys.projectors, "slow")
+        published_ms = int(slow_said.split()[1])
+        clock.at = EPOCH + timedelta(milliseconds=published_ms + 3_600_000)
+        assert await retention.trim_log(clock.at) == 0  # exactly one horizon ago: "slow" still holds
+        assert await redis.xlen(keys.events) == trimmed_to
 
         clock.at += timedelta(hours=2)  # "slow" silent beyond the horizon: it holds nothing back
         await retention.trim_log(clock.at)

@@ -169,3 +169,37 @@ async def test_both_work_queues_are_trimmed_and_counted(
     clock.at += 2 * HOUR  # past the queues' hour
     assert (await service.retention().run_once())["queue_trimmed"] == 3
     assert [await redis.xlen(queue) for queue in keys.queues] == [0, 0]
+
+
+async def test_a_pass_over_more_than_a_thousand_expired_streams_removes_and_counts_them_all(
+    redis: Redis, keys: Keys, service: ProjectorService, clock: Clock
+) -> None:
+    """Streams are unlinked 500 to a pipeline: every chunk is sent (past the first thousand
+    too) and every chunk's removals add up in the report. One real ended run, copied in SQLite
+    and Redis: 1,201 runs ended at the same instant, whose streams outlived their EXPIRE."""
+    store = EventStore(redis, keys)
+    [ended] = await write_runs(store, ["completed"])
+    await until_caught_up(service, redis, keys.events)
+    retention = service.retention()
+    async with retention.db.execute("PRAGMA table_info(runs)") as cursor:  # no generated columns
+        columns = [str(info[1]) for info in await cursor.fetchall()]
+    copies = [new_run_id() for _ in range(1200)]
+    chosen = ", ".join("?" if c == "run_id" else c for c in columns)
+    await retention.db.executemany(
+        f"INSERT INTO runs ({', '.join(columns)}) SELECT {chosen} FROM runs WHERE run_id = ?",
+        [(run_id, ended) for run_id in copies],
+    )
+    await retention.db.commit()
+    async with redis.pipeline(transaction=False) as pipe:
+        for run_id in [ended, *copies]:
+            pipe.persist(keys.run(run_id))
+            pipe.xadd(keys.run(run_id), {"e": "{}"})
+            pipe.hset(keys.meta(run_id), "user", "u")
+        await pipe.execute()
+
+    clock.at += 49 * HOUR
+    assert await retention.expire_run_streams(clock.at) == 1201
+    async with redis.pipeline(transaction=False) as pipe:
+        for run_id in [ended, *copies]:
+            pipe.exists(keys.run(run_id), keys.meta(run_id))
+        assert sum(await pipe.execute()) == 0

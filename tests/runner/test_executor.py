@@ -9,6 +9,7 @@ reports reaches the run's stream as reported (a resumed run skips steps by their
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -392,3 +393,42 @@ async def test_the_supervisor_wakes_at_a_steps_deadline_and_not_before(
     last = (await events_of(store, run_id))[-1]
     assert isinstance(last, RunFailed) and (last.status, last.code) == ("timeout", "step_timeout"), last
     assert CountedChecks.checks <= 5, f"{CountedChecks.checks} checks in one step timeout"
+
+
+class MillisClock:
+    """The runner's ``time`` for one test: its monotonic clock in whole milliseconds, plus
+    ``extra`` (under half of one) from when the pipeline runs: a run's elapsed time then has a
+    known fourth decimal, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        self.extra = 0.0
+
+    def monotonic(self) -> float:
+        return math.floor(time.monotonic() * 1000) / 1000 + self.extra
+
+    def time(self) -> float:
+        return time.time()
+
+
+class SubMillisecond(Reports):
+    def __init__(self, clock: MillisClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def body(self, attempt: Attempt) -> JsonOutput:
+        self.clock.extra = 0.0004567
+        return await super().body(attempt)
+
+
+async def test_a_runs_duration_is_its_elapsed_time_rounded_to_the_millisecond(
+    redis: Redis, redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole milliseconds and 0.4567 of one elapse: the duration is the milliseconds (a figure
+    kept to four decimals would end in 5)."""
+    clock = MillisClock()
+    monkeypatch.setattr(runs_module, "time", clock)
+    run_id, _ = await _execute_once(redis, redis_url, keys, SubMillisecond(clock))
+    completed = (await events_of(EventStore(redis, keys), run_id))[-1]
+    assert isinstance(completed, RunCompleted)
+    millis = completed.duration_s * 1000
+    assert millis == round(millis) and completed.duration_s == round(completed.duration_s, 3)
