@@ -4,9 +4,11 @@
 
 Row 7's workload (bench/llm_workload.py) on a runner in this process, the simulator and Redis
 apart: a warm-up batch of 20 runs to its end (imports, caches, the shared market data), a
-baseline snapshot, then N runs submitted at once and a snapshot once every run has made its first
-model calls (mid-run). Prints the growth per run, grouped by the last FRAMES frames, biggest
-first. tracemalloc's own cost makes the runs slower than in row 7; the bytes are the same.
+baseline snapshot, then N runs submitted at once and a snapshot 12 s later (every run past its
+data step, in its analysts' calls). Prints the growth per run by our module (the innermost frame
+in services/ or shared/) and by allocation site (that frame and the FRAMES innermost ones).
+Python's allocations only: the allocator's slack after the burst is the rest of row 7's RSS.
+Grouping the snapshots blocks the loop for a minute, so the runs are stopped unfinished after.
 """
 
 from __future__ import annotations
@@ -70,8 +72,7 @@ async def _probe(redis_url: str, models: Path, n: int, frames: int) -> None:
         rss1 = rss_mb(os.getpid())
         after = tracemalloc.take_snapshot()
         print(f"RSS growth {(rss1 - rss0) * 1024 / n:.1f} KB a run (tracemalloc's own traces included)")
-        _report(before, after, n, frames)
-        await _until_idle(redis_url)
+        _report(before, after, n, frames)  # then stopped: the runs are handed back, unfinished
     finally:
         await redis.aclose()
         worker.request_stop()
