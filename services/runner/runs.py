@@ -13,7 +13,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -60,6 +60,15 @@ if TYPE_CHECKING:
     from services.runner.pipeline.base import Runnable
 
 logger = logging.getLogger(__name__)
+
+
+class Prior(NamedTuple):
+    """What an execution needs of its run's state before it: what earlier attempts spent, the
+    last event seen, whether a cancel came while no runner held the run."""
+
+    usage: Usage
+    last_event_id: str
+    cancel_requested: bool
 
 
 class Executor:
@@ -131,9 +140,12 @@ class Executor:
         else:
             pipeline = await self.pipeline() if has_steps(request) else None
             if await self._start(ex, request, state):
+                prior = Prior(state.usage, state.last_event_id, state.cancel_requested)
+                # not kept for the run's life: ~2 KB a run in flight (docs/benchmarks.md, row 7)
+                del state
                 ctx = context_from_traceparent(request.traceparent)
                 with tracer().start_as_current_span("run", context=ctx, attributes={"run_id": job.run_id}):
-                    await self._execute(ex, request, state, entries, pipeline)
+                    await self._execute(ex, request, prior, entries, pipeline)
 
     async def _poison(self, job: Job, detail: str) -> None:
         if job.run_id:
@@ -196,7 +208,7 @@ class Executor:
         self,
         ex: Execution,
         request: RunRequested,
-        state: RunState,
+        prior: Prior,
         entries: list[Entry],
         pipeline: Runnable | None,
     ) -> None:
@@ -207,28 +219,28 @@ class Executor:
             request.options.deadline_s or self.settings.run_deadline_s, self.settings.run_deadline_s
         )
         left = deadline_s - prior_s
-        if state.cancel_requested:  # cancelled while its previous runner was gone
+        if prior.cancel_requested:  # cancelled while its previous runner was gone
             ex.stop("cancelled")
         if pipeline is None:  # zero steps: done at once, unless a stop (e.g. cancel) came first
             outcome = Outcome(ex.stop_reason or "completed")
         else:
-            outcome = await self._watched(ex, request, state, entries, pipeline, time.monotonic() + left)
-        await self._finish(ex, request, state, outcome, prior_s + time.monotonic() - began)
+            outcome = await self._watched(ex, request, prior, entries, pipeline, time.monotonic() + left)
+        await self._finish(ex, request, prior, outcome, prior_s + time.monotonic() - began)
 
     async def _watched(
         self,
         ex: Execution,
         request: RunRequested,
-        state: RunState,
+        prior: Prior,
         entries: list[Entry],
         pipeline: Runnable,
         deadline: float,
     ) -> Outcome:
         run_id = ex.job.run_id
         self.running[run_id] = ex
-        await self.watcher.watch(run_id, state.last_event_id)
+        await self.watcher.watch(run_id, prior.last_event_id)
         try:
-            return await self._supervise(ex, request, pipeline, _done_steps(entries), state.usage, deadline)
+            return await self._supervise(ex, request, pipeline, _done_steps(entries), prior.usage, deadline)
         finally:
             self.running.pop(run_id, None)
             await self.watcher.unwatch(run_id)
@@ -272,13 +284,13 @@ class Executor:
         await until_cancelled(ex)
 
     async def _finish(
-        self, ex: Execution, request: RunRequested, state: RunState, outcome: Outcome, elapsed_s: float
+        self, ex: Execution, request: RunRequested, prior: Prior, outcome: Outcome, elapsed_s: float
     ) -> None:
         run_id, attempt = ex.job.run_id, ex.attempt
         duration = round(elapsed_s, 3)
         match outcome.kind:
             case "completed":
-                usage = state.usage + ex.usage
+                usage = prior.usage + ex.usage
                 event = RunCompleted(
                     run_id=run_id,
                     result=outcome.result,

@@ -9,6 +9,7 @@ reports reaches the run's stream as reported (a resumed run skips steps by their
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ from shared.events import (
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.redis_io import ensure_group
 from shared.results import JsonOutput, Usage
+from shared.run_state import RunState
 from shared.store import EventStore
 from shared.telemetry import current_traceparent, run_id_var
 from tests.runner.support import STEP_USAGE, events_of, runner_settings, submit
@@ -432,3 +434,24 @@ async def test_a_runs_duration_is_its_elapsed_time_rounded_to_the_millisecond(
     assert isinstance(completed, RunCompleted)
     millis = completed.duration_s * 1000
     assert millis == round(millis) and completed.duration_s == round(completed.duration_s, 3)
+
+
+class CountsStates(PipelineDouble):
+    """A pipeline that counts, while it runs, the folded states of its run still alive."""
+
+    alive = -1
+
+    async def body(self, attempt: Attempt) -> None:
+        gc.collect()
+        run_id = attempt.request.run_id
+        self.alive = sum(isinstance(o, RunState) and o.run_id == run_id for o in gc.get_objects())
+
+
+async def test_a_running_execution_does_not_keep_its_runs_folded_state(
+    redis: Redis, redis_url: str, keys: Keys
+) -> None:
+    """Kills ``_handle`` keeping the RunState it folded for the whole run: ~2 KB (a state per
+    planned step) held for every run in flight, a thousand of them at row 7's size."""
+    pipeline = CountsStates()
+    await _execute_once(redis, redis_url, keys, pipeline)
+    assert pipeline.alive == 0
