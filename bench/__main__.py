@@ -3,7 +3,7 @@
 Starts its own redis-servers (no persistence): one for Tickertape, one for the peer job queues
 (their harness flushes it). Prints the table, writes bench/results/latest.json and latest.md.
 
-    .venv/bin/python -m bench                    # everything (~25 minutes on 2 cores; rows 7–9 ~20 of them)
+    .venv/bin/python -m bench                    # everything (~25 minutes on 2 cores, ~20 of it rows 7-9)
     BENCH_QUICK=1 .venv/bin/python -m bench      # tiny sizes, 1 repetition: a smoke run
     .venv/bin/python -m bench --only submit,e2e  # some sections
 Env: BENCH_REPS (default 3), BENCH_N (runs and peer jobs per repetition, default 1000),
