@@ -186,8 +186,10 @@ def peer_system_rows(run: llm_peers.PeerRun) -> list[Row]:
     cpu_ms = 1000 * run.worker_cpu_s / max(run.n, 1)
     rss_kb = max(run.worker_rss_peak_mb - run.worker_rss_idle_mb, 0.0) * 1024 / max(run.n, 1)
     cut = f"cut at its {run.limit_s:.0f} s limit; " if run.completed < run.n else ""
+    client = os.environ.get("PEER_HTTP", "sharded")
     note = (
-        f"{cut}progress: {llm_peers.PROGRESS[run.peer]}; worker CPU {cpu_ms:.0f} ms/job, "
+        f"{cut}progress: {llm_peers.PROGRESS[run.peer]}; model client: {client}; "
+        f"worker CPU {cpu_ms:.0f} ms/job, "
         f"RSS {rss_kb:.0f} KB/job, "
         + (
             f"model time {run.simulated_s / run.n:.1f} s/job"

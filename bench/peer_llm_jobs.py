@@ -59,15 +59,18 @@ async def ten_calls(http, sim_url, i, report):
 
 
 SHARD = 8
-"""Connections per client when PEER_HTTP=sharded (as Tickertape's runner splits its model client)."""
+"""Connections per client of a sharded worker (the default; ``PEER_HTTP=single``: one client)."""
 
 
 def http_client(n):
-    """One kept-alive client with a pool of ``n``; PEER_HTTP=sharded: clients of SHARD connections,
-    a job sticking to one, so httpcore's pool walk (quadratic in its connections) stays small."""
-    if os.environ.get("PEER_HTTP") == "sharded":
+    """The worker's model clients: by default ceil(n / SHARD) kept-alive clients of SHARD
+    connections, a job sticking to one, so httpcore's pool walk (quadratic in a pool's connections,
+    encode/httpcore#1035) stays small — what a user running n jobs at once has to do, and what
+    Tickertape's runner did before its own transport. ``PEER_HTTP=single``: one client with a
+    pool of ``n``, the OpenAI SDK's shape, which no peer survives at 1,000 in flight."""
+    if os.environ.get("PEER_HTTP", "sharded") != "single":
         limits = httpx.Limits(max_connections=SHARD, max_keepalive_connections=SHARD)
-        return [httpx.AsyncClient(limits=limits) for _ in range(max(n // SHARD, 1))]
+        return [httpx.AsyncClient(limits=limits) for _ in range(-(-n // SHARD))]
     return httpx.AsyncClient(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
 
 
