@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import ROOT
-from bench.llm_workload import sim_env, started
+from bench.llm_workload import WAIT_BASE_S, WAIT_PER_RUN_S, sim_env, started
 from tests.support.processes import ServiceProcess
 
 logger = logging.getLogger(__name__)
@@ -71,9 +71,10 @@ class PeerRun:
 
 
 def limit_s(n: int) -> float:
-    """BENCH_PEER_LIMIT_S: one peer's wall-time limit at ``n`` in flight."""
+    """BENCH_PEER_LIMIT_S: one peer's wall-time limit at ``n`` in flight (by default as long as
+    Tickertape's runs are waited for)."""
     raw = os.environ.get("BENCH_PEER_LIMIT_S", "")
-    return float(raw) if raw else 150.0 + 0.05 * n
+    return float(raw) if raw else WAIT_BASE_S + WAIT_PER_RUN_S * n
 
 
 def venv(peer: str) -> Path:

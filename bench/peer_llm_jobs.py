@@ -1,6 +1,6 @@
 """A peer job queue on the LLM-bound workload (row 9): run inside the peer's own virtualenv.
 
-    <venv>/bin/python bench/peer_llm_jobs.py run PEER N REDIS_URL SIM_URL [LIMIT_S]
+    <venv>/bin/python bench/peer_llm_jobs.py run PEER N REDIS_URL SIM_URL LIMIT_S
 
 imports nothing of Tickertape (the peers pin other Redis clients): only the peer, httpx, redis
 and psutil. Per measurement: FLUSHDB (a Redis of its own), start ONE worker process of the peer
@@ -40,15 +40,13 @@ CHANNEL = "llm:progress"
 POLL_S = 0.05
 TIMEOUT_S = 900.0
 """How long a job may run."""
-WAIT_BASE_S, WAIT_PER_JOB_S = 150.0, 0.05
-"""How long the measurement waits for the last job by default (as bench/llm_workload.py waits)."""
 GRACE_S = 10.0
 """How long the observer and the worker get to stop before they are cut."""
 
 
 async def ten_calls(http, sim_url, i, report):
     """The job: ten model calls, a progress report after each."""
-    http = http[i % len(http)] if isinstance(http, list) else http
+    http = http[i % len(http)]  # a job sticks to one client
     for k in range(CALLS):
         body = {"model": "sim-1", "messages": [{"role": "user", "content": f"job {i} step {k}"}],
                 "max_tokens": 300, "temperature": 0.2}  # fmt: skip
@@ -63,19 +61,19 @@ SHARD = 8
 
 
 def http_client(n):
-    """The worker's model clients: by default ceil(n / SHARD) kept-alive clients of SHARD
-    connections, a job sticking to one, so httpcore's pool walk (quadratic in a pool's connections,
-    encode/httpcore#1035) stays small — what a user running n jobs at once has to do, and what
-    Tickertape's runner did before its own transport. ``PEER_HTTP=single``: one client with a
-    pool of ``n``, the OpenAI SDK's shape, which no peer survives at 1,000 in flight."""
-    if os.environ.get("PEER_HTTP", "sharded") != "single":
-        limits = httpx.Limits(max_connections=SHARD, max_keepalive_connections=SHARD)
-        return [httpx.AsyncClient(limits=limits) for _ in range(-(-n // SHARD))]
-    return httpx.AsyncClient(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+    """The worker's kept-alive model clients, job ``i`` on client ``i % len``: by default
+    ceil(n / SHARD) clients of SHARD connections, so httpcore's pool walk (quadratic in a pool's
+    connections, encode/httpcore#1035) stays small — what a user running n jobs at once has to do,
+    and what Tickertape's runner did before its own transport. ``PEER_HTTP=single``: one client
+    with a pool of ``n``, the OpenAI SDK's shape, which no peer survives at 1,000 in flight."""
+    if os.environ.get("PEER_HTTP", "sharded") == "single":
+        return [httpx.AsyncClient(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))]
+    limits = httpx.Limits(max_connections=SHARD, max_keepalive_connections=SHARD)
+    return [httpx.AsyncClient(limits=limits) for _ in range(-(-n // SHARD))]
 
 
-async def close_http(http):
-    for client in http if isinstance(http, list) else [http]:
+async def close_http(clients):
+    for client in clients:
         await client.aclose()
 
 
@@ -445,8 +443,7 @@ def main(argv):
     if mode == "worker":
         PEERS[peer][0](n, url, sim_url)
     else:
-        limit_s = float(argv[5]) if len(argv) > 5 else WAIT_BASE_S + n * WAIT_PER_JOB_S
-        print(json.dumps(asyncio.run(measure(peer, n, url, sim_url, limit_s))), flush=True)
+        print(json.dumps(asyncio.run(measure(peer, n, url, sim_url, float(argv[5])))), flush=True)
 
 
 if __name__ == "__main__":

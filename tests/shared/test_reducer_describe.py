@@ -6,12 +6,14 @@ copy, ``apply_mut`` folds in place; both are checked)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pytest
 
 from shared.events import (
     AnyEvent,
+    DeliveryOutcome,
     OutcomeMeasured,
     RunCompleted,
     RunFailed,
@@ -177,34 +179,22 @@ def test_a_resumed_run_keeps_the_steps_an_earlier_attempt_reported_beyond_the_ne
     ]  # fmt: skip
 
 
+def _attempted(
+    at: datetime, webhook_id: str, attempt: int, outcome: DeliveryOutcome, **fields: Any
+) -> WebhookAttempted:
+    return WebhookAttempted(
+        run_id="r", at=at, webhook_id=webhook_id, event_type="run.completed", attempt=attempt,
+        outcome=outcome, **fields,
+    )  # fmt: skip
+
+
 def test_webhook_deliveries_are_folded_after_the_end_one_per_webhook_id() -> None:
     t1, t2, t3 = (T0 + timedelta(seconds=k) for k in (1, 2, 3))
     ended: list[AnyEvent] = [RunCompleted(run_id="r", at=T0)]
-    first = WebhookAttempted(
-        run_id="r", at=t1, webhook_id="w1", event_type="run.completed", attempt=1, outcome="retrying",
-        status_code=503, error="busy", next_attempt_at=t3,
-    )  # fmt: skip
-    other = WebhookAttempted(
-        run_id="r",
-        at=t1,
-        webhook_id="w2",
-        event_type="run.completed",
-        attempt=1,
-        outcome="dead",
-        endpoint="ops",
-    )
-    second = WebhookAttempted(
-        run_id="r",
-        at=t2,
-        webhook_id="w1",
-        event_type="run.completed",
-        attempt=2,
-        outcome="delivered",
-        status_code=200,
-    )
-    late = WebhookAttempted(
-        run_id="r", at=t3, webhook_id="w1", event_type="run.completed", attempt=1, outcome="delivered"
-    )
+    first = _attempted(t1, "w1", 1, "retrying", status_code=503, error="busy", next_attempt_at=t3)
+    other = _attempted(t1, "w2", 1, "dead", endpoint="ops")
+    second = _attempted(t2, "w1", 2, "delivered", status_code=200)
+    late = _attempted(t3, "w1", 1, "delivered")
     before = _both(*ended, first, other)
     assert before.deliveries == [
         DeliveryState(webhook_id="w1", event_type="run.completed", status="retrying", attempts=1,
